@@ -1,0 +1,86 @@
+"""wsup's generic actor runtime: mailboxes, actors, addresses and the backplane.
+
+Nothing here knows about WebSockets; :mod:`supervisor` builds the supervision
+tree and the server on top of it.
+"""
+
+from ._actor import Actor, ActorRef, Cell, Context, Exit, ExitKind
+from ._backplane import Backplane, InProcessBackplane, Node
+from ._clock import Clock, FakeClock, MonotonicClock
+from ._deadletters import DEAD_LETTER_REASONS, DeadLetter, DeadLetterOffice
+from ._exceptions import (
+    ActorError,
+    ActorRestarted,
+    ActorStopped,
+    AmbiguousAddress,
+    AskFailed,
+    AskTimeout,
+    BackplaneError,
+    BackplaneUnavailable,
+    Escalation,
+    MailboxClosed,
+    MailboxFull,
+    NoRecipient,
+    SupervisionError,
+    SystemFailed,
+    WsupError,
+)
+from ._instrument import Instrumentation
+from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
+from ._policy import (
+    Backoff,
+    BackoffState,
+    Intensity,
+    IntensityWindow,
+    Overflow,
+    OverflowPolicy,
+    decide_overflow,
+)
+from ._runtime import ALL, Runtime, RuntimeStatistics
+
+__all__ = [
+    "ALL",
+    "DEAD_LETTER_REASONS",
+    "Actor",
+    "ActorError",
+    "ActorRef",
+    "ActorRestarted",
+    "ActorStopped",
+    "AmbiguousAddress",
+    "AskFailed",
+    "AskTimeout",
+    "Backoff",
+    "BackoffState",
+    "Backplane",
+    "BackplaneError",
+    "BackplaneUnavailable",
+    "Cell",
+    "Clock",
+    "Context",
+    "DeadLetter",
+    "DeadLetterOffice",
+    "Escalation",
+    "Exit",
+    "ExitKind",
+    "FakeClock",
+    "InProcessBackplane",
+    "Instrumentation",
+    "Intensity",
+    "IntensityWindow",
+    "Mailbox",
+    "MailboxClosed",
+    "MailboxConfig",
+    "MailboxFull",
+    "MailboxStatistics",
+    "MonotonicClock",
+    "NoRecipient",
+    "Node",
+    "Overflow",
+    "OverflowPolicy",
+    "Runtime",
+    "RuntimeStatistics",
+    "SupervisionError",
+    "SystemFailed",
+    "WsupError",
+    "decide_overflow",
+]

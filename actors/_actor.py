@@ -1,0 +1,528 @@
+"""Actors: behaviours, references, and the cell that runs a behaviour.
+
+Theory of operation: a :class:`Cell` owns an actor's address and mailbox for its
+whole life. A supervisor runs the cell's *incarnations*: each incarnation makes
+a fresh behaviour from the factory, calls ``started`` (or ``restarted``), then
+takes messages from the mailbox one at a time until it is told to stop, drains,
+or the behaviour raises. The incarnation reports how it ended as an
+:class:`Exit`; whether to run another one is the supervisor's decision. When
+the actor is finished for good, :meth:`Cell.terminate` closes the mailbox,
+turns what is left into dead letters, fails pending ``ask`` calls and removes
+the address, its names and its groups.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ._deadletters import DeadLetter
+from ._exceptions import ActorRestarted, ActorStopped, MailboxClosed
+from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["Actor", "ActorRef", "Cell", "Context", "Exit", "ExitKind", "Reply"]
+
+# Yield to the event loop at least this often while a mailbox stays non-empty, so
+# one busy actor cannot starve the rest when its handler never awaits.
+_BATCH: Final = 64
+
+
+class Actor:
+    """The behaviour of an actor. Subclass it and override what you need.
+
+    Every hook may be ``async def`` (runs on the event loop) or plain ``def``
+    (runs in a worker thread through :func:`anyio.to_thread.run_sync`, so a
+    blocking call there cannot stall other actors).
+
+    The runtime sets :attr:`context` before the first hook runs.
+    """
+
+    context: Context
+
+    async def started(self) -> None:
+        """Called once when the actor starts, before its first message."""
+
+    async def receive(self, message: Any) -> Any:
+        """Handle one message. The return value is the reply to an ``ask``.
+
+        Raising crashes this incarnation: the message becomes a dead letter and
+        the supervisor decides what happens next.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not handle messages")
+
+    async def stopping(self) -> None:
+        """Called when the actor stops (not when it crashes)."""
+
+    async def restarted(self, error: Exception) -> None:
+        """Called instead of :meth:`started` on a behaviour created by a restart.
+
+        Args:
+            error: what crashed the previous behaviour.
+        """
+        await _invoke(self.started)
+
+
+async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+class Reply:
+    """The slot an ``ask`` waits on. Settled once; later settlements are ignored."""
+
+    __slots__ = ("_event", "error", "settled", "value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.settled = False
+
+    def set(self, value: Any) -> None:
+        """Deliver the reply."""
+        if not self.settled:
+            self.settled = True
+            self.value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the request with ``error``."""
+        if not self.settled:
+            self.settled = True
+            self.error = error
+            self._event.set()
+
+    async def wait(self) -> Any:
+        """Wait for the reply and return it, or raise the failure."""
+        await self._event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Envelope:
+    """A message in a mailbox, with the reply slot of an ``ask``."""
+
+    __slots__ = ("message", "reply")
+
+    def __init__(self, message: Any, reply: Reply | None = None) -> None:
+        self.message = message
+        self.reply = reply
+
+
+class _Signal(enum.Enum):
+    STOP = "stop"  # stop at once (external); no restart
+    EXIT = "exit"  # the actor stopped itself (a normal exit)
+    DRAIN = "drain"  # finish the mailbox, then stop
+
+
+class ExitKind(enum.StrEnum):
+    """How an incarnation ended."""
+
+    STOPPED = "stopped"
+    """Stopped from outside (``ref.stop()``, supervisor shutdown); never restarted."""
+    EXITED = "exited"
+    """The actor stopped itself (``context.stop()``): a normal exit."""
+    DRAINED = "drained"
+    """Finished its mailbox after a drain request; never restarted."""
+    CRASHED = "crashed"
+    """The behaviour raised."""
+    KILLED = "killed"
+    """Cancelled (shutdown timeout elapsed, or a sibling's restart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The end of one incarnation.
+
+    Attributes:
+        kind: how it ended.
+        error: the exception, for ``CRASHED``.
+    """
+
+    kind: ExitKind
+    error: Exception | None = None
+
+
+class ActorRef:
+    """A handle to send to one actor. Cheap to copy, hashable, valid after the actor stops.
+
+    Sends to a stopped actor raise ``MailboxClosed``.
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def address(self) -> str:
+        """The actor's address, e.g. ``actor:3fa9c2.17``."""
+        return self._cell.address
+
+    @property
+    def alive(self) -> bool:
+        """Whether the actor has not stopped for good."""
+        return not self._cell.terminated.is_set()
+
+    async def tell(self, message: Any, *, timeout: float | None = None) -> None:
+        """Queue ``message``; never waits for it to be processed.
+
+        Waits for mailbox space only under the ``block`` policy. Always a checkpoint.
+
+        Raises:
+            MailboxFull: refused by the overflow policy or timed out.
+            MailboxClosed: the actor has stopped.
+        """
+        await self._cell.mailbox.put(Envelope(message), timeout=timeout)
+
+    def tell_nowait(self, message: Any) -> None:
+        """Queue ``message`` without waiting.
+
+        Raises:
+            MailboxFull: the mailbox is full under ``block`` or ``reject``.
+            MailboxClosed: the actor has stopped.
+        """
+        self._cell.mailbox.put_nowait(Envelope(message))
+
+    async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` and wait for the value ``receive`` returns.
+
+        Raises:
+            AskTimeout: no reply within ``timeout`` seconds.
+            ActorRestarted: the actor crashed while handling this request.
+            ActorStopped: the actor stopped before handling it.
+            MailboxFull: the mailbox refused the request.
+            MailboxClosed: the actor had already stopped.
+        """
+        return await self._cell.runtime.ask_cell(self._cell, message, timeout=timeout)
+
+    def stop(self) -> None:
+        """Ask the actor to stop after the message it is handling; it is not restarted.
+
+        Messages still queued become dead letters. Bypasses a full mailbox.
+        """
+        self._cell.request_stop()
+
+    def drain(self) -> None:
+        """Ask the actor to handle what its mailbox holds now, then stop."""
+        self._cell.request_drain()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the actor has stopped for good."""
+        await self._cell.terminated.wait()
+
+    def statistics(self) -> MailboxStatistics:
+        """Return the actor's mailbox statistics."""
+        return self._cell.mailbox.statistics()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return id(self._cell)
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.address}>"
+
+
+class Context:
+    """What a behaviour knows of itself and its surroundings (``self.context``)."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: Cell) -> None:
+        self._cell = cell
+
+    @property
+    def address(self) -> str:
+        """This actor's address."""
+        return self._cell.address
+
+    @property
+    def self(self) -> ActorRef:
+        """A reference to this actor."""
+        return self._cell.ref
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime: ``send``, ``publish``, ``broadcast``, ``ask`` to any address."""
+        return self._cell.runtime
+
+    @property
+    def restarts(self) -> int:
+        """How many times this actor has been restarted."""
+        return self._cell.restarts
+
+    def register(self, name: str) -> None:
+        """Answer to ``name`` too (several actors may share one name)."""
+        self._cell.runtime.add_member(name, self._cell)
+
+    def unregister(self, name: str) -> None:
+        """Stop answering to ``name``."""
+        self._cell.runtime.remove_member(name, self._cell)
+
+    def join(self, group: str) -> None:
+        """Join ``group``; a ``publish`` to it reaches this actor."""
+        self._cell.runtime.add_member(group, self._cell)
+
+    def leave(self, group: str) -> None:
+        """Leave ``group``."""
+        self._cell.runtime.remove_member(group, self._cell)
+
+    async def send(self, address: str, message: Any) -> None:
+        """Send to any address; see :meth:`Runtime.send`."""
+        await self._cell.runtime.send(address, message)
+
+    async def publish(self, group: str, message: Any) -> None:
+        """Send to every member of ``group``; see :meth:`Runtime.publish`."""
+        await self._cell.runtime.publish(group, message)
+
+    async def broadcast(self, message: Any) -> None:
+        """Send to every member of the ``all`` group; see :meth:`Runtime.broadcast`."""
+        await self._cell.runtime.broadcast(message)
+
+    async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """Ask the one actor at ``address``; see :meth:`Runtime.ask`."""
+        return await self._cell.runtime.ask(address, message, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop this actor after the current message: a normal exit."""
+        self._cell.mailbox.put_control(_Signal.EXIT)
+
+    async def next_message(self) -> Any:
+        """Take the next message from this actor's own mailbox.
+
+        For behaviours that run their own receive loop inside a hook (the
+        websockets-style ``async def handler(conn)``). An ``ask`` taken this
+        way is answered with ``None``.
+
+        Raises:
+            anyio.EndOfStream: the actor was asked to stop or drain; the signal
+                stays queued, so the actor stops once the hook returns.
+        """
+        mailbox = self._cell.mailbox
+        item = await mailbox.get()
+        if isinstance(item, Envelope):
+            if item.reply is not None:
+                item.reply.set(None)
+            return item.message
+        mailbox.put_control(item)
+        raise anyio.EndOfStream
+
+
+Factory = Callable[[], Actor]
+
+
+class Cell:
+    """An actor's lasting identity: address, mailbox, memberships, incarnations.
+
+    Args:
+        runtime: the runtime it belongs to.
+        address: its unique address.
+        factory: makes a fresh behaviour for each incarnation.
+        mailbox: the mailbox bounds.
+        kind: label for metrics (``service``, ``connection``, ...).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_stop_requested",
+        "address",
+        "behaviour",
+        "current",
+        "factory",
+        "kind",
+        "mailbox",
+        "memberships",
+        "on_terminate",
+        "ref",
+        "restarts",
+        "runtime",
+        "terminated",
+        "termination",
+    )
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        address: str,
+        factory: Factory,
+        *,
+        mailbox: MailboxConfig | None = None,
+        kind: str = "service",
+    ) -> None:
+        self.runtime = runtime
+        self.address = address
+        self.factory = factory
+        self.kind = kind
+        self.mailbox: Mailbox[Envelope | _Signal] = Mailbox(
+            mailbox, address=address, clock=runtime.clock, on_drop=self._dropped
+        )
+        self.ref = ActorRef(self)
+        self.behaviour: Actor | None = None
+        self.current: Envelope | None = None
+        self.memberships: set[str] = set()
+        self.restarts = 0
+        self.terminated = anyio.Event()
+        self.termination: Exit | None = None
+        self._stop_requested = False
+        #: Called once with the final :class:`Exit` when the actor ends for good.
+        self.on_terminate: Callable[[Exit], None] | None = None
+
+    def _dropped(self, item: Envelope | _Signal, policy: str) -> None:
+        self.runtime.instrumentation.message_dropped(policy)
+        if isinstance(item, Envelope):
+            if item.reply is not None:
+                item.reply.fail(MailboxClosed(self.address))
+            self.runtime.dead_letters.post(
+                DeadLetter(self.address, item.message, "dropped", policy)
+            )
+
+    def request_stop(self) -> None:
+        """Queue a stop signal ahead of all messages (no-op once terminated)."""
+        if not self.mailbox.closed:
+            self._stop_requested = True
+            self.mailbox.put_control(_Signal.STOP)
+
+    def request_drain(self) -> None:
+        """Queue a drain signal ahead of all messages (no-op once terminated)."""
+        if not self.mailbox.closed:
+            self._stop_requested = True
+            self.mailbox.put_control(_Signal.DRAIN)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether someone asked this actor to stop or drain."""
+        return self._stop_requested
+
+    async def run_incarnation(
+        self, error: Exception | None = None, *, on_started: Callable[[], None] | None = None
+    ) -> Exit:
+        """Create a behaviour and run it until it stops, drains or crashes.
+
+        Args:
+            error: the crash that caused this restart, or ``None`` for a first start.
+            on_started: called once ``started``/``restarted`` has returned.
+
+        Returns:
+            How the incarnation ended. Cancellation propagates (the caller maps
+            it to ``KILLED``); a request in progress then fails its ``ask``.
+        """
+        try:
+            behaviour = self.factory()
+            behaviour.context = Context(self)
+            self.behaviour = behaviour
+            if error is None:
+                await _invoke(behaviour.started)
+            else:
+                self.restarts += 1
+                await _invoke(behaviour.restarted, error)
+        except Exception as exc:
+            return Exit(ExitKind.CRASHED, exc)
+        if on_started is not None:
+            on_started()
+        exit_ = await self._loop(behaviour)
+        if exit_.kind is not ExitKind.CRASHED:
+            try:
+                await _invoke(behaviour.stopping)
+            except Exception as exc:
+                return Exit(ExitKind.CRASHED, exc)
+        return exit_
+
+    async def _loop(self, behaviour: Actor) -> Exit:
+        mailbox = self.mailbox
+        receive = behaviour.receive
+        is_async = inspect.iscoroutinefunction(receive)
+        runtime = self.runtime
+        instrumentation = runtime.instrumentation
+        now = runtime.clock.now
+        kind = self.kind
+        draining = False
+        budget = _BATCH
+        while True:
+            try:
+                item = mailbox.get_nowait()
+            except anyio.WouldBlock:
+                if draining:
+                    return Exit(ExitKind.DRAINED)
+                budget = _BATCH
+                try:
+                    item = await mailbox.get()
+                except anyio.EndOfStream:
+                    return Exit(ExitKind.STOPPED)
+            else:
+                budget -= 1
+                if budget <= 0:
+                    budget = _BATCH
+                    await anyio.lowlevel.checkpoint()
+            if item.__class__ is not Envelope:
+                if item is _Signal.STOP:
+                    return Exit(ExitKind.STOPPED)
+                if item is _Signal.EXIT:
+                    return Exit(ExitKind.EXITED)
+                draining = True
+                continue
+            envelope = item
+            wait = mailbox.last_wait
+            self.current = envelope
+            started = now()
+            try:
+                if is_async:
+                    result = await receive(envelope.message)
+                else:
+                    result = await anyio.to_thread.run_sync(receive, envelope.message)
+            except Exception as exc:
+                self.current = None
+                self._fail_current(envelope, exc)
+                return Exit(ExitKind.CRASHED, exc)
+            except BaseException:
+                # Cancelled mid-message: whoever asked learns it now, not at timeout.
+                self.current = None
+                if envelope.reply is not None:
+                    envelope.reply.fail(ActorStopped(self.address))
+                raise
+            self.current = None
+            instrumentation.message_processed(kind, wait, now() - started)
+            if envelope.reply is not None:
+                envelope.reply.set(result)
+
+    def _fail_current(self, envelope: Envelope, exc: Exception) -> None:
+        if envelope.reply is not None:
+            envelope.reply.fail(ActorRestarted(self.address, error=repr(exc)))
+        self.runtime.dead_letters.post(
+            DeadLetter(self.address, envelope.message, "failed", repr(exc))
+        )
+
+    def terminate(self, exit_: Exit) -> None:
+        """End this actor for good: close the mailbox, dead-letter the rest, free the address.
+
+        Idempotent.
+        """
+        if self.terminated.is_set():
+            return
+        self.termination = exit_
+        for item in self.mailbox.close():
+            if isinstance(item, Envelope):
+                if item.reply is not None:
+                    item.reply.fail(ActorStopped(self.address))
+                self.runtime.dead_letters.post(
+                    DeadLetter(self.address, item.message, "stopped", exit_.kind)
+                )
+        self.behaviour = None
+        self.runtime.forget(self)
+        self.terminated.set()
+        if self.on_terminate is not None:
+            self.on_terminate(exit_)
+
+
+AsyncHook = Callable[[], Awaitable[None]]

@@ -1,0 +1,111 @@
+"""The backplane: how a message reaches addresses on other nodes.
+
+Theory of operation: every node keeps its own registry of local actors, names
+and groups (see :class:`actors.Runtime`). Delivery to local members never
+touches the backplane. A backplane only carries messages between nodes:
+the runtime tells it which addresses have local members (``subscribe`` /
+``unsubscribe``) and hands it every send that may have remote members
+(``publish``); messages arriving from other nodes go to ``node.deliver_remote``.
+The in-process backplane has no other nodes, so it carries nothing; the Redis
+backplane (``supervisor.redis``) maps the same calls onto Redis pub/sub.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+__all__ = ["Backplane", "InProcessBackplane", "Node"]
+
+
+class Node(Protocol):
+    """What a backplane sees of the local runtime."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's cluster-unique id."""
+        ...
+
+    def deliver_remote(self, address: str, message: Any) -> int:
+        """Deliver a message that came from another node; return local recipients."""
+        ...
+
+    def backplane_state_changed(self, up: bool) -> None:
+        """Report that the backplane went up or down."""
+        ...
+
+
+class Backplane(abc.ABC):
+    """Carries messages to addresses whose members live on other nodes.
+
+    Implementations must never buffer without bound while disconnected: a send
+    that cannot go out fails fast with ``BackplaneUnavailable``.
+    """
+
+    #: Short name for logs and ``wsup_build_info``.
+    kind: str = "abstract"
+    #: Whether other nodes may exist (False lets the runtime skip ``publish``).
+    remote: bool = True
+
+    @property
+    @abc.abstractmethod
+    def up(self) -> bool:
+        """Whether remote delivery currently works."""
+
+    @abc.abstractmethod
+    async def run(self, node: Node, *, task_status: TaskStatus[None]) -> None:
+        """Connect and carry messages until cancelled.
+
+        Calls ``task_status.started()`` once ready (or once degraded, if the
+        implementation allows starting without its broker).
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, address: str) -> None:
+        """Start receiving messages for ``address`` (its first local member appeared)."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, address: str) -> None:
+        """Stop receiving messages for ``address`` (its last local member left)."""
+
+    @abc.abstractmethod
+    async def publish(self, address: str, message: Any) -> int:
+        """Send ``message`` to the members of ``address`` on other nodes.
+
+        Returns:
+            How many other nodes received it, when the transport knows (else 1).
+
+        Raises:
+            BackplaneUnavailable: the transport is down; nothing was buffered.
+        """
+
+
+class InProcessBackplane(Backplane):
+    """The single-node backplane: every address is local, nothing crosses a wire."""
+
+    kind = "inprocess"
+    remote = False
+
+    @property
+    def up(self) -> bool:
+        """Always true: there is nothing to lose contact with."""
+        return True
+
+    async def run(self, node: Node, *, task_status: TaskStatus[None]) -> None:
+        """Report ready, then wait for cancellation."""
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def subscribe(self, address: str) -> None:
+        """Nothing to do: there are no other nodes."""
+
+    def unsubscribe(self, address: str) -> None:
+        """Nothing to do: there are no other nodes."""
+
+    async def publish(self, address: str, message: Any) -> int:
+        """Reach no other node (there are none)."""
+        await anyio.lowlevel.checkpoint()
+        return 0

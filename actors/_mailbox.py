@@ -1,0 +1,332 @@
+"""Bounded mailboxes with overflow policies and a control lane.
+
+Theory of operation: a mailbox is a ``deque`` of ``(message, enqueued_at)``
+pairs bounded by ``capacity``, plus an unbounded control lane for stop/drain
+signals that must get through a full mailbox. One consumer (the actor) waits on
+an event that producers set; producers that block (policy ``block``) wait in FIFO
+order on their own events. The overflow decision itself is the pure
+:func:`actors._policy.decide_overflow`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+import anyio
+
+from ._clock import Clock, MonotonicClock
+from ._exceptions import MailboxClosed, MailboxFull
+from ._policy import Overflow, OverflowPolicy, decide_overflow
+
+__all__ = ["DropHandler", "Mailbox", "MailboxConfig", "MailboxStatistics"]
+
+T = TypeVar("T")
+
+DropHandler = Callable[[T, str], None]
+"""Called with each dropped message and the reason label (``drop_newest``,
+``drop_oldest``, ``reject`` or ``block_timeout``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxConfig:
+    """How an actor's mailbox is bounded.
+
+    Attributes:
+        capacity: the most messages it holds (control signals excluded).
+        policy: what happens to one more message when it is full.
+        block_timeout: for ``block``, how long a sender waits before
+            ``MailboxFull`` (``None``: as long as it takes).
+
+    Raises:
+        ValueError: if ``capacity < 1`` or ``block_timeout < 0``.
+    """
+
+    capacity: int = 1000
+    policy: OverflowPolicy = OverflowPolicy.BLOCK
+    block_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"mailbox capacity must be >= 1, got {self.capacity}")
+        if self.block_timeout is not None and self.block_timeout < 0:
+            raise ValueError("block_timeout must be >= 0 or None")
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatistics:
+    """A snapshot of one mailbox.
+
+    Attributes:
+        depth: messages queued now.
+        capacity: the bound.
+        high_water: the largest depth seen.
+        received: messages accepted so far.
+        delivered: messages taken by the actor so far.
+        dropped: drops by reason (``drop_newest``, ``drop_oldest``, ``reject``,
+            ``block_timeout``).
+        waiting_senders: senders blocked for space.
+        total_wait_seconds: summed time delivered messages spent queued.
+    """
+
+    depth: int
+    capacity: int
+    high_water: int
+    received: int
+    delivered: int
+    dropped: MappingProxyType[str, int]
+    waiting_senders: int
+    total_wait_seconds: float
+
+
+class Mailbox(Generic[T]):
+    """A bounded FIFO mailbox for one consumer.
+
+    Args:
+        config: capacity, policy and block timeout.
+        address: the owner's address (named in errors).
+        clock: the time source for wait times and block timeouts.
+        on_drop: called for every message the mailbox drops.
+
+    Cost: ``put_nowait``/``get_nowait`` are O(1) and allocate one tuple.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_control",
+        "_delivered",
+        "_dropped",
+        "_getter",
+        "_high_water",
+        "_on_drop",
+        "_putters",
+        "_queue",
+        "_received",
+        "_total_wait",
+        "address",
+        "config",
+        "last_wait",
+    )
+
+    def __init__(
+        self,
+        config: MailboxConfig | None = None,
+        *,
+        address: str = "?",
+        clock: Clock | None = None,
+        on_drop: DropHandler[T] | None = None,
+    ) -> None:
+        self.config = config or MailboxConfig()
+        self.address = address
+        self._clock: Clock = clock or MonotonicClock()
+        self._on_drop = on_drop
+        self._queue: deque[tuple[T, float]] = deque()
+        self._control: deque[T] = deque()
+        self._getter: anyio.Event | None = None
+        self._putters: deque[anyio.Event] = deque()
+        self._closed = False
+        self._high_water = 0
+        self._received = 0
+        self._delivered = 0
+        self._total_wait = 0.0
+        self._dropped: dict[str, int] = {}
+        self.last_wait = 0.0
+        """Seconds the message last taken by ``get``/``get_nowait`` spent queued."""
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def record_drop(self, message: T, reason: str) -> None:
+        """Count and report ``message`` as dropped for ``reason`` (it was never queued)."""
+        self._drop(message, reason)
+
+    def _drop(self, message: T, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        if self._on_drop is not None:
+            self._on_drop(message, reason)
+
+    def _append(self, message: T) -> None:
+        queue = self._queue
+        queue.append((message, self._clock.now()))
+        self._received += 1
+        if len(queue) > self._high_water:
+            self._high_water = len(queue)
+        if self._getter is not None:
+            self._getter.set()
+            self._getter = None
+
+    def put_nowait(self, message: T) -> None:
+        """Offer ``message`` without waiting; the overflow policy applies when full.
+
+        Raises:
+            MailboxFull: the mailbox is full and its policy is ``reject`` or ``block``.
+            MailboxClosed: the owner has stopped.
+        """
+        if self._closed:
+            raise MailboxClosed(self.address)
+        config = self.config
+        verdict = decide_overflow(config.policy, len(self._queue), config.capacity)
+        if verdict is Overflow.ACCEPT:
+            self._append(message)
+        elif verdict is Overflow.EVICT_OLDEST:
+            old, _ = self._queue.popleft()
+            self._drop(old, "drop_oldest")
+            self._append(message)
+        elif verdict is Overflow.DROP_NEWEST:
+            self._drop(message, "drop_newest")
+        else:
+            if verdict is Overflow.REJECT:
+                self._drop(message, "reject")
+            raise MailboxFull(self.address, capacity=config.capacity, policy=config.policy)
+
+    async def put(self, message: T, *, timeout: float | None = None) -> None:
+        """Offer ``message``, waiting for space if the policy is ``block``.
+
+        Always a checkpoint. Under other policies this is :meth:`put_nowait`.
+
+        Args:
+            message: the message.
+            timeout: overrides the configured ``block_timeout``.
+
+        Raises:
+            MailboxFull: refused by policy, or no space within the timeout
+                (the message is then counted as dropped, ``block_timeout``).
+            MailboxClosed: the owner has stopped (also while waiting).
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        config = self.config
+        if config.policy is not OverflowPolicy.BLOCK or (
+            len(self._queue) < config.capacity and not self._putters
+        ):
+            self.put_nowait(message)
+            await anyio.lowlevel.cancel_shielded_checkpoint()
+            return
+        if self._closed:
+            raise MailboxClosed(self.address)
+        wait = timeout if timeout is not None else config.block_timeout
+        event = anyio.Event()
+        self._putters.append(event)
+        try:
+            with self._clock.move_on_after(wait):
+                while True:
+                    await event.wait()
+                    if self._closed or len(self._queue) < config.capacity:
+                        break
+                    # Someone else took the space we were woken for: queue up again, first.
+                    event = anyio.Event()
+                    self._putters.appendleft(event)
+        except BaseException:
+            self._forget_putter(event)
+            raise
+        if not event.is_set():  # timed out
+            self._putters.remove(event)
+        if self._closed:
+            raise MailboxClosed(self.address)
+        if len(self._queue) >= config.capacity:
+            self._drop(message, "block_timeout")
+            raise MailboxFull(self.address, capacity=config.capacity, policy=config.policy)
+        self._append(message)
+        self._wake_putter()
+
+    def _forget_putter(self, event: anyio.Event) -> None:
+        if event.is_set():
+            # We were handed a wake-up; pass it on if we leave without using it.
+            self._wake_putter()
+        else:
+            self._putters.remove(event)
+
+    def _wake_putter(self) -> None:
+        if self._putters and len(self._queue) < self.config.capacity:
+            self._putters.popleft().set()
+
+    def put_control(self, signal: T) -> None:
+        """Queue a control signal ahead of every message, ignoring capacity.
+
+        Raises:
+            MailboxClosed: the owner has stopped.
+        """
+        if self._closed:
+            raise MailboxClosed(self.address)
+        self._control.append(signal)
+        if self._getter is not None:
+            self._getter.set()
+            self._getter = None
+
+    def get_nowait(self) -> T:
+        """Take the next control signal, else the oldest message.
+
+        Raises:
+            anyio.WouldBlock: nothing is queued.
+        """
+        if self._control:
+            return self._control.popleft()
+        if not self._queue:
+            raise anyio.WouldBlock
+        message, enqueued_at = self._queue.popleft()
+        self._delivered += 1
+        self.last_wait = wait = self._clock.now() - enqueued_at
+        self._total_wait += wait
+        if self._putters:
+            self._wake_putter()
+        return message
+
+    async def get(self) -> T:
+        """Wait for and take the next control signal or message.
+
+        Raises:
+            anyio.EndOfStream: the mailbox is closed and empty.
+        """
+        while True:
+            try:
+                return self.get_nowait()
+            except anyio.WouldBlock:
+                if self._closed:
+                    raise anyio.EndOfStream from None
+                event = self._getter = anyio.Event()
+                await event.wait()
+
+    def close(self) -> list[T]:
+        """Refuse further messages, wake blocked senders, and return what was queued.
+
+        The caller turns the returned messages into dead letters.
+        """
+        self._closed = True
+        leftover = [m for m, _ in self._queue]
+        self._queue.clear()
+        self._control.clear()
+        while self._putters:
+            self._putters.popleft().set()
+        if self._getter is not None:
+            self._getter.set()
+            self._getter = None
+        return leftover
+
+    def drain_nowait(self) -> list[T]:
+        """Remove and return every queued message (control signals stay)."""
+        leftover = [m for m, _ in self._queue]
+        self._queue.clear()
+        while self._putters:
+            self._putters.popleft().set()
+        return leftover
+
+    def statistics(self) -> MailboxStatistics:
+        """Return a frozen snapshot of this mailbox."""
+        return MailboxStatistics(
+            depth=len(self._queue),
+            capacity=self.config.capacity,
+            high_water=self._high_water,
+            received=self._received,
+            delivered=self._delivered,
+            dropped=MappingProxyType(dict(self._dropped)),
+            waiting_senders=len(self._putters),
+            total_wait_seconds=self._total_wait,
+        )

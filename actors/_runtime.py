@@ -1,0 +1,291 @@
+"""The runtime: addresses, names, groups and message routing for one node.
+
+Theory of operation: the runtime maps every address to the local cells that
+answer to it. An actor's own address (``actor:<node>.<n>``) has one member;
+names and groups are addresses with any number of members, kept in the same
+table and removed when their last member leaves or stops. A send delivers to
+the local members directly and, when the backplane reaches other nodes, also
+publishes the message there. A send that reaches nobody is a dead letter.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from ._actor import Actor, ActorRef, Cell, Envelope, Reply
+from ._backplane import Backplane, InProcessBackplane
+from ._clock import Clock, MonotonicClock
+from ._deadletters import DeadLetter, DeadLetterOffice
+from ._exceptions import (
+    AmbiguousAddress,
+    AskTimeout,
+    BackplaneUnavailable,
+    MailboxFull,
+    NoRecipient,
+)
+from ._instrument import Instrumentation
+from ._mailbox import MailboxConfig
+
+__all__ = ["ALL", "Runtime", "RuntimeStatistics"]
+
+ALL = "all"
+"""The group every broadcast reaches. Connection actors join it automatically."""
+
+_log = structlog.get_logger("wsup.actors")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatistics:
+    """A snapshot of one runtime.
+
+    Attributes:
+        actors: live actors by kind.
+        addresses: addresses (own, names, groups) with at least one local member.
+        mailbox_messages: messages queued in all mailboxes.
+        dead_letters: dead letters by reason.
+    """
+
+    actors: MappingProxyType[str, int]
+    addresses: int
+    mailbox_messages: int
+    dead_letters: MappingProxyType[str, int]
+
+
+class Runtime:
+    """Routes messages to addresses on this node and, through the backplane, beyond.
+
+    Args:
+        backplane: the cross-node transport (default: in-process, single node).
+        clock: the time source (default: the monotonic clock).
+        instrumentation: receives runtime events (default: none).
+        node_id: this node's id in addresses (default: random, 8 hex digits).
+    """
+
+    def __init__(
+        self,
+        *,
+        backplane: Backplane | None = None,
+        clock: Clock | None = None,
+        instrumentation: Instrumentation | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.backplane = backplane or InProcessBackplane()
+        self.clock: Clock = clock or MonotonicClock()
+        self.instrumentation = instrumentation or Instrumentation()
+        self.node_id = node_id or secrets.token_hex(4)
+        self.dead_letters = DeadLetterOffice(self.clock, self.instrumentation)
+        self._members: dict[str, dict[Cell, None]] = {}
+        self._cells: dict[str, Cell] = {}
+        self._counter = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the backplane until cancelled."""
+        await self.backplane.run(self, task_status=task_status)
+
+    def backplane_state_changed(self, up: bool) -> None:
+        """Called by the backplane when it goes up or down."""
+        self.instrumentation.backplane_state(up)
+        if up:
+            _log.info("backplane.connected", backplane=self.backplane.kind)
+        else:
+            _log.error("backplane.disconnected", backplane=self.backplane.kind)
+
+    # -- cells and addresses ---------------------------------------------------
+
+    def create_cell(
+        self,
+        factory: type[Actor] | Any,
+        *,
+        mailbox: MailboxConfig | None = None,
+        kind: str = "service",
+        prefix: str = "actor",
+    ) -> Cell:
+        """Create a cell with a fresh unique address; its incarnations are run by a supervisor."""
+        self._counter += 1
+        address = f"{prefix}:{self.node_id}.{self._counter}"
+        cell = Cell(self, address, factory, mailbox=mailbox, kind=kind)
+        self._cells[address] = cell
+        self.add_member(address, cell)
+        self.instrumentation.actor_started(kind)
+        return cell
+
+    def add_member(self, address: str, cell: Cell) -> None:
+        """Make ``cell`` answer to ``address`` (a name or group)."""
+        if cell.terminated.is_set():
+            return
+        members = self._members.get(address)
+        if members is None:
+            members = self._members[address] = {}
+            if self.backplane.remote:
+                self.backplane.subscribe(address)
+        members[cell] = None
+        cell.memberships.add(address)
+
+    def remove_member(self, address: str, cell: Cell) -> None:
+        """Make ``cell`` stop answering to ``address``."""
+        members = self._members.get(address)
+        if members is None or cell not in members:
+            return
+        del members[cell]
+        cell.memberships.discard(address)
+        if not members:
+            del self._members[address]
+            if self.backplane.remote:
+                self.backplane.unsubscribe(address)
+
+    def forget(self, cell: Cell) -> None:
+        """Remove a terminated cell from every address (called by ``Cell.terminate``)."""
+        for address in list(cell.memberships):
+            self.remove_member(address, cell)
+        if self._cells.pop(cell.address, None) is not None:
+            self.instrumentation.actor_stopped(cell.kind)
+
+    def members(self, address: str) -> list[ActorRef]:
+        """Return the local actors that answer to ``address``."""
+        return [cell.ref for cell in self._members.get(address, ())]
+
+    def cell(self, address: str) -> Cell | None:
+        """Return the live local cell whose own address is ``address`` (for the supervisor)."""
+        return self._cells.get(address)
+
+    def lookup(self, address: str) -> ActorRef | None:
+        """Return the local actor whose own address is ``address``, if any."""
+        cell = self._cells.get(address)
+        return cell.ref if cell is not None else None
+
+    # -- sending ---------------------------------------------------------------
+
+    def _offer(self, members: Iterable[Cell], message: Any) -> int:
+        delivered = 0
+        for cell in members:
+            try:
+                cell.mailbox.put_nowait(Envelope(message))
+            except MailboxFull as exc:
+                if exc.policy == "block":
+                    # Fan-out never waits on one slow member: it is a drop for that member.
+                    cell.mailbox.record_drop(message, "block_timeout")
+            except Exception:  # MailboxClosed: it stopped between lookup and put
+                continue
+            else:
+                delivered += 1
+        return delivered
+
+    def send_nowait(self, address: str, message: Any) -> int:
+        """Deliver ``message`` to the local members of ``address`` without waiting.
+
+        A full member under ``block`` drops the message (counted as
+        ``block_timeout``). Does not reach other nodes: use :meth:`send` for that.
+
+        Returns:
+            How many local actors took the message. Zero on a single-node
+            backplane makes it a dead letter (``no_recipient``).
+        """
+        members = self._members.get(address)
+        delivered = self._offer(list(members), message) if members else 0
+        if not members and not self.backplane.remote:
+            self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+        return delivered
+
+    async def send(self, address: str, message: Any, *, timeout: float | None = None) -> None:
+        """Send ``message`` to every actor that answers to ``address``, here and on other nodes.
+
+        With exactly one local member and no other nodes, the sender waits for
+        mailbox space under ``block`` (up to ``timeout``); a fan-out to several
+        members never waits for a slow one. Always a checkpoint.
+
+        Raises:
+            MailboxFull: the single local recipient refused the message.
+            BackplaneUnavailable: the message could not reach other nodes (local
+                members, if any, still got it).
+        """
+        members = self._members.get(address)
+        if members and len(members) == 1 and not self.backplane.remote:
+            (cell,) = members
+            await cell.mailbox.put(Envelope(message), timeout=timeout)
+            return
+        delivered = self._offer(list(members), message) if members else 0
+        if self.backplane.remote:
+            await self._publish_remote(address, message, delivered)
+        else:
+            if not members:
+                self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+            await anyio.lowlevel.checkpoint()
+
+    async def _publish_remote(self, address: str, message: Any, delivered: int) -> None:
+        clock = self.clock
+        started = clock.now()
+        try:
+            reached = await self.backplane.publish(address, message)
+        except BackplaneUnavailable:
+            self.instrumentation.backplane_message("failed")
+            self.dead_letters.post(DeadLetter(address, message, "backplane_down"))
+            raise
+        self.instrumentation.backplane_published(clock.now() - started)
+        self.instrumentation.backplane_message("sent")
+        if not reached and not delivered:
+            self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+
+    def deliver_remote(self, address: str, message: Any) -> int:
+        """Deliver a message that arrived from another node to local members only."""
+        self.instrumentation.backplane_message("received")
+        members = self._members.get(address)
+        return self._offer(list(members), message) if members else 0
+
+    async def publish(self, group: str, message: Any) -> None:
+        """Send ``message`` to every member of ``group``; same rules as :meth:`send`."""
+        await self.send(group, message)
+
+    async def broadcast(self, message: Any) -> None:
+        """Send ``message`` to every member of the :data:`ALL` group, on every node."""
+        await self.send(ALL, message)
+
+    async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` to the one local actor at ``address`` and return its reply.
+
+        Raises:
+            NoRecipient: nobody answers to ``address`` on this node.
+            AmbiguousAddress: several actors answer to it.
+            AskTimeout, ActorRestarted, ActorStopped, MailboxFull: see ``ActorRef.ask``.
+        """
+        members = self._members.get(address)
+        if not members:
+            raise NoRecipient(address)
+        if len(members) > 1:
+            raise AmbiguousAddress(address, members=len(members))
+        (cell,) = members
+        return await self.ask_cell(cell, message, timeout=timeout)
+
+    async def ask_cell(self, cell: Cell, message: Any, *, timeout: float | None) -> Any:
+        """Ask one cell; see ``ActorRef.ask``."""
+        reply = Reply()
+        with self.clock.move_on_after(timeout):
+            await cell.mailbox.put(Envelope(message, reply))
+            return await reply.wait()
+        raise AskTimeout(cell.address, timeout=timeout if timeout is not None else math.inf)
+
+    # -- introspection -----------------------------------------------------------
+
+    def statistics(self) -> RuntimeStatistics:
+        """Return a frozen snapshot of this runtime. Cost: O(number of actors)."""
+        kinds: dict[str, int] = {}
+        queued = 0
+        for cell in self._cells.values():
+            kinds[cell.kind] = kinds.get(cell.kind, 0) + 1
+            queued += len(cell.mailbox)
+        return RuntimeStatistics(
+            actors=MappingProxyType(kinds),
+            addresses=len(self._members),
+            mailbox_messages=queued,
+            dead_letters=self.dead_letters.statistics(),
+        )

@@ -1,0 +1,1 @@
+"""Example wsup applications (``wsup serve examples.echo:app``)."""

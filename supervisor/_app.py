@@ -1,0 +1,376 @@
+"""The application object: routes, handshake hooks, plain HTTP routes, services.
+
+An :class:`App` is plain configuration until a server runs it; then it also
+becomes the way to reach connections from outside (``app.send`` and friends).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import anyio
+
+from actors import Actor, Backoff, Intensity, MailboxConfig
+
+from ._config import ServerConfig
+from ._outbound import SlowConsumerPolicy
+from ._routing import Router
+from ._tree import ChildSpec
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._server import Server
+
+__all__ = [
+    "Accept",
+    "App",
+    "Handler",
+    "HandshakeHook",
+    "HTTPResponse",
+    "Reject",
+    "Request",
+    "RouteOptions",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the server knows of a request when it decides whether to accept it.
+
+    Attributes:
+        path: the request path, without the query string.
+        params: route parameters (``/chat/{room}`` → ``{"room": ...}``), URL-decoded.
+        query: query parameters, every value of each.
+        headers: the request headers, in order, as ``(name, value)`` pairs.
+        cookies: cookies sent by the client.
+        remote_address: the peer's ``(host, port)`` as the socket sees it.
+        client_address: the real client IP (behind trusted proxies only, the
+            forwarded one; otherwise the peer's).
+        subprotocols: subprotocols the client offered, in its order.
+    """
+
+    path: str
+    params: Mapping[str, str]
+    query: Mapping[str, list[str]]
+    headers: Sequence[tuple[str, str]]
+    cookies: Mapping[str, str]
+    remote_address: tuple[str, int]
+    client_address: str
+    subprotocols: tuple[str, ...] = ()
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or ``default``."""
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return default
+
+    def query_param(self, name: str, default: str | None = None) -> str | None:
+        """Return the first value of query parameter ``name``, or ``default``."""
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """A handshake hook's "yes".
+
+    Attributes:
+        headers: extra response headers.
+        subprotocol: the subprotocol to confirm; must be one the client offered.
+        values: handed to the connection actor as ``self.values``.
+    """
+
+    headers: Sequence[tuple[str, str]] = ()
+    subprotocol: str | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A handshake hook's "no": an HTTP response instead of the upgrade.
+
+    Attributes:
+        status: the HTTP status (4xx or 5xx).
+        body: a short text body telling the client why.
+        headers: extra response headers.
+    """
+
+    status: int = 403
+    body: str = ""
+    headers: Sequence[tuple[str, str]] = ()
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"a rejection needs a 4xx or 5xx status, got {self.status}")
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPResponse:
+    """The answer of a plain HTTP route.
+
+    Attributes:
+        body: the body (``str`` is sent as UTF-8).
+        status: the HTTP status.
+        content_type: the ``Content-Type``.
+        headers: extra headers.
+    """
+
+    body: str | bytes = b""
+    status: int = 200
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Sequence[tuple[str, str]] = ()
+
+
+HandshakeResult: TypeAlias = Accept | Reject | None
+HandshakeHook: TypeAlias = Callable[[Request], HandshakeResult | Awaitable[HandshakeResult]]
+"""A function (sync or async) that sees the :class:`Request` and returns
+:class:`Accept`, :class:`Reject`, or ``None`` (accept with defaults)."""
+HTTPHandler: TypeAlias = Callable[[Request], HTTPResponse | Awaitable[HTTPResponse]]
+
+
+async def call_maybe_async(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn``; await the result if it is awaitable. Plain functions run on the loop
+    (hooks must be quick) — use ``anyio.to_thread`` inside them for blocking work."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Handler(Actor):
+    """The behaviour of a connection actor. Subclass it and override the ``on_*`` hooks.
+
+    Each hook may be ``async def`` or plain ``def`` (runs in a worker thread).
+    Set before ``on_connect``:
+
+    Attributes:
+        conn: the connection (``send``, ``close``, request details).
+        app: the application (its ``state``, and ``send``/``publish`` to any address).
+        params: the route parameters.
+        values: what the handshake hook put in ``Accept.values``.
+    """
+
+    conn: Connection
+    app: App
+    params: Mapping[str, str]
+    values: Mapping[str, Any]
+
+    async def on_connect(self) -> None:
+        """Called when the connection opens (and again on a restart)."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        """Called for each message from the client (``str`` for text, ``bytes`` for binary)."""
+
+    async def on_receive(self, message: Any) -> None:
+        """Called for each message other actors send to this connection's addresses.
+
+        By default it is forwarded to the client: ``str`` as text, ``bytes`` as
+        binary, anything else as JSON text.
+        """
+        await self.conn.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    async def on_close(self, code: int, reason: str) -> None:
+        """Called once when the connection ends, with the close code and reason."""
+
+    # -- the actor hooks, mapped onto the connection hooks ----------------------------
+
+    async def started(self) -> None:
+        """Run ``on_connect``."""
+        await _invoke(self.on_connect)
+
+    async def receive(self, message: Any) -> Any:
+        """Dispatch client messages to ``on_message`` and the rest to ``on_receive``."""
+        if message.__class__ is FromClient:
+            return await _invoke(self.on_message, message.data)
+        return await _invoke(self.on_receive, message)
+
+    async def stopping(self) -> None:
+        """Run ``on_close``."""
+        await _invoke(self.on_close, *self.conn.close_info())
+
+
+async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+class FromClient:
+    """A message from the client, as it sits in the connection's mailbox."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: str | bytes) -> None:
+        self.data = data
+
+
+ConnectionFunction: TypeAlias = Callable[["Connection"], Awaitable[None]]
+
+
+class _FunctionHandler(Handler):
+    """Adapts a websockets-style ``async def handler(conn)`` to a connection actor."""
+
+    function: ConnectionFunction
+
+    async def on_connect(self) -> None:
+        await self.function(self.conn)
+        self.context.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOptions:
+    """Per-route settings.
+
+    Attributes:
+        handler: the :class:`Handler` subclass (or factory) for connections on this route.
+        kwargs: keyword arguments for the handler's constructor.
+        hook: a handshake hook for this route (after the app-wide one).
+        subprotocols: subprotocols this route speaks, in order of preference.
+        mailbox: the connection actor's mailbox (inbound messages and messages
+            from other actors). Under ``block``, a full mailbox stops reading
+            from the socket: TCP backpressure on the client.
+        outbound_limit: the outbound buffer's high-water mark, in bytes.
+        slow_consumer: what to do when the client does not keep up.
+        slow_consumer_code: the close code of the ``disconnect`` policy.
+        intensity: restarts allowed before the connection closes with 1011.
+        backoff: delay between restarts.
+    """
+
+    handler: Callable[..., Handler]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    hook: HandshakeHook | None = None
+    subprotocols: tuple[str, ...] = ()
+    mailbox: MailboxConfig = field(default_factory=lambda: MailboxConfig(capacity=256))
+    outbound_limit: int = 1 << 20
+    slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST
+    slow_consumer_code: int = 1013
+    intensity: Intensity = field(default_factory=lambda: Intensity(3, 10.0))
+    backoff: Backoff = field(default_factory=lambda: Backoff(minimum=0.0, maximum=0.0))
+
+
+class App:
+    """A wsup application: what to serve, and a handle on it while it runs.
+
+    ::
+
+        app = App()
+
+        @app.route("/echo")
+        class Echo(Handler):
+            async def on_message(self, message):
+                await self.conn.send(message)
+
+    Args:
+        config: server settings (limits, timeouts, listen addresses); the CLI
+            overrides host, port and drain timeout.
+        state: anything the handlers should share (``self.app.state``).
+    """
+
+    def __init__(self, *, config: ServerConfig | None = None, state: Any = None) -> None:
+        self.config = config or ServerConfig()
+        self.state = state
+        self.router = Router()
+        self.http_routes: dict[str, HTTPHandler] = {}
+        self.hooks: list[HandshakeHook] = []
+        self.services: list[ChildSpec] = []
+        self.on_startup: list[Callable[[App], Any]] = []
+        self.on_shutdown: list[Callable[[App], Any]] = []
+        self.server: Server | None = None
+
+    # -- configuration -----------------------------------------------------------------
+
+    def add_route(
+        self, pattern: str, handler: Callable[..., Handler] | ConnectionFunction, **options: Any
+    ) -> None:
+        """Serve WebSocket connections on ``pattern`` with ``handler``.
+
+        ``handler`` is a :class:`Handler` subclass (constructor keyword
+        arguments go in ``kwargs=``), or a websockets-style
+        ``async def handler(conn)``.
+
+        Raises:
+            ValueError: the pattern is invalid or already routed.
+        """
+        factory: Callable[..., Handler]
+        if inspect.iscoroutinefunction(handler):
+            function = handler
+            factory = type(
+                f"FunctionHandler[{handler.__name__}]",
+                (_FunctionHandler,),
+                {"function": staticmethod(function)},
+            )
+        else:
+            factory = cast(Callable[..., Handler], handler)
+        self.router.add(pattern, RouteOptions(handler=factory, **options))
+
+    def route(self, pattern: str, **options: Any) -> Callable[[Any], Any]:
+        """Decorator form of :meth:`add_route`."""
+
+        def register(handler: Any) -> Any:
+            self.add_route(pattern, handler, **options)
+            return handler
+
+        return register
+
+    def handshake(self, hook: HandshakeHook) -> HandshakeHook:
+        """Register an app-wide handshake hook (decorator). Hooks run in order;
+        the first :class:`Reject` wins; ``Accept`` headers and values accumulate."""
+        self.hooks.append(hook)
+        return hook
+
+    def http(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Answer plain HTTP ``GET path`` on the server port (decorator).
+
+        For a few pages beside the WebSockets (a status page, the chat demo's
+        HTML). For a full HTTP application, mount wsup in an ASGI server instead.
+
+        Raises:
+            ValueError: ``path`` is reserved (``/healthz``, ``/readyz``, ``/metrics``)
+                or already taken.
+        """
+        if path in ("/healthz", "/readyz", "/metrics"):
+            raise ValueError(f"{path} is served by wsup itself")
+        if path in self.http_routes:
+            raise ValueError(f"an HTTP route for {path} exists already")
+
+        def register(handler: HTTPHandler) -> HTTPHandler:
+            self.http_routes[path] = handler
+            return handler
+
+        return register
+
+    def service(
+        self, factory: Callable[[], Actor], *, names: tuple[str, ...] = (), **options: Any
+    ) -> None:
+        """Run a service actor (not a connection) under the app's supervisor,
+        started before the listeners open and stopped after every connection."""
+        self.services.append(ChildSpec(factory, names=names, **options))
+
+    # -- reaching actors while running ---------------------------------------------------
+
+    def _running(self) -> Server:
+        if self.server is None:
+            raise RuntimeError("the app is not running: start it with wsup serve or serve()")
+        return self.server
+
+    async def send(self, address: str, message: Any) -> None:
+        """Send ``message`` to every actor at ``address`` (``conn:…``, a name, a group)."""
+        await self._running().runtime.send(address, message)
+
+    async def publish(self, group: str, message: Any) -> None:
+        """Send ``message`` to every member of ``group``."""
+        await self._running().runtime.publish(group, message)
+
+    async def broadcast(self, message: Any) -> None:
+        """Send ``message`` to every connection."""
+        await self._running().runtime.broadcast(message)
+
+    async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """Ask the one actor at ``address``; see :meth:`actors.Runtime.ask`."""
+        return await self._running().runtime.ask(address, message, timeout=timeout)

@@ -1,0 +1,72 @@
+"""Server settings, with their defaults and their checks."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._keepalive import KeepaliveConfig
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server needs besides the app's routes.
+
+    Attributes:
+        hosts: addresses to listen on; ``localhost`` or ``""``/``"::"`` listen on
+            every family the machine has (dual-stack).
+        port: the TCP port (0 picks a free one; read it from ``server.ports``).
+        ssl: serve TLS with this context.
+        reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
+        backlog: the listen backlog.
+        max_connections: more concurrent connections get HTTP 503.
+        max_size: the largest message accepted, in bytes; bigger closes with 1009.
+        compression: negotiate permessage-deflate when the client offers it.
+        handshake_timeout: seconds to complete the opening handshake (TLS included).
+        close_timeout: seconds to wait for the peer's close frame.
+        keepalive: ping interval and timeout, idle timeout.
+        origins: allowed ``Origin`` values (``None``: any; include ``None`` in
+            the list to allow clients that send no Origin).
+        trusted_proxies: networks whose ``X-Forwarded-For``/``Forwarded`` are believed.
+        drain_timeout: seconds a graceful shutdown waits before cancelling.
+        readiness_grace: seconds between ``/readyz`` turning 503 and the
+            listeners closing, for load balancers to notice.
+        loop_lag_threshold: seconds of event-loop stall worth a WARNING.
+        metrics_port: also serve ``/metrics`` on this port (``None``: only on the main one).
+    """
+
+    hosts: Sequence[str] = ("127.0.0.1",)
+    port: int = 8765
+    ssl: ssl.SSLContext | None = None
+    reuse_port: bool = False
+    backlog: int = 1024
+    max_connections: int = 100_000
+    max_size: int = 1 << 20
+    compression: bool = False
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    origins: Sequence[str | None] | None = None
+    trusted_proxies: Sequence[str] = ()
+    drain_timeout: float = 30.0
+    readiness_grace: float = 0.0
+    loop_lag_threshold: float = 0.25
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise ValueError("need at least one host to listen on")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("handshake_timeout", "close_timeout", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+        if self.max_size < 1:
+            raise ValueError("max_size must be >= 1 byte")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        if self.readiness_grace < 0:
+            raise ValueError("readiness_grace must be >= 0")

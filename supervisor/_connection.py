@@ -1,0 +1,545 @@
+"""One WebSocket connection: the socket side of a connection actor.
+
+Theory of operation: after the handshake, a connection runs two loops. The
+*reader* (the connection's own task) feeds bytes from the socket into
+websockets' Sans-I/O ``ServerProtocol``, assembles fragmented messages, and
+puts each complete message into the actor's mailbox; when that mailbox is full
+under ``block``, the reader stops reading, which is TCP backpressure on the
+client. The *writer* is the only code that writes to the socket: it takes every
+queued outbound message at once, frames them through the protocol (or copies a
+pre-encoded frame), and writes the batch with a single ``send``. Control frames
+the protocol produces while reading (pongs, the close echo) ride along.
+
+Closing: whoever closes, the connection ends up telling its actor to drain
+(finish its mailbox, then ``on_close``); and whenever the actor ends for good,
+the connection closes — with 1011 if the actor crashed past its restart
+intensity, 1001 while the server drains, 1000 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import structlog
+from anyio.abc import ByteStream
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed
+
+from ._app import FromClient, Request, RouteOptions
+from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
+from ._keepalive import Keepalive
+from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["Connection", "ConnectionState"]
+
+_log = structlog.get_logger("wsup.connection")
+
+_CLOSED_STREAM_ERRORS = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+_READ_SIZE = 1 << 16
+
+
+class ConnectionState(enum.StrEnum):
+    """Where a connection is in its life."""
+
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Connection:
+    """One open WebSocket connection, as its actor and the app see it.
+
+    Attributes:
+        request: the handshake request (path, params, query, headers, cookies,
+            client address).
+        subprotocol: the negotiated subprotocol, if any.
+        address: the connection actor's address (``conn:<node>.<n>``).
+        state: the :class:`ConnectionState`.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        stream: ByteStream,
+        protocol: ServerProtocol,
+        request: Request,
+        route: RouteOptions,
+        subprotocol: str | None,
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.route = route
+        self.subprotocol = subprotocol
+        self.address = ""
+        self.state = ConnectionState.OPEN
+        self.opened_at = server.clock.now()
+        self._stream = stream
+        self._protocol = protocol
+        self._outbound = OutboundBuffer(route.outbound_limit, route.slow_consumer)
+        self._writer_wake: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+        self._close_request: tuple[int, str] | None = None
+        self._close_info: tuple[int, str, str] | None = None
+        self._abort_buffer = False
+        self._reason_label: str | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_text = False
+        self._writer_done = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.cell: Cell | None = None
+        self.ref: ActorRef | None = None
+        self.keepalive = Keepalive(server.config.keepalive, server.clock.now())
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+
+    # -- what handlers call ------------------------------------------------------------
+
+    @property
+    def params(self) -> Any:
+        """The route parameters (``/chat/{room}`` → ``conn.params["room"]``)."""
+        return self.request.params
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """The peer's address as the socket sees it."""
+        return self.request.remote_address
+
+    @property
+    def client_address(self) -> str:
+        """The real client IP (the forwarded one behind trusted proxies)."""
+        return self.request.client_address
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes waiting in the outbound buffer."""
+        return self._outbound.bytes
+
+    def _closed_error(self) -> ConnectionClosed:
+        code, reason, initiator = self._close_info or (
+            *(self._close_request or (1006, "")),
+            "server",
+        )
+        cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+        return cls(self.address, code=code, reason=reason, initiator=initiator)
+
+    def close_info(self) -> tuple[int, str]:
+        """Return the close code and reason, as known now (``(1000, "")`` if not closing)."""
+        if self._close_info is not None:
+            return self._close_info[0], self._close_info[1]
+        if self._close_request is not None:
+            return self._close_request
+        return 1000, ""
+
+    def _encode(self, message: str | bytes | bytearray | memoryview) -> OutboundItem:
+        if isinstance(message, str):
+            return OutboundItem(message.encode(), True)
+        if isinstance(message, bytes | bytearray | memoryview):
+            return OutboundItem(bytes(message), False)
+        raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+
+    def _check_open(self) -> None:
+        if self._close_request is not None or self._close_info is not None:
+            raise self._closed_error()
+
+    def send_nowait(self, message: str | bytes) -> None:
+        """Queue ``message`` for the client without waiting (str → text, bytes → binary).
+
+        A message that does not fit the outbound buffer meets the route's
+        slow-consumer policy.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            OutboundFull: the buffer is full and the policy is ``block``.
+            TypeError: ``message`` is neither str nor bytes.
+        """
+        self._check_open()
+        self.enqueue(self._encode(message), wait_ok=False)
+
+    async def send(self, message: str | bytes) -> None:
+        """Queue ``message`` for the client; a checkpoint.
+
+        Under the ``block`` policy, waits until the buffer has room; other
+        policies never wait (see :meth:`send_nowait`).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: ``message`` is neither str nor bytes.
+        """
+        self._check_open()
+        item = self._encode(message)
+        while not self.enqueue(item, wait_ok=True):
+            space = self._space = self._space or anyio.Event()
+            await space.wait()
+            self._check_open()
+        await anyio.lowlevel.checkpoint()
+
+    def enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
+        """Apply the slow-consumer policy to ``item``; return False if the caller must wait.
+
+        Used by :meth:`send` and by group fan-out with pre-encoded frames.
+        """
+        buffer = self._outbound
+        size = len(item.payload)
+        verdict = buffer.verdict(size)
+        metrics = self.server.metrics
+        if verdict is OutboundVerdict.ACCEPT:
+            pass
+        elif verdict is OutboundVerdict.EVICT_OLDEST:
+            evicted = buffer.evict_for(size)
+            self._dropped("drop_oldest", evicted)
+        elif verdict is OutboundVerdict.DROP_NEWEST:
+            self._dropped("drop_newest", 1)
+            return True
+        elif verdict is OutboundVerdict.DISCONNECT:
+            self._dropped("disconnect", 1)
+            self.fail(self.route.slow_consumer_code, "slow consumer", label="slow_consumer")
+            return True
+        else:
+            if wait_ok:
+                return False
+            raise OutboundFull(self.address, limit=buffer.limit)
+        buffer.append(item)
+        metrics.outbound_buffer_bytes.inc(size)
+        self._wake_writer()
+        return True
+
+    def _dropped(self, policy: str, count: int) -> None:
+        if count:
+            self.server.metrics.messages_dropped.labels(policy=policy).inc(count)
+            for _ in range(count):
+                self.server.runtime.dead_letters.post(
+                    DeadLetter(self.address, None, "dropped", f"outbound {policy}")
+                )
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after flushing what is queued; returns when the socket is closed.
+
+        Idempotent: later calls only wait.
+        """
+        self.close_nowait(code, reason)
+        await self._writer_done.wait()
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake after what is queued has been written."""
+        if self._close_request is None and self._close_info is None:
+            self._close_request = (code, reason)
+            self._set_state(ConnectionState.CLOSING)
+            self._wake_writer()
+
+    def fail(self, code: int, reason: str = "", *, label: str | None = None) -> None:
+        """Close at once: discard the outbound buffer, then start the closing handshake."""
+        if self._close_request is None and self._close_info is None:
+            self._abort_buffer = True
+            self._reason_label = label
+            self.close_nowait(code, reason)
+
+    async def recv(self) -> str | bytes:
+        """Return the next message from the client (websockets-style handlers only).
+
+        Messages other actors send meanwhile go to ``on_receive`` (by default:
+        forwarded to the client).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+        """
+        behaviour = self.cell.behaviour if self.cell is not None else None
+        if behaviour is None:
+            raise self._closed_error()
+        while True:
+            try:
+                message = await behaviour.context.next_message()
+            except anyio.EndOfStream:
+                raise self._closed_error() from None
+            if message.__class__ is FromClient:
+                data: str | bytes = message.data
+                return data
+            await behaviour.receive(message)
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    # -- wiring to the actor -------------------------------------------------------------
+
+    def attach(self, ref: ActorRef, cell: Cell) -> None:
+        """Bind the connection actor (called once, right after it is spawned)."""
+        self.ref = ref
+        self.cell = cell
+        self.address = ref.address
+        cell.on_terminate = self._actor_ended
+
+    def _actor_ended(self, exit_: Exit) -> None:
+        if exit_.kind is ExitKind.CRASHED:
+            self.fail(1011, "internal error", label="internal_error")
+        elif self.state is ConnectionState.DRAINING:
+            self.close_nowait(1001, "server shutting down")
+        else:
+            self.close_nowait(1000, "")
+
+    def drain(self) -> None:
+        """Server shutdown: let the actor finish its mailbox, then close with 1001."""
+        if self.state is ConnectionState.OPEN:
+            self._set_state(ConnectionState.DRAINING)
+            if self.cell is not None and not self.cell.terminated.is_set():
+                self.cell.request_drain()
+            else:
+                self.close_nowait(1001, "server shutting down")
+
+    def _set_state(self, state: ConnectionState) -> None:
+        gauge = self.server.metrics.connections
+        gauge.labels(state=self.state).dec()
+        self.state = state
+        if state is not ConnectionState.CLOSED:
+            gauge.labels(state=state).inc()
+
+    # -- I/O -------------------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        if self._writer_wake is not None:
+            self._writer_wake.set()
+            self._writer_wake = None
+
+    async def run(self) -> None:
+        """Read until the connection ends; the writer runs beside. Never raises for I/O."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                await self._reader()
+                # The peer is gone or closing: give the writer close_timeout to finish.
+                with anyio.move_on_after(self.server.config.close_timeout):
+                    await self._writer_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _reader(self) -> None:
+        stream = self._stream
+        protocol = self._protocol
+        clock = self.server.clock
+        await self._handle_events()
+        while not protocol.eof_sent and protocol.close_rcvd is None:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except _CLOSED_STREAM_ERRORS:
+                protocol.receive_eof()
+                await self._handle_events()
+                break
+            self.bytes_in += len(data)
+            protocol.receive_data(data)
+            self.keepalive.on_data(clock.now())
+            await self._handle_events()
+
+    async def _handle_events(self) -> None:
+        protocol = self._protocol
+        events = protocol.events_received()
+        for event in events:
+            frame = cast(Frame, event)  # after the handshake, every event is a frame
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if opcode is not Opcode.CONT:
+                    self._fragment_text = opcode is Opcode.TEXT
+                data = bytes(frame.data)
+                if not frame.fin:
+                    self._fragments.append(data)
+                    continue
+                if self._fragments:
+                    self._fragments.append(data)
+                    data = b"".join(self._fragments)
+                    self._fragments = []
+                await self._deliver(data)
+            elif opcode is Opcode.PONG:
+                rtt = self.keepalive.on_pong(bytes(frame.data), self.server.clock.now())
+                if rtt is not None:
+                    self.server.metrics.ping_rtt.observe(rtt)
+            elif opcode is Opcode.CLOSE:
+                self._record_close("client")
+        if protocol.close_rcvd is not None or protocol.eof_sent:
+            self._record_close("client")
+        if protocol.writes:
+            self._wake_writer()
+
+    async def _deliver(self, data: bytes) -> None:
+        text = self._fragment_text
+        message: str | bytes
+        if text:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError as exc:
+                self._protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
+                self._reason_label = "invalid_data"
+                return
+        else:
+            message = data
+        self.messages_in += 1
+        metrics = self.server.metrics
+        metrics.messages_received.labels(kind="text" if text else "binary").inc()
+        metrics.received_bytes.inc(len(data))
+        self.keepalive.on_message(self.server.clock.now())
+        ref = self.ref
+        if ref is None:
+            return
+        # MailboxClosed: the actor ended and the connection is closing; nobody will read it.
+        with contextlib.suppress(MailboxClosed):
+            await ref.tell(FromClient(message))
+
+    def _record_close(self, initiator: str) -> None:
+        if self._close_info is not None:
+            return
+        protocol = self._protocol
+        if protocol.close_sent is not None and (
+            protocol.close_rcvd is None or not protocol.close_rcvd_then_sent
+        ):
+            sent = protocol.close_sent
+            self._close_info = (sent.code, sent.reason, "server")
+        elif protocol.close_rcvd is not None:
+            rcvd = protocol.close_rcvd
+            self._close_info = (rcvd.code, rcvd.reason, initiator)
+        elif protocol.eof_sent or initiator == "network":
+            self._close_info = (1006, "", "network")
+        else:
+            return
+        if self.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            self._set_state(ConnectionState.CLOSING)
+        if self.cell is not None and not self.cell.terminated.is_set():
+            self.cell.request_drain()
+        space = self._space
+        if space is not None:
+            self._space = None
+            space.set()
+
+    async def _writer(self) -> None:
+        protocol = self._protocol
+        stream = self._stream
+        buffer = self._outbound
+        metrics = self.server.metrics
+        try:
+            while True:
+                if not buffer and not protocol.writes and not self._close_pending():
+                    wake = self._writer_wake = anyio.Event()
+                    await wake.wait()
+                    continue
+                if self._abort_buffer:
+                    self._abort_buffer = False
+                    discarded = buffer.bytes
+                    buffer.clear()
+                    metrics.outbound_buffer_bytes.dec(discarded)
+                chunks = self._frame(buffer.take_all())
+                if self._close_pending() and not buffer:
+                    code, reason = self._close_request or (1000, "")
+                    try:
+                        protocol.send_close(code, reason)
+                    except InvalidState:
+                        pass
+                    else:
+                        self._record_close("server")
+                        if self._tg is not None:
+                            self._tg.start_soon(self._close_timer)
+                chunks.extend(protocol.data_to_send())
+                eof = bool(chunks) and chunks[-1] == b""
+                payload = b"".join(chunks)
+                if payload:
+                    await stream.send(payload)
+                    self.bytes_out += len(payload)
+                    metrics.sent_bytes.inc(len(payload))
+                if eof:
+                    break
+        except _CLOSED_STREAM_ERRORS:
+            self._record_close("network")
+        finally:
+            self._writer_done.set()
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    def _close_pending(self) -> bool:
+        return self._close_request is not None and self._protocol.close_sent is None
+
+    def _frame(self, items: list[OutboundItem]) -> list[bytes]:
+        if not items:
+            return []
+        protocol = self._protocol
+        chunks: list[bytes] = []
+        text_sent = binary_sent = size = 0
+        if protocol.state is not State.OPEN:
+            self._dropped("disconnect", len(items))
+        else:
+            for item in items:
+                size += len(item.payload)
+                if item.frame:
+                    chunks.extend(protocol.data_to_send())
+                    chunks.append(item.payload)
+                elif item.text:
+                    protocol.send_text(item.payload)
+                else:
+                    protocol.send_binary(item.payload)
+                if item.text:
+                    text_sent += 1
+                else:
+                    binary_sent += 1
+        metrics = self.server.metrics
+        metrics.outbound_buffer_bytes.dec(sum(len(i.payload) for i in items))
+        if text_sent:
+            metrics.messages_sent.labels(kind="text").inc(text_sent)
+        if binary_sent:
+            metrics.messages_sent.labels(kind="binary").inc(binary_sent)
+        self.messages_out += text_sent + binary_sent
+        space = self._space
+        if space is not None:
+            self._space = None
+            space.set()
+        return chunks
+
+    async def _close_timer(self) -> None:
+        # The peer has close_timeout seconds to answer our close frame.
+        await self.server.clock.sleep(self.server.config.close_timeout)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def send_ping(self) -> None:
+        """Send a keepalive ping now (called by the server's keepalive task)."""
+        if self._protocol.state is State.OPEN:
+            self._protocol.send_ping(self.keepalive.ping_payload)
+            self._wake_writer()
+
+    def abort(self) -> None:
+        """Stop all I/O at once (close timeout, forced shutdown)."""
+        self._record_close("network")
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def _finish(self) -> None:
+        await self._stream.aclose()
+        self._record_close("network")
+        code, reason, initiator = self._close_info or (1006, "", "network")
+        label = self._reason_label or self.server.close_label(code)
+        if self.state is not ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CLOSED)
+        if self.cell is not None and not self.cell.terminated.is_set():
+            self.cell.request_drain()
+        discarded = self._outbound.clear()
+        if discarded:
+            self._dropped("disconnect", discarded)
+        self.server.connection_closed(self, code, reason, initiator, label)

@@ -1,0 +1,91 @@
+"""WebSocket-side errors; they join the tree drawn in :mod:`actors._exceptions`::
+
+WsupError
+└── ConnectionError_
+    ├── ConnectionClosed        the connection is closed or closing: nothing more can be sent
+    │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
+    │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
+    ├── OutboundFull            the outbound buffer is full and the call could not wait
+    └── ListenError             the server could not listen on an address
+"""
+
+from __future__ import annotations
+
+from actors import WsupError
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "ConnectionError_",
+    "ListenError",
+    "OutboundFull",
+]
+
+
+class ConnectionError_(WsupError):
+    """Base of WebSocket connection errors.
+
+    Attributes:
+        address: the connection's address (``conn:…``).
+    """
+
+    def __init__(self, message: str, *, address: str) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class ConnectionClosed(ConnectionError_):
+    """The connection is closed or closing.
+
+    Attributes:
+        code: the close code (1006 when no close frame was exchanged).
+        reason: the close reason.
+        initiator: ``server``, ``client`` or ``network``.
+    """
+
+    def __init__(self, address: str, *, code: int, reason: str, initiator: str) -> None:
+        super().__init__(
+            f"{address} is closed (code {code}{', ' + reason if reason else ''}; by {initiator})",
+            address=address,
+        )
+        self.code = code
+        self.reason = reason
+        self.initiator = initiator
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """Closed cleanly: code 1000 or 1001."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """Closed with an error code, or broken without a closing handshake."""
+
+
+class OutboundFull(ConnectionError_):
+    """``send_nowait`` on a full outbound buffer whose policy is ``block``.
+
+    Attributes:
+        limit: the buffer's limit in bytes.
+    """
+
+    def __init__(self, address: str, *, limit: int) -> None:
+        super().__init__(f"outbound buffer of {address} is full ({limit} bytes)", address=address)
+        self.limit = limit
+
+
+class ListenError(WsupError):
+    """The server could not listen on an address.
+
+    Attributes:
+        host: the host it tried.
+        port: the port it tried.
+        hint: what to do about it.
+    """
+
+    def __init__(self, host: str, port: int, error: OSError, hint: str) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {shown}:{port}: {error.strerror or error} — {hint}")
+        self.host = host
+        self.port = port
+        self.hint = hint

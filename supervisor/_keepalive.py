@@ -1,0 +1,112 @@
+"""Keepalive and idle deadlines of one connection, as a pure state machine.
+
+Theory of operation: a connection is either waiting to send its next ping
+(``ping_at``) or waiting for the pong of the ping it sent (``pong_by``). Any
+data from the peer proves it alive, so it pushes the next ping back. Separately,
+an optional idle deadline closes a connection that sent no *message* for
+``idle_timeout`` seconds. :meth:`Keepalive.due` says what, if anything, is due
+at ``now``; the server's single keepalive task acts on it for every connection,
+so idle connections cost no task of their own.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+__all__ = ["Keepalive", "KeepaliveAction", "KeepaliveConfig"]
+
+
+class KeepaliveAction(enum.Enum):
+    """What :meth:`Keepalive.due` asks the connection to do."""
+
+    NOTHING = "nothing"
+    PING = "ping"
+    PONG_TIMEOUT = "pong_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """Keepalive settings.
+
+    Attributes:
+        ping_interval: seconds of silence before a ping (``None``: never ping).
+        ping_timeout: seconds to wait for the pong before closing with 1011.
+        idle_timeout: seconds without a message from the client before closing
+            with 1001 (``None``: never).
+    """
+
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    idle_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ping_interval is not None and self.ping_interval <= 0:
+            raise ValueError("ping_interval must be > 0 or None")
+        if self.ping_timeout <= 0:
+            raise ValueError("ping_timeout must be > 0")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0 or None")
+
+
+class Keepalive:
+    """Deadlines of one connection. All methods take ``now``; none performs I/O."""
+
+    __slots__ = ("_counter", "config", "idle_by", "ping_at", "ping_payload", "ping_sent_at")
+
+    def __init__(self, config: KeepaliveConfig, now: float) -> None:
+        self.config = config
+        self.ping_at = now + config.ping_interval if config.ping_interval is not None else None
+        self.ping_sent_at: float | None = None
+        self.ping_payload = b""
+        self.idle_by = now + config.idle_timeout if config.idle_timeout is not None else None
+        self._counter = 0
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest moment something may be due, or ``None``."""
+        deadlines = [d for d in (self.ping_at, self.pong_by, self.idle_by) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    @property
+    def pong_by(self) -> float | None:
+        """When the outstanding ping times out, if one is outstanding."""
+        if self.ping_sent_at is None:
+            return None
+        return self.ping_sent_at + self.config.ping_timeout
+
+    def due(self, now: float) -> KeepaliveAction:
+        """Return what is due at ``now``; a ``PING`` is recorded as sent."""
+        if self.idle_by is not None and now >= self.idle_by:
+            return KeepaliveAction.IDLE_TIMEOUT
+        pong_by = self.pong_by
+        if pong_by is not None:
+            return KeepaliveAction.PONG_TIMEOUT if now >= pong_by else KeepaliveAction.NOTHING
+        if self.ping_at is not None and now >= self.ping_at:
+            self._counter += 1
+            self.ping_payload = struct.pack("!I", self._counter & 0xFFFFFFFF)
+            self.ping_sent_at = now
+            self.ping_at = None
+            return KeepaliveAction.PING
+        return KeepaliveAction.NOTHING
+
+    def on_pong(self, payload: bytes, now: float) -> float | None:
+        """Record a pong; return the round-trip time if it answers our ping."""
+        if self.ping_sent_at is None or payload != self.ping_payload:
+            return None
+        rtt = now - self.ping_sent_at
+        self.ping_sent_at = None
+        if self.config.ping_interval is not None:
+            self.ping_at = now + self.config.ping_interval
+        return rtt
+
+    def on_data(self, now: float) -> None:
+        """Any frame from the peer: no ping is needed for a while."""
+        if self.ping_sent_at is None and self.config.ping_interval is not None:
+            self.ping_at = now + self.config.ping_interval
+
+    def on_message(self, now: float) -> None:
+        """A complete message from the peer: push the idle deadline back."""
+        if self.config.idle_timeout is not None:
+            self.idle_by = now + self.config.idle_timeout

@@ -1,0 +1,146 @@
+"""The bounded outbound buffer of one connection and its slow-consumer policy.
+
+Theory of operation: messages to the client wait here, counted in payload
+bytes, until the connection's writer turns them into frames and writes them in
+one batch. The buffer never holds more than ``limit`` bytes, except that one
+message larger than the limit is accepted into an *empty* buffer (otherwise it
+could never be sent). What happens to a message that does not fit is the pure
+:func:`decide_outbound`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = [
+    "OutboundBuffer",
+    "OutboundItem",
+    "OutboundVerdict",
+    "SlowConsumerPolicy",
+    "decide_outbound",
+]
+
+
+class SlowConsumerPolicy(enum.StrEnum):
+    """What to do when a client reads slower than the app writes to it."""
+
+    BLOCK = "block"
+    """The sender waits until the buffer drains below the limit."""
+    DROP_OLDEST = "drop_oldest"
+    """Drop the oldest queued messages to make room."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the message being sent."""
+    DISCONNECT = "disconnect"
+    """Close the connection (code 1013 by default)."""
+
+
+class OutboundVerdict(enum.Enum):
+    """The outcome of offering one message to a full-or-not buffer."""
+
+    ACCEPT = "accept"
+    WAIT = "wait"
+    DROP_NEWEST = "drop_newest"
+    EVICT_OLDEST = "evict_oldest"
+    DISCONNECT = "disconnect"
+
+
+_OVER = {
+    SlowConsumerPolicy.BLOCK: OutboundVerdict.WAIT,
+    SlowConsumerPolicy.DROP_OLDEST: OutboundVerdict.EVICT_OLDEST,
+    SlowConsumerPolicy.DROP_NEWEST: OutboundVerdict.DROP_NEWEST,
+    SlowConsumerPolicy.DISCONNECT: OutboundVerdict.DISCONNECT,
+}
+
+
+def decide_outbound(
+    policy: SlowConsumerPolicy, buffered: int, size: int, limit: int
+) -> OutboundVerdict:
+    """Decide what to do with a ``size``-byte message offered to a buffer holding ``buffered``.
+
+    A message that fits is accepted; so is any message offered to an empty
+    buffer. Otherwise the policy decides. ``EVICT_OLDEST`` means: drop the
+    oldest messages until the new one fits (or the buffer is empty), then accept.
+    """
+    if buffered == 0 or buffered + size <= limit:
+        return OutboundVerdict.ACCEPT
+    return _OVER[policy]
+
+
+@dataclass(slots=True)
+class OutboundItem:
+    """One queued message.
+
+    Attributes:
+        payload: the message bytes (UTF-8 for text), or a complete pre-encoded
+            frame when ``frame`` is true.
+        text: whether it is a text message.
+        frame: whether ``payload`` is already a serialized frame (encode-once fan-out).
+    """
+
+    payload: bytes
+    text: bool
+    frame: bool = False
+
+
+class OutboundBuffer:
+    """A FIFO of outbound messages bounded in bytes.
+
+    Args:
+        limit: the high-water mark in payload bytes.
+        policy: what to do with a message that does not fit.
+
+    Cost: O(1) per message, plus O(k) to evict k messages.
+    """
+
+    __slots__ = ("_items", "bytes", "dropped", "limit", "policy")
+
+    def __init__(self, limit: int, policy: SlowConsumerPolicy) -> None:
+        if limit < 1:
+            raise ValueError(f"outbound limit must be >= 1 byte, got {limit}")
+        self.limit = limit
+        self.policy = policy
+        self._items: deque[OutboundItem] = deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def verdict(self, size: int) -> OutboundVerdict:
+        """Return what offering a ``size``-byte message would do now."""
+        return decide_outbound(self.policy, self.bytes, size, self.limit)
+
+    def append(self, item: OutboundItem) -> None:
+        """Queue ``item`` unconditionally (the caller has applied the verdict)."""
+        self._items.append(item)
+        self.bytes += len(item.payload)
+
+    def evict_for(self, size: int) -> int:
+        """Drop oldest messages until ``size`` more bytes fit or the buffer is empty.
+
+        Returns:
+            How many messages were dropped.
+        """
+        evicted = 0
+        items = self._items
+        while items and self.bytes + size > self.limit:
+            self.bytes -= len(items.popleft().payload)
+            evicted += 1
+        self.dropped += evicted
+        return evicted
+
+    def take_all(self) -> list[OutboundItem]:
+        """Remove and return every queued message, oldest first."""
+        items = list(self._items)
+        self._items.clear()
+        self.bytes = 0
+        return items
+
+    def clear(self) -> int:
+        """Discard everything; return how many messages were discarded."""
+        count = len(self._items)
+        self._items.clear()
+        self.bytes = 0
+        return count

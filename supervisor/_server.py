@@ -1,0 +1,751 @@
+"""The server: listeners, handshakes, operational HTTP, keepalive and graceful drain.
+
+Theory of operation: each listener's accept loop hands every socket to its own
+task, which reads the HTTP request through websockets' ``ServerProtocol`` under
+the handshake timeout, answers ``/healthz``, ``/readyz``, ``/metrics`` and the
+app's plain HTTP routes itself, and otherwise routes, checks limits, Origin and
+the app's hooks before accepting. An accepted socket becomes a
+:class:`~supervisor._connection.Connection` whose actor is a dynamic child of
+the connection supervisor. One keepalive task serves every connection.
+
+Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
+handshakes in flight get 503 → each connection drains (its actor finishes its
+mailbox, the outbound buffer is flushed, close 1001) → after the drain deadline
+whatever is left is aborted and counted → service actors stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import heapq
+import http
+import itertools
+import logging
+import math
+import platform
+import signal
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.streams.tls import TLSStream
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request as WSRequest
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from actors import ALL, Backplane, Clock, MonotonicClock
+
+from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions, call_maybe_async
+from ._config import ServerConfig
+from ._connection import Connection, ConnectionState
+from ._exceptions import ListenError
+from ._instrumentation import MetricsInstrumentation
+from ._keepalive import KeepaliveAction
+from ._proxy import TrustedProxies
+from ._request import OriginPolicy, parse_cookies, split_target
+from ._routing import RouteMatch
+from ._system import ActorSystem
+from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
+from ._watchdog import LoopWatchdog
+from .metrics import Metrics, close_reason_for_code
+
+__all__ = ["Server", "serve"]
+
+_log = structlog.get_logger("wsup.server")
+_CLOSED_STREAM_ERRORS = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+# websockets logs every handshake at INFO through this logger; wsup logs its own lines.
+_PROTOCOL_LOGGER = logging.getLogger("websockets.server")
+
+try:
+    from importlib.metadata import version as _dist_version
+
+    VERSION = _dist_version("wsup")
+except Exception:  # pragma: no cover - running from a source tree without metadata
+    VERSION = "0+unknown"
+
+
+def _listen_hint(host: str, error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "another process uses this port: stop it or choose another with --port"
+    if error.errno == errno.EADDRNOTAVAIL or (
+        ":" in host and error.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT)
+    ):
+        if ":" in host:
+            return "IPv6 is not available here: listen on 0.0.0.0 instead"
+        return "this machine has no such address: use 127.0.0.1 or 0.0.0.0"
+    if error.errno == errno.EACCES:
+        return "ports below 1024 need privileges: use a port >= 1024"
+    if isinstance(error, socket.gaierror):
+        return "the host name does not resolve: use an IP address"
+    return "check the address and port"
+
+
+def _plain(
+    status: int,
+    body: str | bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    all_headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Server", f"wsup/{VERSION}"),
+            ("Connection", "close"),
+            ("Content-Length", str(len(data))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    for name, value in headers:
+        all_headers[name] = value
+    return Response(status, http.HTTPStatus(status).phrase, all_headers, data)
+
+
+class Server:
+    """Serves one :class:`~supervisor.App`.
+
+    Args:
+        app: what to serve.
+        config: settings (default: ``app.config``).
+        metrics: where to count (default: a new registry; the CLI passes the global one).
+        clock: the time source for keepalive and close timers.
+        backplane: the cross-node transport (default: in-process).
+
+    Attributes:
+        ports: the bound ``(host, port)`` pairs, once serving.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        config: ServerConfig | None = None,
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        backplane: Backplane | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config or app.config
+        self.metrics = metrics or Metrics()
+        self.clock: Clock = clock or MonotonicClock()
+        self.system = ActorSystem(
+            backplane=backplane,
+            clock=self.clock,
+            instrumentation=MetricsInstrumentation(self.metrics),
+            node_id=node_id,
+        )
+        self.runtime = self.system.runtime
+        self.connections: set[Connection] = set()
+        self.ports: list[tuple[str, int]] = []
+        self.draining = False
+        self.accepting = False
+        self._sockets = 0
+        self._origins = OriginPolicy(self.config.origins)
+        self._proxies = TrustedProxies(self.config.trusted_proxies)
+        self._conn_sup: Supervisor | None = None
+        # Created in serve(): anyio primitives need a running event loop.
+        self._accept_scope: anyio.CancelScope
+        self._stop: anyio.Event
+        self._listeners: list[anyio.abc.SocketListener] = []
+        self._all_closed: anyio.Event | None = None
+        self._keepalive_heap: list[tuple[float, int, Connection]] = []
+        self._keepalive_seq = itertools.count()
+        self._keepalive_wake: anyio.Event | None = None
+        self._keepalive_next = math.inf
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._drain_started = False
+        self._compression = [ServerPerMessageDeflateFactory()] if self.config.compression else None
+        self.metrics.mailbox_messages.set_function(
+            lambda: float(self.runtime.statistics().mailbox_messages)
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start services, listen, and serve until :meth:`shutdown` completes.
+
+        Raises:
+            ListenError: a listen address could not be bound (one clear line).
+        """
+        app = self.app
+        if app.server is not None:
+            raise RuntimeError("this app is already being served")
+        app.server = self
+        self._accept_scope = anyio.CancelScope()
+        self._stop = anyio.Event()
+        self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
+        try:
+            # Bind first: a bad address fails before anything else has started.
+            listeners = await self._listen()
+            async with self.system:
+                sup = await self.system.root.start_child(
+                    SupervisorSpec(id="connections", intensity=None)
+                )
+                assert isinstance(sup, Supervisor)
+                self._conn_sup = sup
+                for spec in app.services:
+                    await self.system.root.start_child(spec)
+                for hook in app.on_startup:
+                    await call_maybe_async(hook, app)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    self.accepting = True
+                    tg.start_soon(self._accept_all, listeners)
+                    tg.start_soon(self._keepalive_loop)
+                    watchdog = LoopWatchdog(self.metrics, self.config.loop_lag_threshold)
+                    tg.start_soon(watchdog.run)
+                    _log.info(
+                        "server.started",
+                        listen=[f"{h}:{p}" for h, p in self.ports],
+                        routes=[r.pattern for r in app.router],
+                        backend=_backend_name(),
+                        version=VERSION,
+                    )
+                    task_status.started(self)
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+                for hook in app.on_shutdown:
+                    with anyio.CancelScope(shield=True):
+                        await call_maybe_async(hook, app)
+        finally:
+            app.server = None
+            self._tg = None
+            await self._close_listeners()
+        _log.info("server.stopped")
+
+    async def _listen(self) -> list[anyio.abc.SocketListener]:
+        config = self.config
+        listeners: list[anyio.abc.SocketListener] = []
+        try:
+            for host in config.hosts:
+                try:
+                    multi = await anyio.create_tcp_listener(
+                        local_host=host or None,
+                        local_port=config.port,
+                        backlog=config.backlog,
+                        reuse_port=config.reuse_port,
+                    )
+                except OSError as exc:
+                    raise ListenError(host, config.port, exc, _listen_hint(host, exc)) from None
+                for listener in multi.listeners:
+                    assert isinstance(listener, anyio.abc.SocketListener)
+                    listeners.append(listener)
+                    sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
+                    self.ports.append((str(sockname[0]), int(sockname[1])))
+        except BaseException:
+            for listener in listeners:
+                await listener.aclose()
+            raise
+        self._listeners = listeners
+        return listeners
+
+    async def _accept_all(self, listeners: list[anyio.abc.SocketListener]) -> None:
+        with self._accept_scope:
+            async with anyio.create_task_group() as tg:
+                for listener in listeners:
+                    tg.start_soon(self._accept_loop, listener)
+
+    async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
+        assert self._tg is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except OSError as exc:
+                # EMFILE and friends: log, back off briefly, keep serving the rest.
+                _log.error("server.accept_failed", error=str(exc))
+                await anyio.sleep(0.1)
+                continue
+            self._tg.start_soon(self._handle, stream)
+
+    def stop_accepting(self) -> None:
+        """Close the listeners but keep serving open connections; ``/readyz`` turns 503."""
+        if self.accepting:
+            self.accepting = False
+            self._accept_scope.cancel()
+            if self._tg is not None:
+                self._tg.start_soon(self._close_listeners)
+            _log.info("server.stopped_accepting", connections=len(self.connections))
+
+    async def _close_listeners(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for listener in self._listeners:
+                with contextlib.suppress(Exception):
+                    await listener.aclose()
+
+    async def shutdown(self, *, drain_timeout: float | None = None) -> None:
+        """Drain gracefully, then stop. Returns once every connection is closed or cancelled.
+
+        Idempotent: a second call while draining waits for the same drain.
+        """
+        if self._drain_started:
+            await self._stop.wait()
+            return
+        self._drain_started = True
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        started = self.clock.now()
+        self.draining = True
+        self.metrics.draining.set(1)
+        _log.info("server.drain_started", connections=len(self.connections), timeout=timeout)
+        if self.config.readiness_grace > 0 and self.accepting:
+            await self.clock.sleep(self.config.readiness_grace)
+        self.stop_accepting()
+        await self._close_listeners()
+        for conn in list(self.connections):
+            conn.drain()
+        cancelled = 0
+        if self.connections:
+            self._all_closed = anyio.Event()
+            with self.clock.move_on_after(timeout):
+                await self._all_closed.wait()
+            cancelled = len(self.connections)
+            for conn in list(self.connections):
+                conn.abort()
+        self.metrics.draining.set(0 if cancelled == 0 else 1)
+        _log.info(
+            "server.drain_completed",
+            duration=round(self.clock.now() - started, 3),
+            cancelled=cancelled,
+        )
+        self._stop.set()
+
+    def force_stop(self) -> None:
+        """Stop now: abort every connection without draining."""
+        _log.warning("server.forced_stop", connections=len(self.connections))
+        self._drain_started = True
+        for conn in list(self.connections):
+            conn.abort()
+        self._stop.set()
+
+    # -- per socket --------------------------------------------------------------------------
+
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        self._sockets += 1
+        metrics = self.metrics
+        metrics.connections.labels(state="handshaking").inc()
+        started = self.clock.now()
+        conn: Connection | None = None
+        try:
+            conn = await self._handshake(stream, started)
+        except BaseException:
+            await _close_quietly(stream)
+            raise
+        finally:
+            metrics.connections.labels(state="handshaking").dec()
+            self._sockets -= 1
+        if conn is not None:
+            await conn.run()
+
+    async def _handshake(self, stream: anyio.abc.ByteStream, started: float) -> Connection | None:
+        config = self.config
+        metrics = self.metrics
+        protocol = ServerProtocol(
+            max_size=config.max_size,
+            extensions=self._compression,
+            logger=_PROTOCOL_LOGGER,
+        )
+        request: WSRequest | None = None
+        with anyio.move_on_after(config.handshake_timeout):
+            if config.ssl is not None:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream, server_side=True, ssl_context=config.ssl, standard_compatible=False
+                    )
+                except Exception as exc:
+                    _log.debug("handshake.tls_failed", error=str(exc))
+                    metrics.handshakes.labels(result="failed").inc()
+                    await _close_quietly(stream)
+                    return None
+            while request is None:
+                try:
+                    data = await stream.receive()
+                except _CLOSED_STREAM_ERRORS:
+                    metrics.handshakes.labels(result="failed").inc()
+                    await _close_quietly(stream)
+                    return None
+                protocol.receive_data(data)
+                events = protocol.events_received()
+                if events:
+                    request = events[0]  # type: ignore[assignment]
+                elif protocol.handshake_exc is not None:
+                    await self._bad_request(stream, protocol)
+                    return None
+        if request is None:
+            metrics.handshakes.labels(result="timeout").inc()
+            await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
+            return None
+        path, query = split_target(request.path)
+        return await self._decide(stream, protocol, request, path, query, started)
+
+    async def _bad_request(self, stream: anyio.abc.ByteStream, protocol: ServerProtocol) -> None:
+        self.metrics.handshakes.labels(result="failed").inc()
+        writes = protocol.data_to_send()
+        if any(writes):  # websockets already answered (431, 414)
+            await _send_all(stream, writes)
+            await _close_quietly(stream)
+            return
+        cause = protocol.handshake_exc.__cause__ if protocol.handshake_exc else None
+        if cause is not None and "unsupported HTTP method" in str(cause):
+            response = _plain(405, "only GET is supported\n", headers=[("Allow", "GET")])
+        else:
+            response = _plain(400, "bad request: not a valid HTTP/1.1 request\n")
+        await _send_all(stream, [response.serialize()])
+        await _close_quietly(stream)
+
+    async def _respond(
+        self, stream: anyio.abc.ByteStream, protocol: ServerProtocol, response: Response
+    ) -> None:
+        if not protocol.eof_sent:
+            protocol.send_response(response)
+        await _send_all(stream, protocol.data_to_send())
+        await _close_quietly(stream)
+
+    def _request(
+        self,
+        stream: anyio.abc.ByteStream,
+        request: WSRequest,
+        path: str,
+        query: dict[str, list[str]],
+        params: Any,
+    ) -> Request:
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address, ("", 0))
+        if isinstance(remote, str):  # a UNIX socket
+            remote_pair: tuple[str, int] = (remote, 0)
+        else:
+            remote_pair = (str(remote[0]), int(remote[1]))
+        headers = list(request.headers.raw_items())
+        offered: list[str] = []
+        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+            offered.extend(p.strip() for p in value.split(",") if p.strip())
+        return Request(
+            path=path,
+            params=params,
+            query=query,
+            headers=headers,
+            cookies=parse_cookies(request.headers.get_all("Cookie")),
+            remote_address=remote_pair,
+            client_address=self._proxies.client_address(remote_pair[0], headers),
+            subprotocols=tuple(offered),
+        )
+
+    async def _decide(
+        self,
+        stream: anyio.abc.ByteStream,
+        protocol: ServerProtocol,
+        ws_request: WSRequest,
+        path: str,
+        query: dict[str, list[str]],
+        started: float,
+    ) -> Connection | None:
+        metrics = self.metrics
+        if path == "/healthz":
+            await self._respond(stream, protocol, _plain(200, "ok\n"))
+            return None
+        if path == "/readyz":
+            ready, why = self.readiness()
+            await self._respond(stream, protocol, _plain(200 if ready else 503, why + "\n"))
+            return None
+        if path == "/metrics":
+            body, content_type = metrics.render_for(ws_request.headers.get("Accept"))
+            await self._respond(stream, protocol, _plain(200, body, content_type))
+            return None
+        match: RouteMatch | None = self.app.router.match(path)
+        upgrade = "upgrade" in ws_request.headers.get("Connection", "").lower()
+        if match is None or not upgrade:
+            http_handler = self.app.http_routes.get(path)
+            if http_handler is not None and not upgrade:
+                request = self._request(stream, ws_request, path, query, {})
+                try:
+                    answer: HTTPResponse = await call_maybe_async(http_handler, request)
+                    response = _plain(
+                        answer.status, answer.body, answer.content_type, answer.headers
+                    )
+                except Exception:
+                    _log.exception("http.handler_failed", path=path)
+                    response = _plain(500, "internal server error\n")
+                await self._respond(stream, protocol, response)
+                return None
+            if match is None:
+                metrics.handshakes.labels(result="rejected").inc()
+                await self._respond(stream, protocol, _plain(404, f"no route for {path}\n"))
+                return None
+        assert match is not None
+        route: RouteOptions = match.target  # type: ignore[assignment]
+        if self.draining or not self.accepting:
+            metrics.handshakes.labels(result="rejected").inc()
+            await self._respond(stream, protocol, _plain(503, "server is shutting down\n"))
+            return None
+        if len(self.connections) >= self.config.max_connections:
+            metrics.handshakes.labels(result="rejected").inc()
+            _log.warning("handshake.rejected", reason="max_connections", path=path)
+            await self._respond(stream, protocol, _plain(503, "too many connections\n"))
+            return None
+        if not self._origins.allows(ws_request.headers.get("Origin")):
+            metrics.handshakes.labels(result="rejected").inc()
+            await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
+            return None
+        protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
+        response = protocol.accept(ws_request)
+        if response.status_code != 101:
+            # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
+            metrics.handshakes.labels(result="failed").inc()
+            await self._respond(stream, protocol, response)
+            return None
+        request = self._request(stream, ws_request, path, query, match.params)
+        verdict = await self._run_hooks(request, route)
+        if isinstance(verdict, Reject):
+            metrics.handshakes.labels(result="rejected").inc()
+            await self._respond(
+                stream,
+                protocol,
+                _plain(verdict.status, verdict.body or "rejected\n", headers=verdict.headers),
+            )
+            return None
+        subprotocol: str | None = protocol.subprotocol
+        if verdict.subprotocol is not None:
+            if verdict.subprotocol not in request.subprotocols:
+                _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
+                metrics.handshakes.labels(result="failed").inc()
+                await self._respond(stream, protocol, _plain(500, "internal server error\n"))
+                return None
+            subprotocol = verdict.subprotocol
+            response.headers["Sec-WebSocket-Protocol"] = verdict.subprotocol
+        for name, value in verdict.headers:
+            response.headers[name] = value
+        protocol.send_response(response)
+        try:
+            await _send_all(stream, protocol.data_to_send())
+        except _CLOSED_STREAM_ERRORS:
+            metrics.handshakes.labels(result="failed").inc()
+            await _close_quietly(stream)
+            return None
+        conn = Connection(self, stream, protocol, request, route, subprotocol)
+        self._spawn(conn, route, verdict)
+        self.connections.add(conn)
+        metrics.connections.labels(state="open").inc()
+        metrics.connections_accepted.inc()
+        metrics.handshakes.labels(result="accepted").inc()
+        metrics.handshake_duration.observe(self.clock.now() - started)
+        self._schedule_keepalive(conn)
+        _log.debug("connection.opened", conn=conn.address, path=path, client=request.client_address)
+        return conn
+
+    async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
+        headers: list[tuple[str, str]] = []
+        values: dict[str, Any] = {}
+        subprotocol: str | None = None
+        hooks = [*self.app.hooks, *([route.hook] if route.hook else [])]
+        for hook in hooks:
+            try:
+                result = await call_maybe_async(hook, request)
+            except Exception:
+                _log.exception("handshake.hook_failed", path=request.path)
+                return Reject(500, "internal server error\n")
+            if isinstance(result, Reject):
+                return result
+            if isinstance(result, Accept):
+                headers.extend(result.headers)
+                values.update(result.values)
+                subprotocol = result.subprotocol or subprotocol
+        return Accept(headers=headers, subprotocol=subprotocol, values=values)
+
+    def _spawn(self, conn: Connection, route: RouteOptions, accept: Accept) -> None:
+        app = self.app
+        params = conn.request.params
+        values = accept.values
+
+        def factory() -> Any:
+            handler = route.handler(**route.kwargs)
+            handler.conn = conn
+            handler.app = app
+            handler.params = params
+            handler.values = values
+            return handler
+
+        spec = ChildSpec(
+            factory,
+            id="connection",
+            restart=Restart.TRANSIENT,
+            mailbox=route.mailbox,
+            intensity=route.intensity,
+            backoff=route.backoff,
+            kind="connection",
+            names=(ALL,),
+            prefix="conn",
+            shutdown_timeout=self.config.close_timeout,
+        )
+        assert self._conn_sup is not None
+        ref = self._conn_sup.start_child_nowait(spec)
+        cell = self.runtime.cell(ref.address)
+        assert cell is not None
+        conn.attach(ref, cell)
+
+    def connection_closed(
+        self, conn: Connection, code: int, reason: str, initiator: str, label: str
+    ) -> None:
+        """Account for a finished connection (called once by the connection)."""
+        self.connections.discard(conn)
+        duration = self.clock.now() - conn.opened_at
+        self.metrics.connections_closed.labels(reason=label, initiator=initiator).inc()
+        self.metrics.connection_duration.observe(duration)
+        _log.info(
+            "connection.closed",
+            conn=conn.address,
+            path=conn.request.path,
+            client=conn.request.client_address,
+            duration=round(duration, 3),
+            code=code,
+            reason=reason,
+            initiator=initiator,
+            messages_in=conn.messages_in,
+            messages_out=conn.messages_out,
+            bytes_in=conn.bytes_in,
+            bytes_out=conn.bytes_out,
+        )
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
+
+    def close_label(self, code: int) -> str:
+        """Map a close code to the ``reason`` label of ``wsup_connections_closed_total``."""
+        return close_reason_for_code(code)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Return whether this node should get new connections, and why not."""
+        if self.draining:
+            return False, "draining"
+        if not self.accepting:
+            return False, "not accepting connections"
+        if not self.runtime.backplane.up:
+            return False, "backplane down"
+        return True, "ready"
+
+    # -- keepalive ------------------------------------------------------------------------------
+
+    def _schedule_keepalive(self, conn: Connection) -> None:
+        deadline = conn.keepalive.next_deadline()
+        if deadline is None:
+            return
+        heapq.heappush(self._keepalive_heap, (deadline, next(self._keepalive_seq), conn))
+        if deadline < self._keepalive_next and self._keepalive_wake is not None:
+            self._keepalive_wake.set()
+
+    async def _keepalive_loop(self) -> None:
+        heap = self._keepalive_heap
+        clock = self.clock
+        while True:
+            now = clock.now()
+            while heap and heap[0][0] <= now:
+                _, _, conn = heapq.heappop(heap)
+                if conn.state is ConnectionState.CLOSED or conn not in self.connections:
+                    continue
+                action = conn.keepalive.due(now)
+                if action is KeepaliveAction.PING:
+                    conn.send_ping()
+                elif action is KeepaliveAction.PONG_TIMEOUT:
+                    conn.fail(1011, "keepalive ping timeout", label="timeout")
+                    continue
+                elif action is KeepaliveAction.IDLE_TIMEOUT:
+                    conn.fail(1001, "idle timeout", label="timeout")
+                    continue
+                self._schedule_keepalive(conn)
+            self._keepalive_next = heap[0][0] if heap else math.inf
+            wake = self._keepalive_wake = anyio.Event()
+            delay = None if math.isinf(self._keepalive_next) else self._keepalive_next - now
+            with clock.move_on_after(delay):
+                await wake.wait()
+            self._keepalive_wake = None
+
+
+async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
+    data = b"".join(chunks)
+    if data:
+        with contextlib.suppress(*_CLOSED_STREAM_ERRORS):
+            await stream.send(data)
+
+
+async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await stream.aclose()
+
+
+def _backend_name() -> str:
+    try:
+        import sniffio
+
+        backend = sniffio.current_async_library()
+    except Exception:
+        return "unknown"
+    if backend == "asyncio":
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if type(loop).__module__.startswith("uvloop"):
+            return "asyncio+uvloop"
+    return backend
+
+
+async def serve(
+    app: App,
+    config: ServerConfig | None = None,
+    *,
+    handle_signals: bool = True,
+    metrics: Metrics | None = None,
+    backplane: Backplane | None = None,
+    task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT (graceful drain; a second signal forces).
+
+    Args:
+        app: what to serve.
+        config: settings (default ``app.config``).
+        handle_signals: install SIGTERM/SIGINT handling (only in the main thread).
+        metrics: where to count.
+        backplane: the cross-node transport.
+
+    Raises:
+        ListenError: an address could not be bound.
+    """
+    server = Server(app, config, metrics=metrics, backplane=backplane)
+    async with anyio.create_task_group() as tg:
+        if handle_signals:
+            # Started before serve() so a signal during start-up is not lost; the
+            # watcher only acts once the server is serving.
+            tg.start_soon(_watch_signals, server)
+        await server.serve(task_status=task_status)
+        tg.cancel_scope.cancel()
+
+
+async def _watch_signals(server: Server) -> None:
+    signals: list[signal.Signals] = [signal.SIGTERM, signal.SIGINT]
+    usr1: Callable[[], None] = server.stop_accepting
+    if hasattr(signal, "SIGUSR1"):
+        signals.append(signal.SIGUSR1)
+    with anyio.open_signal_receiver(*signals) as received:
+        async with anyio.create_task_group() as tg:
+            async for signum in received:
+                if signum == getattr(signal, "SIGUSR1", None):
+                    usr1()
+                    continue
+                if server._drain_started:
+                    server.force_stop()
+                    return
+                _log.info("server.signal_received", signal=signal.Signals(signum).name)
+                tg.start_soon(server.shutdown)

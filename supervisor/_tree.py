@@ -1,0 +1,500 @@
+"""The supervision tree: OTP strategies and restart types, Akka-style restarts.
+
+Theory of operation: a :class:`Supervisor` runs each child's incarnations as
+tasks in its own task group and listens to how they end. The rules it applies
+are deliberately few:
+
+* a child stopped from outside (``ref.stop()``, drain, shutdown) is never
+  restarted; a child that stopped itself is restarted only if ``permanent``;
+  a crashed child is restarted unless ``temporary``;
+* every restart is recorded in the child's own sliding window and in the
+  supervisor's; past the child's intensity the child is stopped for good (a
+  connection then closes with 1011); past the supervisor's, the supervisor
+  stops all its children and raises :class:`~actors.Escalation` to its parent;
+* ``one_for_all`` / ``rest_for_one`` stop the affected siblings in reverse
+  start order, then restart them in start order, after the failed child's
+  backoff delay;
+* a restart re-creates the behaviour on the same cell: same address, same
+  mailbox; the message that failed became a dead letter in the cell.
+
+Shutdown stops dynamic children in parallel, then static children in reverse
+start order; each gets ``shutdown_timeout`` seconds before it is cancelled.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from actors import (
+    Actor,
+    ActorRef,
+    Backoff,
+    BackoffState,
+    Cell,
+    Escalation,
+    Exit,
+    ExitKind,
+    Intensity,
+    IntensityWindow,
+    MailboxConfig,
+    Runtime,
+)
+
+__all__ = ["ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorSpec"]
+
+_log = structlog.get_logger("wsup.supervisor")
+
+
+class Strategy(enum.StrEnum):
+    """Which children a supervisor restarts when one crashes."""
+
+    ONE_FOR_ONE = "one_for_one"
+    """Only the crashed child."""
+    ONE_FOR_ALL = "one_for_all"
+    """Every child."""
+    REST_FOR_ONE = "rest_for_one"
+    """The crashed child and those started after it."""
+
+
+class Restart(enum.StrEnum):
+    """When a child is restarted."""
+
+    PERMANENT = "permanent"
+    """After a crash, and after it stopped itself."""
+    TRANSIENT = "transient"
+    """After a crash only."""
+    TEMPORARY = "temporary"
+    """Never."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """How to run one actor under a supervisor.
+
+    Attributes:
+        factory: makes a fresh behaviour (called again on every restart).
+        id: a label for logs (defaults to the behaviour's class name).
+        restart: when to restart it.
+        shutdown_timeout: seconds it gets to stop before it is cancelled.
+        mailbox: its mailbox bounds and overflow policy.
+        intensity: the most restarts it may have in a window before it is stopped.
+        backoff: the delay between consecutive restarts.
+        kind: the metrics label (``service``, ``connection``).
+        names: names it answers to from its first start until it stops.
+        prefix: the address prefix (``actor`` gives ``actor:<node>.<n>``).
+    """
+
+    factory: Callable[[], Actor]
+    id: str = ""
+    restart: Restart = Restart.PERMANENT
+    shutdown_timeout: float = 5.0
+    mailbox: MailboxConfig = field(default_factory=MailboxConfig)
+    intensity: Intensity = field(default_factory=Intensity)
+    backoff: Backoff = field(default_factory=Backoff)
+    kind: str = "service"
+    names: tuple[str, ...] = ()
+    prefix: str = "actor"
+
+    @property
+    def label(self) -> str:
+        """The id, or the factory's name."""
+        return self.id or getattr(self.factory, "__name__", type(self.factory).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSpec:
+    """A supervisor, which may itself be the child of another.
+
+    Attributes:
+        children: static children, started in order.
+        strategy: which children a crash restarts.
+        intensity: the most restarts of all its children in a window before it
+            escalates; ``None`` never escalates (fit for independent dynamic
+            children such as connections).
+        id: a label for logs.
+        restart: when its parent restarts it after it escalated.
+        shutdown_timeout: seconds it gets to stop (as a child).
+        backoff: the delay before its parent restarts it.
+    """
+
+    children: Sequence[ChildSpec | SupervisorSpec] = ()
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: Intensity | None = field(default_factory=lambda: Intensity(10, 10.0))
+    id: str = "supervisor"
+    restart: Restart = Restart.PERMANENT
+    shutdown_timeout: float = math.inf
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def label(self) -> str:
+        """The id."""
+        return self.id
+
+
+class _Child:
+    __slots__ = (
+        "backoff",
+        "cell",
+        "done",
+        "dynamic",
+        "expected",
+        "running",
+        "scope",
+        "spec",
+        "sup",
+        "window",
+    )
+
+    def __init__(self, spec: ChildSpec | SupervisorSpec, cell: Cell | None, dynamic: bool) -> None:
+        self.spec = spec
+        self.cell = cell
+        self.sup: Supervisor | None = None
+        self.dynamic = dynamic
+        self.window = IntensityWindow(
+            spec.intensity if isinstance(spec, ChildSpec) else Intensity(10**9, 1.0)
+        )
+        self.backoff = BackoffState(spec.backoff)
+        self.scope: anyio.CancelScope | None = None
+        self.done = anyio.Event()
+        self.running = False
+        # Set when the supervisor itself stopped this child, so its exit is not a failure.
+        self.expected = False
+
+    @property
+    def label(self) -> str:
+        return self.cell.address if self.cell is not None else self.spec.label
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind if isinstance(self.spec, ChildSpec) else "supervisor"
+
+
+@dataclass(slots=True)
+class _Exited:
+    child: _Child
+    exit: Exit
+
+
+class _Shutdown:
+    __slots__ = ("drain",)
+
+    def __init__(self, drain: bool) -> None:
+        self.drain = drain
+
+
+class Supervisor:
+    """Runs and restarts children according to a :class:`SupervisorSpec`.
+
+    Use :meth:`run` as a task (``await task_group.start(sup.run)``); it returns
+    after :meth:`shutdown`, or raises :class:`~actors.Escalation`.
+
+    Args:
+        runtime: the runtime its actors live in.
+        spec: strategy, intensity and static children.
+    """
+
+    def __init__(self, runtime: Runtime, spec: SupervisorSpec | None = None) -> None:
+        self.runtime = runtime
+        self.spec = spec or SupervisorSpec()
+        # Insertion-ordered: start order, O(1) removal (thousands of dynamic children).
+        self._children: dict[_Child, None] = {}
+        self._window = IntensityWindow(self.spec.intensity) if self.spec.intensity else None
+        self._tg: TaskGroup | None = None
+        self._send: MemoryObjectSendStream[_Exited | _Shutdown]
+        self._receive: MemoryObjectReceiveStream[_Exited | _Shutdown]
+        self._send, self._receive = anyio.create_memory_object_stream[_Exited | _Shutdown](math.inf)
+        self._pending_restarts: set[anyio.CancelScope] = set()
+        self._stopping = False
+        self.stopped = anyio.Event()
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def children(self) -> list[ActorRef]:
+        """References to the live actor children (not sub-supervisors), in start order."""
+        return [c.cell.ref for c in self._children if c.cell is not None]
+
+    async def run(self, *, task_status: TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the static children in order, then supervise until shut down.
+
+        Raises:
+            Escalation: the restart intensity was exceeded; every child has
+                been stopped first.
+        """
+        self.runtime.instrumentation.actor_started("supervisor")
+        escalation: Escalation | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for spec in self.spec.children:
+                    await self._start(spec, dynamic=False)
+                task_status.started(self)
+                escalation = await self._supervise()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            for child in list(self._children):
+                self._finish(child, Exit(ExitKind.STOPPED))
+            self._children.clear()
+            self.stopped.set()
+            self.runtime.instrumentation.actor_stopped("supervisor")
+        if escalation is not None:
+            raise escalation
+
+    async def start_child(self, spec: ChildSpec | SupervisorSpec) -> ActorRef | Supervisor:
+        """Add a dynamic child and wait until its ``started`` hook has returned.
+
+        Returns:
+            The new actor's reference, or the new supervisor.
+
+        Raises:
+            RuntimeError: the supervisor is not running.
+        """
+        started: ActorRef | Supervisor = await self._start(spec, dynamic=True)
+        return started
+
+    def start_child_nowait(self, spec: ChildSpec) -> ActorRef:
+        """Add a dynamic actor child without waiting for its ``started`` hook.
+
+        Raises:
+            RuntimeError: the supervisor is not running or is shutting down.
+        """
+        tg = self._require_running()
+        child = self._new_child(spec, dynamic=True)
+        tg.start_soon(self._run_child, child, None)
+        assert child.cell is not None
+        return child.cell.ref
+
+    def shutdown(self, *, drain: bool = False) -> None:
+        """Stop every child (draining their mailboxes first if ``drain``), then return from
+        :meth:`run`. Idempotent; wait with ``await sup.stopped.wait()``."""
+        if not self._stopping:
+            self._stopping = True
+            self._send.send_nowait(_Shutdown(drain))
+
+    # -- starting ------------------------------------------------------------------
+
+    def _require_running(self) -> TaskGroup:
+        if self._tg is None or self._stopping:
+            raise RuntimeError(f"supervisor {self.spec.id!r} is not running")
+        return self._tg
+
+    def _new_child(self, spec: ChildSpec | SupervisorSpec, *, dynamic: bool) -> _Child:
+        cell = None
+        if isinstance(spec, ChildSpec):
+            cell = self.runtime.create_cell(
+                spec.factory, mailbox=spec.mailbox, kind=spec.kind, prefix=spec.prefix
+            )
+            for name in spec.names:
+                self.runtime.add_member(name, cell)
+        child = _Child(spec, cell, dynamic)
+        self._children[child] = None
+        return child
+
+    async def _start(self, spec: ChildSpec | SupervisorSpec, *, dynamic: bool) -> Any:
+        tg = self._require_running()
+        child = self._new_child(spec, dynamic=dynamic)
+        await tg.start(self._run_child, child, None)
+        return child.cell.ref if child.cell is not None else child.sup
+
+    async def _run_child(
+        self,
+        child: _Child,
+        error: Exception | None,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
+
+        def on_started() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        child.running = True
+        child.done = anyio.Event()
+        exit_ = Exit(ExitKind.KILLED)
+        with anyio.CancelScope() as scope:
+            child.scope = scope
+            try:
+                if child.cell is not None:
+                    exit_ = await child.cell.run_incarnation(error, on_started=on_started)
+                else:
+                    assert isinstance(child.spec, SupervisorSpec)
+                    child.sup = Supervisor(self.runtime, child.spec)
+                    await child.sup.run(task_status=_Started(on_started))
+                    exit_ = Exit(ExitKind.STOPPED)
+            except Escalation as exc:
+                exit_ = Exit(ExitKind.CRASHED, exc)
+        child.scope = None
+        child.running = False
+        child.done.set()
+        if not started:
+            task_status.started()
+        self._send.send_nowait(_Exited(child, exit_))
+
+    # -- supervising ---------------------------------------------------------------
+
+    async def _supervise(self) -> Escalation | None:
+        async for event in self._receive:
+            if isinstance(event, _Shutdown):
+                await self._stop_all(drain=event.drain)
+                return None
+            child, exit_ = event.child, event.exit
+            if child.expected or child not in self._children:
+                continue
+            escalation = await self._on_exit(child, exit_)
+            if escalation is not None:
+                _log.error(
+                    "supervisor.escalated",
+                    supervisor=self.spec.id,
+                    restarts=escalation.restarts,
+                    within=escalation.within,
+                )
+                self.runtime.instrumentation.escalated()
+                await self._stop_all(drain=False)
+                return escalation
+        return None  # pragma: no cover - the stream never ends while we hold a sender
+
+    async def _on_exit(self, child: _Child, exit_: Exit) -> Escalation | None:
+        spec = child.spec
+        kind = exit_.kind
+        if kind in (ExitKind.STOPPED, ExitKind.DRAINED) or (
+            kind is ExitKind.EXITED and spec.restart is not Restart.PERMANENT
+        ):
+            self._finish(child, exit_)
+            return None
+        error = exit_.error
+        if kind in (ExitKind.CRASHED, ExitKind.KILLED):
+            self.runtime.instrumentation.actor_crashed(child.kind)
+            _log.error(
+                "actor.crashed",
+                actor=child.label,
+                supervisor=self.spec.id,
+                exc_info=error,
+            )
+            if spec.restart is Restart.TEMPORARY:
+                self._finish(child, exit_)
+                return None
+        now = self.runtime.clock.now()
+        if not child.window.record(now):
+            _log.error(
+                "actor.intensity_exceeded",
+                actor=child.label,
+                max_restarts=child.window.intensity.max_restarts,
+                within=child.window.intensity.within,
+            )
+            self._finish(child, exit_)
+            return None
+        if self._window is not None and not self._window.record(now):
+            intensity = self._window.intensity
+            escalation = Escalation(
+                self.spec.id, restarts=intensity.max_restarts + 1, within=intensity.within
+            )
+            escalation.__cause__ = error
+            self._finish(child, exit_)
+            return escalation
+        strategy = self.spec.strategy
+        if strategy is Strategy.ONE_FOR_ONE:
+            group = [child]
+        else:
+            order = list(self._children)
+            group = order[0 if strategy is Strategy.ONE_FOR_ALL else order.index(child) :]
+        await self._stop_children([c for c in reversed(group) if c is not child], drain=False)
+        delay = child.backoff.next_delay(now)
+        self._require_running().start_soon(self._restart, group, child, error, delay)
+        return None
+
+    async def _restart(
+        self, group: list[_Child], failed: _Child, error: Exception | None, delay: float
+    ) -> None:
+        scope = anyio.CancelScope()
+        self._pending_restarts.add(scope)
+        try:
+            with scope:
+                await self.runtime.clock.sleep(delay)
+                for child in group:
+                    if child not in self._children:
+                        continue
+                    child.expected = False
+                    cause = error if child is failed and isinstance(error, Exception) else None
+                    self.runtime.instrumentation.actor_restarted(child.kind)
+                    _log.warning(
+                        "actor.restarted",
+                        actor=child.label,
+                        supervisor=self.spec.id,
+                        delay=round(delay, 4),
+                        cause=type(error).__name__ if child is failed and error else None,
+                    )
+                    tg = self._require_running()
+                    await tg.start(self._run_child, child, cause)
+        finally:
+            self._pending_restarts.discard(scope)
+
+    # -- stopping --------------------------------------------------------------------
+
+    async def _stop_children(self, children: Sequence[_Child], *, drain: bool) -> None:
+        for child in children:
+            await self._stop_child(child, drain=drain)
+
+    async def _stop_child(self, child: _Child, *, drain: bool) -> None:
+        child.expected = True
+        if not child.running:
+            return
+        if child.cell is not None:
+            if drain:
+                child.cell.request_drain()
+            else:
+                child.cell.request_stop()
+        elif child.sup is not None:
+            child.sup.shutdown(drain=drain)
+        timeout = child.spec.shutdown_timeout
+        with self.runtime.clock.move_on_after(None if math.isinf(timeout) else timeout):
+            await child.done.wait()
+        if child.running and child.scope is not None:
+            _log.warning("actor.shutdown_timeout", actor=child.label, timeout=timeout)
+            child.scope.cancel()
+            await child.done.wait()
+
+    async def _stop_child_task(self, child: _Child, drain: bool) -> None:
+        await self._stop_child(child, drain=drain)
+
+    async def _stop_all(self, *, drain: bool) -> None:
+        self._stopping = True
+        for scope in list(self._pending_restarts):
+            scope.cancel()
+        dynamic = [c for c in self._children if c.dynamic]
+        static = [c for c in self._children if not c.dynamic]
+        if dynamic:
+            async with anyio.create_task_group() as tg:
+                for child in dynamic:
+                    tg.start_soon(self._stop_child_task, child, drain)
+        await self._stop_children(list(reversed(static)), drain=drain)
+        for child in list(self._children):
+            self._finish(child, Exit(ExitKind.DRAINED if drain else ExitKind.STOPPED))
+
+    def _finish(self, child: _Child, exit_: Exit) -> None:
+        self._children.pop(child, None)
+        if child.cell is not None:
+            child.cell.terminate(exit_)
+
+
+class _Started:
+    """Adapts a plain callback to the ``task_status`` protocol."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: object = None) -> None:
+        self._callback()

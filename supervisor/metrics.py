@@ -1,0 +1,412 @@
+"""Prometheus metrics exported by a wsup process.
+
+Theory of operation:
+    One :class:`Metrics` object owns every ``wsup_*`` metric and registers them on
+    one :class:`~prometheus_client.CollectorRegistry`. The server creates one per
+    process and hands it to the components that count things; tests create one
+    per test on a private registry, so counts never leak between tests.
+
+    Every label takes its values from a small fixed set, declared below as a
+    ``Literal`` type (for callers' annotations) and a tuple of the same values
+    (for iteration). All children of every labelled metric are created up front,
+    so each series exists at zero from the first scrape: ``rate()`` and
+    ``increase()`` then see the first event instead of a series appearing out of
+    nowhere, and an alert on "dead letters rising" does not need an ``or vector(0)``.
+    There is no label that names a connection, user, path, peer or exception:
+    the number of series is fixed (about 200 plus histogram buckets) whatever the
+    traffic.
+
+    Attribute names are the metric names without the ``wsup_`` prefix and without
+    the ``_total`` and ``_seconds`` suffixes (``wsup_handshakes_total`` is
+    ``metrics.handshakes``, ``wsup_ping_rtt_seconds`` is ``metrics.ping_rtt``).
+    Each attribute is the plain ``prometheus_client`` object, so callers use the
+    usual ``inc()``, ``set()``, ``observe()`` and ``labels(...)``.
+
+    The meaning of every family is written once, in :data:`METRIC_DOCS`; it is the
+    ``# HELP`` text of the exposition and the source of the metrics catalogue in
+    ``docs/operations.md``.
+
+    The exposition leaves out ``prometheus_client``'s ``*_created`` samples: in the
+    text format each becomes one more gauge series per counter or histogram child
+    (over a hundred here) that Prometheus stores and nobody queries, since
+    ``rate()`` and ``increase()`` already handle counter resets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Final, Literal, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.metrics_core import Metric
+
+__all__ = [
+    "ACTOR_KINDS",
+    "BACKPLANE_DIRECTIONS",
+    "CLOSE_INITIATORS",
+    "CLOSE_REASONS",
+    "CONNECTION_STATES",
+    "DEAD_LETTER_REASONS",
+    "DROP_POLICIES",
+    "HANDSHAKE_RESULTS",
+    "MESSAGE_KINDS",
+    "METRIC_DOCS",
+    "ActorKind",
+    "BackplaneDirection",
+    "CloseInitiator",
+    "CloseReason",
+    "ConnectionState",
+    "DeadLetterReason",
+    "DropPolicy",
+    "HandshakeResult",
+    "MessageKind",
+    "Metrics",
+    "close_reason_for_code",
+]
+
+# --- Label value sets ------------------------------------------------------------
+# Each Literal is the single source of its values; the tuple next to it is derived
+# from it so the two can never disagree.
+
+ConnectionState = Literal["handshaking", "open", "draining", "closing"]
+"""Where a connection is in its lifecycle (label ``state`` of ``wsup_connections``)."""
+CONNECTION_STATES: Final[tuple[ConnectionState, ...]] = get_args(ConnectionState)
+
+HandshakeResult = Literal["accepted", "rejected", "failed", "timeout"]
+"""Outcome of an opening handshake: ``rejected`` by the app's hook or routing
+(an HTTP error status was sent), ``failed`` on an invalid request or a broken
+socket, ``timeout`` when the handshake deadline passed."""
+HANDSHAKE_RESULTS: Final[tuple[HandshakeResult, ...]] = get_args(HandshakeResult)
+
+CloseReason = Literal[
+    "normal",
+    "going_away",
+    "protocol_error",
+    "invalid_data",
+    "message_too_big",
+    "internal_error",
+    "slow_consumer",
+    "policy",
+    "timeout",
+    "abnormal",
+    "other",
+]
+"""Why a connection closed; see :func:`close_reason_for_code`. ``timeout`` covers
+keepalive (pong) and idle timeouts, which the close code alone cannot tell."""
+CLOSE_REASONS: Final[tuple[CloseReason, ...]] = get_args(CloseReason)
+
+CloseInitiator = Literal["server", "client", "network"]
+"""Who ended a connection: ``network`` when the TCP connection broke without a
+closing handshake."""
+CLOSE_INITIATORS: Final[tuple[CloseInitiator, ...]] = get_args(CloseInitiator)
+
+MessageKind = Literal["text", "binary"]
+"""WebSocket data message type."""
+MESSAGE_KINDS: Final[tuple[MessageKind, ...]] = get_args(MessageKind)
+
+DropPolicy = Literal["drop_newest", "drop_oldest", "reject", "block_timeout", "disconnect"]
+"""Overflow policy that discarded a message: ``block_timeout`` is a ``block``
+sender that gave up, ``disconnect`` a slow consumer's outbound buffer."""
+DROP_POLICIES: Final[tuple[DropPolicy, ...]] = get_args(DropPolicy)
+
+DeadLetterReason = Literal["dropped", "no_recipient", "failed", "stopped", "backplane_down"]
+"""Why a message became a dead letter: ``dropped`` by an overflow policy,
+``no_recipient`` for an address nobody holds, ``failed`` when processing it
+crashed the actor, ``stopped`` when its actor stopped first, ``backplane_down``
+when a remote send could not be published."""
+DEAD_LETTER_REASONS: Final[tuple[DeadLetterReason, ...]] = get_args(DeadLetterReason)
+
+ActorKind = Literal["connection", "service", "supervisor"]
+"""Kind of actor: one per WebSocket connection, an application service actor, or
+a supervisor."""
+ACTOR_KINDS: Final[tuple[ActorKind, ...]] = get_args(ActorKind)
+
+BackplaneDirection = Literal["sent", "received", "failed"]
+"""Backplane traffic: published, received from another node, or failed to publish."""
+BACKPLANE_DIRECTIONS: Final[tuple[BackplaneDirection, ...]] = get_args(BackplaneDirection)
+
+# --- Close codes -----------------------------------------------------------------
+
+_CLOSE_REASON_BY_CODE: Final[Mapping[int, CloseReason]] = MappingProxyType(
+    {
+        1000: "normal",
+        1001: "going_away",
+        1002: "protocol_error",
+        1003: "invalid_data",  # unsupported data type
+        1006: "abnormal",  # never on the wire: the connection broke without a close frame
+        1007: "invalid_data",  # payload inconsistent with the message type (bad UTF-8)
+        1008: "policy",
+        1009: "message_too_big",
+        1011: "internal_error",
+        1013: "slow_consumer",  # "try again later": what the disconnect policy sends
+    }
+)
+
+
+def close_reason_for_code(code: int | None) -> CloseReason:
+    """Map a WebSocket close code to the ``reason`` label of ``wsup_connections_closed_total``.
+
+    Application close codes (3000-4999) and codes without a dedicated value map to
+    ``"other"`` so the label set stays fixed. ``None`` (no close frame at all) and
+    1006 map to ``"abnormal"``. A timeout cannot be read from a code: the caller
+    that closed the connection because of a timeout passes ``"timeout"`` itself.
+
+    Args:
+        code: The close code received or sent, or None when there was none.
+
+    Returns:
+        The reason label value. Never raises; O(1).
+    """
+    if code is None:
+        return "abnormal"
+    return _CLOSE_REASON_BY_CODE.get(code, "other")
+
+
+# --- Documentation ---------------------------------------------------------------
+
+METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "wsup_connections": "WebSocket connections currently held, by lifecycle state.",
+        "wsup_connections_accepted_total": "TCP connections accepted by the listeners.",
+        "wsup_handshakes_total": "Opening handshakes completed, by result.",
+        "wsup_handshake_duration_seconds": (
+            "Time from accepting a TCP connection to the end of its opening handshake."
+        ),
+        "wsup_connections_closed_total": "WebSocket connections closed, by reason and initiator.",
+        "wsup_connection_duration_seconds": "Lifetime of WebSocket connections, open to closed.",
+        "wsup_messages_received_total": "WebSocket data messages received from peers, by type.",
+        "wsup_messages_sent_total": "WebSocket data messages sent to peers, by type.",
+        "wsup_received_bytes_total": "Payload bytes of data messages received from peers.",
+        "wsup_sent_bytes_total": "Payload bytes of data messages sent to peers.",
+        "wsup_ping_rtt_seconds": "Round-trip time of keepalive pings (ping sent to pong received).",
+        "wsup_mailbox_messages": "Messages waiting in all actor mailboxes of the process.",
+        "wsup_mailbox_wait_seconds": "Time a message waited in a mailbox before processing began.",
+        "wsup_message_processing_seconds": "Time an actor's behaviour took to process one message.",
+        "wsup_messages_dropped_total": "Messages discarded by an overflow policy, by policy.",
+        "wsup_dead_letters_total": "Messages that could not be delivered or processed, by reason.",
+        "wsup_outbound_buffer_bytes": "Bytes queued in all connections' outbound buffers.",
+        "wsup_actors": "Live actors, by kind.",
+        "wsup_actor_crashes_total": "Actor behaviours that raised an unhandled exception, by kind.",
+        "wsup_actor_restarts_total": "Actor restarts performed by supervisors, by kind.",
+        "wsup_supervisor_escalations_total": (
+            "Supervisors that exceeded their restart intensity and escalated to their parent."
+        ),
+        "wsup_event_loop_lag_seconds": (
+            "How late the event-loop watchdog woke up: time the loop was blocked."
+        ),
+        "wsup_draining": "1 while the process is draining for shutdown, else 0.",
+        "wsup_backplane_up": "1 when the backplane is connected (always 1 in-process), else 0.",
+        "wsup_backplane_messages_total": "Backplane messages sent, received or failed to send.",
+        "wsup_backplane_publish_duration_seconds": "Time to publish one message on the backplane.",
+        "wsup_build_info": "Build information; the value is always 1.",
+    }
+)
+"""Exposed family name (as in the ``# TYPE`` line) → one-line meaning."""
+
+# --- Histogram buckets -----------------------------------------------------------
+# Chosen per metric so the interesting range has several buckets and the extremes
+# (a timeout, a stall) still land below +Inf where they can be told apart.
+
+# A loopback handshake takes well under a millisecond; a slow client over a
+# mobile network can take seconds; the top buckets reach the handshake timeout.
+_HANDSHAKE_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# From a refused-after-one-message second to a connection kept for a day.
+_CONNECTION_DURATION_BUCKETS: Final = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 3 * 3600.0, 6 * 3600.0,
+    12 * 3600.0, 86400.0,
+)  # fmt: skip
+# LAN to intercontinental RTTs, then up to the usual 20 s pong timeout.
+_PING_RTT_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+)  # fmt: skip
+# In-process queueing and callbacks: tens of microseconds when healthy, seconds
+# when an actor is backed up or a callback blocks.
+_IN_PROCESS_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+# The watchdog's resolution is about a millisecond; ten seconds is a hung loop.
+_EVENT_LOOP_LAG_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# A Redis PUBLISH on a LAN is a fraction of a millisecond; seconds means trouble.
+_BACKPLANE_PUBLISH_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+)  # fmt: skip
+
+
+def _prefill(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
+    """Create the child of ``metric`` for every combination of label values."""
+    combos: list[tuple[str, ...]] = [()]
+    for values in label_sets:
+        combos = [(*combo, value) for combo in combos for value in values]
+    for combo in combos:
+        metric.labels(*combo)
+
+
+class _WithoutCreated:
+    """A view of a registry whose families carry no ``*_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the registry's families, minus their creation-timestamp samples."""
+        for family in self._registry.collect():
+            # A shallow copy: a collector may hand out the same Metric each time.
+            trimmed = copy.copy(family)
+            created = family.name + "_created"
+            trimmed.samples = [s for s in family.samples if s.name != created]
+            yield trimmed
+
+
+class Metrics:
+    """Every wsup metric, registered on one registry.
+
+    Creating it registers about 30 families and creates all their labelled
+    children at zero; that costs a few hundred small objects, once per process.
+    Updating a metric is a lock-protected float operation in ``prometheus_client``.
+
+    Attributes:
+        registry: The registry the metrics are registered on; serve it on
+            ``/metrics`` (see :meth:`render`).
+        content_type: ``Content-Type`` of :meth:`render`'s output (Prometheus
+            text format 0.0.4).
+
+    Args:
+        registry: Where to register. None creates a new private registry, which
+            is what tests want; the server passes the registry it serves.
+
+    Raises:
+        ValueError: If ``registry`` already holds a ``wsup_*`` metric (two
+            ``Metrics`` on one registry).
+    """
+
+    content_type: Final[str] = CONTENT_TYPE_PLAIN_0_0_4
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry: Final[CollectorRegistry] = (
+            CollectorRegistry(auto_describe=True) if registry is None else registry
+        )
+        self._exposed: Final = _WithoutCreated(self.registry)
+        r = self.registry
+
+        def counter(name: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, METRIC_DOCS[name], labels, registry=r)
+
+        def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, METRIC_DOCS[name], labels, registry=r)
+
+        def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, METRIC_DOCS[name], registry=r, buckets=(*buckets, math.inf))
+
+        # Connections and handshakes.
+        self.connections: Final = gauge("wsup_connections", ("state",))
+        self.connections_accepted: Final = counter("wsup_connections_accepted_total")
+        self.handshakes: Final = counter("wsup_handshakes_total", ("result",))
+        self.handshake_duration: Final = histogram(
+            "wsup_handshake_duration_seconds", _HANDSHAKE_BUCKETS
+        )
+        self.connections_closed: Final = counter(
+            "wsup_connections_closed_total", ("reason", "initiator")
+        )
+        self.connection_duration: Final = histogram(
+            "wsup_connection_duration_seconds", _CONNECTION_DURATION_BUCKETS
+        )
+
+        # Traffic.
+        self.messages_received: Final = counter("wsup_messages_received_total", ("kind",))
+        self.messages_sent: Final = counter("wsup_messages_sent_total", ("kind",))
+        self.received_bytes: Final = counter("wsup_received_bytes_total")
+        self.sent_bytes: Final = counter("wsup_sent_bytes_total")
+        self.ping_rtt: Final = histogram("wsup_ping_rtt_seconds", _PING_RTT_BUCKETS)
+
+        # Actors, mailboxes, backpressure.
+        self.mailbox_messages: Final = gauge("wsup_mailbox_messages")
+        self.mailbox_wait: Final = histogram("wsup_mailbox_wait_seconds", _IN_PROCESS_BUCKETS)
+        self.message_processing: Final = histogram(
+            "wsup_message_processing_seconds", _IN_PROCESS_BUCKETS
+        )
+        self.messages_dropped: Final = counter("wsup_messages_dropped_total", ("policy",))
+        self.dead_letters: Final = counter("wsup_dead_letters_total", ("reason",))
+        self.outbound_buffer_bytes: Final = gauge("wsup_outbound_buffer_bytes")
+        self.actors: Final = gauge("wsup_actors", ("kind",))
+
+        # Supervision.
+        self.actor_crashes: Final = counter("wsup_actor_crashes_total", ("kind",))
+        self.actor_restarts: Final = counter("wsup_actor_restarts_total", ("kind",))
+        self.supervisor_escalations: Final = counter("wsup_supervisor_escalations_total")
+
+        # Runtime and lifecycle.
+        self.event_loop_lag: Final = histogram(
+            "wsup_event_loop_lag_seconds", _EVENT_LOOP_LAG_BUCKETS
+        )
+        self.draining: Final = gauge("wsup_draining")
+
+        # Backplane. Up starts at 0: the backplane sets it once it is connected
+        # (the in-process one at once), so a node that never got there reads as down.
+        self.backplane_up: Final = gauge("wsup_backplane_up")
+        self.backplane_messages: Final = counter("wsup_backplane_messages_total", ("direction",))
+        self.backplane_publish_duration: Final = histogram(
+            "wsup_backplane_publish_duration_seconds", _BACKPLANE_PUBLISH_BUCKETS
+        )
+
+        # Its label values are whatever the running build is, not a fixed set, so
+        # no child exists until set_build_info() is called.
+        self.build_info: Final = gauge("wsup_build_info", ("version", "python", "backend"))
+
+        _prefill(self.connections, CONNECTION_STATES)
+        _prefill(self.handshakes, HANDSHAKE_RESULTS)
+        _prefill(self.connections_closed, CLOSE_REASONS, CLOSE_INITIATORS)
+        _prefill(self.messages_received, MESSAGE_KINDS)
+        _prefill(self.messages_sent, MESSAGE_KINDS)
+        _prefill(self.messages_dropped, DROP_POLICIES)
+        _prefill(self.dead_letters, DEAD_LETTER_REASONS)
+        _prefill(self.actors, ACTOR_KINDS)
+        _prefill(self.actor_crashes, ACTOR_KINDS)
+        _prefill(self.actor_restarts, ACTOR_KINDS)
+        _prefill(self.backplane_messages, BACKPLANE_DIRECTIONS)
+
+    def set_build_info(self, version: str, python: str, backend: str) -> None:
+        """Publish ``wsup_build_info{version, python, backend} 1``.
+
+        Replaces any previous value, so exactly one series exists afterwards.
+
+        Args:
+            version: wsup's version, e.g. ``"0.1.0"``.
+            python: Python version, e.g. ``"3.12.4"``.
+            backend: Event-loop backend, e.g. ``"asyncio+uvloop"`` or ``"trio"``.
+        """
+        self.build_info.clear()
+        self.build_info.labels(version=version, python=python, backend=backend).set(1)
+
+    def render(self) -> bytes:
+        """Return the registry in the Prometheus text exposition format.
+
+        Covers every collector on :attr:`registry`, not only wsup's, without the
+        ``*_created`` samples. Costs one pass over every series (a few hundred lines).
+
+        Returns:
+            The exposition body, to be served with :attr:`content_type`.
+        """
+        return generate_latest(self._exposed)
+
+    def render_for(self, accept: str | None) -> tuple[bytes, str]:
+        """Render for a scraper's ``Accept`` header (OpenMetrics when it asks for it).
+
+        Args:
+            accept: The request's ``Accept`` header value, or None.
+
+        Returns:
+            ``(body, content_type)``; the plain text format when ``accept`` is None
+            or does not ask for OpenMetrics.
+        """
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self._exposed), content_type
