@@ -172,7 +172,7 @@ class ActorRef:
     @property
     def alive(self) -> bool:
         """Whether the actor has not stopped for good."""
-        return not self._cell.terminated.is_set()
+        return not self._cell.is_terminated
 
     async def tell(self, message: Any, *, timeout: float | None = None) -> None:
         """Queue ``message``; never waits for it to be processed.
@@ -337,10 +337,12 @@ class Cell:
     __slots__ = (
         "__weakref__",
         "_stop_requested",
+        "_terminated",
         "address",
         "behaviour",
         "current",
         "factory",
+        "is_terminated",
         "kind",
         "mailbox",
         "memberships",
@@ -348,7 +350,6 @@ class Cell:
         "ref",
         "restarts",
         "runtime",
-        "terminated",
         "termination",
     )
 
@@ -373,7 +374,9 @@ class Cell:
         self.current: Envelope | None = None
         self.memberships: set[str] = set()
         self.restarts = 0
-        self.terminated = anyio.Event()
+        # The event is created only when someone waits: idle actors stay small.
+        self._terminated: anyio.Event | None = None
+        self.is_terminated = False
         self.termination: Exit | None = None
         self._stop_requested = False
         #: Called once with the final :class:`Exit` when the actor ends for good.
@@ -399,6 +402,15 @@ class Cell:
         if not self.mailbox.closed:
             self._stop_requested = True
             self.mailbox.put_control(_Signal.DRAIN)
+
+    @property
+    def terminated(self) -> anyio.Event:
+        """An event set once the actor has ended for good."""
+        if self._terminated is None:
+            self._terminated = anyio.Event()
+            if self.is_terminated:
+                self._terminated.set()
+        return self._terminated
 
     @property
     def stop_requested(self) -> bool:
@@ -508,8 +520,9 @@ class Cell:
 
         Idempotent.
         """
-        if self.terminated.is_set():
+        if self.is_terminated:
             return
+        self.is_terminated = True
         self.termination = exit_
         for item in self.mailbox.close():
             if isinstance(item, Envelope):
@@ -520,7 +533,8 @@ class Cell:
                 )
         self.behaviour = None
         self.runtime.forget(self)
-        self.terminated.set()
+        if self._terminated is not None:
+            self._terminated.set()
         if self.on_terminate is not None:
             self.on_terminate(exit_)
 

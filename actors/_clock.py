@@ -42,9 +42,8 @@ class MonotonicClock:
 
     __slots__ = ()
 
-    def now(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
+    # The builtin itself: no Python frame on the per-message path.
+    now = staticmethod(time.monotonic)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep with :func:`anyio.sleep`."""

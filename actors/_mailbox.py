@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 
 import anyio
 
+from ._backend import Waiter, primitives
 from ._clock import Clock, MonotonicClock
 from ._exceptions import MailboxClosed, MailboxFull
 from ._policy import Overflow, OverflowPolicy, decide_overflow
@@ -95,6 +96,7 @@ class Mailbox(Generic[T]):
     """
 
     __slots__ = (
+        "_checkpoint",
         "_clock",
         "_closed",
         "_control",
@@ -102,6 +104,7 @@ class Mailbox(Generic[T]):
         "_dropped",
         "_getter",
         "_high_water",
+        "_new_event",
         "_on_drop",
         "_putters",
         "_queue",
@@ -123,11 +126,13 @@ class Mailbox(Generic[T]):
         self.config = config or MailboxConfig()
         self.address = address
         self._clock: Clock = clock or MonotonicClock()
+        self._checkpoint, self._new_event = primitives()
         self._on_drop = on_drop
         self._queue: deque[tuple[T, float]] = deque()
-        self._control: deque[T] = deque()
-        self._getter: anyio.Event | None = None
-        self._putters: deque[anyio.Event] = deque()
+        # Rarely used; created on first use so that idle mailboxes stay small.
+        self._control: deque[T] | None = None
+        self._getter: Waiter | None = None
+        self._putters: deque[Waiter] | None = None
         self._closed = False
         self._high_water = 0
         self._received = 0
@@ -202,19 +207,23 @@ class Mailbox(Generic[T]):
                 (the message is then counted as dropped, ``block_timeout``).
             MailboxClosed: the owner has stopped (also while waiting).
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
         config = self.config
+        # The common case: one plain checkpoint, as anyio's own streams do. It comes
+        # before the space check: other senders may fill the mailbox while we yield.
+        await self._checkpoint()
         if config.policy is not OverflowPolicy.BLOCK or (
             len(self._queue) < config.capacity and not self._putters
         ):
             self.put_nowait(message)
-            await anyio.lowlevel.cancel_shielded_checkpoint()
             return
         if self._closed:
             raise MailboxClosed(self.address)
         wait = timeout if timeout is not None else config.block_timeout
-        event = anyio.Event()
-        self._putters.append(event)
+        putters = self._putters
+        if putters is None:
+            putters = self._putters = deque()
+        event = self._new_event()
+        putters.append(event)
         try:
             with self._clock.move_on_after(wait):
                 while True:
@@ -222,13 +231,13 @@ class Mailbox(Generic[T]):
                     if self._closed or len(self._queue) < config.capacity:
                         break
                     # Someone else took the space we were woken for: queue up again, first.
-                    event = anyio.Event()
-                    self._putters.appendleft(event)
+                    event = self._new_event()
+                    putters.appendleft(event)
         except BaseException:
             self._forget_putter(event)
             raise
         if not event.is_set():  # timed out
-            self._putters.remove(event)
+            putters.remove(event)
         if self._closed:
             raise MailboxClosed(self.address)
         if len(self._queue) >= config.capacity:
@@ -237,16 +246,21 @@ class Mailbox(Generic[T]):
         self._append(message)
         self._wake_putter()
 
-    def _forget_putter(self, event: anyio.Event) -> None:
+    def _forget_putter(self, event: Waiter) -> None:
         if event.is_set():
             # We were handed a wake-up; pass it on if we leave without using it.
             self._wake_putter()
-        else:
+        elif self._putters is not None:
             self._putters.remove(event)
 
     def _wake_putter(self) -> None:
         if self._putters and len(self._queue) < self.config.capacity:
             self._putters.popleft().set()
+
+    def _wake_all_putters(self) -> None:
+        putters = self._putters
+        while putters:
+            putters.popleft().set()
 
     def put_control(self, signal: T) -> None:
         """Queue a control signal ahead of every message, ignoring capacity.
@@ -256,6 +270,8 @@ class Mailbox(Generic[T]):
         """
         if self._closed:
             raise MailboxClosed(self.address)
+        if self._control is None:
+            self._control = deque()
         self._control.append(signal)
         if self._getter is not None:
             self._getter.set()
@@ -285,13 +301,20 @@ class Mailbox(Generic[T]):
         Raises:
             anyio.EndOfStream: the mailbox is closed and empty.
         """
+        yielded = False
         while True:
             try:
                 return self.get_nowait()
             except anyio.WouldBlock:
                 if self._closed:
                     raise anyio.EndOfStream from None
-                event = self._getter = anyio.Event()
+                if not yielded:
+                    # Let runnable senders go first: a busy actor then finds its next
+                    # message without the cost of an event wait and wake-up.
+                    yielded = True
+                    await self._checkpoint()
+                    continue
+                event = self._getter = self._new_event()
                 await event.wait()
 
     def close(self) -> list[T]:
@@ -302,9 +325,8 @@ class Mailbox(Generic[T]):
         self._closed = True
         leftover = [m for m, _ in self._queue]
         self._queue.clear()
-        self._control.clear()
-        while self._putters:
-            self._putters.popleft().set()
+        self._control = None
+        self._wake_all_putters()
         if self._getter is not None:
             self._getter.set()
             self._getter = None
@@ -314,8 +336,7 @@ class Mailbox(Generic[T]):
         """Remove and return every queued message (control signals stay)."""
         leftover = [m for m, _ in self._queue]
         self._queue.clear()
-        while self._putters:
-            self._putters.popleft().set()
+        self._wake_all_putters()
         return leftover
 
     def statistics(self) -> MailboxStatistics:
@@ -327,6 +348,6 @@ class Mailbox(Generic[T]):
             received=self._received,
             delivered=self._delivered,
             dropped=MappingProxyType(dict(self._dropped)),
-            waiting_senders=len(self._putters),
+            waiting_senders=len(self._putters or ()),
             total_wait_seconds=self._total_wait,
         )

@@ -11,7 +11,7 @@ import enum
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "Backoff",
@@ -107,7 +107,8 @@ class IntensityWindow:
     """
 
     intensity: Intensity
-    _times: deque[float] = field(default_factory=deque)
+    # Created at the first restart: most actors never restart.
+    _times: deque[float] | None = None
 
     def record(self, now: float) -> bool:
         """Record a restart at ``now``.
@@ -119,6 +120,8 @@ class IntensityWindow:
         """
         horizon = now - self.intensity.within
         times = self._times
+        if times is None:
+            times = self._times = deque()
         while times and times[0] <= horizon:
             times.popleft()
         times.append(now)
@@ -127,7 +130,7 @@ class IntensityWindow:
     def count(self, now: float) -> int:
         """Return restarts recorded within the window ending at ``now``."""
         horizon = now - self.intensity.within
-        return sum(1 for t in self._times if t > horizon)
+        return sum(1 for t in self._times or () if t > horizon)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,7 @@ class Runtime:
 
     def add_member(self, address: str, cell: Cell) -> None:
         """Make ``cell`` answer to ``address`` (a name or group)."""
-        if cell.terminated.is_set():
+        if cell.is_terminated:
             return
         members = self._members.get(address)
         if members is None:

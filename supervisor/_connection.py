@@ -301,7 +301,7 @@ class Connection:
         """Server shutdown: let the actor finish its mailbox, then close with 1001."""
         if self.state is ConnectionState.OPEN:
             self._set_state(ConnectionState.DRAINING)
-            if self.cell is not None and not self.cell.terminated.is_set():
+            if self.cell is not None and not self.cell.is_terminated:
                 self.cell.request_drain()
             else:
                 self.close_nowait(1001, "server shutting down")
@@ -424,7 +424,7 @@ class Connection:
             return
         if self.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
             self._set_state(ConnectionState.CLOSING)
-        if self.cell is not None and not self.cell.terminated.is_set():
+        if self.cell is not None and not self.cell.is_terminated:
             self.cell.request_drain()
         space = self._space
         if space is not None:
@@ -537,7 +537,7 @@ class Connection:
         label = self._reason_label or self.server.close_label(code)
         if self.state is not ConnectionState.CLOSED:
             self._set_state(ConnectionState.CLOSED)
-        if self.cell is not None and not self.cell.terminated.is_set():
+        if self.cell is not None and not self.cell.is_terminated:
             self.cell.request_drain()
         discarded = self._outbound.clear()
         if discarded:

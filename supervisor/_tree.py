@@ -23,6 +23,7 @@ start order; each gets ``shutdown_timeout`` seconds before it is cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from actors import (
     MailboxConfig,
     Runtime,
 )
+from actors._backend import Waiter, primitives
 
 __all__ = ["ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorSpec"]
 
@@ -140,6 +142,24 @@ class SupervisorSpec:
         return self.id
 
 
+class _Done:
+    """The ``done`` of a child that is not running: already set."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return True
+
+    async def wait(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+_NOT_RUNNING = _Done()
+
+
 class _Child:
     __slots__ = (
         "backoff",
@@ -147,6 +167,7 @@ class _Child:
         "done",
         "dynamic",
         "expected",
+        "generation",
         "running",
         "scope",
         "spec",
@@ -164,10 +185,12 @@ class _Child:
         )
         self.backoff = BackoffState(spec.backoff)
         self.scope: anyio.CancelScope | None = None
-        self.done = anyio.Event()
+        self.done: Waiter = _NOT_RUNNING
         self.running = False
         # Set when the supervisor itself stopped this child, so its exit is not a failure.
         self.expected = False
+        # Counts incarnations; an exit reported by an older one is stale and ignored.
+        self.generation = 0
 
     @property
     def label(self) -> str:
@@ -182,6 +205,7 @@ class _Child:
 class _Exited:
     child: _Child
     exit: Exit
+    generation: int = 0
 
 
 class _Shutdown:
@@ -209,9 +233,9 @@ class Supervisor:
         self._children: dict[_Child, None] = {}
         self._window = IntensityWindow(self.spec.intensity) if self.spec.intensity else None
         self._tg: TaskGroup | None = None
-        self._send: MemoryObjectSendStream[_Exited | _Shutdown]
-        self._receive: MemoryObjectReceiveStream[_Exited | _Shutdown]
-        self._send, self._receive = anyio.create_memory_object_stream[_Exited | _Shutdown](math.inf)
+        # Created by run(), closed when it returns.
+        self._send: MemoryObjectSendStream[_Exited | _Shutdown] | None = None
+        self._receive: MemoryObjectReceiveStream[_Exited | _Shutdown] | None = None
         self._pending_restarts: set[anyio.CancelScope] = set()
         self._stopping = False
         self.stopped = anyio.Event()
@@ -232,6 +256,7 @@ class Supervisor:
         """
         self.runtime.instrumentation.actor_started("supervisor")
         escalation: Escalation | None = None
+        self._send, self._receive = anyio.create_memory_object_stream[_Exited | _Shutdown](math.inf)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -245,6 +270,8 @@ class Supervisor:
             for child in list(self._children):
                 self._finish(child, Exit(ExitKind.STOPPED))
             self._children.clear()
+            self._send.close()
+            self._receive.close()
             self.stopped.set()
             self.runtime.instrumentation.actor_stopped("supervisor")
         if escalation is not None:
@@ -279,7 +306,8 @@ class Supervisor:
         :meth:`run`. Idempotent; wait with ``await sup.stopped.wait()``."""
         if not self._stopping:
             self._stopping = True
-            self._send.send_nowait(_Shutdown(drain))
+            if self._send is not None:
+                self._send.send_nowait(_Shutdown(drain))
 
     # -- starting ------------------------------------------------------------------
 
@@ -320,8 +348,9 @@ class Supervisor:
             started = True
             task_status.started()
 
+        generation = child.generation
         child.running = True
-        child.done = anyio.Event()
+        child.done = primitives().event()
         exit_ = Exit(ExitKind.KILLED)
         with anyio.CancelScope() as scope:
             child.scope = scope
@@ -340,17 +369,24 @@ class Supervisor:
         child.done.set()
         if not started:
             task_status.started()
-        self._send.send_nowait(_Exited(child, exit_))
+        if self._send is not None:
+            with contextlib.suppress(anyio.ClosedResourceError):
+                self._send.send_nowait(_Exited(child, exit_, generation))
 
     # -- supervising ---------------------------------------------------------------
 
     async def _supervise(self) -> Escalation | None:
+        assert self._receive is not None
         async for event in self._receive:
             if isinstance(event, _Shutdown):
                 await self._stop_all(drain=event.drain)
                 return None
             child, exit_ = event.child, event.exit
-            if child.expected or child not in self._children:
+            # A group restart may run before the stopped siblings' exits are read here;
+            # those exits then belong to an older incarnation and must not count.
+            if child.expected or event.generation != child.generation:
+                continue
+            if child not in self._children:
                 continue
             escalation = await self._on_exit(child, exit_)
             if escalation is not None:
@@ -423,9 +459,13 @@ class Supervisor:
             with scope:
                 await self.runtime.clock.sleep(delay)
                 for child in group:
+                    if self._stopping:
+                        # shutdown() was called while we slept; _stop_all will finish them.
+                        return
                     if child not in self._children:
                         continue
                     child.expected = False
+                    child.generation += 1
                     cause = error if child is failed and isinstance(error, Exception) else None
                     self.runtime.instrumentation.actor_restarted(child.kind)
                     _log.warning(
