@@ -341,6 +341,7 @@ class Cell:
         "address",
         "behaviour",
         "current",
+        "direct",
         "factory",
         "is_terminated",
         "kind",
@@ -373,6 +374,11 @@ class Cell:
         self.behaviour: Actor | None = None
         self.current: Envelope | None = None
         self.memberships: set[str] = set()
+        #: Optional fast path for sends to this actor's addresses: called with the
+        #: message and a per-send cache shared by all recipients of one fan-out; it
+        #: returns True when it has taken the message without the mailbox (used by
+        #: connection actors that only forward messages to their client).
+        self.direct: Callable[[Any, dict[str, Any]], bool] | None = None
         self.restarts = 0
         # The event is created only when someone waits: idle actors stay small.
         self._terminated: anyio.Event | None = None

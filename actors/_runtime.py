@@ -168,7 +168,13 @@ class Runtime:
 
     def _offer(self, members: Iterable[Cell], message: Any) -> int:
         delivered = 0
+        # Shared by every recipient of this one send: lets connections encode once.
+        cache: dict[str, Any] = {}
         for cell in members:
+            direct = cell.direct
+            if direct is not None and direct(message, cache):
+                delivered += 1
+                continue
             try:
                 cell.mailbox.put_nowait(Envelope(message))
             except MailboxFull as exc:
@@ -212,8 +218,9 @@ class Runtime:
         members = self._members.get(address)
         if members and len(members) == 1 and not self.backplane.remote:
             (cell,) = members
-            await cell.mailbox.put(Envelope(message), timeout=timeout)
-            return
+            if cell.direct is None:
+                await cell.mailbox.put(Envelope(message), timeout=timeout)
+                return
         delivered = self._offer(list(members), message) if members else 0
         if self.backplane.remote:
             await self._publish_remote(address, message, delivered)

@@ -71,9 +71,7 @@ async def _floor(n: int) -> float:
 async def _actor(n: int) -> float:
     done = anyio.Event()
     async with ActorSystem() as system:
-        ref = await system.spawn(
-            lambda: _Counter(n, done), mailbox=MailboxConfig(capacity=1000)
-        )
+        ref = await system.spawn(lambda: _Counter(n, done), mailbox=MailboxConfig(capacity=1000))
         start = time.perf_counter()
         for i in range(n):
             await ref.tell(i)
@@ -120,8 +118,12 @@ def main() -> None:
     floor: list[float] = []
     actor: list[float] = []
     for _ in range(args.repeats):
-        floor.append(anyio.run(_floor, args.messages, backend=args.backend, backend_options=options))
-        actor.append(anyio.run(_actor, args.messages, backend=args.backend, backend_options=options))
+        floor.append(
+            anyio.run(_floor, args.messages, backend=args.backend, backend_options=options)
+        )
+        actor.append(
+            anyio.run(_actor, args.messages, backend=args.backend, backend_options=options)
+        )
     ratios = [a / f for a, f in zip(actor, floor, strict=True)]
     rss, traced = anyio.run(_memory, args.actors, backend=args.backend, backend_options=options)
     backend = args.backend + ("+uvloop" if options else "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -32,7 +33,7 @@ from websockets.server import ServerProtocol
 
 from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed
 
-from ._app import FromClient, Request, RouteOptions
+from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
 from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
@@ -288,6 +289,47 @@ class Connection:
         self.cell = cell
         self.address = ref.address
         cell.on_terminate = self._actor_ended
+        if getattr(self.route.handler, "on_receive", None) is Handler.on_receive:
+            # The handler only forwards what other actors send: skip its mailbox.
+            cell.direct = self._deliver_direct
+
+    def _deliver_direct(self, message: Any, cache: dict[str, Any]) -> bool:
+        """Queue a message from another actor straight into the outbound buffer.
+
+        Encodes once per fan-out: the first recipient stores the payload (and,
+        for uncompressed connections, the complete frame) in ``cache``; the
+        others reuse the same bytes.
+        """
+        if self._close_request is not None or self._close_info is not None:
+            self.server.runtime.dead_letters.post(
+                DeadLetter(self.address, message, "stopped", "connection closing")
+            )
+            return True
+        item = cache.get("item")
+        if item is None:
+            if isinstance(message, str):
+                item = OutboundItem(message.encode(), True)
+            elif isinstance(message, bytes | bytearray | memoryview):
+                item = OutboundItem(bytes(message), False)
+            else:
+                try:
+                    item = OutboundItem(json.dumps(message).encode(), True)
+                except (TypeError, ValueError):
+                    return False  # let on_receive deal with it (and fail loudly)
+            cache["item"] = item
+        if not self._protocol.extensions:
+            framed = cache.get("frame")
+            if framed is None:
+                opcode = Opcode.TEXT if item.text else Opcode.BINARY
+                framed = cache["frame"] = OutboundItem(
+                    Frame(opcode, item.payload).serialize(mask=False), item.text, frame=True
+                )
+            item = framed
+        try:
+            self.enqueue(item, wait_ok=False)
+        except OutboundFull:
+            self._dropped("block_timeout", 1)
+        return True
 
     def _actor_ended(self, exit_: Exit) -> None:
         if exit_.kind is ExitKind.CRASHED:
