@@ -1,0 +1,167 @@
+"""The servers the harness knows how to start, and what each can do.
+
+A server is one :class:`ServerSpec`: a function that turns a :class:`Launch`
+(port, app, compression, keepalive) into a command line, plus the facts the
+harness needs to decide which scenarios apply (can it switch compression, does
+it drain on SIGTERM). Adding a server to the comparison is adding one entry to
+:data:`SERVERS`; nothing else in the harness names a server, except that
+ratios are computed against :data:`BASELINE`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+#: Directory that holds the peer server scripts.
+SERVERS_DIR = Path(__file__).resolve().parent / "servers"
+
+#: Every ratio in the report is relative to this server.
+BASELINE = "websockets"
+
+#: The wsup application for each (app, compression) a scenario asks for. wsup's
+#: compression is a setting of the app (``ServerConfig(compression=True)``), not
+#: of the command line, so it takes an app of its own. ``bench.wsup_app`` holds
+#: the apps that ``examples`` does not: ``fanout`` implements ``/fanout`` as
+#: described in ``bench/servers/__init__.py``, and ``echo_deflate`` is
+#: ``examples.echo`` with permessage-deflate enabled.
+WSUP_APPS: dict[tuple[str, bool], str] = {
+    ("echo", False): "examples.echo:app",
+    ("echo", True): "bench.wsup_app:echo_deflate",
+    ("fanout", False): "bench.wsup_app:fanout",
+}
+
+AppKind = Literal["echo", "fanout"]
+
+
+class Compression(Enum):
+    """How a server's permessage-deflate support can be driven from the harness."""
+
+    SWITCHABLE = "switchable"
+    """The server takes ``--compression on|off``."""
+    UNSUPPORTED = "unsupported"
+    """The server cannot compress; compression scenarios are not applicable."""
+    SERVER_DEFAULT = "server default"
+    """The server has no switch; it negotiates whatever it does by default."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a server command line depends on.
+
+    Attributes:
+        port: TCP port on 127.0.0.1 to listen on.
+        app: which application the scenario needs (``/echo`` or ``/fanout``).
+        compression: whether permessage-deflate should be enabled.
+        ping_interval: keepalive ping interval in seconds.
+    """
+
+    port: int
+    app: AppKind
+    compression: bool
+    ping_interval: float
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """A server under test.
+
+    Attributes:
+        name: short name used on the command line and in the report.
+        description: one line for the report (library, loop, notable settings).
+        command: builds the command line (without CPU pinning) for a launch.
+        compression: how permessage-deflate can be driven.
+        drains: whether SIGTERM closes every connection with a close frame
+            before exiting; the drain scenario is not applicable otherwise.
+    """
+
+    name: str
+    description: str
+    command: Callable[[Launch], list[str]]
+    compression: Compression
+    drains: bool
+
+
+def _peer(script: str) -> Callable[[Launch], list[str]]:
+    def command(launch: Launch) -> list[str]:
+        return [
+            sys.executable,
+            str(SERVERS_DIR / script),
+            "--port",
+            str(launch.port),
+            "--compression",
+            "on" if launch.compression else "off",
+            "--ping-interval",
+            str(launch.ping_interval),
+        ]
+
+    return command
+
+
+def _wsup(launch: Launch) -> list[str]:
+    # Keepalive is wsup's default: a ping after 20 s of silence, like the peers'.
+    app = WSUP_APPS[launch.app, launch.compression]
+    return [
+        sys.executable,
+        "-m",
+        "supervisor",
+        "serve",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(launch.port),
+        "--log-level",
+        "warning",
+    ]
+
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec(
+        name="websockets",
+        description="websockets asyncio server (websockets.asyncio.server.serve) on uvloop",
+        command=_peer("websockets_server.py"),
+        compression=Compression.SWITCHABLE,
+        drains=True,
+    ),
+    ServerSpec(
+        name="aiohttp",
+        description="aiohttp web.WebSocketResponse on uvloop",
+        command=_peer("aiohttp_server.py"),
+        compression=Compression.SWITCHABLE,
+        drains=True,
+    ),
+    ServerSpec(
+        name="picows",
+        description="picows ws_create_server on uvloop (no permessage-deflate, no drain)",
+        command=_peer("picows_server.py"),
+        compression=Compression.UNSUPPORTED,
+        drains=False,
+    ),
+    ServerSpec(
+        name="wsup",
+        description="wsup (python -m supervisor serve) on uvloop, default settings",
+        command=_wsup,
+        compression=Compression.SWITCHABLE,
+        drains=True,
+    ),
+)
+
+
+def select(names: list[str] | None) -> list[ServerSpec]:
+    """The servers named (all of them when ``names`` is empty), in registry order.
+
+    Raises:
+        ValueError: a name is not in the registry.
+    """
+    if not names:
+        return list(SERVERS)
+    known = {spec.name: spec for spec in SERVERS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [spec for spec in SERVERS if spec.name in names]
