@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import anyio
 
-from actors import Actor, Backoff, Intensity, MailboxConfig
+from actors import Actor, ActorRef, Backoff, Intensity, MailboxConfig
 
 from ._config import ServerConfig
 from ._outbound import SlowConsumerPolicy
@@ -374,3 +374,49 @@ class App:
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`actors.Runtime.ask`."""
         return await self._running().runtime.ask(address, message, timeout=timeout)
+
+    async def spawn(
+        self, factory: Callable[[], Actor], *, names: tuple[str, ...] = (), **options: Any
+    ) -> ActorRef:
+        """Start a service actor under the app's supervisor while the app runs.
+
+        Returns:
+            Its reference.
+        """
+        return await self._running().system.spawn(factory, names=names, **options)
+
+    # -- from other threads ------------------------------------------------------------
+
+    def _from_thread(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        server = self._running()
+        token = server.loop_token
+        if token is None:
+            raise RuntimeError("the server has not finished starting")
+        return anyio.from_thread.run(fn, *args, token=token)
+
+    def send_threadsafe(self, address: str, message: Any) -> None:
+        """:meth:`send` from a thread that is not the server's event loop.
+
+        For synchronous code: a web framework's request handler, a worker
+        thread. Blocks until the message is queued (not until it is handled).
+
+        Raises:
+            RuntimeError: the app is not running, or this *is* the event loop thread.
+        """
+        self._from_thread(self.send, address, message)
+
+    def publish_threadsafe(self, group: str, message: Any) -> None:
+        """:meth:`publish` from another thread; see :meth:`send_threadsafe`."""
+        self._from_thread(self.publish, group, message)
+
+    def broadcast_threadsafe(self, message: Any) -> None:
+        """:meth:`broadcast` from another thread; see :meth:`send_threadsafe`."""
+        self._from_thread(self.broadcast, message)
+
+    def ask_threadsafe(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
+        """:meth:`ask` from another thread; blocks until the reply (or the timeout)."""
+
+        async def ask() -> Any:
+            return await self.ask(address, message, timeout=timeout)
+
+        return self._from_thread(ask)

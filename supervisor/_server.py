@@ -154,6 +154,8 @@ class Server:
         self.ports: list[tuple[str, int]] = []
         self.draining = False
         self.accepting = False
+        #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
+        self.loop_token: anyio.lowlevel.EventLoopToken | None = None
         self._sockets = 0
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
@@ -190,6 +192,7 @@ class Server:
         app.server = self
         self._accept_scope = anyio.CancelScope()
         self._stop = anyio.Event()
+        self.loop_token = anyio.lowlevel.current_token()
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
         try:
             # Bind first: a bad address fails before anything else has started.

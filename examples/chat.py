@@ -1,0 +1,91 @@
+"""Chat rooms with direct messages — the SPEC's reference app.
+
+Run it with ``wsup serve examples.chat:app`` (or ``make demo``) and open
+http://127.0.0.1:8765/ in two browser windows.
+
+Protocol, on ``ws://HOST/chat/{room}?user=NAME`` (no ``user`` → HTTP 400):
+
+* ``{"type": "say", "text": T}`` reaches every connection in the room, the
+  sender included, as ``{"type": "said", "room": R, "from": NAME, "text": T}``;
+* ``{"type": "dm", "to": NAME2, "text": T}`` reaches every connection of
+  NAME2, in any room and on any node, as ``{"type": "dm", "from": NAME, "text": T}``;
+* anything else gets ``{"type": "error", "error": "..."}`` and the connection stays open.
+
+Each connection answers to ``user:NAME`` (a user may have several tabs open)
+and is a member of ``room:R``; wsup removes both when the connection ends.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from supervisor import App, Handler, HTTPResponse, Reject, Request
+
+MAX_NAME = 32
+
+app = App()
+
+
+def check_user(request: Request) -> Reject | None:
+    """Reject the handshake unless ``?user=NAME`` is present and sensible."""
+    user = request.query_param("user")
+    if not user:
+        return Reject(400, "missing ?user=NAME\n")
+    if len(user) > MAX_NAME or not user.isprintable():
+        return Reject(400, f"user must be 1-{MAX_NAME} printable characters\n")
+    return None
+
+
+@app.route("/chat/{room}", hook=check_user)
+class ChatConnection(Handler):
+    """One chat participant."""
+
+    async def on_connect(self) -> None:
+        self.user = self.conn.request.query_param("user") or ""
+        self.room = self.params["room"]
+        self.context.register(f"user:{self.user}")
+        self.context.join(f"room:{self.room}")
+
+    async def on_message(self, message: str | bytes) -> None:
+        try:
+            event: Any = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            await self.error("invalid JSON")
+            return
+        kind = event.get("type") if isinstance(event, dict) else None
+        text = event.get("text") if isinstance(event, dict) else None
+        if kind not in ("say", "dm"):
+            await self.error(f"unknown type {kind!r}: use 'say' or 'dm'")
+        elif not isinstance(text, str):
+            await self.error("'text' must be a string")
+        elif kind == "say":
+            said = {"type": "said", "room": self.room, "from": self.user, "text": text}
+            await self.context.publish(f"room:{self.room}", json.dumps(said))
+        else:
+            to = event.get("to")
+            if not isinstance(to, str) or not to:
+                await self.error("'to' must be a user name")
+                return
+            runtime = self.context.runtime
+            address = f"user:{to}"
+            if not runtime.backplane.remote and not runtime.members(address):
+                await self.error(f"{to} is not connected")
+                return
+            await self.context.send(
+                address, json.dumps({"type": "dm", "from": self.user, "text": text})
+            )
+
+    async def error(self, text: str) -> None:
+        """Tell this client what was wrong with its message."""
+        await self.conn.send(json.dumps({"type": "error", "error": text}))
+
+
+_PAGE = (Path(__file__).with_name("chat.html")).read_text(encoding="utf-8")
+
+
+@app.http("/")
+def page(request: Request) -> HTTPResponse:
+    """The chat page: pick a name and a room, chat, send direct messages."""
+    return HTTPResponse(_PAGE, content_type="text/html; charset=utf-8")
