@@ -99,6 +99,7 @@ class Connection:
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
         self._abort_buffer = False
+        self._fail_timer = False
         self._reason_label: str | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
@@ -108,6 +109,7 @@ class Connection:
         self.ref: ActorRef | None = None
         self.keepalive = Keepalive(server.config.keepalive, server.clock.now())
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self._batch_text = self._batch_binary = self._batch_bytes = 0
 
     # -- what handlers call ------------------------------------------------------------
 
@@ -198,7 +200,6 @@ class Connection:
         buffer = self._outbound
         size = len(item.payload)
         verdict = buffer.verdict(size)
-        metrics = self.server.metrics
         if verdict is OutboundVerdict.ACCEPT:
             pass
         elif verdict is OutboundVerdict.EVICT_OLDEST:
@@ -216,7 +217,6 @@ class Connection:
                 return False
             raise OutboundFull(self.address, limit=buffer.limit)
         buffer.append(item)
-        metrics.outbound_buffer_bytes.inc(size)
         self._wake_writer()
         return True
 
@@ -244,11 +244,20 @@ class Connection:
             self._wake_writer()
 
     def fail(self, code: int, reason: str = "", *, label: str | None = None) -> None:
-        """Close at once: discard the outbound buffer, then start the closing handshake."""
+        """Close at once: discard the outbound buffer, then start the closing handshake.
+
+        The peer gets ``close_timeout`` seconds from now to complete it; after
+        that the socket is closed, with or without a close frame.
+        """
         if self._close_request is None and self._close_info is None:
             self._abort_buffer = True
             self._reason_label = label
             self.close_nowait(code, reason)
+        # A peer that stopped reading leaves the writer stuck in a send: the close
+        # frame never goes out, so the writer's own close timer would never start.
+        if self._tg is not None and not self._fail_timer:
+            self._fail_timer = True
+            self._tg.start_soon(self._close_timer)
 
     async def recv(self) -> str | bytes:
         """Return the next message from the client (websockets-style handlers only).
@@ -419,6 +428,14 @@ class Connection:
                     self.server.metrics.ping_rtt.observe(rtt)
             elif opcode is Opcode.CLOSE:
                 self._record_close("client")
+        if self._batch_bytes:
+            counters = self.server.counters
+            if self._batch_text:
+                counters.received_text.inc(self._batch_text)
+            if self._batch_binary:
+                counters.received_binary.inc(self._batch_binary)
+            counters.received_bytes.inc(self._batch_bytes)
+            self._batch_text = self._batch_binary = self._batch_bytes = 0
         if protocol.close_rcvd is not None or protocol.eof_sent:
             self._record_close("client")
         if protocol.writes:
@@ -437,9 +454,12 @@ class Connection:
         else:
             message = data
         self.messages_in += 1
-        metrics = self.server.metrics
-        metrics.messages_received.labels(kind="text" if text else "binary").inc()
-        metrics.received_bytes.inc(len(data))
+        # Counted per read batch in _handle_events, not per message.
+        if text:
+            self._batch_text += 1
+        else:
+            self._batch_binary += 1
+        self._batch_bytes += len(data)
         self.keepalive.on_message(self.server.clock.now())
         ref = self.ref
         if ref is None:
@@ -477,7 +497,6 @@ class Connection:
         protocol = self._protocol
         stream = self._stream
         buffer = self._outbound
-        metrics = self.server.metrics
         try:
             while True:
                 if not buffer and not protocol.writes and not self._close_pending():
@@ -486,9 +505,7 @@ class Connection:
                     continue
                 if self._abort_buffer:
                     self._abort_buffer = False
-                    discarded = buffer.bytes
                     buffer.clear()
-                    metrics.outbound_buffer_bytes.dec(discarded)
                 chunks = self._frame(buffer.take_all())
                 if self._close_pending() and not buffer:
                     code, reason = self._close_request or (1000, "")
@@ -506,7 +523,6 @@ class Connection:
                 if payload:
                     await stream.send(payload)
                     self.bytes_out += len(payload)
-                    metrics.sent_bytes.inc(len(payload))
                 if eof:
                     break
         except _CLOSED_STREAM_ERRORS:
@@ -541,12 +557,13 @@ class Connection:
                     text_sent += 1
                 else:
                     binary_sent += 1
-        metrics = self.server.metrics
-        metrics.outbound_buffer_bytes.dec(sum(len(i.payload) for i in items))
+        counters = self.server.counters
         if text_sent:
-            metrics.messages_sent.labels(kind="text").inc(text_sent)
+            counters.sent_text.inc(text_sent)
         if binary_sent:
-            metrics.messages_sent.labels(kind="binary").inc(binary_sent)
+            counters.sent_binary.inc(binary_sent)
+        if size:
+            counters.sent_bytes.inc(size)
         self.messages_out += text_sent + binary_sent
         space = self._space
         if space is not None:

@@ -172,8 +172,13 @@ class Server:
         self._tg: anyio.abc.TaskGroup | None = None
         self._drain_started = False
         self._compression = [ServerPerMessageDeflateFactory()] if self.config.compression else None
+        self.counters = _HotCounters(self.metrics)
+        # Read at scrape time rather than updated per message.
         self.metrics.mailbox_messages.set_function(
             lambda: float(self.runtime.statistics().mailbox_messages)
+        )
+        self.metrics.outbound_buffer_bytes.set_function(
+            lambda: float(sum(conn.buffered_bytes for conn in self.connections))
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -675,6 +680,27 @@ class Server:
             with clock.move_on_after(delay):
                 await wake.wait()
             self._keepalive_wake = None
+
+
+class _HotCounters:
+    """Labelled children resolved once: ``.labels()`` locks and hashes on every call."""
+
+    __slots__ = (
+        "received_binary",
+        "received_bytes",
+        "received_text",
+        "sent_binary",
+        "sent_bytes",
+        "sent_text",
+    )
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.received_text = metrics.messages_received.labels(kind="text")
+        self.received_binary = metrics.messages_received.labels(kind="binary")
+        self.received_bytes = metrics.received_bytes
+        self.sent_text = metrics.messages_sent.labels(kind="text")
+        self.sent_binary = metrics.messages_sent.labels(kind="binary")
+        self.sent_bytes = metrics.sent_bytes
 
 
 async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
