@@ -152,6 +152,8 @@ class Server:
         self.runtime = self.system.runtime
         self.connections: set[Connection] = set()
         self.ports: list[tuple[str, int]] = []
+        #: The bound ``(host, port)`` pairs of ``config.metrics_port``, if set.
+        self.metrics_ports: list[tuple[str, int]] = []
         self.draining = False
         self.accepting = False
         #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
@@ -167,6 +169,8 @@ class Server:
         self._all_closed: anyio.Event | None = None
         self._keepalive_heap: list[tuple[float, int, Connection]] = []
         self._keepalive_seq = itertools.count()
+        # The one live heap entry of each connection; other entries of it are stale.
+        self._keepalive_due: dict[Connection, tuple[float, int]] = {}
         self._keepalive_wake: anyio.Event | None = None
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
@@ -222,6 +226,7 @@ class Server:
                     _log.info(
                         "server.started",
                         listen=[f"{h}:{p}" for h, p in self.ports],
+                        metrics=[f"{h}:{p}" for h, p in self.metrics_ports],
                         routes=[r.pattern for r in app.router],
                         backend=_backend_name(),
                         version=VERSION,
@@ -238,39 +243,45 @@ class Server:
             await self._close_listeners()
         _log.info("server.stopped")
 
-    async def _listen(self) -> list[anyio.abc.SocketListener]:
+    async def _listen(self) -> list[tuple[anyio.abc.SocketListener, bool]]:
+        """Bind every host on the main port (and the metrics port); ``(listener, ops_only)``."""
         config = self.config
-        listeners: list[anyio.abc.SocketListener] = []
+        ports = [(config.port, False)]
+        if config.metrics_port is not None:
+            ports.append((config.metrics_port, True))
+        listeners: list[tuple[anyio.abc.SocketListener, bool]] = []
         try:
-            for host in config.hosts:
-                try:
-                    multi = await anyio.create_tcp_listener(
-                        local_host=host or None,
-                        local_port=config.port,
-                        backlog=config.backlog,
-                        reuse_port=config.reuse_port,
-                    )
-                except OSError as exc:
-                    raise ListenError(host, config.port, exc, _listen_hint(host, exc)) from None
-                for listener in multi.listeners:
-                    assert isinstance(listener, anyio.abc.SocketListener)
-                    listeners.append(listener)
-                    sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
-                    self.ports.append((str(sockname[0]), int(sockname[1])))
+            for port, ops_only in ports:
+                for host in config.hosts:
+                    try:
+                        multi = await anyio.create_tcp_listener(
+                            local_host=host or None,
+                            local_port=port,
+                            backlog=config.backlog,
+                            reuse_port=config.reuse_port,
+                        )
+                    except OSError as exc:
+                        raise ListenError(host, port, exc, _listen_hint(host, exc)) from None
+                    for listener in multi.listeners:
+                        assert isinstance(listener, anyio.abc.SocketListener)
+                        listeners.append((listener, ops_only))
+                        sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
+                        bound = (str(sockname[0]), int(sockname[1]))
+                        (self.metrics_ports if ops_only else self.ports).append(bound)
         except BaseException:
-            for listener in listeners:
+            for listener, _ in listeners:
                 await listener.aclose()
             raise
-        self._listeners = listeners
+        self._listeners = [listener for listener, _ in listeners]
         return listeners
 
-    async def _accept_all(self, listeners: list[anyio.abc.SocketListener]) -> None:
+    async def _accept_all(self, listeners: list[tuple[anyio.abc.SocketListener, bool]]) -> None:
         with self._accept_scope:
             async with anyio.create_task_group() as tg:
-                for listener in listeners:
-                    tg.start_soon(self._accept_loop, listener)
+                for listener, ops_only in listeners:
+                    tg.start_soon(self._accept_loop, listener, ops_only)
 
-    async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
+    async def _accept_loop(self, listener: anyio.abc.SocketListener, ops_only: bool) -> None:
         assert self._tg is not None
         while True:
             try:
@@ -282,7 +293,7 @@ class Server:
                 _log.error("server.accept_failed", error=str(exc))
                 await anyio.sleep(0.1)
                 continue
-            self._tg.start_soon(self._handle, stream)
+            self._tg.start_soon(self._handle, stream, ops_only)
 
     def stop_accepting(self) -> None:
         """Close the listeners but keep serving open connections; ``/readyz`` turns 503."""
@@ -345,14 +356,14 @@ class Server:
 
     # -- per socket --------------------------------------------------------------------------
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+    async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
         self._sockets += 1
         metrics = self.metrics
         metrics.connections.labels(state="handshaking").inc()
         started = self.clock.now()
         conn: Connection | None = None
         try:
-            conn = await self._handshake(stream, started)
+            conn = await self._handshake(stream, started, ops_only)
         except BaseException:
             await _close_quietly(stream)
             raise
@@ -362,7 +373,9 @@ class Server:
         if conn is not None:
             await conn.run()
 
-    async def _handshake(self, stream: anyio.abc.ByteStream, started: float) -> Connection | None:
+    async def _handshake(
+        self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
+    ) -> Connection | None:
         config = self.config
         metrics = self.metrics
         protocol = ServerProtocol(
@@ -401,6 +414,11 @@ class Server:
             await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
             return None
         path, query = split_target(request.path)
+        if ops_only and path not in ("/healthz", "/readyz", "/metrics"):
+            await self._respond(
+                stream, protocol, _plain(404, "this port serves /metrics, /healthz, /readyz\n")
+            )
+            return None
         return await self._decide(stream, protocol, request, path, query, started)
 
     async def _bad_request(self, stream: anyio.abc.ByteStream, protocol: ServerProtocol) -> None:
@@ -552,7 +570,7 @@ class Server:
         metrics.connections_accepted.inc()
         metrics.handshakes.labels(result="accepted").inc()
         metrics.handshake_duration.observe(self.clock.now() - started)
-        self._schedule_keepalive(conn)
+        self.schedule_keepalive(conn)
         _log.debug("connection.opened", conn=conn.address, path=path, client=request.client_address)
         return conn
 
@@ -611,6 +629,7 @@ class Server:
     ) -> None:
         """Account for a finished connection (called once by the connection)."""
         self.connections.discard(conn)
+        self._keepalive_due.pop(conn, None)
         duration = self.clock.now() - conn.opened_at
         self.metrics.connections_closed.labels(reason=label, initiator=initiator).inc()
         self.metrics.connection_duration.observe(duration)
@@ -647,11 +666,21 @@ class Server:
 
     # -- keepalive ------------------------------------------------------------------------------
 
-    def _schedule_keepalive(self, conn: Connection) -> None:
+    def schedule_keepalive(self, conn: Connection) -> None:
+        """Make the keepalive task look at ``conn`` by its next keepalive deadline.
+
+        Called when a connection opens and when its deadlines move earlier (a
+        pong re-arms the next ping before the pong deadline). Cost: O(log n).
+        """
         deadline = conn.keepalive.next_deadline()
         if deadline is None:
             return
-        heapq.heappush(self._keepalive_heap, (deadline, next(self._keepalive_seq), conn))
+        queued = self._keepalive_due.get(conn)
+        if queued is not None and queued[0] <= deadline:
+            return  # that entry comes first and reschedules when it fires
+        seq = next(self._keepalive_seq)
+        self._keepalive_due[conn] = (deadline, seq)
+        heapq.heappush(self._keepalive_heap, (deadline, seq, conn))
         if deadline < self._keepalive_next and self._keepalive_wake is not None:
             self._keepalive_wake.set()
 
@@ -661,7 +690,11 @@ class Server:
         while True:
             now = clock.now()
             while heap and heap[0][0] <= now:
-                _, _, conn = heapq.heappop(heap)
+                _, seq, conn = heapq.heappop(heap)
+                queued = self._keepalive_due.get(conn)
+                if queued is None or queued[1] != seq:
+                    continue  # superseded by an earlier entry
+                del self._keepalive_due[conn]
                 if conn.state is ConnectionState.CLOSED or conn not in self.connections:
                     continue
                 action = conn.keepalive.due(now)
@@ -673,7 +706,7 @@ class Server:
                 elif action is KeepaliveAction.IDLE_TIMEOUT:
                     conn.fail(1001, "idle timeout", label="timeout")
                     continue
-                self._schedule_keepalive(conn)
+                self.schedule_keepalive(conn)
             self._keepalive_next = heap[0][0] if heap else math.inf
             wake = self._keepalive_wake = anyio.Event()
             delay = None if math.isinf(self._keepalive_next) else self._keepalive_next - now
