@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from ._deadletters import DeadLetter
-from ._exceptions import ActorRestarted, ActorStopped, MailboxClosed
+from ._exceptions import ActorRestarted, ActorStopped, MailboxFull
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 
 if TYPE_CHECKING:
@@ -392,7 +392,10 @@ class Cell:
         self.runtime.instrumentation.message_dropped(policy)
         if isinstance(item, Envelope):
             if item.reply is not None:
-                item.reply.fail(MailboxClosed(self.address))
+                config = self.mailbox.config
+                item.reply.fail(
+                    MailboxFull(self.address, capacity=config.capacity, policy=policy)
+                )
             self.runtime.dead_letters.post(
                 DeadLetter(self.address, item.message, "dropped", policy)
             )

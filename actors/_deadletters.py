@@ -66,7 +66,11 @@ class DeadLetterOffice:
         self._counts[reason] = self._counts.get(reason, 0) + 1
         self._instrumentation.dead_letter(reason)
         for listener in self._listeners:
-            listener(letter)
+            try:
+                listener(letter)
+            except Exception:
+                # A broken listener must not break the send that produced the letter.
+                _log.exception("actor.dead_letter_listener_failed", address=letter.address)
         now = self._clock.now()
         last = self._last_log.get(reason)
         if last is not None and now - last < self._log_interval:

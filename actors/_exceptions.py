@@ -173,7 +173,14 @@ class SystemFailed(SupervisionError):
     """The root supervisor failed: the whole actor system stopped.
 
     The escalation that caused it is chained as ``__cause__``.
+
+    Attributes:
+        escalation: the root supervisor's :class:`Escalation`.
     """
+
+    def __init__(self, message: str, *, escalation: Escalation) -> None:
+        super().__init__(message)
+        self.escalation = escalation
 
 
 class BackplaneError(WsupError):

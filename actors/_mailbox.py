@@ -51,6 +51,8 @@ class MailboxConfig:
     block_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        # Accept the policy's name too ("block"): the hot path compares by identity.
+        object.__setattr__(self, "policy", OverflowPolicy(self.policy))
         if self.capacity < 1:
             raise ValueError(f"mailbox capacity must be >= 1, got {self.capacity}")
         if self.block_timeout is not None and self.block_timeout < 0:

@@ -180,7 +180,8 @@ class Runtime:
             except MailboxFull as exc:
                 if exc.policy == "block":
                     # Fan-out never waits on one slow member: it is a drop for that member.
-                    cell.mailbox.record_drop(message, "block_timeout")
+                    # Wrapped like a queued message, so the cell dead-letters it too.
+                    cell.mailbox.record_drop(Envelope(message), "block_timeout")
             except Exception:  # MailboxClosed: it stopped between lookup and put
                 continue
             else:

@@ -17,6 +17,7 @@ import anyio
 from actors import Actor, ActorRef, Backoff, Intensity, MailboxConfig
 
 from ._config import ServerConfig
+from ._exceptions import ConnectionClosed
 from ._outbound import SlowConsumerPolicy
 from ._routing import Router
 from ._tree import ChildSpec
@@ -182,17 +183,27 @@ class Handler(Actor):
 
     async def started(self) -> None:
         """Run ``on_connect``."""
-        await _invoke(self.on_connect)
+        await self._hook(self.on_connect)
 
     async def receive(self, message: Any) -> Any:
         """Dispatch client messages to ``on_message`` and the rest to ``on_receive``."""
         if message.__class__ is FromClient:
-            return await _invoke(self.on_message, message.data)
-        return await _invoke(self.on_receive, message)
+            return await self._hook(self.on_message, message.data)
+        return await self._hook(self.on_receive, message)
 
     async def stopping(self) -> None:
         """Run ``on_close``."""
-        await _invoke(self.on_close, *self.conn.close_info())
+        await self._hook(self.on_close, *self.conn.close_info())
+
+    async def _hook(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await _invoke(fn, *args)
+        except ConnectionClosed as exc:
+            # A send on this connection after it started closing: the end of the
+            # connection, not a crash to restart; the actor drains once it is closed.
+            if exc.address != self.conn.address:
+                raise
+            return None
 
 
 async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:

@@ -99,11 +99,11 @@ class Connection:
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
         self._abort_buffer = False
-        self._fail_timer = False
         self._reason_label: str | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._writer_done = anyio.Event()
+        self._close_timer_started = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.cell: Cell | None = None
         self.ref: ActorRef | None = None
@@ -147,6 +147,8 @@ class Connection:
             return self._close_info[0], self._close_info[1]
         if self._close_request is not None:
             return self._close_request
+        if self.state is ConnectionState.DRAINING:
+            return 1001, "server shutting down"
         return 1000, ""
 
     def _encode(self, message: str | bytes | bytearray | memoryview) -> OutboundItem:
@@ -254,10 +256,8 @@ class Connection:
             self._reason_label = label
             self.close_nowait(code, reason)
         # A peer that stopped reading leaves the writer stuck in a send: the close
-        # frame never goes out, so the writer's own close timer would never start.
-        if self._tg is not None and not self._fail_timer:
-            self._fail_timer = True
-            self._tg.start_soon(self._close_timer)
+        # frame never goes out, so the writer would never start the close timer.
+        self._start_close_timer()
 
     async def recv(self) -> str | bytes:
         """Return the next message from the client (websockets-style handlers only).
@@ -342,7 +342,8 @@ class Connection:
 
     def _actor_ended(self, exit_: Exit) -> None:
         if exit_.kind is ExitKind.CRASHED:
-            self.fail(1011, "internal error", label="internal_error")
+            # Unlike a dead peer, a crash keeps what the handler sent before it: flush, then 1011.
+            self.close_nowait(1011, "internal error")
         elif self.state is ConnectionState.DRAINING:
             self.close_nowait(1001, "server shutting down")
         else:
@@ -392,7 +393,9 @@ class Connection:
         protocol = self._protocol
         clock = self.server.clock
         await self._handle_events()
-        while not protocol.eof_sent and protocol.close_rcvd is None:
+        # Read until the peer closes TCP or the writer closes the socket: after a
+        # failure the writer only half-closes (see _half_close).
+        while True:
             try:
                 data = await stream.receive(_READ_SIZE)
             except _CLOSED_STREAM_ERRORS:
@@ -421,11 +424,14 @@ class Connection:
                     self._fragments.append(data)
                     data = b"".join(self._fragments)
                     self._fragments = []
-                await self._deliver(data)
+                if not await self._deliver(data):
+                    break  # the connection failed: what the peer sent after it is ignored
             elif opcode is Opcode.PONG:
                 rtt = self.keepalive.on_pong(bytes(frame.data), self.server.clock.now())
                 if rtt is not None:
                     self.server.metrics.ping_rtt.observe(rtt)
+                    # The next ping is now due before the pong deadline the server waits for.
+                    self.server.schedule_keepalive(self)
             elif opcode is Opcode.CLOSE:
                 self._record_close("client")
         if self._batch_bytes:
@@ -441,7 +447,8 @@ class Connection:
         if protocol.writes:
             self._wake_writer()
 
-    async def _deliver(self, data: bytes) -> None:
+    async def _deliver(self, data: bytes) -> bool:
+        """Hand one complete message to the actor; return False if it failed the connection."""
         text = self._fragment_text
         message: str | bytes
         if text:
@@ -450,7 +457,7 @@ class Connection:
             except UnicodeDecodeError as exc:
                 self._protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 self._reason_label = "invalid_data"
-                return
+                return False
         else:
             message = data
         self.messages_in += 1
@@ -463,10 +470,11 @@ class Connection:
         self.keepalive.on_message(self.server.clock.now())
         ref = self.ref
         if ref is None:
-            return
+            return True
         # MailboxClosed: the actor ended and the connection is closing; nobody will read it.
         with contextlib.suppress(MailboxClosed):
             await ref.tell(FromClient(message))
+        return True
 
     def _record_close(self, initiator: str) -> None:
         if self._close_info is not None:
@@ -515,8 +523,7 @@ class Connection:
                         pass
                     else:
                         self._record_close("server")
-                        if self._tg is not None:
-                            self._tg.start_soon(self._close_timer)
+                        self._start_close_timer()
                 chunks.extend(protocol.data_to_send())
                 eof = bool(chunks) and chunks[-1] == b""
                 payload = b"".join(chunks)
@@ -524,13 +531,35 @@ class Connection:
                     await stream.send(payload)
                     self.bytes_out += len(payload)
                 if eof:
+                    if protocol.close_rcvd is not None:
+                        # The closing handshake is complete: the server closes TCP first.
+                        with anyio.CancelScope(shield=True):
+                            await stream.aclose()
+                    else:
+                        await self._half_close()
                     break
         except _CLOSED_STREAM_ERRORS:
             self._record_close("network")
-        finally:
-            self._writer_done.set()
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
+        finally:
+            self._writer_done.set()
+
+    async def _half_close(self) -> None:
+        """After failing the connection: send EOF but keep reading until the peer closes.
+
+        Closing with unread input makes the kernel reset the connection, and a
+        peer still sending could lose our close frame (e.g. its 1009). The close
+        timer bounds the wait.
+        """
+        try:
+            await self._stream.send_eof()
+        except (NotImplementedError, RuntimeError, *_CLOSED_STREAM_ERRORS):
+            # TLS before 1.3 cannot half-close, and uvloop raises RuntimeError on a
+            # transport the peer already reset: close outright.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+        self._start_close_timer()
 
     def _close_pending(self) -> bool:
         return self._close_request is not None and self._protocol.close_sent is None
@@ -570,6 +599,11 @@ class Connection:
             self._space = None
             space.set()
         return chunks
+
+    def _start_close_timer(self) -> None:
+        if not self._close_timer_started and self._tg is not None:
+            self._close_timer_started = True
+            self._tg.start_soon(self._close_timer)
 
     async def _close_timer(self) -> None:
         # The peer has close_timeout seconds to answer our close frame.

@@ -1,12 +1,12 @@
 """WebSocket-side errors; they join the tree drawn in :mod:`actors._exceptions`::
 
 WsupError
-└── ConnectionError_
-    ├── ConnectionClosed        the connection is closed or closing: nothing more can be sent
-    │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
-    │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
-    ├── OutboundFull            the outbound buffer is full and the call could not wait
-    └── ListenError             the server could not listen on an address
+├── ConnectionError_
+│   ├── ConnectionClosed        the connection is closed or closing: nothing more can be sent
+│   │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
+│   │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
+│   └── OutboundFull            the outbound buffer is full and the call could not wait
+└── ListenError                 the server could not listen on an address
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ class Server:
             cancelled = len(self.connections)
             for conn in list(self.connections):
                 conn.abort()
-        self.metrics.draining.set(0 if cancelled == 0 else 1)
+        self.metrics.draining.set(0)
         _log.info(
             "server.drain_completed",
             duration=round(self.clock.now() - started, 3),
@@ -517,7 +517,8 @@ class Server:
         route: RouteOptions = match.target  # type: ignore[assignment]
         if self.draining or not self.accepting:
             metrics.handshakes.labels(result="rejected").inc()
-            await self._respond(stream, protocol, _plain(503, "server is shutting down\n"))
+            why = "server is shutting down" if self.draining else "not accepting new connections"
+            await self._respond(stream, protocol, _plain(503, why + "\n"))
             return None
         if len(self.connections) >= self.config.max_connections:
             metrics.handshakes.labels(result="rejected").inc()
@@ -629,7 +630,7 @@ class Server:
     ) -> None:
         """Account for a finished connection (called once by the connection)."""
         self.connections.discard(conn)
-        self._keepalive_due.pop(conn, None)
+        self._forget_keepalive(conn)
         duration = self.clock.now() - conn.opened_at
         self.metrics.connections_closed.labels(reason=label, initiator=initiator).inc()
         self.metrics.connection_duration.observe(duration)
@@ -683,6 +684,18 @@ class Server:
         heapq.heappush(self._keepalive_heap, (deadline, seq, conn))
         if deadline < self._keepalive_next and self._keepalive_wake is not None:
             self._keepalive_wake.set()
+
+    def _forget_keepalive(self, conn: Connection) -> None:
+        # A closed connection's heap entry would keep it alive until its deadline (a
+        # ping interval): drop stale entries once they outnumber the live ones.
+        due = self._keepalive_due
+        due.pop(conn, None)
+        heap = self._keepalive_heap
+        if not due:
+            heap.clear()
+        elif len(heap) > 2 * len(due) + 64:
+            heap[:] = [e for e in heap if due.get(e[2]) == (e[0], e[1])]
+            heapq.heapify(heap)
 
     async def _keepalive_loop(self) -> None:
         heap = self._keepalive_heap

@@ -111,9 +111,18 @@ class ActorSystem:
                     await self.root.stopped.wait()
             tg.cancel_scope.cancel()
         finally:
-            suppressed = await tg.__aexit__(exc_type, exc, tb)
+            try:
+                suppressed = await tg.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as group:
+                # The task group is an implementation detail: when it only wraps the
+                # body's own error, let that error propagate as it was raised.
+                if exc is None or not _only_wraps(group, exc):
+                    raise
+                suppressed = False
         if self._failure is not None:
-            raise SystemFailed(f"the actor system stopped: {self._failure}") from self._failure
+            raise SystemFailed(
+                f"the actor system stopped: {self._failure}", escalation=self._failure
+            ) from self._failure
         return suppressed
 
     async def spawn(
@@ -159,6 +168,13 @@ class ActorSystem:
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`actors.Runtime.ask`."""
         return await self.runtime.ask(address, message, timeout=timeout)
+
+
+def _only_wraps(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """Whether ``group`` holds ``exc`` and, besides it, only cancellations."""
+    cancelled = anyio.get_cancelled_exc_class()
+    rest = group.split(lambda e: e is exc or isinstance(e, cancelled))[1]
+    return rest is None and group.subgroup(lambda e: e is exc) is not None
 
 
 class _Forward:

@@ -307,7 +307,9 @@ class Supervisor:
         if not self._stopping:
             self._stopping = True
             if self._send is not None:
-                self._send.send_nowait(_Shutdown(drain))
+                # Closed once run() has returned (or was cancelled): nothing to stop.
+                with contextlib.suppress(anyio.ClosedResourceError):
+                    self._send.send_nowait(_Shutdown(drain))
 
     # -- starting ------------------------------------------------------------------
 
@@ -404,6 +406,10 @@ class Supervisor:
     async def _on_exit(self, child: _Child, exit_: Exit) -> Escalation | None:
         spec = child.spec
         kind = exit_.kind
+        if self._stopping:
+            # Shutting down: a child that ends now, for whatever reason, stays ended.
+            self._finish(child, exit_)
+            return None
         if kind in (ExitKind.STOPPED, ExitKind.DRAINED) or (
             kind is ExitKind.EXITED and spec.restart is not Restart.PERMANENT
         ):

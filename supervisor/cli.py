@@ -37,6 +37,15 @@ def _env(name: str, default: Any = None) -> Any:
     return os.environ.get(f"WSUP_{name}", default)
 
 
+def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+    raw = _env(name, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise UsageError(f"WSUP_{name} must be {what}, got {raw!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsup", description="A WebSocket server in which every connection is an actor."
@@ -115,11 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         hosts = args.host or [h.strip() for h in _env("HOST", "127.0.0.1").split(",") if h.strip()]
-        port = args.port if args.port is not None else int(_env("PORT", "8765"))
+        port = args.port if args.port is not None else _env_number("PORT", "8765", int)
         drain = (
             args.drain_timeout
             if args.drain_timeout is not None
-            else float(_env("DRAIN_TIMEOUT", "30"))
+            else _env_number("DRAIN_TIMEOUT", "30", float)
         )
         log_format = args.log_format or _env("LOG_FORMAT")
         if log_format not in (None, "json", "console"):
