@@ -31,7 +31,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed
+from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
+from actors._backend import Waiter, primitives
 
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
@@ -94,8 +95,14 @@ class Connection:
         self._stream = stream
         self._protocol = protocol
         self._outbound = OutboundBuffer(route.outbound_limit, route.slow_consumer)
-        self._writer_wake: anyio.Event | None = None
+        self._writer_wake: Waiter | None = None
         self._space: anyio.Event | None = None
+        self._checkpoint, self._new_event = primitives()
+        # asyncio fast path: write a message straight to the transport when nothing
+        # is queued or being written, instead of waking the writer task.
+        transport = getattr(stream, "_transport", None)
+        self._transport = transport if hasattr(transport, "get_write_buffer_size") else None
+        self._writing = False
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
         self._abort_buffer = False
@@ -189,10 +196,11 @@ class Connection:
         self._check_open()
         item = self._encode(message)
         while not self.enqueue(item, wait_ok=True):
+            # anyio's Event: several tasks may wait for room on one connection.
             space = self._space = self._space or anyio.Event()
             await space.wait()
             self._check_open()
-        await anyio.lowlevel.checkpoint()
+        await self._checkpoint()
 
     def enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
         """Apply the slow-consumer policy to ``item``; return False if the caller must wait.
@@ -218,6 +226,22 @@ class Connection:
             if wait_ok:
                 return False
             raise OutboundFull(self.address, limit=buffer.limit)
+        transport = self._transport
+        if (
+            transport is not None
+            and not buffer
+            and not self._writing
+            and self._close_request is None
+            and self._protocol.state is State.OPEN
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        ):
+            chunks = self._frame([item])
+            chunks.extend(self._protocol.data_to_send())
+            data = b"".join(chunks)
+            transport.write(data)
+            self.bytes_out += len(data)
+            return True
         buffer.append(item)
         self._wake_writer()
         return True
@@ -472,8 +496,16 @@ class Connection:
         if ref is None:
             return True
         # MailboxClosed: the actor ended and the connection is closing; nobody will read it.
-        with contextlib.suppress(MailboxClosed):
-            await ref.tell(FromClient(message))
+        envelope = FromClient(message)
+        try:
+            # The reader already yields at every socket read: no extra checkpoint here.
+            ref.tell_nowait(envelope)
+        except MailboxFull:
+            # Full under ``block``: stop reading until there is room (TCP backpressure).
+            with contextlib.suppress(MailboxFull, MailboxClosed):
+                await ref.tell(envelope)
+        except MailboxClosed:
+            pass  # the actor ended and the connection is closing: nobody will read it
         return True
 
     def _record_close(self, initiator: str) -> None:
@@ -508,7 +540,7 @@ class Connection:
         try:
             while True:
                 if not buffer and not protocol.writes and not self._close_pending():
-                    wake = self._writer_wake = anyio.Event()
+                    wake = self._writer_wake = self._new_event()
                     await wake.wait()
                     continue
                 if self._abort_buffer:
@@ -528,7 +560,11 @@ class Connection:
                 eof = bool(chunks) and chunks[-1] == b""
                 payload = b"".join(chunks)
                 if payload:
-                    await stream.send(payload)
+                    self._writing = True
+                    try:
+                        await stream.send(payload)
+                    finally:
+                        self._writing = False
                     self.bytes_out += len(payload)
                 if eof:
                     if protocol.close_rcvd is not None:

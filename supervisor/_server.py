@@ -175,7 +175,19 @@ class Server:
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
         self._drain_started = False
-        self._compression = [ServerPerMessageDeflateFactory()] if self.config.compression else None
+        # websockets' own server defaults: 4 KiB windows and memLevel 5 keep each
+        # compressed connection's zlib state small (the library default is ~10x more).
+        self._compression = (
+            [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+            if self.config.compression
+            else None
+        )
         self.counters = _HotCounters(self.metrics)
         # Read at scrape time rather than updated per message.
         self.metrics.mailbox_messages.set_function(

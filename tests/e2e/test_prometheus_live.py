@@ -99,8 +99,9 @@ def _load(url: str) -> None:
             ws.send("after")
             assert ws.recv(timeout=5) == "after"
     http = url.replace("ws://", "http://").replace("/echo", "/nope")
-    with pytest.raises(urllib.error.HTTPError, match="404"):
+    with pytest.raises(urllib.error.HTTPError, match="404") as rejected:
         urllib.request.urlopen(http, timeout=5).close()
+    rejected.value.close()  # the error holds the response and its socket
 
 
 async def test_prometheus_scrapes_and_every_expression_returns_data(
