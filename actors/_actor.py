@@ -393,9 +393,7 @@ class Cell:
         if isinstance(item, Envelope):
             if item.reply is not None:
                 config = self.mailbox.config
-                item.reply.fail(
-                    MailboxFull(self.address, capacity=config.capacity, policy=policy)
-                )
+                item.reply.fail(MailboxFull(self.address, capacity=config.capacity, policy=policy))
             self.runtime.dead_letters.post(
                 DeadLetter(self.address, item.message, "dropped", policy)
             )

@@ -21,12 +21,14 @@ from ._outbound import SlowConsumerPolicy
 from ._server import Server, serve
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
+from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics
 
 __all__ = [
     "Accept",
     "ActorSystem",
     "App",
     "ChildSpec",
+    "ClusterNode",
     "Connection",
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -39,6 +41,8 @@ __all__ = [
     "KeepaliveConfig",
     "ListenError",
     "OutboundFull",
+    "RedisBackplane",
+    "RedisBackplaneStatistics",
     "Reject",
     "Request",
     "Restart",

@@ -590,9 +590,10 @@ class Connection:
         """
         try:
             await self._stream.send_eof()
-        except (NotImplementedError, RuntimeError, *_CLOSED_STREAM_ERRORS):
-            # TLS before 1.3 cannot half-close, and uvloop raises RuntimeError on a
-            # transport the peer already reset: close outright.
+        except (NotImplementedError, TypeError, RuntimeError, *_CLOSED_STREAM_ERRORS):
+            # anyio cannot half-close TLS (NotImplementedError, or TypeError once the
+            # TLS session is gone), and uvloop raises RuntimeError on a transport the
+            # peer already reset: close outright.
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
         self._start_close_timer()

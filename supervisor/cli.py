@@ -3,7 +3,13 @@
 Every option can also come from a ``WSUP_*`` environment variable (the
 command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``WSUP_PORT``, ``WSUP_DRAIN_TIMEOUT``, ``WSUP_LOG_FORMAT``, ``WSUP_LOG_LEVEL``,
-``WSUP_BACKEND``, ``WSUP_METRICS_PORT``.
+``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
+``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REUSE_PORT`` (flags take
+``1``/``true``/``yes`` or ``0``/``false``/``no``).
+
+``--workers N`` (N > 1) makes this process a master that runs N single-process
+servers on the same port (see :mod:`supervisor._workers`); ``--redis URL``
+joins the cluster through Redis (see :mod:`supervisor.redis`).
 """
 
 from __future__ import annotations
@@ -13,18 +19,26 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 
+from actors import Backplane
+
 from ._app import App
+from ._config import ServerConfig
 from ._exceptions import ListenError
 from ._logging import configure_logging
-from ._server import serve
+from ._server import Server, serve
+from ._workers import Master, worker_channel
+from .redis import RedisBackplane, RedisUnavailable
 
 __all__ = ["load_app", "main"]
 
@@ -83,7 +97,100 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="event loop (default asyncio, with uvloop when installed; WSUP_BACKEND)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default 1: this process serves; WSUP_WORKERS)",
+    )
+    run.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="join a cluster through Redis, e.g. redis://127.0.0.1:6379/0 (WSUP_REDIS)",
+    )
+    run.add_argument(
+        "--redis-optional",
+        action="store_true",
+        default=None,
+        help="start even if Redis is unreachable: not ready, local delivery only, "
+        "reconnecting (WSUP_REDIS_OPTIONAL)",
+    )
+    run.add_argument(
+        "--redis-node-ttl",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds before a silent node leaves the cluster's node set "
+        "(default 10; WSUP_REDIS_NODE_TTL)",
+    )
+    run.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=None,
+        help="set SO_REUSEPORT so several processes share the port (WSUP_REUSE_PORT)",
+    )
     return parser
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _env_flag(name: str) -> bool:
+    raw = _env(name, "")
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    raise UsageError(f"WSUP_{name} must be 1, true, yes, 0, false or no, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Cluster:
+    """The multi-process and cluster options, resolved."""
+
+    workers: int
+    redis: str | None
+    redis_optional: bool
+    node_ttl: float
+    reuse_port: bool
+
+
+def _cluster_options(args: argparse.Namespace) -> _Cluster:
+    workers = args.workers if args.workers is not None else _env_number("WORKERS", "1", int)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    node_ttl = (
+        args.redis_node_ttl
+        if args.redis_node_ttl is not None
+        else _env_number("REDIS_NODE_TTL", "10", float)
+    )
+    if node_ttl <= 0:
+        raise UsageError(f"--redis-node-ttl must be > 0 seconds, got {node_ttl:g}")
+    reuse_port = bool(args.reuse_port) or _env_flag("REUSE_PORT") or workers > 1
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError("--workers and --reuse-port need SO_REUSEPORT, which this OS lacks")
+    return _Cluster(
+        workers=workers,
+        redis=args.redis or _env("REDIS") or None,
+        redis_optional=bool(args.redis_optional) or _env_flag("REDIS_OPTIONAL"),
+        node_ttl=node_ttl,
+        reuse_port=reuse_port,
+    )
+
+
+def _backplane(cluster: _Cluster) -> Backplane | None:
+    if cluster.redis is None:
+        return None
+    try:
+        return RedisBackplane(
+            cluster.redis, required=not cluster.redis_optional, node_ttl=cluster.node_ttl
+        )
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(f"--redis: {exc}") from None
 
 
 def load_app(target: str) -> App:
@@ -137,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = args.backend or _env("BACKEND", "asyncio")
         if backend not in ("asyncio", "trio"):
             raise UsageError(f"WSUP_BACKEND must be asyncio or trio, got {backend!r}")
+        cluster = _cluster_options(args)
         try:
             configure_logging(log_format, level)
         except ValueError as exc:
@@ -148,9 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if cluster.reuse_port:
+            config = dataclasses.replace(config, reuse_port=True)
+        if cluster.workers > 1 and port == 0:
+            raise UsageError("--workers needs a fixed --port (port 0 differs per process)")
+        backplane = _backplane(cluster)
     except (UsageError, ValueError) as exc:
         print(f"wsup: error: {exc}", file=sys.stderr)
         return 2
+    if cluster.workers > 1:
+        return _run_workers(args.app, config, cluster, log_format, level, backend)
     options: dict[str, Any] = {}
     if backend == "asyncio":
         try:
@@ -160,9 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             pass
     try:
-        anyio.run(_serve, app, config, backend=backend, backend_options=options)
+        anyio.run(_serve, app, config, backplane, backend=backend, backend_options=options)
     except BaseException as exc:
-        listen_error = _find(exc, ListenError)
+        listen_error = _find(exc, ListenError) or _find(exc, RedisUnavailable)
+        if isinstance(listen_error, RedisUnavailable):
+            hint = "start Redis, fix --redis, or pass --redis-optional to start without it"
+            print(f"wsup: error: {listen_error} ({hint})", file=sys.stderr)
+            return 1
         if listen_error is not None:
             print(f"wsup: error: {listen_error}", file=sys.stderr)
             return 1
@@ -184,13 +303,87 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-async def _serve(app: App, config: Any) -> None:
+async def _serve(app: App, config: ServerConfig, backplane: Backplane | None = None) -> None:
     try:
-        await serve(app, config)
+        async with anyio.create_task_group() as tg:
+
+            async def run(*, task_status: anyio.abc.TaskStatus[Server]) -> None:
+                await serve(app, config, backplane=backplane, task_status=task_status)
+                tg.cancel_scope.cancel()  # the helpers below end with the server
+
+            server = await tg.start(run)
+            if server.metrics.multiprocess_dir is not None:
+                tg.start_soon(_refresh_metrics, server)
+            channel = worker_channel()
+            if channel is not None:
+                tg.start_soon(_talk_to_master, channel, server)
     except BaseException as exc:
-        if _find(exc, ListenError) is None and _find(exc, KeyboardInterrupt) is None:
+        expected = (ListenError, RedisUnavailable, KeyboardInterrupt)
+        if not any(_find(exc, kind) for kind in expected):
             structlog.get_logger("wsup.server").exception("server.crashed")
         raise
+
+
+_METRICS_REFRESH = 2.0
+"""Seconds between writes of a worker's computed gauges for the other workers' scrapes."""
+
+
+async def _refresh_metrics(server: Server) -> None:
+    while True:
+        server.metrics.refresh()
+        await anyio.sleep(_METRICS_REFRESH)
+
+
+async def _talk_to_master(channel: socket.socket, server: Server) -> None:
+    """Tell the master this worker serves; drain if the master goes away."""
+    with channel:
+        channel.send(b"ready\n")  # a few bytes into an empty socket buffer: never blocks
+        while True:
+            await anyio.wait_readable(channel)
+            try:
+                data = channel.recv(64)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                break
+    structlog.get_logger("wsup.workers").warning("worker.orphaned")
+    await server.shutdown()
+
+
+def _run_workers(
+    target: str,
+    config: ServerConfig,
+    cluster: _Cluster,
+    log_format: str | None,
+    level: str,
+    backend: str,
+) -> int:
+    """Run as the master of ``cluster.workers`` single-process servers on one port."""
+    command = [sys.executable, "-m", "supervisor", "serve", target, "--workers", "1"]
+    command += ["--reuse-port", "--port", str(config.port)]
+    command += ["--drain-timeout", repr(config.drain_timeout), "--log-level", level]
+    command += ["--backend", backend, "--redis-node-ttl", repr(cluster.node_ttl)]
+    for host in config.hosts:
+        command += ["--host", host]
+    if log_format is not None:
+        command += ["--log-format", log_format]
+    if cluster.redis_optional:
+        command.append("--redis-optional")
+    env: dict[str, str] = {}
+    if cluster.redis is not None:
+        # In the environment, not on the command line: a URL may hold a password.
+        env["WSUP_REDIS"] = cluster.redis
+    else:
+        structlog.get_logger("wsup.workers").warning(
+            "workers.backplane_missing",
+            detail="without --redis, connections on different workers cannot reach each other",
+        )
+    master = Master(
+        command, cluster.workers, env=env, metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    )
+    return master.run()
 
 
 if __name__ == "__main__":  # pragma: no cover

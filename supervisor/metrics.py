@@ -30,19 +30,30 @@ Theory of operation:
     text format each becomes one more gauge series per counter or histogram child
     (over a hundred here) that Prometheus stores and nobody queries, since
     ``rate()`` and ``increase()`` already handle counter resets.
+
+    Worker processes (``wsup serve --workers N``) share one port, so a scrape
+    lands on any one of them. They run in ``prometheus_client``'s multiprocess
+    mode: the master sets ``PROMETHEUS_MULTIPROC_DIR`` for them, every value
+    lives in a file of that shared directory, and whichever worker answers
+    ``/metrics`` renders the sum over all of them. Each gauge declares how
+    workers combine (:data:`GAUGE_MODES`); gauges computed on demand
+    (``set_function``) are written to their file by :meth:`Metrics.refresh`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "ACTOR_KINDS",
@@ -52,6 +63,8 @@ __all__ = [
     "CONNECTION_STATES",
     "DEAD_LETTER_REASONS",
     "DROP_POLICIES",
+    "GAUGE_MODES",
+    "GaugeMode",
     "HANDSHAKE_RESULTS",
     "MESSAGE_KINDS",
     "METRIC_DOCS",
@@ -66,6 +79,7 @@ __all__ = [
     "MessageKind",
     "Metrics",
     "close_reason_for_code",
+    "multiprocess_directory",
 ]
 
 # --- Label value sets ------------------------------------------------------------
@@ -242,6 +256,59 @@ _BACKPLANE_PUBLISH_BUCKETS: Final = (
 )  # fmt: skip
 
 
+# --- Worker processes ---------------------------------------------------------------
+
+GaugeMode = Literal["livesum", "livemax", "livemin"]
+"""How a gauge combines across worker processes (see :data:`GAUGE_MODES`)."""
+
+GAUGE_MODES: Final[Mapping[str, GaugeMode]] = MappingProxyType(
+    {
+        "wsup_connections": "livesum",
+        "wsup_mailbox_messages": "livesum",
+        "wsup_outbound_buffer_bytes": "livesum",
+        "wsup_actors": "livesum",
+        "wsup_draining": "livemax",
+        "wsup_backplane_up": "livemin",
+        "wsup_build_info": "livemax",
+    }
+)
+"""How each gauge combines across worker processes (``prometheus_client``'s
+``multiprocess_mode``; "live" drops the value of a worker that exited). Quantities
+add up; ``wsup_draining`` is 1 if any worker drains; ``wsup_backplane_up`` is 0 if
+any worker lost the backplane. Counters and histograms always add up, dead
+workers included, so they never go backwards when a worker is restarted."""
+
+
+def multiprocess_directory() -> str | None:
+    """Return the shared directory when this process runs in multiprocess mode, else None.
+
+    ``prometheus_client`` decides once, when it is first imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``; this reports that decision.
+    """
+    if prometheus_values.ValueClass is prometheus_values.MutexValue:
+        return None
+    # prometheus_client also honours the legacy lower-case name.
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(
+        "prometheus_multiproc_dir"  # noqa: SIM112
+    )
+
+
+class _Gauge(Gauge):
+    """A gauge that remembers its ``set_function`` so the value can be written out."""
+
+    _function: Callable[[], float] | None = None
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        """Compute the value with ``f`` at every scrape (see :meth:`Metrics.refresh`)."""
+        super().set_function(f)
+        self._function = f
+
+    def refresh(self) -> None:
+        """Store the value of the function, if any, like :meth:`set` does."""
+        if self._function is not None:
+            self.set(self._function())
+
+
 def _prefill(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
     """Create the child of ``metric`` for every combination of label values."""
     combos: list[tuple[str, ...]] = [()]
@@ -279,6 +346,8 @@ class Metrics:
             ``/metrics`` (see :meth:`render`).
         content_type: ``Content-Type`` of :meth:`render`'s output (Prometheus
             text format 0.0.4).
+        multiprocess_dir: The directory shared by worker processes when this
+            process is one of them (see :func:`multiprocess_directory`), else None.
 
     Args:
         registry: Where to register. None creates a new private registry, which
@@ -295,14 +364,28 @@ class Metrics:
         self.registry: Final[CollectorRegistry] = (
             CollectorRegistry(auto_describe=True) if registry is None else registry
         )
-        self._exposed: Final = _WithoutCreated(self.registry)
+        self.multiprocess_dir: Final = multiprocess_directory()
+        exposed = self.registry
+        if self.multiprocess_dir is not None:
+            exposed = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(exposed, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        self._exposed: Final = _WithoutCreated(exposed)
+        self._gauges: Final[list[_Gauge]] = []
         r = self.registry
 
         def counter(name: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, METRIC_DOCS[name], labels, registry=r)
 
         def gauge(name: str, labels: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, METRIC_DOCS[name], labels, registry=r)
+            made = _Gauge(
+                name,
+                METRIC_DOCS[name],
+                labels,
+                registry=r,
+                multiprocess_mode=GAUGE_MODES.get(name, "livesum"),
+            )
+            self._gauges.append(made)
+            return made
 
         def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, METRIC_DOCS[name], registry=r, buckets=(*buckets, math.inf))
@@ -384,18 +467,35 @@ class Metrics:
             python: Python version, e.g. ``"3.12.4"``.
             backend: Event-loop backend, e.g. ``"asyncio+uvloop"`` or ``"trio"``.
         """
-        self.build_info.clear()
+        if self.multiprocess_dir is None:
+            # Not in multiprocess mode, where prometheus_client cannot clear labels
+            # (and a worker sets its build information only once anyway).
+            self.build_info.clear()
         self.build_info.labels(version=version, python=python, backend=backend).set(1)
+
+    def refresh(self) -> None:
+        """Write the current value of every gauge computed on demand.
+
+        Only needed by worker processes: a scrape reads the other workers'
+        values from their files, so each worker calls this every few seconds
+        (and before rendering). Costs one call of each such gauge's function.
+        """
+        for gauge in self._gauges:
+            gauge.refresh()
 
     def render(self) -> bytes:
         """Return the registry in the Prometheus text exposition format.
 
         Covers every collector on :attr:`registry`, not only wsup's, without the
-        ``*_created`` samples. Costs one pass over every series (a few hundred lines).
+        ``*_created`` samples; in a worker process, every worker's values
+        combined. Costs one pass over every series (a few hundred lines; in a
+        worker, a read of every worker's file).
 
         Returns:
             The exposition body, to be served with :attr:`content_type`.
         """
+        if self.multiprocess_dir is not None:
+            self.refresh()
         return generate_latest(self._exposed)
 
     def render_for(self, accept: str | None) -> tuple[bytes, str]:
@@ -409,4 +509,6 @@ class Metrics:
             or does not ask for OpenMetrics.
         """
         encoder, content_type = choose_encoder(accept or "")
+        if self.multiprocess_dir is not None:
+            self.refresh()
         return encoder(self._exposed), content_type
