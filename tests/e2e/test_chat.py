@@ -1,0 +1,385 @@
+"""The chat example against the SPEC's chat contract, with two independent clients.
+
+``examples.chat:app`` is served in-process on a free loopback port (asyncio with
+uvloop, and trio). The same conversations run twice: with the ``websockets``
+sync client in a worker thread, and with Node's ``ws`` client
+(``tests/e2e/node/chat_client.js``, installed by ``.ci/test-deps``).
+
+A chat connection registers its user and joins its room in ``on_connect``,
+which runs just after the handshake completes; before anyone speaks, the tests
+wait until the server lists every expected room member. To show that a message
+did *not* reach a connection, the tests use a barrier: that connection's own
+next message comes back first. Each connection's outbound buffer is FIFO and a
+room message is queued for every member before the sender gets its own copy,
+so a stray message would have arrived before the barrier.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+from websockets.exceptions import InvalidStatus
+from websockets.protocol import State
+from websockets.sync.client import ClientConnection, connect
+
+from examples import chat
+from supervisor import Server
+from tests.helpers.server import running_server, ws_url
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+E2E = Path(__file__).resolve().parent
+CHAT_CLIENT = E2E / "node" / "chat_client.js"
+TIMEOUT = 20.0
+
+T = TypeVar("T")
+
+
+# --- the protocol ------------------------------------------------------------------------
+
+
+def chat_path(room: str, user: str | None = None) -> str:
+    """Return the path of ``room`` for ``user`` (no ``?user`` when ``user`` is None)."""
+    query = "" if user is None else "?" + urlencode({"user": user})
+    return f"/chat/{quote(room, safe='')}{query}"
+
+
+def say(text: str) -> str:
+    """A client's ``say`` message."""
+    return json.dumps({"type": "say", "text": text})
+
+
+def dm(to: str, text: str) -> str:
+    """A client's ``dm`` message."""
+    return json.dumps({"type": "dm", "to": to, "text": text})
+
+
+def said(room: str, sender: str, text: str) -> dict[str, Any]:
+    """What every member of ``room`` receives when ``sender`` says ``text``."""
+    return {"type": "said", "room": room, "from": sender, "text": text}
+
+
+def dm_from(sender: str, text: str) -> dict[str, Any]:
+    """What every connection of a user receives when ``sender`` sends them ``text``."""
+    return {"type": "dm", "from": sender, "text": text}
+
+
+# Messages that must each get an error and leave the connection open.
+BAD_MESSAGES: list[tuple[str, str | bytes]] = [
+    ("not JSON", "{nope"),
+    ("binary, not UTF-8", b"\xff\xfe\x00"),
+    ("JSON, not an object", "[1, 2]"),
+    ("no type", json.dumps({"text": "hi"})),
+    ("unknown type", json.dumps({"type": "shout", "text": "hi"})),
+    ("text is a number", json.dumps({"type": "say", "text": 42})),
+    ("text is missing", json.dumps({"type": "say"})),
+    ("dm text is a list", json.dumps({"type": "dm", "to": "bob", "text": ["hi"]})),
+    ("dm to is a number", json.dumps({"type": "dm", "to": 7, "text": "hi"})),
+    ("dm to nobody connected", dm("nobody", "hi")),
+]
+
+
+def is_error(message: Any) -> bool:
+    """Whether ``message`` is the chat's error message, with a non-empty explanation."""
+    return (
+        isinstance(message, dict)
+        and set(message) == {"type", "error"}
+        and message["type"] == "error"
+        and isinstance(message["error"], str)
+        and message["error"] != ""
+    )
+
+
+# --- the server side -------------------------------------------------------------------
+
+
+async def joined(server: Server, members: dict[str, int]) -> None:
+    """Wait until each address (``room:R``) has exactly the given number of local members."""
+    runtime = server.runtime
+    with anyio.fail_after(TIMEOUT):
+        while any(len(runtime.members(a)) != n for a, n in members.items()):
+            await anyio.lowlevel.checkpoint()
+
+
+def wait_joined(server: Server, members: dict[str, int]) -> None:
+    """:func:`joined`, from the worker thread a scenario runs in."""
+    anyio.from_thread.run(joined, server, members)
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking client scenario in a worker thread, off the server's event loop."""
+    return await anyio.to_thread.run_sync(fn)
+
+
+# --- the websockets client --------------------------------------------------------------
+
+
+def recv_json(ws: ClientConnection) -> Any:
+    """Return the next message, which must be JSON text."""
+    message = ws.recv(timeout=TIMEOUT)
+    assert isinstance(message, str), message
+    return json.loads(message)
+
+
+def open_chat(stack: ExitStack, server: Server, room: str, user: str) -> ClientConnection:
+    """Join ``room`` as ``user``; ``stack`` closes the connection."""
+    return stack.enter_context(connect(ws_url(server, chat_path(room, user)), open_timeout=TIMEOUT))
+
+
+@pytest.mark.parametrize("query", ["", "?user=", "?name=ada"])
+async def test_without_a_user_the_handshake_is_refused_with_400(query: str) -> None:
+    """A missing or empty ``?user`` gets HTTP 400, with the reason in the body."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> InvalidStatus:
+            url = ws_url(server, "/chat/lobby" + query)
+            with pytest.raises(InvalidStatus) as refused, connect(url, open_timeout=TIMEOUT):
+                pass
+            return refused.value
+
+        refusal = await in_thread(scenario)
+        assert refusal.response.status_code == 400
+        assert b"user" in refusal.response.body
+        assert server.connections == set()
+
+
+async def test_say_reaches_every_connection_in_the_room_and_no_other_room() -> None:
+    """A ``say`` reaches each room member (sender and its other tabs too), nobody elsewhere."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> None:
+            with ExitStack() as stack:
+                ada1 = open_chat(stack, server, "lobby", "ada")
+                ada2 = open_chat(stack, server, "lobby", "ada")
+                bob = open_chat(stack, server, "lobby", "bob")
+                carol = open_chat(stack, server, "tea room", "carol")
+                wait_joined(server, {"room:lobby": 3, "room:tea room": 1})
+
+                ada1.send(say("hello lobby"))
+                for ws in (ada1, ada2, bob):
+                    assert recv_json(ws) == said("lobby", "ada", "hello lobby")
+
+                carol.send(say("anyone?"))  # the barrier: her own message comes first
+                assert recv_json(carol) == said("tea room", "carol", "anyone?")
+
+                bob.send(say("bye"))  # and theirs: carol's message did not come first
+                for ws in (ada1, ada2, bob):
+                    assert recv_json(ws) == said("lobby", "bob", "bye")
+
+        await in_thread(scenario)
+
+
+async def test_dm_reaches_every_connection_of_the_user_in_any_room() -> None:
+    """A ``dm`` reaches the target's connections in every room, and nobody else."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> None:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                bob1 = open_chat(stack, server, "lobby", "bob")
+                bob2 = open_chat(stack, server, "kitchen", "bob")
+                carol = open_chat(stack, server, "lobby", "carol")
+                wait_joined(server, {"room:lobby": 3, "room:kitchen": 1})
+
+                ada.send(dm("bob", "psst"))
+                assert recv_json(bob1) == dm_from("ada", "psst")
+                assert recv_json(bob2) == dm_from("ada", "psst")
+
+                carol.send(say("barrier"))  # neither ada nor carol got the dm first
+                for ws in (ada, bob1, carol):
+                    assert recv_json(ws) == said("lobby", "carol", "barrier")
+                bob2.send(say("here"))  # nor did bob2 get anything else
+                assert recv_json(bob2) == said("kitchen", "bob", "here")
+
+        await in_thread(scenario)
+
+
+async def test_bad_messages_get_an_error_and_the_connection_stays_open() -> None:
+    """Invalid JSON, an unknown type, wrong field types: an error each, then chat goes on."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> None:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                wait_joined(server, {"room:lobby": 1})
+                for number, (case, message) in enumerate(BAD_MESSAGES):
+                    ada.send(message)
+                    assert is_error(recv_json(ada)), case
+                    ada.send(say(f"still here {number}"))
+                    assert recv_json(ada) == said("lobby", "ada", f"still here {number}"), case
+                assert ada.state is State.OPEN
+
+        await in_thread(scenario)
+        assert server.metrics.registry.get_sample_value(
+            "wsup_connections_closed_total", {"reason": "internal_error", "initiator": "server"}
+        ) in (None, 0.0)
+
+
+# --- Node's ws client ---------------------------------------------------------------------
+
+
+def node() -> str:
+    """Return the ``node`` executable; fail (never skip) when the client cannot run."""
+    executable = shutil.which("node")
+    if executable is None:
+        pytest.fail("node is not installed: run .ci/test-deps")
+    if not (E2E / "node_modules" / "ws" / "package.json").exists():
+        pytest.fail("Node's ws client is not installed in tests/e2e: run .ci/test-deps")
+    return executable
+
+
+async def run_chat_client(
+    server: Server,
+    clients: dict[str, str],
+    steps: list[dict[str, Any]],
+    members: dict[str, int],
+) -> dict[str, Any]:
+    """Run ``chat_client.js`` with ``clients`` (id → path) and ``steps``; return its report.
+
+    Between connecting and the first step, waits until the server lists
+    ``members`` (address → count).
+    """
+    spec = {"clients": {cid: ws_url(server, path) for cid, path in clients.items()}, "steps": steps}
+    process = await anyio.open_process(
+        [node(), str(CHAT_CLIENT)],
+        cwd=E2E,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+    )
+    try:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        lines = BufferedByteReceiveStream(process.stdout)
+        with anyio.fail_after(30):
+            await process.stdin.send(json.dumps(spec).encode() + b"\n")
+            settled = json.loads(await lines.receive_until(b"\n", 1 << 20))
+            assert "settled" in settled, settled
+            await joined(server, members)
+            await process.stdin.send(b"go\n")
+            report: dict[str, Any] = json.loads(await lines.receive_until(b"\n", 1 << 24))
+            assert await process.wait() == 0, report
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+    assert report["errors"] == [], report
+    return report
+
+
+def received(report: dict[str, Any], client: str) -> list[Any]:
+    """The messages ``client`` received, in order."""
+    messages: list[Any] = report["clients"][client]["received"]
+    return messages
+
+
+async def test_node_without_a_user_is_refused_with_400() -> None:
+    """Node's ws sees HTTP 400 for a missing or empty ``?user``; no connection opens."""
+    async with running_server(chat.app) as server:
+        report = await run_chat_client(
+            server,
+            {"none": "/chat/lobby", "empty": "/chat/lobby?user="},
+            [],
+            {},
+        )
+        for client in ("none", "empty"):
+            entry = report["clients"][client]
+            assert (entry["opened"], entry["status"]) == (False, 400), entry
+            assert "user" in entry["body"]
+        assert server.connections == set()
+
+
+async def test_node_say_reaches_every_connection_in_the_room_and_no_other_room() -> None:
+    """Node's ws: a ``say`` reaches each room member, the sender's tabs included, nobody else."""
+    async with running_server(chat.app) as server:
+        report = await run_chat_client(
+            server,
+            {
+                "ada1": chat_path("lobby", "ada"),
+                "ada2": chat_path("lobby", "ada"),
+                "bob": chat_path("lobby", "bob"),
+                "carol": chat_path("tea room", "carol"),
+            },
+            [
+                {"send": "ada1", "data": say("hello lobby")},
+                *({"expect": c, "count": 1} for c in ("ada1", "ada2", "bob")),
+                {"send": "carol", "data": say("anyone?")},
+                {"expect": "carol", "count": 1},
+                {"send": "bob", "data": say("bye")},
+                *({"expect": c, "count": 2} for c in ("ada1", "ada2", "bob")),
+            ],
+            {"room:lobby": 3, "room:tea room": 1},
+        )
+    lobby = [said("lobby", "ada", "hello lobby"), said("lobby", "bob", "bye")]
+    for client in ("ada1", "ada2", "bob"):
+        assert received(report, client) == lobby, client
+    assert received(report, "carol") == [said("tea room", "carol", "anyone?")]
+    for entry in report["clients"].values():
+        assert entry["close"] == {"code": 1000, "reason": "done"}, entry
+
+
+async def test_node_dm_reaches_every_connection_of_the_user_in_any_room() -> None:
+    """Node's ws: a ``dm`` reaches the target's connections in every room, and nobody else."""
+    async with running_server(chat.app) as server:
+        report = await run_chat_client(
+            server,
+            {
+                "ada": chat_path("lobby", "ada"),
+                "bob1": chat_path("lobby", "bob"),
+                "bob2": chat_path("kitchen", "bob"),
+                "carol": chat_path("lobby", "carol"),
+            },
+            [
+                {"send": "ada", "data": dm("bob", "psst")},
+                {"expect": "bob1", "count": 1},
+                {"expect": "bob2", "count": 1},
+                {"send": "carol", "data": say("barrier")},
+                {"expect": "ada", "count": 1},
+                {"expect": "bob1", "count": 2},
+                {"expect": "carol", "count": 1},
+                {"send": "bob2", "data": say("here")},
+                {"expect": "bob2", "count": 2},
+            ],
+            {"room:lobby": 3, "room:kitchen": 1},
+        )
+    barrier = said("lobby", "carol", "barrier")
+    assert received(report, "bob1") == [dm_from("ada", "psst"), barrier]
+    assert received(report, "bob2") == [dm_from("ada", "psst"), said("kitchen", "bob", "here")]
+    assert received(report, "ada") == [barrier]
+    assert received(report, "carol") == [barrier]
+
+
+async def test_node_bad_messages_get_an_error_and_the_connection_stays_open() -> None:
+    """Node's ws: each bad text message gets an error; a ``say`` after it still works."""
+    texts = [message for _, message in BAD_MESSAGES if isinstance(message, str)]
+    steps: list[dict[str, Any]] = []
+    for number, message in enumerate(texts):
+        steps += [
+            {"send": "ada", "data": message},
+            {"send": "ada", "data": say(f"still here {number}")},
+            {"expect": "ada", "count": 2 * (number + 1)},
+        ]
+    async with running_server(chat.app) as server:
+        report = await run_chat_client(
+            server, {"ada": chat_path("lobby", "ada")}, steps, {"room:lobby": 1}
+        )
+    messages = received(report, "ada")
+    assert len(messages) == 2 * len(texts)
+    for number, message in enumerate(texts):
+        error, echo = messages[2 * number : 2 * number + 2]
+        assert is_error(error), (message, error)
+        assert echo == said("lobby", "ada", f"still here {number}"), message
+    assert report["clients"]["ada"]["close"] == {"code": 1000, "reason": "done"}

@@ -1,0 +1,198 @@
+"""A private ``redis-server`` for one test, on a free loopback port.
+
+Theory of operation: :class:`RedisServer` runs ``redis-server`` as a child
+process on 127.0.0.1 and a port nobody else uses (never the machine's own Redis
+on 6379), without persistence (``--save ""``, ``--appendonly no``) and with
+expiry notifications on (``--notify-keyspace-events Ex``) so tests can wait for
+a key to expire instead of sleeping. A reader thread follows its log: start-up
+waits for "Ready to accept connections" and then for a ``PING`` answer. The
+server can be killed with SIGKILL, paused and resumed (SIGSTOP/SIGCONT) and
+started again on the same port, which is how tests lose and regain Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+
+__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "running_redis"]
+
+REDIS_SERVER = shutil.which("redis-server")
+"""The ``redis-server`` executable, or None when it is not installed."""
+
+_READY = "Ready to accept connections"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A ``redis-server`` child process on 127.0.0.1.
+
+    Args:
+        port: the port (default: a free one); kept across :meth:`restart`.
+        timeout: seconds to wait for it to accept connections.
+
+    Raises:
+        RuntimeError: ``redis-server`` is not installed.
+    """
+
+    def __init__(self, port: int | None = None, *, timeout: float = 20.0) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = port or free_port()
+        self.timeout = timeout
+        self.lines: list[str] = []
+        self._directory = tempfile.mkdtemp(prefix="wsup-redis-")
+        self._process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._changed = threading.Condition()
+        self._ready = False
+        self._exited = False
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of this server (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running server."""
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self) -> None:
+        """Start the server and wait until it answers ``PING``.
+
+        Raises:
+            RuntimeError: it exited or did not become ready in time (with its log).
+        """
+        assert REDIS_SERVER is not None
+        assert self._process is None or self._process.poll() is not None, "already running"
+        with self._changed:
+            self._ready = self._exited = False
+        command = [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--notify-keyspace-events", "Ex",
+            "--dir", self._directory,
+            "--daemonize", "no",
+            "--loglevel", "notice",
+            "--logfile", "",
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._follow, args=(self._process,), daemon=True)
+        self._reader.start()
+        with self._changed:
+            self._changed.wait_for(lambda: self._ready or self._exited, self.timeout)
+            ready = self._ready
+        if not ready:
+            self.kill()
+            raise RuntimeError("redis-server did not start; log:\n" + "\n".join(self.lines))
+        self.ping()
+
+    def _follow(self, process: subprocess.Popen[str]) -> None:
+        stream = process.stdout
+        assert stream is not None
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                if _READY in line:
+                    self._ready = True
+                    self._changed.notify_all()
+        with self._changed:
+            self._exited = True
+            self._changed.notify_all()
+
+    def ping(self) -> None:
+        """Send ``PING`` and check the answer (raises if the server does not answer)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+        if not answer.startswith(b"+PONG"):
+            raise RuntimeError(f"unexpected answer to PING: {answer!r}")
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL (no goodbye to its clients) and reap it."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        if self._reader is not None:
+            self._reader.join(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+    def restart(self) -> None:
+        """Start the server again on the same port (after :meth:`kill`)."""
+        self.kill()
+        self.start()
+
+    def pause(self) -> None:
+        """Stop the server with SIGSTOP: connections stay open, nothing is answered."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Resume a paused server with SIGCONT."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Stop the server for good and remove its directory. Idempotent."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused server cannot exit
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.kill()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_redis(port: int | None = None) -> Iterator[RedisServer]:
+    """Run a private ``redis-server`` for the duration of the block."""
+    server = RedisServer(port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
