@@ -21,7 +21,7 @@ from ._outbound import SlowConsumerPolicy
 from ._server import Server, serve
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
-from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics
+from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics, RedisUnavailable
 
 __all__ = [
     "Accept",
@@ -43,6 +43,7 @@ __all__ = [
     "OutboundFull",
     "RedisBackplane",
     "RedisBackplaneStatistics",
+    "RedisUnavailable",
     "Reject",
     "Request",
     "Restart",

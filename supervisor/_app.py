@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -278,6 +279,19 @@ class RouteOptions:
     intensity: Intensity = field(default_factory=lambda: Intensity(3, 10.0))
     backoff: Backoff = field(default_factory=lambda: Backoff(minimum=0.0, maximum=0.0))
 
+    def __post_init__(self) -> None:
+        if not callable(self.handler):
+            raise TypeError(f"a route handler must be a Handler subclass, got {self.handler!r}")
+        if self.outbound_limit < 1:
+            raise ValueError(f"outbound limit must be >= 1 byte, got {self.outbound_limit}")
+        code = self.slow_consumer_code
+        if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015):
+            raise ValueError(
+                f"slow_consumer_code {code} cannot be sent in a close frame: "
+                "use 1008, 1013 or an application code 3000-4999"
+            )
+        object.__setattr__(self, "slow_consumer", SlowConsumerPolicy(self.slow_consumer))
+
 
 class App:
     """A wsup application: what to serve, and a handle on it while it runs.
@@ -417,6 +431,11 @@ class App:
         token = server.loop_token
         if token is None:
             raise RuntimeError("the server has not finished starting")
+        if threading.get_ident() == server.loop_thread:
+            # Blocking the loop's own thread on the loop would deadlock.
+            raise RuntimeError(
+                "a *_threadsafe call on the event loop's thread: use await app.send() etc."
+            )
         return anyio.from_thread.run(fn, *args, token=token)
 
     def send_threadsafe(self, address: str, message: Any) -> None:

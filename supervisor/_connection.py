@@ -520,6 +520,9 @@ class Connection:
         elif protocol.close_rcvd is not None:
             rcvd = protocol.close_rcvd
             self._close_info = (rcvd.code, rcvd.reason, initiator)
+        elif self._close_request is not None and initiator == "network":
+            # We were closing (e.g. a slow consumer) but our close frame never got out.
+            self._close_info = (*self._close_request, "server")
         elif protocol.eof_sent or initiator == "network":
             self._close_info = (1006, "", "network")
         else:

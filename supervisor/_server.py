@@ -27,6 +27,7 @@ import math
 import platform
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -158,6 +159,7 @@ class Server:
         self.accepting = False
         #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
         self.loop_token: anyio.lowlevel.EventLoopToken | None = None
+        self.loop_thread: int | None = None
         self._sockets = 0
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
@@ -214,6 +216,7 @@ class Server:
         self._accept_scope = anyio.CancelScope()
         self._stop = anyio.Event()
         self.loop_token = anyio.lowlevel.current_token()
+        self.loop_thread = threading.get_ident()
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
         try:
             # Bind first: a bad address fails before anything else has started.
@@ -305,7 +308,7 @@ class Server:
                 _log.error("server.accept_failed", error=str(exc))
                 await anyio.sleep(0.1)
                 continue
-            self._tg.start_soon(self._handle, stream, ops_only)
+            self._tg.start_soon(self._handle_safely, stream, ops_only)
 
     def stop_accepting(self) -> None:
         """Close the listeners but keep serving open connections; ``/readyz`` turns 503."""
@@ -384,6 +387,14 @@ class Server:
             self._sockets -= 1
         if conn is not None:
             await conn.run()
+
+    async def _handle_safely(self, stream: anyio.abc.ByteStream, ops_only: bool) -> None:
+        # One socket's unexpected error must never take the server down.
+        try:
+            await self._handle(stream, ops_only)
+        except Exception:
+            _log.exception("connection.failed")
+            await _close_quietly(stream)
 
     async def _handshake(
         self, stream: anyio.abc.ByteStream, started: float, ops_only: bool

@@ -230,13 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        hosts = args.host or [h.strip() for h in _env("HOST", "127.0.0.1").split(",") if h.strip()]
-        port = args.port if args.port is not None else _env_number("PORT", "8765", int)
-        drain = (
-            args.drain_timeout
-            if args.drain_timeout is not None
-            else _env_number("DRAIN_TIMEOUT", "30", float)
-        )
+        # Flags win over WSUP_* variables, which win over the app's own ServerConfig.
+        overrides: dict[str, Any] = {}
+        if args.host:
+            overrides["hosts"] = tuple(args.host)
+        elif _env("HOST"):
+            overrides["hosts"] = tuple(h.strip() for h in _env("HOST").split(",") if h.strip())
+        if args.port is not None:
+            overrides["port"] = args.port
+        elif _env("PORT") is not None:
+            overrides["port"] = _env_number("PORT", "8765", int)
+        if args.drain_timeout is not None:
+            overrides["drain_timeout"] = args.drain_timeout
+        elif _env("DRAIN_TIMEOUT") is not None:
+            overrides["drain_timeout"] = _env_number("DRAIN_TIMEOUT", "30", float)
         log_format = args.log_format or _env("LOG_FORMAT")
         if log_format not in (None, "json", "console"):
             raise UsageError(f"WSUP_LOG_FORMAT must be json or console, got {log_format!r}")
@@ -251,11 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(exc)) from None
         app = load_app(args.app)
         try:
-            config = dataclasses.replace(
-                app.config, hosts=tuple(hosts), port=port, drain_timeout=drain
-            )
+            config = dataclasses.replace(app.config, **overrides)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        port = config.port
         if cluster.reuse_port:
             config = dataclasses.replace(config, reuse_port=True)
         if cluster.workers > 1 and port == 0:

@@ -4,8 +4,8 @@
 from supervisor import App, Handler, ServerConfig
 
 # The default is 127.0.0.1 only. "0.0.0.0" is every IPv4 interface; "localhost",
-# "" or "::" listen on every address family the machine has. The wsup command
-# line listens where its --host options (or WSUP_HOST) say instead.
+# "" or "::" listen on every address family the machine has. --host options (or
+# WSUP_HOST) on the wsup command line replace these hosts.
 app = App(config=ServerConfig(hosts=("127.0.0.1", "::1"), port=8765))
 
 

@@ -485,17 +485,7 @@ async def test_threadsafe_calls_from_a_plain_thread() -> None:
 
 @pytest.mark.parametrize(
     "backend",
-    [
-        pytest.param(
-            "asyncio",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="on asyncio, a *_threadsafe call from the loop thread deadlocks "
-                "instead of raising RuntimeError (App._from_thread)",
-            ),
-        ),
-        "trio",
-    ],
+    ["asyncio", "trio"],
 )
 def test_threadsafe_call_on_the_event_loop_thread_raises(backend: str) -> None:
     """Calling ``send_threadsafe`` from the server's own loop raises RuntimeError at once."""

@@ -87,11 +87,6 @@ def test_an_unknown_route_option_is_refused_and_adds_nothing() -> None:
     assert route_options(app, "/echo").outbound_limit == 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RouteOptions does not check outbound_limit; the first connection to such a "
-    "route raises ValueError in Connection.__init__ and stops the server",
-)
 def test_a_route_with_an_outbound_limit_below_one_byte_is_refused() -> None:
     """``outbound_limit=0`` is refused when the route is added, not at the first connection."""
     app = App()
