@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
+from prometheus_client import Histogram
+
 from actors import Instrumentation
 
 from .metrics import Metrics
 
-__all__ = ["MetricsInstrumentation"]
+__all__ = ["BatchedHistogram", "MetricsInstrumentation"]
+
+
+class BatchedHistogram:
+    """Per-message observations for a ``prometheus_client`` histogram, added in batches.
+
+    ``Histogram.observe`` takes two locks per call; on the per-message path of
+    a busy server that alone cost a fifth of the CPU (measured with
+    ``python -m bench.instrumentation``). Here an observation is a binary
+    search and a list increment on the event loop's thread; :meth:`flush`
+    adds the counts to the real histogram, so the exposition (and
+    multiprocess mode) is unchanged. The server flushes every second and
+    before every scrape.
+
+    Relies on ``Histogram``'s ``_upper_bounds``, ``_buckets`` (per-bucket,
+    non-cumulative counts) and ``_sum``, stable across prometheus-client
+    releases; a test pins that the exposition equals direct observations.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._bounds: list[float] = list(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Record one observation (buckets are ``le``: value <= bound)."""
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        """Add what was observed since the last flush to the histogram."""
+        counts = self._counts
+        if not any(counts):
+            return
+        buckets = self._histogram._buckets
+        for index, count in enumerate(counts):
+            if count:
+                buckets[index].inc(count)
+                counts[index] = 0
+        self._histogram._sum.inc(self._sum)
+        self._sum = 0.0
 
 
 class MetricsInstrumentation(Instrumentation):
@@ -18,11 +65,17 @@ class MetricsInstrumentation(Instrumentation):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._wait = metrics.mailbox_wait
-        self._processing = metrics.message_processing
+        self._wait = BatchedHistogram(metrics.mailbox_wait)
+        self._processing = BatchedHistogram(metrics.message_processing)
+        metrics.add_flusher(self.flush)
+
+    def flush(self) -> None:
+        """Add batched observations to the histograms (before a scrape, and every second)."""
+        self._wait.flush()
+        self._processing.flush()
 
     def message_processed(self, kind: str, wait: float, duration: float) -> None:
-        """Observe mailbox wait and processing time."""
+        """Observe mailbox wait and processing time (batched: see :class:`BatchedHistogram`)."""
         self._wait.observe(wait)
         self._processing.observe(duration)
 

@@ -236,6 +236,7 @@ class Server:
                     self.accepting = True
                     tg.start_soon(self._accept_all, listeners)
                     tg.start_soon(self._keepalive_loop)
+                    tg.start_soon(self._flush_metrics)
                     watchdog = LoopWatchdog(self.metrics, self.config.loop_lag_threshold)
                     tg.start_soon(watchdog.run)
                     _log.info(
@@ -341,6 +342,8 @@ class Server:
         _log.info("server.drain_started", connections=len(self.connections), timeout=timeout)
         if self.config.readiness_grace > 0 and self.accepting:
             await self.clock.sleep(self.config.readiness_grace)
+            if self._stop.is_set():
+                return  # forced (second signal) during the grace: nothing left to drain
         self.stop_accepting()
         await self._close_listeners()
         for conn in list(self.connections):
@@ -687,6 +690,16 @@ class Server:
         if not self.runtime.backplane.up:
             return False, "backplane down"
         return True, "ready"
+
+    async def _flush_metrics(self) -> None:
+        # Batched observations reach the registry at least once a second (and before
+        # every scrape), so workers in multiprocess mode publish them too.
+        try:
+            while True:
+                await anyio.sleep(1.0)
+                self.metrics.flush()
+        finally:
+            self.metrics.flush()
 
     # -- keepalive ------------------------------------------------------------------------------
 

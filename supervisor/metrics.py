@@ -365,6 +365,7 @@ class Metrics:
             CollectorRegistry(auto_describe=True) if registry is None else registry
         )
         self.multiprocess_dir: Final = multiprocess_directory()
+        self._flushers: list[Callable[[], None]] = []
         exposed = self.registry
         if self.multiprocess_dir is not None:
             exposed = CollectorRegistry(auto_describe=False)
@@ -494,9 +495,19 @@ class Metrics:
         Returns:
             The exposition body, to be served with :attr:`content_type`.
         """
+        self.flush()
         if self.multiprocess_dir is not None:
             self.refresh()
         return generate_latest(self._exposed)
+
+    def add_flusher(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` before every render (batched observations land first)."""
+        self._flushers.append(flush)
+
+    def flush(self) -> None:
+        """Run every registered flusher (see :class:`BatchedHistogram`)."""
+        for flush in self._flushers:
+            flush()
 
     def render_for(self, accept: str | None) -> tuple[bytes, str]:
         """Render for a scraper's ``Accept`` header (OpenMetrics when it asks for it).
@@ -509,6 +520,7 @@ class Metrics:
             or does not ask for OpenMetrics.
         """
         encoder, content_type = choose_encoder(accept or "")
+        self.flush()
         if self.multiprocess_dir is not None:
             self.refresh()
         return encoder(self._exposed), content_type

@@ -1,0 +1,568 @@
+"""End to end: what the server answers to broken, hostile or slow clients, over raw sockets.
+
+Every case names its expected answer: an HTTP status for a bad handshake, a
+close code for a bad frame, and in every case a connection that is cleaned up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from actors import ActorRef
+from examples.echo import app as echo_app
+from supervisor import App, ConnectionClosed, Handler, Server, SlowConsumerPolicy
+from tests.helpers.server import running_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+_STREAM_ENDED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+# --- a raw client ---------------------------------------------------------------------------------
+
+
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv1: bool = False
+) -> bytes:
+    """Serialize one frame by hand, so that it can be as wrong as a test needs."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    mask_bit = 0x80 if mask else 0
+    size = len(payload)
+    if size < 126:
+        head = bytes([first, mask_bit | size])
+    elif size < 1 << 16:
+        head = bytes([first, mask_bit | 126]) + struct.pack("!H", size)
+    else:
+        head = bytes([first, mask_bit | 127]) + struct.pack("!Q", size)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def upgrade_request(path: str) -> bytes:
+    """A valid opening handshake request for ``path``."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+@dataclass
+class RawClient:
+    """A socket past the opening handshake, with a parser for what the server sends."""
+
+    stream: anyio.abc.SocketStream
+    parser: ClientProtocol
+    pending: list[Frame] = field(default_factory=list)
+
+    async def send(self, data: bytes) -> None:
+        """Write raw bytes."""
+        await self.stream.send(data)
+
+    def _parsed(self) -> None:
+        self.pending.extend(e for e in self.parser.events_received() if isinstance(e, Frame))
+
+    async def next_frame(self) -> Frame:
+        """Return the next data frame from the server (control frames are skipped)."""
+        with anyio.fail_after(10):
+            while True:
+                self._parsed()
+                while self.pending:
+                    frame = self.pending.pop(0)
+                    assert frame.opcode is not Opcode.CLOSE, frame
+                    if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                        return frame
+                self.parser.receive_data(await self.stream.receive())
+
+    async def frames_until_closed(self) -> tuple[list[Frame], Close | None]:
+        """Read until the server's close frame (or EOF); return the data frames and the close."""
+        parser = self.parser
+        with anyio.fail_after(10):
+            while True:
+                self._parsed()
+                if parser.close_rcvd is not None:
+                    break
+                try:
+                    parser.receive_data(await self.stream.receive())
+                except _STREAM_ENDED:
+                    parser.receive_eof()
+                    self._parsed()
+                    break
+        frames, self.pending = self.pending, []
+        data = [f for f in frames if f.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)]
+        return data, parser.close_rcvd
+
+
+@asynccontextmanager
+async def raw_client(server: Server, path: str) -> AsyncIterator[RawClient]:
+    """Open a TCP connection, do the opening handshake by hand, yield a :class:`RawClient`."""
+    host, port = server.ports[0]
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(upgrade_request(path))
+        buffer = b""
+        with anyio.fail_after(10):
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive()
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        parser = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"), state=State.OPEN)
+        parser.receive_data(rest)
+        yield RawClient(stream, parser)
+
+
+async def exchange(server: Server, data: bytes) -> bytes:
+    """Send raw bytes and return all the server answers until it closes the socket."""
+    host, port = server.ports[0]
+    answer = b""
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(data)
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    answer += await stream.receive()
+                except _STREAM_ENDED:
+                    return answer
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - a condition without an event
+            await anyio.sleep(0.005)
+
+
+def sample(server: Server, name: str, **labels: str) -> float:
+    """Return the current value of one metric sample (0 if absent)."""
+    value = server.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def all_closed(server: Server) -> None:
+    """Wait until the server holds no connection and no connection actor any more."""
+    await eventually(
+        lambda: (
+            not server.connections and server.runtime.statistics().actors.get("connection", 0) == 0
+        )
+    )
+
+
+def status(answer: bytes) -> int:
+    """The status code of a raw HTTP response."""
+    assert answer.startswith(b"HTTP/1.1 "), answer[:60]
+    return int(answer.split(b" ", 2)[1])
+
+
+# --- bad handshakes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+        b"HELLO\r\n\r\n",
+        b"GET /echo\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nno colon here\r\n\r\n",
+    ],
+    ids=["binary", "word", "no-version", "bad-header"],
+)
+async def test_garbage_instead_of_a_handshake_gets_400(garbage: bytes) -> None:
+    """Bytes that are not an HTTP request get 400 Bad Request, then the socket closes."""
+    async with running_server(echo_app) as server:
+        answer = await exchange(server, garbage)
+        assert status(answer) == 400
+        assert b"\r\nConnection: close\r\n" in answer
+        assert sample(server, "wsup_handshakes_total", result="failed") == 1
+        assert not server.connections
+
+
+async def test_oversized_headers_get_431() -> None:
+    """A header line over the parser's limit gets 431 Request Header Fields Too Large."""
+    async with running_server(echo_app) as server:
+        request = upgrade_request("/echo").replace(b"\r\n\r\n", b"\r\nX-Big: " + b"a" * 9000)
+        answer = await exchange(server, request + b"\r\n\r\n")
+        assert status(answer) == 431
+        assert sample(server, "wsup_handshakes_total", result="failed") == 1
+
+
+async def test_too_many_headers_get_431() -> None:
+    """More headers than the parser allows get 431 as well."""
+    async with running_server(echo_app) as server:
+        extra = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        request = upgrade_request("/echo").replace(b"\r\n\r\n", b"\r\n" + extra)
+        answer = await exchange(server, request + b"\r\n")
+        assert status(answer) == 431
+
+
+async def test_an_overlong_request_line_gets_414() -> None:
+    """A request line over the parser's limit gets 414 URI Too Long."""
+    async with running_server(echo_app) as server:
+        answer = await exchange(server, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+        assert status(answer) == 414
+
+
+async def test_a_non_get_method_gets_405() -> None:
+    """POST on the WebSocket port gets 405 Method Not Allowed with an Allow header."""
+    async with running_server(echo_app) as server:
+        answer = await exchange(server, b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status(answer) == 405
+        assert b"\r\nAllow: GET\r\n" in answer
+
+
+async def test_a_bad_websocket_key_gets_400() -> None:
+    """An upgrade request with an invalid Sec-WebSocket-Key is refused with 400."""
+    async with running_server(echo_app) as server:
+        request = upgrade_request("/echo")
+        start = request.index(b"Sec-WebSocket-Key: ") + len(b"Sec-WebSocket-Key: ")
+        end = request.index(b"\r\n", start)
+        answer = await exchange(server, request[:start] + b"not-base64!" + request[end:])
+        assert status(answer) == 400
+        assert not server.connections
+
+
+async def test_slowloris_handshake_times_out() -> None:
+    """A handshake trickled byte by byte gets 408 after handshake_timeout and is counted."""
+    async with running_server(echo_app, handshake_timeout=0.3) as server:
+        host, port = server.ports[0]
+        request = upgrade_request("/echo")
+        answer = b""
+        async with await anyio.connect_tcp(host, port) as stream:
+
+            async def trickle() -> None:
+                # Never completes the request: a byte now and then, as a slowloris does.
+                with contextlib.suppress(*_STREAM_ENDED, OSError):
+                    for byte in request[:-4]:
+                        await stream.send(bytes([byte]))
+                        await anyio.sleep(0.02)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(trickle)
+                with anyio.fail_after(10):
+                    while True:
+                        try:
+                            answer += await stream.receive()
+                        except _STREAM_ENDED:
+                            break
+                tg.cancel_scope.cancel()
+        assert status(answer) == 408
+        assert sample(server, "wsup_handshakes_total", result="timeout") == 1
+        assert sample(server, "wsup_connections", state="handshaking") == 0
+
+
+async def test_a_silent_socket_times_out_too() -> None:
+    """A client that connects and says nothing is answered 408 after handshake_timeout."""
+    async with running_server(echo_app, handshake_timeout=0.2) as server:
+        assert status(await exchange(server, b"")) == 408
+        assert sample(server, "wsup_handshakes_total", result="timeout") == 1
+
+
+# --- bad frames -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        frame(Opcode.TEXT.value, b"hi", mask=False),
+        frame(0x3, b"hi"),
+        frame(0xB, b""),
+        frame(Opcode.TEXT.value, b"hi", rsv1=True),
+        frame(Opcode.CONT.value, b"orphan"),
+        frame(Opcode.PING.value, b"fragmented ping", fin=False),
+        frame(Opcode.TEXT.value, b"a", fin=False) + frame(Opcode.TEXT.value, b"b"),
+        frame(Opcode.CLOSE.value, b"\x03"),
+    ],
+    ids=[
+        "unmasked",
+        "reserved-data-opcode",
+        "reserved-control-opcode",
+        "rsv1-without-extension",
+        "orphan-continuation",
+        "fragmented-control",
+        "interleaved-data",
+        "truncated-close-code",
+    ],
+)
+async def test_invalid_frames_close_with_1002(data: bytes) -> None:
+    """A frame that breaks RFC 6455 closes the connection with 1002 (protocol error)."""
+    async with running_server(echo_app) as server:
+        async with raw_client(server, "/echo") as client:
+            await client.send(data)
+            frames, close = await client.frames_until_closed()
+        assert close is not None
+        assert close.code == 1002
+        assert frames == []
+        await all_closed(server)
+        assert sample(
+            server, "wsup_connections_closed_total", reason="protocol_error", initiator="server"
+        )
+
+
+@pytest.mark.parametrize("fragmented", [False, True])
+async def test_an_oversize_message_closes_with_1009(fragmented: bool) -> None:
+    """A message over max_size, in one frame or assembled from fragments, closes with 1009."""
+    async with running_server(echo_app, max_size=1000) as server:
+        async with raw_client(server, "/echo") as client:
+            await client.send(frame(Opcode.BINARY.value, b"x" * 1000))  # exactly the limit
+            echoed = await client.next_frame()
+            if fragmented:
+                data = frame(Opcode.BINARY.value, b"y" * 600, fin=False)
+                data += frame(Opcode.CONT.value, b"y" * 401)
+            else:
+                data = frame(Opcode.BINARY.value, b"y" * 1001)
+            await client.send(data)
+            frames, close = await client.frames_until_closed()
+        assert echoed.data == b"x" * 1000
+        assert frames == []
+        assert close is not None
+        assert close.code == 1009
+        await all_closed(server)
+        assert sample(
+            server, "wsup_connections_closed_total", reason="message_too_big", initiator="server"
+        )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        frame(Opcode.TEXT.value, b"ok \xff\xfe"),
+        frame(Opcode.TEXT.value, b"\xed\xa0\x80"),  # an encoded surrogate
+        frame(Opcode.TEXT.value, b"ab\xc3", fin=False) + frame(Opcode.CONT.value, b"("),
+    ],
+    ids=["bad-bytes", "surrogate", "across-fragments"],
+)
+async def test_invalid_utf8_in_a_text_message_closes_with_1007(data: bytes) -> None:
+    """A text message that is not UTF-8 closes with 1007; nothing after it is handled."""
+    async with running_server(echo_app) as server:
+        async with raw_client(server, "/echo") as client:
+            # The valid message after the bad one arrives in the same read.
+            await client.send(data + frame(Opcode.TEXT.value, b"after"))
+            frames, close = await client.frames_until_closed()
+        assert close is not None
+        assert close.code == 1007
+        assert frames == []
+        await all_closed(server)
+        assert sample(server, "wsup_messages_received_total", kind="text") == 0
+        assert sample(
+            server, "wsup_connections_closed_total", reason="invalid_data", initiator="server"
+        )
+
+
+async def test_a_character_split_across_fragments_is_reassembled() -> None:
+    """UTF-8 is checked on the whole message: a character split between fragments is fine."""
+    async with running_server(echo_app) as server:
+        async with raw_client(server, "/echo") as client:
+            euro = "€".encode()
+            await client.send(
+                frame(Opcode.TEXT.value, b"price: " + euro[:1], fin=False)
+                + frame(Opcode.CONT.value, euro[1:2], fin=False)
+                + frame(Opcode.PING.value, b"between")  # control frames may interleave
+                + frame(Opcode.CONT.value, euro[2:] + b"5")
+            )
+            echoed = await client.next_frame()
+        assert (echoed.opcode, echoed.data) == (Opcode.TEXT, "price: €5".encode())
+        await all_closed(server)
+
+
+# --- disconnects ----------------------------------------------------------------------------------
+
+
+class _Tracked(Handler):
+    """Records its actor reference and every message it gets."""
+
+    refs: list[ActorRef]
+    received: list[str | bytes]
+
+    def __init__(self, refs: list[ActorRef], received: list[str | bytes]) -> None:
+        self.refs = refs
+        self.received = received
+
+    async def on_connect(self) -> None:
+        self.refs.append(self.context.self)
+
+    async def on_message(self, message: str | bytes) -> None:
+        self.received.append(message)
+
+
+@pytest.mark.parametrize("how", ["mid-fragment", "mid-frame", "after-handshake"])
+async def test_a_disconnect_mid_message_is_cleaned_up(how: str) -> None:
+    """A client gone in the middle of a message leaves no connection and no actor behind."""
+    refs: list[ActorRef] = []
+    received: list[str | bytes] = []
+    app = App()
+    app.add_route("/t", _Tracked, kwargs={"refs": refs, "received": received})
+    async with running_server(app) as server:
+        async with raw_client(server, "/t") as client:
+            await client.send(frame(Opcode.BINARY.value, b"whole"))
+            if how == "mid-fragment":
+                await client.send(frame(Opcode.TEXT.value, b"first half", fin=False))
+            elif how == "mid-frame":
+                await client.send(frame(Opcode.BINARY.value, b"z" * 100)[:50])
+            await eventually(lambda: len(received) == 1)
+        # The socket is closed without a close frame.
+        (ref,) = refs
+        with anyio.fail_after(10):
+            await ref.wait_stopped()
+        await all_closed(server)
+        assert received == [b"whole"]
+        assert sample(
+            server, "wsup_connections_closed_total", reason="abnormal", initiator="network"
+        )
+        assert sample(server, "wsup_connections", state="open") == 0
+        assert sample(server, "wsup_connections", state="closing") == 0
+
+
+# --- clients that never read ----------------------------------------------------------------------
+
+
+class _Flood(Handler):
+    """On any message, sends binary messages until the slow-consumer policy fires, then "done"."""
+
+    def __init__(self, report: dict[str, int], finished: anyio.Event) -> None:
+        self.report = report
+        self.finished = finished
+
+    async def on_message(self, message: str | bytes) -> None:
+        conn = self.conn
+        registry = conn.server.metrics.registry
+        sent = peak = 0
+        try:
+            for _ in range(20_000):
+                await conn.send(bytes(10_000))
+                sent += 1
+                peak = max(peak, conn.buffered_bytes)
+                dropped = registry.get_sample_value(
+                    "wsup_messages_dropped_total", {"policy": conn.route.slow_consumer.value}
+                )
+                if dropped:
+                    break
+            # A few more once the policy has fired, then the end marker.
+            for _ in range(5):
+                await conn.send(bytes(10_000))
+                sent += 1
+                peak = max(peak, conn.buffered_bytes)
+            await conn.send("done")
+        except ConnectionClosed as exc:
+            self.report["closed_code"] = exc.code
+        finally:
+            self.report["sent"] = sent
+            self.report["peak"] = peak
+            self.finished.set()
+
+
+LIMIT = 100_000
+
+
+async def test_drop_oldest_keeps_the_buffer_bounded_and_counts_drops() -> None:
+    """A client that does not read: the buffer stays under its limit, the oldest messages
+    are dropped and counted, and every message is either delivered or counted as dropped."""
+    report: dict[str, int] = {}
+    finished = anyio.Event()
+    app = App()
+    app.add_route(
+        "/flood",
+        _Flood,
+        kwargs={"report": report, "finished": finished},
+        outbound_limit=LIMIT,
+        slow_consumer=SlowConsumerPolicy.DROP_OLDEST,
+    )
+    async with running_server(app) as server:
+        async with raw_client(server, "/flood") as client:
+            await client.send(frame(Opcode.TEXT.value, b"go"))
+            with anyio.fail_after(30):
+                await finished.wait()
+            assert 0 < sample(server, "wsup_outbound_buffer_bytes") <= LIMIT
+            # Now read everything up to the end marker.
+            delivered = 0
+            with anyio.fail_after(30):
+                done = False
+                while not done:
+                    client.parser.receive_data(await client.stream.receive())
+                    for event in client.parser.events_received():
+                        assert isinstance(event, Frame)
+                        if event.opcode is Opcode.BINARY:
+                            delivered += 1
+                        done = done or event.opcode is Opcode.TEXT
+        dropped = sample(server, "wsup_messages_dropped_total", policy="drop_oldest")
+        assert "closed_code" not in report
+        assert report["peak"] <= LIMIT
+        assert dropped > 0
+        assert delivered + dropped == report["sent"]
+        await all_closed(server)
+        assert sample(server, "wsup_outbound_buffer_bytes") == 0
+
+
+async def test_disconnect_policy_closes_a_slow_consumer_with_1013() -> None:
+    """Under ``disconnect``, a client that does not keep up is closed with 1013."""
+    report: dict[str, int] = {}
+    finished = anyio.Event()
+    app = App()
+    app.add_route(
+        "/flood",
+        _Flood,
+        kwargs={"report": report, "finished": finished},
+        outbound_limit=LIMIT,
+        slow_consumer=SlowConsumerPolicy.DISCONNECT,
+    )
+    async with running_server(app) as server:
+        async with raw_client(server, "/flood") as client:
+            await client.send(frame(Opcode.TEXT.value, b"go"))
+            with anyio.fail_after(30):
+                await finished.wait()
+            # The client starts reading only now: what was in flight, then the close frame.
+            frames, close = await client.frames_until_closed()
+        assert report["closed_code"] == 1013
+        assert report["peak"] <= LIMIT
+        assert close is not None
+        assert close.code == 1013
+        assert all(f.opcode is Opcode.BINARY for f in frames)
+        assert len(frames) < report["sent"]
+        await all_closed(server)
+        assert sample(server, "wsup_messages_dropped_total", policy="disconnect") >= 1
+        assert sample(
+            server, "wsup_connections_closed_total", reason="slow_consumer", initiator="server"
+        )
+
+
+async def test_a_slow_consumer_that_never_reads_is_dropped_after_close_timeout() -> None:
+    """Under ``disconnect``, a client that never reads again loses its socket after
+    close_timeout, even though the close frame could not be written."""
+    report: dict[str, int] = {}
+    finished = anyio.Event()
+    app = App()
+    app.add_route(
+        "/flood",
+        _Flood,
+        kwargs={"report": report, "finished": finished},
+        outbound_limit=LIMIT,
+        slow_consumer=SlowConsumerPolicy.DISCONNECT,
+    )
+    async with running_server(app, close_timeout=0.3) as server:
+        async with raw_client(server, "/flood") as client:
+            await client.send(frame(Opcode.TEXT.value, b"go"))
+            with anyio.fail_after(30):
+                await finished.wait()
+            # Not a single byte read: the server must let go on its own.
+            await all_closed(server)
+        assert report["closed_code"] == 1013
+        # No close frame could be written: the socket was simply closed, but the reason stays.
+        closed = [
+            sample(server, "wsup_connections_closed_total", reason="slow_consumer", initiator=who)
+            for who in ("server", "network")
+        ]
+        assert sum(closed) == 1
+        assert sample(server, "wsup_outbound_buffer_bytes") == 0

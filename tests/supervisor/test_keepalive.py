@@ -1,0 +1,168 @@
+"""Tests for the keepalive state machine: pings, pongs, timeouts (pure, time passed in)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor import KeepaliveConfig
+from supervisor._keepalive import Keepalive, KeepaliveAction
+
+NOTHING = KeepaliveAction.NOTHING
+PING = KeepaliveAction.PING
+
+
+def test_config_rejects_non_positive_durations() -> None:
+    """Intervals and timeouts must be positive (None disables ping and idle)."""
+    with pytest.raises(ValueError, match="ping_interval"):
+        KeepaliveConfig(ping_interval=0)
+    with pytest.raises(ValueError, match="ping_timeout"):
+        KeepaliveConfig(ping_timeout=0)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        KeepaliveConfig(idle_timeout=-1)
+    assert KeepaliveConfig(ping_interval=None, idle_timeout=None).ping_interval is None
+
+
+def test_ping_is_due_after_the_interval() -> None:
+    """Nothing is due before ping_interval; at it, a PING is due and recorded as sent."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=100.0)
+    assert ka.next_deadline() == 110.0
+    assert ka.due(109.9) is NOTHING
+    assert ka.due(110.0) is PING
+    assert ka.ping_sent_at == 110.0
+    assert ka.ping_payload != b""
+    assert ka.pong_by == 115.0
+    assert ka.next_deadline() == 115.0
+    # A PING is due once: while it is outstanding, nothing new is due before pong_by.
+    assert ka.due(112.0) is NOTHING
+
+
+def test_pong_gives_the_round_trip_time_and_schedules_the_next_ping() -> None:
+    """The matching pong returns the RTT, clears the outstanding ping and re-arms the ping."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
+    assert ka.due(10.0) is PING
+    assert ka.on_pong(ka.ping_payload, 10.25) == pytest.approx(0.25)
+    assert ka.pong_by is None
+    assert ka.ping_at == pytest.approx(20.25)
+    assert ka.due(16.0) is NOTHING
+    assert ka.due(20.25) is PING
+
+
+def test_a_pong_that_does_not_match_is_ignored() -> None:
+    """An unsolicited pong or one with another payload answers nothing."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
+    assert ka.on_pong(b"", 1.0) is None  # no ping outstanding
+    assert ka.due(10.0) is PING
+    assert ka.on_pong(b"not ours", 11.0) is None
+    assert ka.pong_by == 15.0
+    assert ka.due(15.0) is KeepaliveAction.PONG_TIMEOUT
+
+
+def test_each_ping_has_a_fresh_payload() -> None:
+    """Consecutive pings carry different payloads, so a late pong cannot answer a newer ping."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=1, ping_timeout=1), now=0.0)
+    assert ka.due(1.0) is PING
+    first = ka.ping_payload
+    assert ka.on_pong(first, 1.5) == pytest.approx(0.5)
+    assert ka.due(2.5) is PING
+    assert ka.ping_payload != first
+    assert ka.on_pong(first, 2.6) is None
+
+
+def test_pong_timeout_is_due_when_no_pong_comes() -> None:
+    """Without a pong, PONG_TIMEOUT is due at ping_sent + ping_timeout, and stays due."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=2, ping_timeout=3), now=0.0)
+    assert ka.due(2.0) is PING
+    assert ka.due(4.99) is NOTHING
+    assert ka.due(5.0) is KeepaliveAction.PONG_TIMEOUT
+    assert ka.due(50.0) is KeepaliveAction.PONG_TIMEOUT
+
+
+def test_data_from_the_peer_pushes_the_ping_back() -> None:
+    """Any data proves the peer alive: the next ping moves to now + interval."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
+    ka.on_data(8.0)
+    assert ka.ping_at == 18.0
+    assert ka.due(10.0) is NOTHING
+    assert ka.next_deadline() == 18.0
+    assert ka.due(18.0) is PING
+
+
+def test_data_does_not_answer_an_outstanding_ping() -> None:
+    """Data while a ping is outstanding neither clears it nor moves its timeout."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
+    assert ka.due(10.0) is PING
+    ka.on_data(12.0)
+    assert ka.pong_by == 15.0
+    assert ka.due(15.0) is KeepaliveAction.PONG_TIMEOUT
+
+
+def test_idle_timeout_closes_a_connection_without_messages() -> None:
+    """IDLE_TIMEOUT is due idle_timeout after the last message, whatever pings do."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=1, ping_timeout=100, idle_timeout=5), now=0.0)
+    assert ka.due(1.0) is PING
+    assert ka.on_pong(ka.ping_payload, 1.1) is not None
+    ka.on_data(3.0)  # a ping or pong is data, not a message: it does not count
+    ka.on_message(4.0)
+    assert ka.idle_by == 9.0
+    assert ka.due(8.9) is PING
+    assert ka.due(9.0) is KeepaliveAction.IDLE_TIMEOUT
+
+
+def test_idle_timeout_wins_over_an_outstanding_ping() -> None:
+    """When both are due, the idle timeout is reported."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=1, ping_timeout=10, idle_timeout=2), now=0.0)
+    assert ka.due(1.0) is PING
+    assert ka.due(2.0) is KeepaliveAction.IDLE_TIMEOUT
+
+
+def test_disabled_keepalive_has_no_deadline() -> None:
+    """With neither pings nor idle timeout, nothing is ever due."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=None, idle_timeout=None), now=0.0)
+    assert ka.next_deadline() is None
+    assert ka.due(1e9) is NOTHING
+    ka.on_data(5.0)
+    ka.on_message(5.0)
+    assert ka.next_deadline() is None
+
+
+def test_idle_only_keepalive_never_pings() -> None:
+    """ping_interval=None with an idle timeout: only the idle deadline exists."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=None, idle_timeout=3), now=0.0)
+    assert ka.next_deadline() == 3.0
+    assert ka.due(2.0) is NOTHING
+    assert ka.due(3.0) is KeepaliveAction.IDLE_TIMEOUT
+
+
+@given(
+    interval=st.floats(min_value=0.01, max_value=100),
+    timeout=st.floats(min_value=0.01, max_value=100),
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=50), st.sampled_from(["data", "pong", "due"])),
+        max_size=50,
+    ),
+)
+def test_nothing_is_due_before_the_next_deadline(
+    interval: float, timeout: float, steps: list[tuple[float, str]]
+) -> None:
+    """due() never acts before next_deadline(), and a PING is never sent twice without a pong."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=interval, ping_timeout=timeout), now=0.0)
+    now = 0.0
+    for gap, event in steps:
+        now += gap
+        deadline = ka.next_deadline()
+        assert deadline is not None
+        outstanding = ka.ping_sent_at is not None
+        if event == "data":
+            ka.on_data(now)
+        elif event == "pong":
+            ka.on_pong(ka.ping_payload, now)
+        else:
+            action = ka.due(now)
+            if now < deadline:
+                assert action is NOTHING
+            if action is PING:
+                assert not outstanding
+            if action is KeepaliveAction.PONG_TIMEOUT:
+                assert outstanding

@@ -1,0 +1,192 @@
+"""Tests for the outbound buffer and its slow-consumer decision (pure, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor._outbound import (
+    OutboundBuffer,
+    OutboundItem,
+    OutboundVerdict,
+    SlowConsumerPolicy,
+    decide_outbound,
+)
+
+policies = st.sampled_from(list(SlowConsumerPolicy))
+# An operation on the buffer: offer a message of that many bytes, or let the writer take all.
+operations = st.lists(
+    st.one_of(st.integers(min_value=0, max_value=300), st.just("take")), max_size=200
+)
+
+_OVER_LIMIT = {
+    SlowConsumerPolicy.BLOCK: OutboundVerdict.WAIT,
+    SlowConsumerPolicy.DROP_OLDEST: OutboundVerdict.EVICT_OLDEST,
+    SlowConsumerPolicy.DROP_NEWEST: OutboundVerdict.DROP_NEWEST,
+    SlowConsumerPolicy.DISCONNECT: OutboundVerdict.DISCONNECT,
+}
+
+
+def _item(size: int, tag: int = 0) -> OutboundItem:
+    """Return a binary message of ``size`` bytes whose first byte (if any) is ``tag``."""
+    return OutboundItem(bytes([tag % 256]) + bytes(size - 1) if size else b"", text=False)
+
+
+def _offer(buffer: OutboundBuffer, item: OutboundItem) -> OutboundVerdict:
+    """Offer ``item`` the way the connection does: apply the verdict to the buffer."""
+    verdict = buffer.verdict(len(item.payload))
+    if verdict is OutboundVerdict.EVICT_OLDEST:
+        buffer.evict_for(len(item.payload))
+        buffer.append(item)
+    elif verdict is OutboundVerdict.ACCEPT:
+        buffer.append(item)
+    return verdict
+
+
+# --- decide_outbound -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
+def test_a_message_that_fits_is_accepted_under_every_policy(policy: SlowConsumerPolicy) -> None:
+    """A message that fits under the limit (exactly, too) is accepted whatever the policy."""
+    assert decide_outbound(policy, 0, 10, 100) is OutboundVerdict.ACCEPT
+    assert decide_outbound(policy, 60, 40, 100) is OutboundVerdict.ACCEPT
+    assert decide_outbound(policy, 99, 0, 100) is OutboundVerdict.ACCEPT
+
+
+@pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
+def test_an_oversize_message_into_an_empty_buffer_is_accepted(policy: SlowConsumerPolicy) -> None:
+    """One message larger than the limit is accepted into an empty buffer (else never sent)."""
+    assert decide_outbound(policy, 0, 1_000, 100) is OutboundVerdict.ACCEPT
+
+
+@pytest.mark.parametrize(("policy", "verdict"), list(_OVER_LIMIT.items()))
+def test_a_message_over_the_limit_meets_the_policy(
+    policy: SlowConsumerPolicy, verdict: OutboundVerdict
+) -> None:
+    """One byte over the limit of a non-empty buffer gives the policy's verdict."""
+    assert decide_outbound(policy, 60, 41, 100) is verdict
+    assert decide_outbound(policy, 1, 1_000, 100) is verdict
+
+
+@given(
+    policy=policies,
+    buffered=st.integers(min_value=0, max_value=10_000),
+    size=st.integers(min_value=0, max_value=10_000),
+    limit=st.integers(min_value=1, max_value=10_000),
+)
+def test_decide_outbound_accepts_exactly_what_fits(
+    policy: SlowConsumerPolicy, buffered: int, size: int, limit: int
+) -> None:
+    """ACCEPT if and only if the buffer is empty or the message fits; else the policy's verdict."""
+    verdict = decide_outbound(policy, buffered, size, limit)
+    if buffered == 0 or buffered + size <= limit:
+        assert verdict is OutboundVerdict.ACCEPT
+    else:
+        assert verdict is _OVER_LIMIT[policy]
+
+
+# --- OutboundBuffer ---------------------------------------------------------------------
+
+
+def test_limit_must_be_positive() -> None:
+    """A buffer needs a limit of at least one byte."""
+    with pytest.raises(ValueError, match=">= 1 byte"):
+        OutboundBuffer(0, SlowConsumerPolicy.BLOCK)
+
+
+@given(
+    policy=policies,
+    limit=st.integers(min_value=1, max_value=1_000),
+    ops=operations,
+)
+def test_buffer_never_exceeds_its_limit_but_for_one_oversize_message(
+    policy: SlowConsumerPolicy, limit: int, ops: list[int | str]
+) -> None:
+    """The buffer holds at most ``limit`` bytes, or a single message bigger than the limit."""
+    buffer = OutboundBuffer(limit, policy)
+    for tag, op in enumerate(ops):
+        if op == "take":
+            buffer.take_all()
+        else:
+            assert isinstance(op, int)
+            _offer(buffer, _item(op, tag))
+        assert buffer.bytes == sum(len(i.payload) for i in list(buffer._items))
+        # Empty messages take no room: "one message" means one that is not empty.
+        assert buffer.bytes <= limit or sum(1 for i in buffer._items if i.payload) == 1
+        assert buffer.bytes >= 0
+
+
+@given(limit=st.integers(min_value=1, max_value=500), sizes=st.lists(st.integers(1, 200)))
+def test_drop_oldest_evicts_from_the_front_and_keeps_order(limit: int, sizes: list[int]) -> None:
+    """drop_oldest drops the oldest messages first; the survivors are the newest, in order."""
+    buffer = OutboundBuffer(limit, SlowConsumerPolicy.DROP_OLDEST)
+    for tag, size in enumerate(sizes):
+        _offer(buffer, OutboundItem(tag.to_bytes(4, "big") + bytes(size), text=False))
+    kept = [int.from_bytes(i.payload[:4], "big") for i in buffer.take_all()]
+    # The survivors are a contiguous run of the newest messages, oldest first.
+    assert kept == list(range(len(sizes) - len(kept), len(sizes)))
+    assert buffer.dropped == len(sizes) - len(kept)
+
+
+def test_evict_for_drops_just_enough_oldest_messages() -> None:
+    """evict_for stops as soon as the new message fits, and counts what it dropped."""
+    buffer = OutboundBuffer(10, SlowConsumerPolicy.DROP_OLDEST)
+    for tag in range(5):
+        buffer.append(OutboundItem(bytes([tag, tag]), text=False))
+    assert buffer.bytes == 10
+    assert buffer.evict_for(3) == 2
+    assert [i.payload[0] for i in buffer.take_all()] == [2, 3, 4]
+    assert buffer.dropped == 2
+
+
+def test_evict_for_empties_the_buffer_for_an_oversize_message() -> None:
+    """A message bigger than the limit evicts everything, then goes into the empty buffer."""
+    buffer = OutboundBuffer(10, SlowConsumerPolicy.DROP_OLDEST)
+    buffer.append(OutboundItem(b"abc", text=True))
+    buffer.append(OutboundItem(b"defg", text=True))
+    assert _offer(buffer, OutboundItem(bytes(50), text=False)) is OutboundVerdict.EVICT_OLDEST
+    assert len(buffer) == 1
+    assert buffer.bytes == 50
+    assert buffer.dropped == 2
+
+
+def test_take_all_returns_everything_oldest_first_and_empties() -> None:
+    """take_all hands the writer every message in order and leaves an empty buffer."""
+    buffer = OutboundBuffer(100, SlowConsumerPolicy.BLOCK)
+    items = [OutboundItem(b"one", text=True), OutboundItem(b"\x02", text=False)]
+    for item in items:
+        buffer.append(item)
+    assert len(buffer) == 2
+    assert buffer.bytes == 4
+    assert buffer.take_all() == items
+    assert len(buffer) == 0
+    assert buffer.bytes == 0
+    assert buffer.take_all() == []
+
+
+def test_clear_discards_and_counts() -> None:
+    """clear empties the buffer and says how many messages it discarded."""
+    buffer = OutboundBuffer(100, SlowConsumerPolicy.DISCONNECT)
+    for _ in range(3):
+        buffer.append(OutboundItem(b"x", text=True))
+    assert buffer.clear() == 3
+    assert buffer.bytes == 0
+    assert not buffer
+    assert buffer.clear() == 0
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [SlowConsumerPolicy.BLOCK, SlowConsumerPolicy.DROP_NEWEST, SlowConsumerPolicy.DISCONNECT],
+)
+def test_policies_other_than_drop_oldest_leave_the_buffer_alone(
+    policy: SlowConsumerPolicy,
+) -> None:
+    """WAIT, DROP_NEWEST and DISCONNECT verdicts never change what is queued."""
+    buffer = OutboundBuffer(4, policy)
+    assert _offer(buffer, OutboundItem(b"abc", text=True)) is OutboundVerdict.ACCEPT
+    assert _offer(buffer, OutboundItem(b"de", text=True)) is _OVER_LIMIT[policy]
+    assert [i.payload for i in buffer.take_all()] == [b"abc"]
+    assert buffer.dropped == 0

@@ -1,0 +1,84 @@
+"""Tests that the public surface of each package is exactly what its ``__all__`` says."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+
+import pytest
+
+import actors
+import supervisor
+
+PACKAGES = [pytest.param(actors, id="actors"), pytest.param(supervisor, id="supervisor")]
+
+
+def _public_names(package: types.ModuleType) -> set[str]:
+    """Names a user can import from ``package``: not private, not a submodule."""
+    return {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
+def _loaded_modules(package: types.ModuleType) -> list[types.ModuleType]:
+    """The package's own modules that importing it has loaded."""
+    prefix = package.__name__ + "."
+    return [m for name, m in sorted(sys.modules.items()) if name.startswith(prefix)]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_all_is_complete(package: types.ModuleType) -> None:
+    """Every public name the package exposes is listed in ``__all__``, and nothing more."""
+    assert set(package.__all__) == _public_names(package)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_all_has_no_duplicates_and_every_name_exists(package: types.ModuleType) -> None:
+    """``__all__`` names each object once, and each name resolves."""
+    assert len(package.__all__) == len(set(package.__all__))
+    missing = [name for name in package.__all__ if not hasattr(package, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_public_classes_and_functions_come_from_the_package_and_are_documented(
+    package: types.ModuleType,
+) -> None:
+    """Exported classes and functions are defined in the package and have a docstring."""
+    for name in package.__all__:
+        obj = getattr(package, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        assert obj.__module__.split(".")[0] == package.__name__, name
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_module_all_lists_only_names_it_defines(package: types.ModuleType) -> None:
+    """A module's own ``__all__`` names only things that exist in that module."""
+    for module in _loaded_modules(package):
+        names = getattr(module, "__all__", [])
+        missing = [name for name in names if not hasattr(module, name)]
+        assert missing == [], module.__name__
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_private_modules_are_not_exported(package: types.ModuleType) -> None:
+    """No ``_module`` appears in ``__all__``; the public surface is the package namespace."""
+    assert not [name for name in package.__all__ if name.startswith("_")]
+
+
+def test_every_exception_derives_from_wsup_error() -> None:
+    """All exceptions that ``actors`` exports share the one base ``WsupError``."""
+    errors = [
+        getattr(actors, name)
+        for name in actors.__all__
+        if inspect.isclass(getattr(actors, name))
+        and issubclass(getattr(actors, name), BaseException)
+    ]
+    assert actors.WsupError in errors
+    assert len(errors) > 5
+    assert all(issubclass(e, actors.WsupError) for e in errors)
