@@ -1115,11 +1115,6 @@ def test_second_signal_forces_the_stop(cli: Callable[..., CLI], backend: str) ->
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="Server.shutdown() calls stop_accepting() on the finished task group after "
-    "force_stop() ended serve() during the readiness grace: RuntimeError, exit status 1",
-)
 def test_second_signal_during_the_readiness_grace_forces_the_stop(
     cli: Callable[..., CLI],
 ) -> None:
