@@ -58,6 +58,7 @@ def _serve(off: bool, port: int) -> None:
         class _NullCounters:
             def __init__(self, metrics: object) -> None:
                 null = _Null()
+                self.flush = lambda: None
                 self.received_text = self.received_binary = self.received_bytes = null
                 self.sent_text = self.sent_binary = self.sent_bytes = null
 

@@ -74,6 +74,22 @@ class OutboundFull(ConnectionError_):
         self.limit = limit
 
 
+def find_exception(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """Return the first ``kind`` inside ``exc``, looking into exception groups.
+
+    Task groups wrap errors in groups; the CLI and ``serve()`` unwrap the ones
+    a user should see as themselves (e.g. :class:`ListenError`).
+    """
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_exception(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
 class ListenError(WsupError):
     """The server could not listen on an address.
 

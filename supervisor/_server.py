@@ -47,8 +47,8 @@ from actors import ALL, Backplane, Clock, MonotonicClock
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
-from ._exceptions import ListenError
-from ._instrumentation import MetricsInstrumentation
+from ._exceptions import ListenError, find_exception
+from ._instrumentation import BatchedCounter, MetricsInstrumentation
 from ._keepalive import KeepaliveAction
 from ._proxy import TrustedProxies
 from ._request import OriginPolicy, parse_cookies, split_target
@@ -168,6 +168,7 @@ class Server:
         self._accept_scope: anyio.CancelScope
         self._stop: anyio.Event
         self._listeners: list[anyio.abc.SocketListener] = []
+        self._ops_listeners: list[anyio.abc.SocketListener] = []
         self._all_closed: anyio.Event | None = None
         self._keepalive_heap: list[tuple[float, int, Connection]] = []
         self._keepalive_seq = itertools.count()
@@ -256,7 +257,7 @@ class Server:
         finally:
             app.server = None
             self._tg = None
-            await self._close_listeners()
+            await self._close_listeners(ops=True)
         _log.info("server.stopped")
 
     async def _listen(self) -> list[tuple[anyio.abc.SocketListener, bool]]:
@@ -288,14 +289,22 @@ class Server:
             for listener, _ in listeners:
                 await listener.aclose()
             raise
-        self._listeners = [listener for listener, _ in listeners]
+        self._listeners = [listener for listener, ops_only in listeners if not ops_only]
+        self._ops_listeners = [listener for listener, ops_only in listeners if ops_only]
         return listeners
 
     async def _accept_all(self, listeners: list[tuple[anyio.abc.SocketListener, bool]]) -> None:
-        with self._accept_scope:
-            async with anyio.create_task_group() as tg:
-                for listener, ops_only in listeners:
-                    tg.start_soon(self._accept_loop, listener, ops_only)
+        async with anyio.create_task_group() as ops:
+            # The metrics port keeps answering after "stop accepting": probes and
+            # scrapes must reach a node that still serves its connections.
+            for listener, ops_only in listeners:
+                if ops_only:
+                    ops.start_soon(self._accept_loop, listener, True)
+            with self._accept_scope:
+                async with anyio.create_task_group() as main:
+                    for listener, ops_only in listeners:
+                        if not ops_only:
+                            main.start_soon(self._accept_loop, listener, False)
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, ops_only: bool) -> None:
         assert self._tg is not None
@@ -320,9 +329,9 @@ class Server:
                 self._tg.start_soon(self._close_listeners)
             _log.info("server.stopped_accepting", connections=len(self.connections))
 
-    async def _close_listeners(self) -> None:
+    async def _close_listeners(self, *, ops: bool = False) -> None:
         with anyio.CancelScope(shield=True):
-            for listener in self._listeners:
+            for listener in [*self._listeners, *(self._ops_listeners if ops else ())]:
                 with contextlib.suppress(Exception):
                     await listener.aclose()
 
@@ -541,7 +550,9 @@ class Server:
                 return None
         assert match is not None
         route: RouteOptions = match.target  # type: ignore[assignment]
-        if self.draining or not self.accepting:
+        # During the readiness grace /readyz already says 503 but handshakes are
+        # still accepted: load balancers are still sending traffic our way.
+        if not self.accepting:
             metrics.handshakes.labels(result="rejected").inc()
             why = "server is shutting down" if self.draining else "not accepting new connections"
             await self._respond(stream, protocol, _plain(503, why + "\n"))
@@ -765,7 +776,8 @@ class Server:
 
 
 class _HotCounters:
-    """Labelled children resolved once: ``.labels()`` locks and hashes on every call."""
+    """The per-message counters, batched (see :class:`BatchedCounter`) and flushed
+    with the metrics: ``.labels()`` and ``.inc()`` each take a lock per call."""
 
     __slots__ = (
         "received_binary",
@@ -777,12 +789,22 @@ class _HotCounters:
     )
 
     def __init__(self, metrics: Metrics) -> None:
-        self.received_text = metrics.messages_received.labels(kind="text")
-        self.received_binary = metrics.messages_received.labels(kind="binary")
-        self.received_bytes = metrics.received_bytes
-        self.sent_text = metrics.messages_sent.labels(kind="text")
-        self.sent_binary = metrics.messages_sent.labels(kind="binary")
-        self.sent_bytes = metrics.sent_bytes
+        self.received_text = BatchedCounter(metrics.messages_received.labels(kind="text"))
+        self.received_binary = BatchedCounter(metrics.messages_received.labels(kind="binary"))
+        self.received_bytes = BatchedCounter(metrics.received_bytes)
+        self.sent_text = BatchedCounter(metrics.messages_sent.labels(kind="text"))
+        self.sent_binary = BatchedCounter(metrics.messages_sent.labels(kind="binary"))
+        self.sent_bytes = BatchedCounter(metrics.sent_bytes)
+        metrics.add_flusher(self.flush)
+
+    def flush(self) -> None:
+        """Add the batched counts to the counters."""
+        self.received_text.flush()
+        self.received_binary.flush()
+        self.received_bytes.flush()
+        self.sent_text.flush()
+        self.sent_binary.flush()
+        self.sent_bytes.flush()
 
 
 async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
@@ -835,6 +857,18 @@ async def serve(
         ListenError: an address could not be bound.
     """
     server = Server(app, config, metrics=metrics, backplane=backplane)
+    try:
+        await _serve_with_signals(server, handle_signals, task_status)
+    except BaseExceptionGroup as group:
+        listen_error = find_exception(group, ListenError)
+        if listen_error is not None:
+            raise listen_error from None
+        raise
+
+
+async def _serve_with_signals(
+    server: Server, handle_signals: bool, task_status: anyio.abc.TaskStatus[Server]
+) -> None:
     async with anyio.create_task_group() as tg:
         if handle_signals:
             # Started before serve() so a signal during start-up is not lost; the

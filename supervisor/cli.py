@@ -34,7 +34,7 @@ from actors import Backplane
 
 from ._app import App
 from ._config import ServerConfig
-from ._exceptions import ListenError
+from ._exceptions import ListenError, find_exception
 from ._logging import configure_logging
 from ._server import Server, serve
 from ._workers import Master, worker_channel
@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         help="address to listen on; repeat for several (default 127.0.0.1; WSUP_HOST)",
     )
     run.add_argument("--port", type=int, default=None, help="TCP port (default 8765; WSUP_PORT)")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve /metrics, /healthz, /readyz on this port (WSUP_METRICS_PORT)",
+    )
     run.add_argument(
         "--drain-timeout",
         type=float,
@@ -240,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["port"] = args.port
         elif _env("PORT") is not None:
             overrides["port"] = _env_number("PORT", "8765", int)
+        if args.metrics_port is not None:
+            overrides["metrics_port"] = args.metrics_port
+        elif _env("METRICS_PORT") is not None:
+            overrides["metrics_port"] = _env_number("METRICS_PORT", "0", int)
         if args.drain_timeout is not None:
             overrides["drain_timeout"] = args.drain_timeout
         elif _env("DRAIN_TIMEOUT") is not None:
@@ -283,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         anyio.run(_serve, app, config, backplane, backend=backend, backend_options=options)
     except BaseException as exc:
-        listen_error = _find(exc, ListenError) or _find(exc, RedisUnavailable)
+        listen_error = find_exception(exc, ListenError) or find_exception(exc, RedisUnavailable)
         if isinstance(listen_error, RedisUnavailable):
             hint = "start Redis, fix --redis, or pass --redis-optional to start without it"
             print(f"wsup: error: {listen_error} ({hint})", file=sys.stderr)
@@ -291,22 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if listen_error is not None:
             print(f"wsup: error: {listen_error}", file=sys.stderr)
             return 1
-        if _find(exc, KeyboardInterrupt) is not None:
+        if find_exception(exc, KeyboardInterrupt) is not None:
             return 130
         raise
     return 0
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """Return the first ``kind`` inside ``exc`` (task groups wrap errors in groups)."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 async def _serve(app: App, config: ServerConfig, backplane: Backplane | None = None) -> None:
@@ -325,7 +323,7 @@ async def _serve(app: App, config: ServerConfig, backplane: Backplane | None = N
                 tg.start_soon(_talk_to_master, channel, server)
     except BaseException as exc:
         expected = (ListenError, RedisUnavailable, KeyboardInterrupt)
-        if not any(_find(exc, kind) for kind in expected):
+        if not any(find_exception(exc, kind) for kind in expected):
             structlog.get_logger("wsup.server").exception("server.crashed")
         raise
 
@@ -373,6 +371,8 @@ def _run_workers(
     command += ["--backend", backend, "--redis-node-ttl", repr(cluster.node_ttl)]
     for host in config.hosts:
         command += ["--host", host]
+    if config.metrics_port is not None:
+        command += ["--metrics-port", str(config.metrics_port)]
     if log_format is not None:
         command += ["--log-format", log_format]
     if cluster.redis_optional:

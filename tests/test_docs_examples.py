@@ -22,6 +22,7 @@ import pytest
 
 import actors
 import supervisor
+from tests.helpers.docs import assert_blocks_are_files
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -237,13 +238,7 @@ def test_page_shows_the_real_output(
 def test_every_python_block_is_an_example_file_verbatim() -> None:
     """Each ```python block names its file on line one and equals that file exactly."""
     blocks = [body for language, body in _blocks() if language == "python"]
-    assert blocks
-    for block in blocks:
-        header = _HEADER.match(block)
-        assert header is not None, f"a python block does not start with its file:\n{block[:200]}"
-        path = ROOT / header.group(1)
-        assert path.is_file(), f"{header.group(1)} is quoted on the page but does not exist"
-        assert block == path.read_text(), f"{header.group(1)} differs from its copy on the page"
+    assert_blocks_are_files(blocks, _HEADER, "on the page")
 
 
 def test_every_example_is_on_the_page_and_has_expectations() -> None:

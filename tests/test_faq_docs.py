@@ -17,11 +17,9 @@ import re
 import signal
 import threading
 import types
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -29,7 +27,7 @@ import anyio.lowlevel
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 import supervisor._watchdog
 from actors import ALL, FakeClock
@@ -55,14 +53,16 @@ from examples.faq import (
 from supervisor import App, Server
 from supervisor.metrics import Metrics
 from tests.e2e.apps.server_process import ServerProcess, run_cli
+from tests.helpers.clients import get_url, open_ws, recv_until_closed
+from tests.helpers.docs import assert_blocks_are_files
+from tests.helpers.metrics import sample
 from tests.helpers.server import http_url, running_server, ws_url
+from tests.helpers.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAQ = ROOT / "docs" / "faq.md"
 EXAMPLES = ROOT / "examples" / "faq"
 TIMEOUT = 20.0
-
-T = TypeVar("T")
 
 QUESTIONS = [
     "Why does the server close the connection prematurely?",
@@ -91,27 +91,9 @@ QUESTIONS = [
 # --- helpers ---------------------------------------------------------------------------------
 
 
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking client call in a worker thread, off the server's event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``predicate()`` holds (bounded; no real sleep)."""
-    with anyio.fail_after(TIMEOUT):
-        while not predicate():
-            await anyio.lowlevel.checkpoint()
-
-
 def wait_members(server: Server, address: str, count: int) -> None:
     """From a scenario's worker thread: wait until ``address`` has ``count`` members."""
     anyio.from_thread.run(wait_until, lambda: len(server.runtime.members(address)) == count)
-
-
-def open_ws(url: str, **options: Any) -> ClientConnection:
-    """Connect with the websockets sync client (use it in a ``with`` block)."""
-    connection: ClientConnection = connect(url, open_timeout=TIMEOUT, **options)
-    return connection
 
 
 def recv(ws: ClientConnection) -> str | bytes:
@@ -119,37 +101,11 @@ def recv(ws: ClientConnection) -> str | bytes:
     return ws.recv(timeout=TIMEOUT)
 
 
-def recv_until_closed(ws: ClientConnection) -> tuple[list[str | bytes], int | None, str]:
-    """Read until the server closes; return the messages, the close code and reason."""
-    messages: list[str | bytes] = []
-    while True:
-        try:
-            messages.append(ws.recv(timeout=TIMEOUT))
-        except ConnectionClosed as exc:
-            if exc.rcvd is None:
-                return messages, None, ""
-            return messages, exc.rcvd.code, exc.rcvd.reason
-
-
 def refused(url: str, **options: Any) -> InvalidStatus:
     """Open a connection the server must refuse with an HTTP status; return the refusal."""
     with pytest.raises(InvalidStatus) as caught, open_ws(url, **options):
         pass
     return caught.value
-
-
-def http_get(url: str) -> tuple[int, str, str]:
-    """GET ``url``; return status, ``Content-Type`` and body, for any status."""
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
-            return answer.status, answer.headers["Content-Type"], answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read().decode()
-
-
-def sample(server: Server, name: str, labels: dict[str, str] | None = None) -> float:
-    """Return one sample of the server's private metrics registry (0 if absent)."""
-    return server.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 # --- the FAQ and its files ----------------------------------------------------------------------
@@ -179,14 +135,7 @@ def test_each_answer_says_what_goes_wrong_and_what_wsup_does() -> None:
 
 def test_every_python_block_is_an_example_file_verbatim() -> None:
     """Each ```python block names its file on line one and equals that file exactly."""
-    blocks = _python_blocks()
-    assert blocks
-    for block in blocks:
-        header = _HEADER.match(block)
-        assert header is not None, f"a python block does not start with its file:\n{block[:200]}"
-        path = ROOT / header.group(1)
-        assert path.is_file(), f"{header.group(1)} is quoted in the FAQ but does not exist"
-        assert block == path.read_text(encoding="utf-8"), f"{header.group(1)} differs"
+    assert_blocks_are_files(_python_blocks(), _HEADER, "in the FAQ")
 
 
 def test_every_example_file_is_in_the_faq_and_has_an_app() -> None:
@@ -298,7 +247,7 @@ async def test_blocking_def_hook_runs_in_a_thread_while_others_are_served(
             tg.start_soon(in_thread, report)
             assert await in_thread(entered.wait, TIMEOUT)
             assert await in_thread(ping) == "pong"
-            assert await in_thread(http_get, http_url(server, "/healthz")) == (
+            assert await in_thread(get_url, http_url(server, "/healthz")) == (
                 200,
                 "text/plain; charset=utf-8",
                 "ok\n",
@@ -370,7 +319,7 @@ async def test_firehose_stays_within_its_buffer_and_others_are_served() -> None:
                 with open_ws(ws_url(server, "/ping")) as other:
                     other.send("ping")
                     pong = recv(other)
-                assert http_get(http_url(server, "/healthz"))[::2] == (200, "ok\n")
+                assert get_url(http_url(server, "/healthz"))[::2] == (200, "ok\n")
                 sizes = anyio.from_thread.run_sync(buffered)
                 numbers += [int(str(recv(hose)).split()[1]) for _ in range(200)]
             return numbers, pong, sizes
@@ -380,7 +329,7 @@ async def test_firehose_stays_within_its_buffer_and_others_are_served() -> None:
         assert numbers == sorted(set(numbers))  # in order, maybe with stale ones dropped
         assert all(size <= limit for size in sizes)
         await wait_until(lambda: not server.connections)
-    crashed = sample(server, "wsup_actor_crashes_total", {"kind": "connection"})
+    crashed = sample(server, "wsup_actor_crashes_total", kind="connection")
     assert crashed == 0
 
 
@@ -411,7 +360,7 @@ async def test_message_all_reaches_every_open_connection_and_forgets_closed_ones
                 assert recv(ada) == recv(bob) == "still here"
 
         await in_thread(scenario)
-        assert sample(server, "wsup_dead_letters_total", {"reason": "no_recipient"}) == 0
+        assert sample(server, "wsup_dead_letters_total", reason="no_recipient") == 0
 
 
 @pytest.mark.anyio
@@ -437,7 +386,7 @@ async def test_message_user_reaches_each_of_the_users_connections_only() -> None
                 assert recv(bob) == "for bob"  # ada's message did not come first
 
         await in_thread(scenario)
-        assert sample(server, "wsup_dead_letters_total", {"reason": "no_recipient"}) == 1
+        assert sample(server, "wsup_dead_letters_total", reason="no_recipient") == 1
 
 
 @pytest.mark.anyio
@@ -678,9 +627,9 @@ async def test_health_check_endpoints_and_readiness_during_the_drain() -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         healthz, readyz = http_url(server, "/healthz"), http_url(server, "/readyz")
-        assert (await in_thread(http_get, healthz))[::2] == (200, "ok\n")
-        assert (await in_thread(http_get, readyz))[::2] == (200, "ready\n")
-        status, content_type, body = await in_thread(http_get, http_url(server, "/metrics"))
+        assert (await in_thread(get_url, healthz))[::2] == (200, "ok\n")
+        assert (await in_thread(get_url, readyz))[::2] == (200, "ready\n")
+        status, content_type, body = await in_thread(get_url, http_url(server, "/metrics"))
         assert status == 200
         assert content_type.startswith("text/plain")
         assert "wsup_build_info{" in body
@@ -695,8 +644,8 @@ async def test_health_check_endpoints_and_readiness_during_the_drain() -> None:
         tg.start_soon(server.shutdown)
         await wait_until(lambda: server.draining)
         # readiness_grace: the listeners stay open 5 s (on the fake clock) with /readyz 503.
-        assert (await in_thread(http_get, readyz))[::2] == (503, "draining\n")
-        assert (await in_thread(http_get, healthz))[::2] == (200, "ok\n")
+        assert (await in_thread(get_url, readyz))[::2] == (503, "draining\n")
+        assert (await in_thread(get_url, healthz))[::2] == (200, "ok\n")
         clock.advance(config.readiness_grace)
     assert app.server is None
 
@@ -705,7 +654,7 @@ async def test_health_check_endpoints_and_readiness_during_the_drain() -> None:
 async def test_same_port_serves_the_page_and_the_websocket() -> None:
     """GET / returns the page that opens /clock; /clock answers on the same port."""
     async with running_server(same_port.app) as server:
-        status, content_type, body = await in_thread(http_get, http_url(server, "/"))
+        status, content_type, body = await in_thread(get_url, http_url(server, "/"))
         assert (status, content_type) == (200, "text/html; charset=utf-8")
         assert "/clock" in body
 

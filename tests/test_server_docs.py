@@ -29,18 +29,18 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 import pytest
 import structlog
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from actors import FakeClock
@@ -66,50 +66,18 @@ from examples.server import (
 )
 from supervisor import App, ListenError, Server, ServerConfig, serve
 from supervisor.metrics import Metrics
+from tests.helpers.clients import get_url, open_ws, recv_until_closed
+from tests.helpers.docs import assert_blocks_are_files
+from tests.helpers.metrics import sample
 from tests.helpers.server import http_url, running_server, ws_url
+from tests.helpers.waiting import in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "server.md"
 EXAMPLES = ROOT / "examples" / "server"
 
-T = TypeVar("T")
-
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking client call in a worker thread, off the server's event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``predicate()`` holds (bounded, no real sleep)."""
-    with anyio.fail_after(20):
-        while not predicate():
-            await anyio.lowlevel.checkpoint()
-
-
-def open_ws(url: str, **options: Any) -> ClientConnection:
-    """Connect; the caller closes the connection (websockets wants its context entered)."""
-    connection: ClientConnection = connect(url, open_timeout=20, **options)
-    connection.__enter__()
-    return connection
-
-
-def recv_until_closed(ws: ClientConnection) -> tuple[list[str | bytes], int | None, str]:
-    """Read every message until the server closes; return them, the close code and reason.
-
-    The code is ``None`` when the connection ended without a close frame (1006).
-    """
-    messages: list[str | bytes] = []
-    while True:
-        try:
-            messages.append(ws.recv(timeout=20))
-        except ConnectionClosed as exc:
-            if exc.rcvd is None:
-                return messages, None, ""
-            return messages, exc.rcvd.code, exc.rcvd.reason
 
 
 def rejected_status(url: str, **options: Any) -> InvalidStatus:
@@ -119,21 +87,9 @@ def rejected_status(url: str, **options: Any) -> InvalidStatus:
     return caught.value
 
 
-def http_get(url: str) -> tuple[int, str, str]:
-    """GET ``url``; return the status, the ``Content-Type`` and the body, for any status."""
-    try:
-        with urllib.request.urlopen(url, timeout=20) as answer:
-            return answer.status, answer.headers["Content-Type"], answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read().decode()
-
-
 def dropped(server: Server, policy: str) -> float:
     """Return ``wsup_messages_dropped_total{policy=...}`` of ``server``."""
-    value = server.metrics.registry.get_sample_value(
-        "wsup_messages_dropped_total", {"policy": policy}
-    )
-    return value or 0.0
+    return sample(server, "wsup_messages_dropped_total", policy=policy)
 
 
 def only_connection(server: Server) -> Any:
@@ -221,14 +177,7 @@ def _python_blocks() -> list[str]:
 
 def test_every_python_block_is_an_example_file_verbatim() -> None:
     """Each ```python block of the guide names its file on line one and equals it exactly."""
-    blocks = _python_blocks()
-    assert blocks
-    for block in blocks:
-        header = _HEADER.match(block)
-        assert header is not None, f"a python block does not start with its file:\n{block[:200]}"
-        path = ROOT / header.group(1)
-        assert path.is_file(), f"{header.group(1)} is quoted in the guide but does not exist"
-        assert block == path.read_text(), f"{header.group(1)} differs from its copy in the guide"
+    assert_blocks_are_files(_python_blocks(), _HEADER, "in the guide")
 
 
 def test_every_example_file_is_in_the_guide_and_has_an_app() -> None:
@@ -303,7 +252,7 @@ async def test_plain_def_hook_runs_in_a_thread_while_the_loop_serves(
         async with anyio.create_task_group() as tg:
             tg.start_soon(in_thread, client)
             assert await in_thread(entered.wait, 20)
-            status, _, body = await in_thread(http_get, http_url(server, "/healthz"))
+            status, _, body = await in_thread(get_url, http_url(server, "/healthz"))
             assert (status, body) == (200, "ok\n")
             release.set()
     assert replies == [hashlib.sha256(b"wsup").hexdigest()]
@@ -828,11 +777,11 @@ async def test_serve_raises_listen_error_for_except_star() -> None:
 async def test_ops_endpoints_and_plain_http_route() -> None:
     """/healthz, /readyz, /metrics and the app's GET / answer on the WebSocket port."""
     async with running_server(ops.app) as server:
-        health = await in_thread(http_get, http_url(server, "/healthz"))
-        ready = await in_thread(http_get, http_url(server, "/readyz"))
-        metrics = await in_thread(http_get, http_url(server, "/metrics"))
-        page = await in_thread(http_get, http_url(server, "/"))
-        plain_get_on_ws_route = await in_thread(http_get, http_url(server, "/echo"))
+        health = await in_thread(get_url, http_url(server, "/healthz"))
+        ready = await in_thread(get_url, http_url(server, "/readyz"))
+        metrics = await in_thread(get_url, http_url(server, "/metrics"))
+        page = await in_thread(get_url, http_url(server, "/"))
+        plain_get_on_ws_route = await in_thread(get_url, http_url(server, "/echo"))
     assert health == (200, "text/plain; charset=utf-8", "ok\n")
     assert ready == (200, "text/plain; charset=utf-8", "ready\n")
     assert metrics[0] == 200
@@ -848,7 +797,8 @@ def http_status(url: str) -> int:
         with urllib.request.urlopen(url, timeout=20):
             pass
     except urllib.error.HTTPError as error:
-        return error.code
+        with error:  # it holds the response and its socket
+            return error.code
     return 200
 
 
@@ -890,25 +840,26 @@ async def test_drain_answers_queued_jobs_then_closes_with_1001() -> None:
 
 @pytest.mark.anyio
 async def test_readiness_grace_turns_readyz_503_before_the_listeners_close() -> None:
-    """During the grace, /readyz says 503 and new handshakes get 503; open connections work."""
+    """During the grace /readyz says 503, new handshakes are still served; then all drain."""
     server, clock = _serve_with_fake_clock(draining.app)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         ws = await in_thread(open_ws, ws_url(server, "/jobs"))
         tg.start_soon(server.shutdown)
         await wait_until(lambda: server.draining)
-        assert await in_thread(http_get, http_url(server, "/readyz")) == (
+        assert await in_thread(get_url, http_url(server, "/readyz")) == (
             503,
             "text/plain; charset=utf-8",
             "draining\n",
         )
-        refusal = await in_thread(rejected_status, ws_url(server, "/jobs"))
-        assert refusal.response.status_code == 503
+        late = await in_thread(open_ws, ws_url(server, "/jobs"))  # still accepted
         await in_thread(ws.send, "0")
         assert await in_thread(ws.recv, 20) == "done in 0 s"
         clock.advance(draining.app.config.readiness_grace)
         messages, code, _ = await in_thread(recv_until_closed, ws)
+        late_messages, late_code, _ = await in_thread(recv_until_closed, late)
     assert (messages, code) == ([], 1001)
+    assert (late_messages, late_code) == ([], 1001)
 
 
 @pytest.mark.anyio

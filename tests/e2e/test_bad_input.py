@@ -10,7 +10,7 @@ import base64
 import contextlib
 import os
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -25,7 +25,9 @@ from websockets.uri import parse_uri
 from actors import ActorRef
 from examples.echo import app as echo_app
 from supervisor import App, ConnectionClosed, Handler, Server, SlowConsumerPolicy
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -138,19 +140,6 @@ async def exchange(server: Server, data: bytes) -> bytes:
                     answer += await stream.receive()
                 except _STREAM_ENDED:
                     return answer
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - a condition without an event
-            await anyio.sleep(0.005)
-
-
-def sample(server: Server, name: str, **labels: str) -> float:
-    """Return the current value of one metric sample (0 if absent)."""
-    value = server.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 async def all_closed(server: Server) -> None:

@@ -17,12 +17,10 @@ so a stray message would have arrived before the barrier.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import anyio
@@ -36,15 +34,15 @@ from websockets.sync.client import ClientConnection, connect
 
 from examples import chat
 from supervisor import Server
+from tests.helpers.node import node
 from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 E2E = Path(__file__).resolve().parent
 CHAT_CLIENT = E2E / "node" / "chat_client.js"
 TIMEOUT = 20.0
-
-T = TypeVar("T")
 
 
 # --- the protocol ------------------------------------------------------------------------
@@ -116,11 +114,6 @@ async def joined(server: Server, members: dict[str, int]) -> None:
 def wait_joined(server: Server, members: dict[str, int]) -> None:
     """:func:`joined`, from the worker thread a scenario runs in."""
     anyio.from_thread.run(joined, server, members)
-
-
-async def in_thread(fn: Callable[[], T]) -> T:
-    """Run a blocking client scenario in a worker thread, off the server's event loop."""
-    return await anyio.to_thread.run_sync(fn)
 
 
 # --- the websockets client --------------------------------------------------------------
@@ -228,16 +221,6 @@ async def test_bad_messages_get_an_error_and_the_connection_stays_open() -> None
 
 
 # --- Node's ws client ---------------------------------------------------------------------
-
-
-def node() -> str:
-    """Return the ``node`` executable; fail (never skip) when the client cannot run."""
-    executable = shutil.which("node")
-    if executable is None:
-        pytest.fail("node is not installed: run .ci/test-deps")
-    if not (E2E / "node_modules" / "ws" / "package.json").exists():
-        pytest.fail("Node's ws client is not installed in tests/e2e: run .ci/test-deps")
-    return executable
 
 
 async def run_chat_client(

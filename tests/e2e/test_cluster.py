@@ -12,11 +12,9 @@ they need, with a bound that makes "never" a 2**-64 event, not a timing guess.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.apps.server_process import ServerProcess, free_port, run_cli
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer, running_redis
+from tests.helpers.clients import http_get
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,24 +36,6 @@ TIMEOUT = 20.0
 """Seconds to wait for one message or log event (a deadlock guard, not a measurement)."""
 ATTEMPTS = 64
 """Connections opened at most to land on a given one of two workers."""
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free port, stopped after the test."""
-    with running_redis() as server:
-        yield server
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """GET ``path`` on 127.0.0.1:``port``; return the status and body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def metric(port: int, name: str, **labels: str) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import http.client
 import signal
 import socket
 import threading
@@ -53,6 +52,7 @@ from supervisor import (
 from supervisor.metrics import Metrics
 from tests.e2e.apps import slow_app
 from tests.e2e.apps.server_process import ServerProcess
+from tests.helpers.clients import http_get
 
 pytestmark = pytest.mark.e2e
 
@@ -135,17 +135,6 @@ def upgrade_request(url: str) -> bytes:
     protocol = ClientProtocol(parse_uri(url))
     protocol.send_request(protocol.connect())
     return b"".join(protocol.data_to_send())
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """GET ``path`` on 127.0.0.1:``port``; return the status and body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
 
 
 def metric_values(exposition: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ import sys
 import textwrap
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +39,9 @@ from websockets.uri import parse_uri
 from actors import ALL, Actor, AmbiguousAddress, AskTimeout, FakeClock, NoRecipient
 from supervisor import App, Handler, Server, ServerConfig, SlowConsumerPolicy
 from supervisor.metrics import Metrics
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -187,18 +189,6 @@ async def recv_until(client: Client, last: str | bytes) -> list[str | bytes]:
     return messages
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Yield to the event loop until ``predicate()`` holds (bounded; no real sleep)."""
-    with anyio.fail_after(TIMEOUT):
-        while not predicate():
-            await anyio.lowlevel.checkpoint()
-
-
-def sample(server: Server, name: str, labels: dict[str, str]) -> float:
-    """Return one sample of the server's private metrics registry (0 if absent)."""
-    return server.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
 # --- the app ------------------------------------------------------------------------------------
 
 
@@ -302,8 +292,8 @@ async def test_publish_reaches_500_members_exactly_once_with_their_types() -> No
             ]
             for client in members:
                 assert await recv_until(client, "end") == expected
-    assert sample(server, "wsup_messages_sent_total", {"kind": "text"}) >= 500 * 4
-    assert sample(server, "wsup_messages_sent_total", {"kind": "binary"}) == 500
+    assert sample(server, "wsup_messages_sent_total", kind="text") >= 500 * 4
+    assert sample(server, "wsup_messages_sent_total", kind="binary") == 500
 
 
 @pytest.mark.parametrize("policy", [SlowConsumerPolicy.DROP_OLDEST, SlowConsumerPolicy.DROP_NEWEST])
@@ -335,7 +325,7 @@ async def test_a_member_that_never_reads_stays_within_its_outbound_limit(
                         progress.set()
                         progress = anyio.Event()
 
-                before = sample(server, "wsup_messages_dropped_total", {"policy": str(policy)})
+                before = sample(server, "wsup_messages_dropped_total", policy=str(policy))
                 sent = 0
                 async with anyio.create_task_group() as tg:
                     for index in range(len(readers)):
@@ -344,7 +334,7 @@ async def test_a_member_that_never_reads_stays_within_its_outbound_limit(
                     # falls behind) until the silent member has dropped a few dozen
                     # messages: its socket buffers are full by then, whatever their size.
                     while (
-                        sample(server, "wsup_messages_dropped_total", {"policy": str(policy)})
+                        sample(server, "wsup_messages_dropped_total", policy=str(policy))
                         < before + 32
                     ):
                         assert sent < 2000, "the silent member never overflowed"
@@ -391,7 +381,7 @@ async def test_a_member_that_never_reads_is_closed_under_the_disconnect_policy()
                         got[index].append(int.from_bytes(message[:4], "big"))
                     assert silent_conn.buffered_bytes <= limit
 
-                while not sample(server, "wsup_messages_dropped_total", {"policy": "disconnect"}):
+                while not sample(server, "wsup_messages_dropped_total", policy="disconnect"):
                     assert sent < 2000, "the silent member never overflowed"
                     await publish_and_read()
                 with anyio.fail_after(TIMEOUT):
@@ -406,11 +396,13 @@ async def test_a_member_that_never_reads_is_closed_under_the_disconnect_policy()
     closed = sample(
         server,
         "wsup_connections_closed_total",
-        {"reason": "slow_consumer", "initiator": "server"},
+        reason="slow_consumer",
+        initiator="server",
     ) + sample(
         server,
         "wsup_connections_closed_total",
-        {"reason": "slow_consumer", "initiator": "network"},
+        reason="slow_consumer",
+        initiator="network",
     )
     assert closed == 1
 

@@ -6,21 +6,21 @@ no addresses and no gauge readings survive the clients that caused them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gc
 import os
 import socket
 import struct
-from collections.abc import Callable
 
 import anyio
 import pytest
-import sniffio
 
 from examples.echo import app as echo_app
 from supervisor import Connection, Server
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server
+from tests.helpers.tasks import live_tasks
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -86,20 +86,6 @@ def run_cycles(port: int, start: int, count: int, step: int) -> int:
     return sum(one_cycle(port, i % 5) for i in range(start, count, step))
 
 
-def live_tasks() -> int:
-    """How many tasks the event loop runs now (asyncio, or trio's whole task tree)."""
-    if sniffio.current_async_library() == "asyncio":
-        return len(asyncio.all_tasks())
-    import trio
-
-    def count(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    return count(root)
-
-
 def live_connections(server: Server) -> int:
     """How many of ``server``'s Connection objects are alive after a full garbage collection."""
     gc.collect()
@@ -109,19 +95,6 @@ def live_connections(server: Server) -> int:
 def open_fds() -> int:
     """How many file descriptors the process has open."""
     return len(os.listdir("/proc/self/fd"))
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - a condition without an event
-            await anyio.sleep(0.01)
-
-
-def sample(server: Server, name: str, **labels: str) -> float:
-    """Return the current value of one metric sample (0 if absent)."""
-    value = server.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 async def cycles(server: Server, count: int) -> int:
@@ -154,7 +127,7 @@ async def test_many_connect_disconnect_cycles_leak_nothing() -> None:
     async with running_server(echo_app) as server:
         # Warm up: the thread pool, lazy imports, the loop's own descriptors.
         await cycles(server, 5 * THREADS)
-        await eventually(lambda: settled(server))
+        await eventually(lambda: settled(server), timeout=20.0)
         base_tasks = live_tasks()
         base_fds = open_fds()
         base_addresses = server.runtime.statistics().addresses
@@ -163,9 +136,9 @@ async def test_many_connect_disconnect_cycles_leak_nothing() -> None:
         completed = await cycles(server, CYCLES)
 
         assert completed == CYCLES * 4 // 5
-        await eventually(lambda: settled(server))
-        await eventually(lambda: live_tasks() <= base_tasks)
-        await eventually(lambda: open_fds() <= base_fds + FD_SLACK)
+        await eventually(lambda: settled(server), timeout=20.0)
+        await eventually(lambda: live_tasks() <= base_tasks, timeout=20.0)
+        await eventually(lambda: open_fds() <= base_fds + FD_SLACK, timeout=20.0)
         stats = server.runtime.statistics()
         assert stats.addresses == base_addresses
         assert stats.mailbox_messages == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -24,22 +23,13 @@ from websockets.uri import parse_uri
 
 from supervisor import ServerConfig
 from tests.e2e.apps.server_process import ServerProcess
+from tests.helpers.node import node
 
 pytestmark = pytest.mark.e2e
 
 E2E = Path(__file__).resolve().parent
 SCRIPTS = E2E / "node"
 MAX_SIZE = ServerConfig().max_size  # examples/echo.py keeps the default (1 MiB)
-
-
-def node() -> str:
-    """Return the ``node`` executable; fail (never skip) when the client cannot run."""
-    executable = shutil.which("node")
-    if executable is None:
-        pytest.fail("node is not installed: run .ci/test-deps")
-    if not (E2E / "node_modules" / "ws" / "package.json").exists():
-        pytest.fail("Node's ws client is not installed in tests/e2e: run .ci/test-deps")
-    return executable
 
 
 def run_script(script: str, *args: str, stdin: str = "") -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -26,6 +25,7 @@ from websockets.sync.client import connect
 
 from actors import Intensity
 from supervisor import App, Handler, KeepaliveConfig
+from tests.helpers.processes import free_port
 from tests.helpers.server import running_server, ws_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -47,13 +47,6 @@ def _app() -> App:
     app = App()
     app.add_route("/echo", Flaky, intensity=Intensity(100, 1.0))
     return app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str) -> Any:
@@ -113,7 +106,7 @@ async def test_prometheus_scrapes_and_every_expression_returns_data(
     keepalive = KeepaliveConfig(ping_interval=0.3, ping_timeout=5)
     async with running_server(_app(), keepalive=keepalive) as server:
         host, port = server.ports[0]
-        prom_port = _free_port()
+        prom_port = free_port()
         shutil.copy(ROOT / "dashboards" / "rules.yml", tmp_path / "rules.yml")
         (tmp_path / "prometheus.yml").write_text(
             yaml.safe_dump(

@@ -14,11 +14,10 @@ in a thread of its own.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -33,7 +32,8 @@ from supervisor import Server
 from supervisor.redis import RedisBackplane, RedisUnavailable
 from tests.e2e.apps.cluster_app import make_app
 from tests.e2e.apps.server_process import ServerProcess
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer, free_port, running_redis
+from tests.helpers.clients import http_get as get_on_port
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer, free_port
 from tests.helpers.server import running_server, ws_url
 
 pytestmark = [
@@ -44,13 +44,6 @@ pytestmark = [
 
 TIMEOUT = 10.0
 """Seconds a client waits for one message (a deadlock guard, not a measurement)."""
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free port, stopped after the test."""
-    with running_redis() as server:
-        yield server
 
 
 def backplane(url: str, **options: Any) -> RedisBackplane:
@@ -94,13 +87,7 @@ def sample(server: Server, name: str, **labels: str) -> float:
 def http_get(server: Server, path: str) -> tuple[int, str]:
     """GET ``path`` from ``server`` (blocking); return the status and body."""
     host, port = server.ports[0]
-    connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    return get_on_port(port, path, host=host)
 
 
 async def readyz(server: Server) -> int:

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
@@ -42,11 +42,11 @@ from supervisor import (
     ServerConfig,
 )
 from supervisor.metrics import Metrics
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import eventually, in_thread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-T = TypeVar("T")
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -58,11 +58,6 @@ def connect(url: str, **kwargs: Any) -> ClientConnection:
     kwargs.setdefault("close_timeout", 5)
     client: ClientConnection = ws_connect(url, proxy=None, **kwargs)
     return client
-
-
-async def in_thread(fn: Callable[[], T]) -> T:
-    """Run a blocking client function in a worker thread."""
-    return await anyio.to_thread.run_sync(fn)
 
 
 @dataclass
@@ -96,19 +91,6 @@ async def http_get(server: Server, path: str, headers: str = "") -> HTTPAnswer:
     status_line, *lines = head.decode("latin-1").split("\r\n")
     fields = dict(line.split(": ", 1) for line in lines)
     return HTTPAnswer(int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - a condition without an event
-            await anyio.sleep(0.005)
-
-
-def sample(server: Server, name: str, **labels: str) -> float:
-    """Return the current value of one metric sample (0 if absent)."""
-    value = server.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 def status_of(fn: Callable[[], object]) -> InvalidStatus:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -12,8 +11,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from actors import Backoff, Intensity
-from supervisor import App, Handler, Server
+from supervisor import App, Handler
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -44,19 +45,6 @@ def make_app(starts: list[int], **route: Any) -> App:
         **route,
     )
     return app
-
-
-def sample(server: Server, name: str, **labels: str) -> float:
-    """Return the current value of one metric sample (0 if absent)."""
-    value = server.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - a condition without an event
-            await anyio.sleep(0.005)
 
 
 async def test_a_crash_loses_one_message_and_the_connection_stays_open() -> None:

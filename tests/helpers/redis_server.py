@@ -20,7 +20,8 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
-from types import TracebackType
+
+from tests.helpers.processes import StopsOnExit, free_port
 
 __all__ = ["REDIS_SERVER", "RedisServer", "free_port", "running_redis"]
 
@@ -30,15 +31,7 @@ REDIS_SERVER = shutil.which("redis-server")
 _READY = "Ready to accept connections"
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(StopsOnExit):
     """A ``redis-server`` child process on 127.0.0.1.
 
     Args:
@@ -177,14 +170,6 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

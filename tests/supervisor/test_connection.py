@@ -33,7 +33,9 @@ from supervisor import (
     Server,
     SlowConsumerPolicy,
 )
+from tests.helpers.metrics import sample
 from tests.helpers.server import running_server
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -127,19 +129,6 @@ def serve_handler(handler: Callable[..., Handler], **route: Any) -> App:
     app = App()
     app.add_route("/t", handler, **route)
     return app
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, checking every few milliseconds (no event to wait on)."""
-    with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - a condition without an event
-            await anyio.sleep(0.005)
-
-
-def sample(server: Server, name: str, **labels: str) -> float:
-    """Return the current value of one metric sample (0 if absent)."""
-    value = server.metrics.registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 class Probe(Handler):

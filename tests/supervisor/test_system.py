@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 from collections import Counter
@@ -10,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-import sniffio
 
 from actors import (
     ALL,
@@ -27,6 +25,7 @@ from actors import (
     SystemFailed,
 )
 from supervisor import ActorSystem, ChildSpec, Restart, SupervisorSpec
+from tests.helpers.tasks import live_tasks, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -65,30 +64,10 @@ class Crasher(Actor):
         raise RuntimeError(f"crash on {message!r}")
 
 
-def live_tasks() -> int:
-    """Count the tasks alive in this event loop, on either backend."""
-    if sniffio.current_async_library() == "asyncio":
-        return len(asyncio.all_tasks())
-    import trio
-
-    def count(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
-
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    return count(root)
-
-
 def live_cells() -> int:
     """Count the Cell objects still reachable after a full collection."""
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, Cell))
-
-
-async def settle() -> None:
-    """Wait until every task is blocked (twice: see tests/supervisor/test_tree.py)."""
-    await anyio.wait_all_tasks_blocked()
-    await anyio.wait_all_tasks_blocked()
 
 
 # --- lifecycle -----------------------------------------------------------------------------

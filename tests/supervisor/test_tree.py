@@ -25,6 +25,7 @@ from actors import (
     Runtime,
 )
 from supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
+from tests.helpers.tasks import settle
 
 pytestmark = pytest.mark.anyio
 
@@ -121,16 +122,6 @@ async def tree(spec: SupervisorSpec) -> AsyncIterator[Tree]:
         await clock.run_until_idle()
         await settle()
         assert sup.stopped.is_set(), "the supervisor did not stop"
-
-
-async def settle() -> None:
-    """Let every task run until all are blocked (restarts with no delay included).
-
-    Twice: on asyncio a task group learns that a child finished through a
-    done-callback, which ``wait_all_tasks_blocked`` cannot see as pending work.
-    """
-    await anyio.wait_all_tasks_blocked()
-    await anyio.wait_all_tasks_blocked()
 
 
 def hooks(log: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -14,27 +14,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from tests.helpers.processes import StopsOnExit, free_port
 
 __all__ = ["ROOT", "ServerProcess", "child_env", "free_port", "run_cli"]
 
 ROOT = Path(__file__).resolve().parents[3]
 """The repository root: the child's working directory, so ``tests.…`` and ``examples.…`` import."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -65,7 +57,7 @@ def run_cli(
     )
 
 
-class ServerProcess:
+class ServerProcess(StopsOnExit):
     """A ``wsup serve`` child process on 127.0.0.1.
 
     Args:
@@ -111,14 +103,6 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def pid(self) -> int:
