@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -544,6 +544,3 @@ class Cell:
             self._terminated.set()
         if self.on_terminate is not None:
             self.on_terminate(exit_)
-
-
-AsyncHook = Callable[[], Awaitable[None]]
