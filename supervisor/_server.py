@@ -116,6 +116,13 @@ def _plain(
     return Response(status, http.HTTPStatus(status).phrase, all_headers, data)
 
 
+def _head(status: int) -> Response:
+    """The answer to HEAD: status and headers of the GET, without its body."""
+    response = _plain(status, b"")
+    del response.headers["Content-Length"]
+    return response
+
+
 class Server:
     """Serves one :class:`~supervisor.App`.
 
@@ -464,8 +471,13 @@ class Server:
             await _close_quietly(stream)
             return
         cause = protocol.handshake_exc.__cause__ if protocol.handshake_exc else None
-        if cause is not None and "unsupported HTTP method" in str(cause):
-            response = _plain(405, "only GET is supported\n", headers=[("Allow", "GET")])
+        if cause is not None and "unsupported request body" in str(cause):
+            # A request with a body (POST, PUT...): wsup never reads request bodies.
+            response = _plain(
+                405,
+                "requests with a body are not supported: use GET\n",
+                headers=[("Allow", "GET, HEAD")],
+            )
         else:
             response = _plain(400, "bad request: not a valid HTTP/1.1 request\n")
         await _send_all(stream, [response.serialize()])
@@ -517,6 +529,15 @@ class Server:
         started: float,
     ) -> Connection | None:
         metrics = self.metrics
+        if ws_request.method not in ("GET", "HEAD"):
+            # Request bodies are never read: only GET (and HEAD, for probes) make sense.
+            response = _plain(405, f"{ws_request.method} is not supported: use GET\n")
+            response.headers["Allow"] = "GET, HEAD"
+            await self._respond(stream, protocol, response)
+            return None
+        if ws_request.method == "HEAD":
+            await self._respond(stream, protocol, _head(self._head_target(path)))
+            return None
         if path == "/healthz":
             await self._respond(stream, protocol, _plain(200, "ok\n"))
             return None
@@ -691,6 +712,16 @@ class Server:
     def close_label(self, code: int) -> str:
         """Map a close code to the ``reason`` label of ``wsup_connections_closed_total``."""
         return close_reason_for_code(code)
+
+    def _head_target(self, path: str) -> int:
+        """The status a GET of ``path`` would get (for HEAD requests)."""
+        if path == "/readyz":
+            return 200 if self.readiness()[0] else 503
+        if path in ("/healthz", "/metrics") or path in self.app.http_routes:
+            return 200
+        if self.app.router.match(path) is not None:
+            return 426  # a WebSocket route: needs GET with Upgrade
+        return 404
 
     def readiness(self) -> tuple[bool, str]:
         """Return whether this node should get new connections, and why not."""

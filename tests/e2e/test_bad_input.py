@@ -210,7 +210,7 @@ async def test_a_non_get_method_gets_405() -> None:
     async with running_server(echo_app) as server:
         answer = await exchange(server, b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status(answer) == 405
-        assert b"\r\nAllow: GET\r\n" in answer
+        assert b"\r\nAllow: GET, HEAD\r\n" in answer
 
 
 async def test_a_bad_websocket_key_gets_400() -> None:
