@@ -383,11 +383,11 @@ class Connection:
                 self.close_nowait(1001, "server shutting down")
 
     def _set_state(self, state: ConnectionState) -> None:
-        gauge = self.server.metrics.connections
-        gauge.labels(state=self.state).dec()
+        gauges = self.server.states
+        gauges[self.state].dec()
         self.state = state
         if state is not ConnectionState.CLOSED:
-            gauge.labels(state=state).inc()
+            gauges[state].inc()
 
     # -- I/O -------------------------------------------------------------------------------
 

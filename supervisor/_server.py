@@ -56,7 +56,7 @@ from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
-from .metrics import Metrics, close_reason_for_code
+from .metrics import CONNECTION_STATES, HANDSHAKE_RESULTS, Metrics, close_reason_for_code
 
 __all__ = ["Server", "serve"]
 
@@ -199,6 +199,11 @@ class Server:
             else None
         )
         self.counters = _HotCounters(self.metrics)
+        # Labelled children resolved once: ``.labels()`` locks and hashes per call.
+        self.handshakes = {r: self.metrics.handshakes.labels(result=r) for r in HANDSHAKE_RESULTS}
+        self.states: dict[str, Any] = {
+            s: self.metrics.connections.labels(state=s) for s in CONNECTION_STATES
+        }
         # Read at scrape time rather than updated per message.
         self.metrics.mailbox_messages.set_function(
             lambda: float(self.runtime.statistics().mailbox_messages)
@@ -392,8 +397,7 @@ class Server:
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
         self._sockets += 1
-        metrics = self.metrics
-        metrics.connections.labels(state="handshaking").inc()
+        self.states["handshaking"].inc()
         started = self.clock.now()
         conn: Connection | None = None
         try:
@@ -402,7 +406,7 @@ class Server:
             await _close_quietly(stream)
             raise
         finally:
-            metrics.connections.labels(state="handshaking").dec()
+            self.states["handshaking"].dec()
             self._sockets -= 1
         if conn is not None:
             await conn.run()
@@ -419,7 +423,6 @@ class Server:
         self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
     ) -> Connection | None:
         config = self.config
-        metrics = self.metrics
         protocol = ServerProtocol(
             max_size=config.max_size,
             extensions=self._compression,
@@ -434,14 +437,14 @@ class Server:
                     )
                 except Exception as exc:
                     _log.debug("handshake.tls_failed", error=str(exc))
-                    metrics.handshakes.labels(result="failed").inc()
+                    self.handshakes["failed"].inc()
                     await _close_quietly(stream)
                     return None
             while request is None:
                 try:
                     data = await stream.receive()
                 except _CLOSED_STREAM_ERRORS:
-                    metrics.handshakes.labels(result="failed").inc()
+                    self.handshakes["failed"].inc()
                     await _close_quietly(stream)
                     return None
                 protocol.receive_data(data)
@@ -452,7 +455,7 @@ class Server:
                     await self._bad_request(stream, protocol)
                     return None
         if request is None:
-            metrics.handshakes.labels(result="timeout").inc()
+            self.handshakes["timeout"].inc()
             await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
             return None
         path, query = split_target(request.path)
@@ -464,7 +467,7 @@ class Server:
         return await self._decide(stream, protocol, request, path, query, started)
 
     async def _bad_request(self, stream: anyio.abc.ByteStream, protocol: ServerProtocol) -> None:
-        self.metrics.handshakes.labels(result="failed").inc()
+        self.handshakes["failed"].inc()
         writes = protocol.data_to_send()
         if any(writes):  # websockets already answered (431, 414)
             await _send_all(stream, writes)
@@ -566,7 +569,7 @@ class Server:
                 await self._respond(stream, protocol, response)
                 return None
             if match is None:
-                metrics.handshakes.labels(result="rejected").inc()
+                self.handshakes["rejected"].inc()
                 await self._respond(stream, protocol, _plain(404, f"no route for {path}\n"))
                 return None
         assert match is not None
@@ -574,30 +577,30 @@ class Server:
         # During the readiness grace /readyz already says 503 but handshakes are
         # still accepted: load balancers are still sending traffic our way.
         if not self.accepting:
-            metrics.handshakes.labels(result="rejected").inc()
+            self.handshakes["rejected"].inc()
             why = "server is shutting down" if self.draining else "not accepting new connections"
             await self._respond(stream, protocol, _plain(503, why + "\n"))
             return None
         if len(self.connections) >= self.config.max_connections:
-            metrics.handshakes.labels(result="rejected").inc()
+            self.handshakes["rejected"].inc()
             _log.warning("handshake.rejected", reason="max_connections", path=path)
             await self._respond(stream, protocol, _plain(503, "too many connections\n"))
             return None
         if not self._origins.allows(ws_request.headers.get("Origin")):
-            metrics.handshakes.labels(result="rejected").inc()
+            self.handshakes["rejected"].inc()
             await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
             return None
         protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
         response = protocol.accept(ws_request)
         if response.status_code != 101:
             # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
-            metrics.handshakes.labels(result="failed").inc()
+            self.handshakes["failed"].inc()
             await self._respond(stream, protocol, response)
             return None
         request = self._request(stream, ws_request, path, query, match.params)
         verdict = await self._run_hooks(request, route)
         if isinstance(verdict, Reject):
-            metrics.handshakes.labels(result="rejected").inc()
+            self.handshakes["rejected"].inc()
             await self._respond(
                 stream,
                 protocol,
@@ -608,7 +611,7 @@ class Server:
         if verdict.subprotocol is not None:
             if verdict.subprotocol not in request.subprotocols:
                 _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
-                metrics.handshakes.labels(result="failed").inc()
+                self.handshakes["failed"].inc()
                 await self._respond(stream, protocol, _plain(500, "internal server error\n"))
                 return None
             subprotocol = verdict.subprotocol
@@ -619,15 +622,15 @@ class Server:
         try:
             await _send_all(stream, protocol.data_to_send())
         except _CLOSED_STREAM_ERRORS:
-            metrics.handshakes.labels(result="failed").inc()
+            self.handshakes["failed"].inc()
             await _close_quietly(stream)
             return None
         conn = Connection(self, stream, protocol, request, route, subprotocol)
         self._spawn(conn, route, verdict)
         self.connections.add(conn)
-        metrics.connections.labels(state="open").inc()
+        self.states["open"].inc()
         metrics.connections_accepted.inc()
-        metrics.handshakes.labels(result="accepted").inc()
+        self.handshakes["accepted"].inc()
         metrics.handshake_duration.observe(self.clock.now() - started)
         self.schedule_keepalive(conn)
         _log.debug("connection.opened", conn=conn.address, path=path, client=request.client_address)
