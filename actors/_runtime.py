@@ -169,12 +169,15 @@ class Runtime:
     def _offer(self, members: Iterable[Cell], message: Any) -> int:
         delivered = 0
         # Shared by every recipient of this one send: lets connections encode once.
-        cache: dict[str, Any] = {}
+        cache: dict[str, Any] | None = None
         for cell in members:
             direct = cell.direct
-            if direct is not None and direct(message, cache):
-                delivered += 1
-                continue
+            if direct is not None:
+                if cache is None:
+                    cache = {}
+                if direct(message, cache):
+                    delivered += 1
+                    continue
             try:
                 cell.mailbox.put_nowait(Envelope(message))
             except MailboxFull as exc:

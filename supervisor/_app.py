@@ -221,12 +221,6 @@ def _is_async(cls: type, name: str) -> bool:
     return known
 
 
-async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    return await anyio.to_thread.run_sync(fn, *args)
-
-
 class FromClient:
     """A message from the client, as it sits in the connection's mailbox."""
 

@@ -38,6 +38,7 @@ from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
 from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
+from .metrics import close_reason_for_code
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -340,11 +341,9 @@ class Connection:
             return True
         item = cache.get("item")
         if item is None:
-            if isinstance(message, str):
-                item = OutboundItem(message.encode(), True)
-            elif isinstance(message, bytes | bytearray | memoryview):
-                item = OutboundItem(bytes(message), False)
-            else:
+            try:
+                item = self._encode(message)
+            except TypeError:
                 try:
                     item = OutboundItem(json.dumps(message).encode(), True)
                 except (TypeError, ValueError):
@@ -355,7 +354,10 @@ class Connection:
             if framed is None:
                 opcode = Opcode.TEXT if item.text else Opcode.BINARY
                 framed = cache["frame"] = OutboundItem(
-                    Frame(opcode, item.payload).serialize(mask=False), item.text, frame=True
+                    Frame(opcode, item.payload).serialize(mask=False),
+                    item.text,
+                    frame=True,
+                    size=len(item.payload),
                 )
             item = framed
         try:
@@ -614,7 +616,7 @@ class Connection:
             self._dropped("disconnect", len(items))
         else:
             for item in items:
-                size += len(item.payload)
+                size += item.size if item.frame else len(item.payload)
                 if item.frame:
                     chunks.extend(protocol.data_to_send())
                     chunks.append(item.payload)
@@ -667,7 +669,7 @@ class Connection:
         await self._stream.aclose()
         self._record_close("network")
         code, reason, initiator = self._close_info or (1006, "", "network")
-        label = self._reason_label or self.server.close_label(code)
+        label = self._reason_label or close_reason_for_code(code)
         if self.state is not ConnectionState.CLOSED:
             self._set_state(ConnectionState.CLOSED)
         if self.cell is not None and not self.cell.is_terminated:

@@ -77,11 +77,13 @@ class OutboundItem:
             frame when ``frame`` is true.
         text: whether it is a text message.
         frame: whether ``payload`` is already a serialized frame (encode-once fan-out).
+        size: for a frame, the message's own payload bytes (what the metrics count).
     """
 
     payload: bytes
     text: bool
     frame: bool = False
+    size: int = 0
 
 
 class OutboundBuffer:

@@ -56,7 +56,7 @@ from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
-from .metrics import CONNECTION_STATES, HANDSHAKE_RESULTS, Metrics, close_reason_for_code
+from .metrics import CONNECTION_STATES, HANDSHAKE_RESULTS, Metrics
 
 __all__ = ["Server", "serve"]
 
@@ -167,7 +167,6 @@ class Server:
         #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
         self.loop_token: anyio.lowlevel.EventLoopToken | None = None
         self.loop_thread: int | None = None
-        self._sockets = 0
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
         self._conn_sup: Supervisor | None = None
@@ -396,7 +395,6 @@ class Server:
     # -- per socket --------------------------------------------------------------------------
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
-        self._sockets += 1
         self.states["handshaking"].inc()
         started = self.clock.now()
         conn: Connection | None = None
@@ -407,7 +405,6 @@ class Server:
             raise
         finally:
             self.states["handshaking"].dec()
-            self._sockets -= 1
         if conn is not None:
             await conn.run()
 
@@ -712,10 +709,6 @@ class Server:
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def close_label(self, code: int) -> str:
-        """Map a close code to the ``reason`` label of ``wsup_connections_closed_total``."""
-        return close_reason_for_code(code)
-
     def _head_target(self, path: str) -> int:
         """The status a GET of ``path`` would get (for HEAD requests)."""
         if path == "/readyz":
@@ -833,12 +826,15 @@ class _HotCounters:
 
     def flush(self) -> None:
         """Add the batched counts to the counters."""
-        self.received_text.flush()
-        self.received_binary.flush()
-        self.received_bytes.flush()
-        self.sent_text.flush()
-        self.sent_binary.flush()
-        self.sent_bytes.flush()
+        for counter in (
+            self.received_text,
+            self.received_binary,
+            self.received_bytes,
+            self.sent_text,
+            self.sent_binary,
+            self.sent_bytes,
+        ):
+            counter.flush()
 
 
 async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
