@@ -10,6 +10,15 @@ queued outbound message at once, frames them through the protocol (or copies a
 pre-encoded frame), and writes the batch with a single ``send``. Control frames
 the protocol produces while reading (pongs, the close echo) ride along.
 
+On asyncio (plain TCP), the socket side runs without tasks: after the
+handshake the transport is handed a small :class:`asyncio.Protocol` whose
+callbacks feed the parser (``data_received``) and write synchronously; the
+transport's flow control (``pause_writing``/``resume_writing``, with a high-water
+mark of zero) decides when messages wait in the outbound buffer instead. A
+connection then costs one task (its actor) and one task switch per inbound
+message. A full ``block`` mailbox pauses reading and hands the rest of the
+batch to a short-lived task that waits for room. TLS and trio use the two loops.
+
 Closing: whoever closes, the connection ends up telling its actor to drain
 (finish its mailbox, then ``on_close``); and whenever the actor ends for good,
 the connection closes — with 1011 if the actor crashed past its restart
@@ -18,6 +27,7 @@ intensity, 1001 while the server drains, 1000 otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
@@ -34,6 +44,7 @@ from websockets.server import ServerProtocol
 from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
 from actors._backend import Waiter, primitives
 
+from ._aio import enter_callback, exit_callback
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
@@ -54,6 +65,8 @@ _CLOSED_STREAM_ERRORS = (
     OSError,
 )
 _READ_SIZE = 1 << 16
+#: In callback mode, send() yields once per this many calls (not per call: cheaper).
+_SEND_BATCH = 32
 
 
 class ConnectionState(enum.StrEnum):
@@ -85,6 +98,8 @@ class Connection:
         request: Request,
         route: RouteOptions,
         subprotocol: str | None,
+        *,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.server = server
         self.request = request
@@ -99,10 +114,15 @@ class Connection:
         self._writer_wake: Waiter | None = None
         self._space: anyio.Event | None = None
         self._checkpoint, self._new_event = primitives()
-        # asyncio fast path: write a message straight to the transport when nothing
-        # is queued or being written, instead of waking the writer task.
-        transport = getattr(stream, "_transport", None)
-        self._transport = transport if hasattr(transport, "get_write_buffer_size") else None
+        # asyncio, plain TCP: callbacks on the transport instead of reader/writer tasks.
+        self._transport = transport or _asyncio_transport(stream)
+        self._paused = False  # the transport asked us to stop writing (pause_writing)
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop() if self._transport is not None else None
+        self._sends = 0
+        self._blocked: tuple[FromClient, list[Frame]] | None = None
+        self._timer: anyio.CancelScope | None = None
+        self._finished = False
         self._writing = False
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
@@ -110,8 +130,10 @@ class Connection:
         self._reason_label: str | None = None
         self._fragments: list[bytes] = []
         self._fragment_text = False
-        self._writer_done = anyio.Event()
+        # Stream mode: set when the writer ends. Callback mode: made on demand by close().
+        self._writer_done = anyio.Event() if self._transport is None else None
         self._close_timer_started = False
+        self._eof_sent = self._eof_received = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.cell: Cell | None = None
         self.ref: ActorRef | None = None
@@ -185,10 +207,12 @@ class Connection:
         self.enqueue(self._encode(message), wait_ok=False)
 
     async def send(self, message: str | bytes) -> None:
-        """Queue ``message`` for the client; a checkpoint.
+        """Queue ``message`` for the client.
 
         Under the ``block`` policy, waits until the buffer has room; other
-        policies never wait (see :meth:`send_nowait`).
+        policies never wait (see :meth:`send_nowait`). A checkpoint at least
+        every 32nd call: a loop that only sends still lets other tasks run and
+        can be cancelled.
 
         Raises:
             ConnectionClosed: the connection is closing or closed.
@@ -201,7 +225,11 @@ class Connection:
             space = self._space = self._space or anyio.Event()
             await space.wait()
             self._check_open()
-        await self._checkpoint()
+        self._sends += 1
+        if self._sends >= _SEND_BATCH or self._transport is None:
+            # Stream mode: the writer task must get its turn.
+            self._sends = 0
+            await self._checkpoint()
 
     def enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
         """Apply the slow-consumer policy to ``item``; return False if the caller must wait.
@@ -211,6 +239,11 @@ class Connection:
         buffer = self._outbound
         size = len(item.payload)
         verdict = buffer.verdict(size)
+        if verdict is not OutboundVerdict.ACCEPT and self._flush_scheduled and not self._paused:
+            # Callback mode: what waits for the scheduled write is not a backlog;
+            # write it now, and the limit applies to what the socket cannot take.
+            self._flush()
+            verdict = buffer.verdict(size)
         if verdict is OutboundVerdict.ACCEPT:
             pass
         elif verdict is OutboundVerdict.EVICT_OLDEST:
@@ -227,24 +260,13 @@ class Connection:
             if wait_ok:
                 return False
             raise OutboundFull(self.address, limit=buffer.limit)
-        transport = self._transport
-        if (
-            transport is not None
-            and not buffer
-            and not self._writing
-            and self._close_request is None
-            and self._protocol.state is State.OPEN
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() == 0
-        ):
-            chunks = self._frame([item])
-            chunks.extend(self._protocol.data_to_send())
-            data = b"".join(chunks)
-            transport.write(data)
-            self.bytes_out += len(data)
-            return True
         buffer.append(item)
-        self._wake_writer()
+        if self._transport is None:
+            self._wake_writer()
+        elif not self._flush_scheduled and not self._paused and self._loop is not None:
+            # Everything sent before the loop's next turn goes out in one write.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
         return True
 
     def _dropped(self, policy: str, count: int) -> None:
@@ -261,6 +283,10 @@ class Connection:
         Idempotent: later calls only wait.
         """
         self.close_nowait(code, reason)
+        if self._finished:
+            return
+        if self._writer_done is None:
+            self._writer_done = anyio.Event()
         await self._writer_done.wait()
 
     def close_nowait(self, code: int = 1000, reason: str = "") -> None:
@@ -394,18 +420,56 @@ class Connection:
     # -- I/O -------------------------------------------------------------------------------
 
     def _wake_writer(self) -> None:
-        if self._writer_wake is not None:
+        if self._transport is not None:
+            self._flush()
+        elif self._writer_wake is not None:
             self._writer_wake.set()
             self._writer_wake = None
 
+    @property
+    def uses_callbacks(self) -> bool:
+        """Whether the socket side runs in transport callbacks (asyncio, plain TCP)."""
+        return self._transport is not None
+
+    def start(self) -> None:
+        """Callback mode: take the transport over from the handshake's stream.
+
+        What the handshake read past the request is already in the parser;
+        anything anyio had buffered but not handed out yet is fed in here.
+        """
+        transport = self._transport
+        assert transport is not None
+        stream_protocol = getattr(self._stream, "_protocol", None)
+        transport.set_protocol(_TransportProtocol(self))
+        leftover = getattr(stream_protocol, "read_queue", ())
+        protocol = self._protocol
+        while leftover:
+            data = leftover.popleft()
+            self.bytes_in += len(data)
+            protocol.receive_data(data)
+        if getattr(stream_protocol, "exception", None) is not None or transport.is_closing():
+            self._process(protocol.events_received())
+            self._on_lost()
+            return
+        if getattr(stream_protocol, "is_at_eof", False):
+            self._on_eof()
+            return
+        self._process(protocol.events_received())
+        if self._blocked is None and not transport.is_closing():
+            transport.resume_reading()  # anyio pauses reading between receives
+
     async def run(self) -> None:
-        """Read until the connection ends; the writer runs beside. Never raises for I/O."""
+        """Stream mode: read until the connection ends; the writer runs beside.
+
+        Never raises for I/O.
+        """
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._writer)
                 await self._reader()
                 # The peer is gone or closing: give the writer close_timeout to finish.
+                assert self._writer_done is not None
                 with anyio.move_on_after(self.server.config.close_timeout):
                     await self._writer_done.wait()
                 tg.cancel_scope.cancel()
@@ -434,9 +498,140 @@ class Connection:
             await self._handle_events()
 
     async def _handle_events(self) -> None:
+        blocked = self._consume(self._protocol.events_received())
+        while blocked is not None:
+            # Full under ``block``: stop reading until there is room (TCP backpressure).
+            blocked = await self._wait_for_room(*blocked)
+        self._after_events()
+
+    async def _wait_for_room(
+        self, envelope: FromClient, rest: list[Frame]
+    ) -> tuple[FromClient, list[Frame]] | None:
+        ref = self.ref
+        assert ref is not None
+        with contextlib.suppress(MailboxFull, MailboxClosed):
+            await ref.tell(envelope)
+        return self._consume(rest)
+
+    # -- callback mode (asyncio transport) ------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         protocol = self._protocol
-        events = protocol.events_received()
-        for event in events:
+        protocol.receive_data(data)
+        self.keepalive.on_data(self.server.clock.now())
+        self._process(protocol.events_received())
+
+    def _on_eof(self) -> bool:
+        self._eof_received = True
+        self._protocol.receive_eof()
+        self._process(self._protocol.events_received())
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if self._eof_sent:
+                transport.close()  # both sides are done
+            else:
+                # Keep the transport for writing (a close frame may still be due),
+                # but only for close_timeout.
+                self._start_close_timer()
+        return True
+
+    def _on_lost(self) -> None:
+        self._record_close("network")
+        self._finalize()
+
+    def _process(self, events: list[Any]) -> None:
+        if self._blocked is not None:
+            # Reading is paused but this batch was already read: keep the order.
+            envelope, rest = self._blocked
+            self._blocked = (envelope, [*rest, *events])
+            return
+        blocked = self._consume(events)
+        if blocked is not None:
+            self._blocked = blocked
+            assert self._transport is not None
+            self._transport.pause_reading()
+            if not self.server.start_soon(self._unblock):
+                self._blocked = None
+        self._after_events()
+
+    async def _unblock(self) -> None:
+        while self._blocked is not None:
+            blocked = self._blocked
+            self._blocked = None
+            self._blocked = await self._wait_for_room(*blocked)
+            self._after_events()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        previous = enter_callback()
+        try:
+            self._flush()
+        except Exception:
+            _log.exception("connection.failed", conn=self.address)
+            self.abort()
+        finally:
+            exit_callback(previous)
+
+    def _flush(self) -> None:
+        """Callback mode's writer: frame what is queued and write it, unless paused."""
+        transport = self._transport
+        assert transport is not None
+        if self._paused or self._finished or self._eof_sent:
+            return
+        protocol = self._protocol
+        buffer = self._outbound
+        if self._abort_buffer:
+            self._abort_buffer = False
+            buffer.clear()
+        chunks = self._frame(buffer.take_all()) if buffer else []
+        if self._close_pending():
+            code, reason = self._close_request or (1000, "")
+            try:
+                protocol.send_close(code, reason)
+            except InvalidState:
+                pass
+            else:
+                self._record_close("server")
+                self._start_close_timer()
+        chunks.extend(protocol.data_to_send())
+        if not chunks:
+            return
+        eof = chunks[-1] == b""
+        payload = b"".join(chunks)
+        if transport.is_closing():
+            self._record_close("network")
+            return
+        if payload:
+            transport.write(payload)
+            self.bytes_out += len(payload)
+        if eof:
+            self._eof_sent = True
+            if protocol.close_rcvd is not None or self._eof_received:
+                # The closing handshake is complete: the server closes TCP first.
+                transport.close()
+                return
+            # After failing the connection: half-close, keep reading until the peer
+            # closes (see _half_close); the close timer bounds the wait.
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except (RuntimeError, OSError):
+                transport.abort()
+            self._start_close_timer()
+
+    def _consume(self, events: list[Any]) -> tuple[FromClient, list[Frame]] | None:
+        """Handle frames from the parser, in order.
+
+        Returns the message that found the mailbox full under ``block`` and the
+        frames after it; the caller waits for room, then goes on with them.
+        """
+        for index, event in enumerate(events):
             frame = cast(Frame, event)  # after the handshake, every event is a frame
             opcode = frame.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
@@ -450,8 +645,11 @@ class Connection:
                     self._fragments.append(data)
                     data = b"".join(self._fragments)
                     self._fragments = []
-                if not await self._deliver(data):
+                delivered = self._deliver(data)
+                if delivered is False:
                     break  # the connection failed: what the peer sent after it is ignored
+                if delivered is not True:
+                    return delivered, events[index + 1 :]
             elif opcode is Opcode.PONG:
                 rtt = self.keepalive.on_pong(bytes(frame.data), self.server.clock.now())
                 if rtt is not None:
@@ -460,6 +658,9 @@ class Connection:
                     self.server.schedule_keepalive(self)
             elif opcode is Opcode.CLOSE:
                 self._record_close("client")
+        return None
+
+    def _after_events(self) -> None:
         if self._batch_bytes:
             counters = self.server.counters
             if self._batch_text:
@@ -468,13 +669,19 @@ class Connection:
                 counters.received_binary.inc(self._batch_binary)
             counters.received_bytes.inc(self._batch_bytes)
             self._batch_text = self._batch_binary = self._batch_bytes = 0
+        protocol = self._protocol
         if protocol.close_rcvd is not None or protocol.eof_sent:
             self._record_close("client")
         if protocol.writes:
             self._wake_writer()
 
-    async def _deliver(self, data: bytes) -> bool:
-        """Hand one complete message to the actor; return False if it failed the connection."""
+    def _deliver(self, data: bytes) -> bool | FromClient:
+        """Hand one complete message to the actor.
+
+        Returns True when it is in the mailbox (or nobody will read it), False
+        if the message failed the connection, or the envelope when the mailbox
+        is full under ``block``.
+        """
         text = self._fragment_text
         message: str | bytes
         if text:
@@ -487,7 +694,7 @@ class Connection:
         else:
             message = data
         self.messages_in += 1
-        # Counted per read batch in _handle_events, not per message.
+        # Counted per read batch in _after_events, not per message.
         if text:
             self._batch_text += 1
         else:
@@ -497,15 +704,12 @@ class Connection:
         ref = self.ref
         if ref is None:
             return True
-        # MailboxClosed: the actor ended and the connection is closing; nobody will read it.
         envelope = FromClient(message)
         try:
             # The reader already yields at every socket read: no extra checkpoint here.
             ref.tell_nowait(envelope)
         except MailboxFull:
-            # Full under ``block``: stop reading until there is room (TCP backpressure).
-            with contextlib.suppress(MailboxFull, MailboxClosed):
-                await ref.tell(envelope)
+            return envelope
         except MailboxClosed:
             pass  # the actor ended and the connection is closing: nobody will read it
         return True
@@ -584,7 +788,8 @@ class Connection:
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
         finally:
-            self._writer_done.set()
+            if self._writer_done is not None:
+                self._writer_done.set()
 
     async def _half_close(self) -> None:
         """After failing the connection: send EOF but keep reading until the peer closes.
@@ -643,15 +848,28 @@ class Connection:
         return chunks
 
     def _start_close_timer(self) -> None:
-        if not self._close_timer_started and self._tg is not None:
+        if self._close_timer_started or self._finished:
+            return
+        if self._tg is not None:
             self._close_timer_started = True
             self._tg.start_soon(self._close_timer)
+        elif self._transport is not None:
+            self._close_timer_started = True
+            if not self.server.start_soon(self._close_timer):
+                self.abort()  # the server is stopping: no time left to wait
 
     async def _close_timer(self) -> None:
         # The peer has close_timeout seconds to answer our close frame.
-        await self.server.clock.sleep(self.server.config.close_timeout)
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+        with anyio.CancelScope() as scope:
+            if self._transport is not None:
+                if self._finished:
+                    return
+                self._timer = scope
+            await self.server.clock.sleep(self.server.config.close_timeout)
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            elif self._transport is not None:
+                self.abort()
 
     def send_ping(self) -> None:
         """Send a keepalive ping now (called by the server's keepalive task)."""
@@ -664,9 +882,22 @@ class Connection:
         self._record_close("network")
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+            self._finalize()
 
     async def _finish(self) -> None:
         await self._stream.aclose()
+        self._finalize()
+
+    def _finalize(self) -> None:
+        """Account for the end of the connection (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._record_close("network")
         code, reason, initiator = self._close_info or (1006, "", "network")
         label = self._reason_label or close_reason_for_code(code)
@@ -677,4 +908,64 @@ class Connection:
         discarded = self._outbound.clear()
         if discarded:
             self._dropped("disconnect", discarded)
+        if self._writer_done is not None:
+            self._writer_done.set()
         self.server.connection_closed(self, code, reason, initiator, label)
+
+
+class _TransportProtocol(asyncio.Protocol):
+    """Forwards an asyncio transport's callbacks to its :class:`Connection`.
+
+    An unexpected error in a callback is logged and aborts that connection only.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def data_received(self, data: bytes) -> None:
+        previous = enter_callback()
+        try:
+            self._conn._on_data(data)
+        except Exception:
+            self._failed()
+        finally:
+            exit_callback(previous)
+
+    def eof_received(self) -> bool:
+        previous = enter_callback()
+        try:
+            return self._conn._on_eof()
+        except Exception:
+            self._failed()
+            return False
+        finally:
+            exit_callback(previous)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = enter_callback()
+        try:
+            self._conn._on_lost()
+        finally:
+            exit_callback(previous)
+
+    def pause_writing(self) -> None:
+        self._conn._paused = True
+
+    def resume_writing(self) -> None:
+        self._conn._paused = False
+        self._conn._scheduled_flush()
+
+    def _failed(self) -> None:
+        _log.exception("connection.failed", conn=self._conn.address)
+        self._conn.abort()
+
+
+def _asyncio_transport(stream: ByteStream) -> asyncio.Transport | None:
+    """The asyncio transport under anyio's plain TCP stream, else None (trio, TLS)."""
+    transport = getattr(stream, "_transport", None)
+    protocol = getattr(stream, "_protocol", None)
+    if hasattr(transport, "set_protocol") and hasattr(protocol, "read_queue"):
+        return cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+    return None

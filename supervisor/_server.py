@@ -28,8 +28,8 @@ import platform
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -44,6 +44,7 @@ from websockets.typing import Subprotocol
 
 from actors import ALL, Backplane, Clock, MonotonicClock
 
+from ._aio import TransportStream, hooks_are_sync, serve_sockets
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
@@ -69,6 +70,8 @@ _CLOSED_STREAM_ERRORS = (
 )
 # websockets logs every handshake at INFO through this logger; wsup logs its own lines.
 _PROTOCOL_LOGGER = logging.getLogger("websockets.server")
+#: A socket as the handshake code sees it: anyio's stream, or asyncio's transport.
+AnyStream = anyio.abc.ByteStream | TransportStream
 
 try:
     from importlib.metadata import version as _dist_version
@@ -186,7 +189,7 @@ class Server:
         self._drain_started = False
         # websockets' own server defaults: 4 KiB windows and memLevel 5 keep each
         # compressed connection's zlib state small (the library default is ~10x more).
-        self._compression = (
+        self.compression = (
             [
                 ServerPerMessageDeflateFactory(
                     server_max_window_bits=12,
@@ -197,6 +200,9 @@ class Server:
             if self.config.compression
             else None
         )
+        self.protocol_logger = _PROTOCOL_LOGGER
+        #: Whether handshakes can be decided inside transport callbacks (set by serve()).
+        self.sync_handshakes = False
         self.counters = _HotCounters(self.metrics)
         # Labelled children resolved once: ``.labels()`` locks and hashes per call.
         self.handshakes = {r: self.metrics.handshakes.labels(result=r) for r in HANDSHAKE_RESULTS}
@@ -227,6 +233,7 @@ class Server:
         app.server = self
         self._accept_scope = anyio.CancelScope()
         self._stop = anyio.Event()
+        self.sync_handshakes = hooks_are_sync(self)
         self.loop_token = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
@@ -260,7 +267,13 @@ class Server:
                         version=VERSION,
                     )
                     task_status.started(self)
-                    await self._stop.wait()
+                    try:
+                        await self._stop.wait()
+                    finally:
+                        # Callback-mode connections have no task a cancellation reaches.
+                        for conn in list(self.connections):
+                            if conn.uses_callbacks:
+                                conn.abort()
                     tg.cancel_scope.cancel()
                 for hook in app.on_shutdown:
                     with anyio.CancelScope(shield=True):
@@ -305,17 +318,30 @@ class Server:
         return listeners
 
     async def _accept_all(self, listeners: list[tuple[anyio.abc.SocketListener, bool]]) -> None:
+        callbacks = _backend_name().startswith("asyncio") and self.config.ssl is None
         async with anyio.create_task_group() as ops:
             # The metrics port keeps answering after "stop accepting": probes and
             # scrapes must reach a node that still serves its connections.
-            for listener, ops_only in listeners:
-                if ops_only:
-                    ops.start_soon(self._accept_loop, listener, True)
+            self._serve(ops, [(lst, o) for lst, o in listeners if o], callbacks)
             with self._accept_scope:
                 async with anyio.create_task_group() as main:
-                    for listener, ops_only in listeners:
-                        if not ops_only:
-                            main.start_soon(self._accept_loop, listener, False)
+                    self._serve(main, [(lst, o) for lst, o in listeners if not o], callbacks)
+
+    def _serve(
+        self,
+        tg: anyio.abc.TaskGroup,
+        listeners: list[tuple[anyio.abc.SocketListener, bool]],
+        callbacks: bool,
+    ) -> None:
+        if not listeners:
+            return
+        if callbacks:
+            # asyncio, plain TCP: accept and handshake in transport callbacks (see _aio).
+            raw = anyio.abc.SocketAttribute.raw_socket
+            tg.start_soon(serve_sockets, self, [(lst.extra(raw), o) for lst, o in listeners])
+        else:
+            for listener, ops_only in listeners:
+                tg.start_soon(self._accept_loop, listener, ops_only)
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, ops_only: bool) -> None:
         assert self._tg is not None
@@ -330,6 +356,13 @@ class Server:
                 await anyio.sleep(0.1)
                 continue
             self._tg.start_soon(self._handle_safely, stream, ops_only)
+
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``fn`` in the server's task group; False once the server is stopping."""
+        if self._tg is None:
+            return False
+        self._tg.start_soon(fn)
+        return True
 
     def stop_accepting(self) -> None:
         """Close the listeners but keep serving open connections; ``/readyz`` turns 503."""
@@ -406,7 +439,10 @@ class Server:
         finally:
             self.states["handshaking"].dec()
         if conn is not None:
-            await conn.run()
+            if conn.uses_callbacks:
+                conn.start()  # asyncio: callbacks from here on, this task ends
+            else:
+                await conn.run()
 
     async def _handle_safely(self, stream: anyio.abc.ByteStream, ops_only: bool) -> None:
         # One socket's unexpected error must never take the server down.
@@ -422,8 +458,8 @@ class Server:
         config = self.config
         protocol = ServerProtocol(
             max_size=config.max_size,
-            extensions=self._compression,
-            logger=_PROTOCOL_LOGGER,
+            extensions=self.compression,
+            logger=self.protocol_logger,
         )
         request: WSRequest | None = None
         with anyio.move_on_after(config.handshake_timeout):
@@ -449,21 +485,29 @@ class Server:
                 if events:
                     request = events[0]  # type: ignore[assignment]
                 elif protocol.handshake_exc is not None:
-                    await self._bad_request(stream, protocol)
+                    await self.bad_request(stream, protocol)
                     return None
         if request is None:
             self.handshakes["timeout"].inc()
-            await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
+            await self.handshake_timed_out(stream, protocol)
             return None
         path, query = split_target(request.path)
         if ops_only and path not in ("/healthz", "/readyz", "/metrics"):
-            await self._respond(
-                stream, protocol, _plain(404, "this port serves /metrics, /healthz, /readyz\n")
-            )
+            await self.ops_only_answer(stream, protocol)
             return None
-        return await self._decide(stream, protocol, request, path, query, started)
+        return await self.decide(stream, protocol, request, path, query, started)
 
-    async def _bad_request(self, stream: anyio.abc.ByteStream, protocol: ServerProtocol) -> None:
+    async def handshake_timed_out(self, stream: AnyStream, protocol: ServerProtocol) -> None:
+        """Answer a request that did not arrive within ``handshake_timeout``."""
+        await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
+
+    async def ops_only_answer(self, stream: AnyStream, protocol: ServerProtocol) -> None:
+        """Answer a request on the metrics port for anything but the ops endpoints."""
+        await self._respond(
+            stream, protocol, _plain(404, "this port serves /metrics, /healthz, /readyz\n")
+        )
+
+    async def bad_request(self, stream: AnyStream, protocol: ServerProtocol) -> None:
         self.handshakes["failed"].inc()
         writes = protocol.data_to_send()
         if any(writes):  # websockets already answered (431, 414)
@@ -484,7 +528,7 @@ class Server:
         await _close_quietly(stream)
 
     async def _respond(
-        self, stream: anyio.abc.ByteStream, protocol: ServerProtocol, response: Response
+        self, stream: AnyStream, protocol: ServerProtocol, response: Response
     ) -> None:
         if not protocol.eof_sent:
             protocol.send_response(response)
@@ -493,7 +537,7 @@ class Server:
 
     def _request(
         self,
-        stream: anyio.abc.ByteStream,
+        stream: AnyStream,
         request: WSRequest,
         path: str,
         query: dict[str, list[str]],
@@ -519,9 +563,9 @@ class Server:
             subprotocols=tuple(offered),
         )
 
-    async def _decide(
+    async def decide(
         self,
-        stream: anyio.abc.ByteStream,
+        stream: AnyStream,
         protocol: ServerProtocol,
         ws_request: WSRequest,
         path: str,
@@ -622,7 +666,19 @@ class Server:
             self.handshakes["failed"].inc()
             await _close_quietly(stream)
             return None
-        conn = Connection(self, stream, protocol, request, route, subprotocol)
+        if isinstance(stream, TransportStream):
+            # Callback mode never reads or writes through ``stream``.
+            conn = Connection(
+                self,
+                cast(anyio.abc.ByteStream, stream),
+                protocol,
+                request,
+                route,
+                subprotocol,
+                transport=stream.transport,
+            )
+        else:
+            conn = Connection(self, stream, protocol, request, route, subprotocol)
         self._spawn(conn, route, verdict)
         self.connections.add(conn)
         self.states["open"].inc()
@@ -837,14 +893,17 @@ class _HotCounters:
             counter.flush()
 
 
-async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
+async def _send_all(stream: AnyStream, chunks: Sequence[bytes]) -> None:
     data = b"".join(chunks)
     if data:
         with contextlib.suppress(*_CLOSED_STREAM_ERRORS):
             await stream.send(data)
 
 
-async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
+async def _close_quietly(stream: anyio.abc.AsyncResource | TransportStream) -> None:
+    if isinstance(stream, TransportStream):
+        stream.transport.close()  # may run in a transport callback: no cancel scope there
+        return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await stream.aclose()
 

@@ -1,0 +1,314 @@
+"""asyncio fast path for plain TCP: accepting and handshaking in transport callbacks.
+
+Theory of operation: on asyncio, without TLS, each listening socket is served by
+``loop.create_server`` with a :class:`HandshakeProtocol` per accepted socket
+instead of an accept task and a task per socket. The protocol feeds the request
+into websockets' ``ServerProtocol`` as bytes arrive, under the handshake
+timeout (a loop timer), then pauses reading and runs the server's decision —
+routing, limits, Origin, hooks, the answer — synchronously when the app's
+hooks are plain functions, in a task otherwise. An accepted socket becomes a
+callback-mode :class:`~supervisor._connection.Connection`: its transport is
+handed a new protocol and what the parser already holds is processed.
+
+The decision code is shared with the stream path (trio, TLS): it talks to the
+socket through a :class:`TransportStream`, which has the few ``ByteStream``
+methods it uses and never suspends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Coroutine, Generator
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.abc
+import structlog
+from websockets.http11 import Request as WSRequest
+from websockets.server import ServerProtocol
+
+from ._request import split_target
+
+if TYPE_CHECKING:
+    from ._app import RouteOptions
+    from ._connection import Connection
+    from ._server import Server
+
+__all__ = [
+    "HandshakeProtocol",
+    "TransportStream",
+    "enter_callback",
+    "exit_callback",
+    "hooks_are_sync",
+    "serve_sockets",
+]
+
+_log = structlog.get_logger("wsup.server")
+
+try:
+    import sniffio
+
+    _library: Any = sniffio.thread_local
+except ImportError:  # pragma: no cover - anyio then asks asyncio, which works in callbacks
+    _library = None
+
+
+def enter_callback() -> str | None:
+    """Mark a transport callback as running on asyncio; returns what to restore.
+
+    Outside a task sniffio cannot tell that asyncio is running, and anyio asks
+    it whenever an anyio object is made (a cancel scope for a new task, an
+    event). Pair with :func:`exit_callback`.
+    """
+    if _library is None:
+        return None
+    previous: str | None = _library.name
+    _library.name = "asyncio"
+    return previous
+
+
+def exit_callback(previous: str | None) -> None:
+    """Undo :func:`enter_callback`."""
+    if _library is not None:
+        _library.name = previous
+
+
+class TransportStream:
+    """The parts of an anyio ``ByteStream`` the handshake uses, over an asyncio transport.
+
+    ``send`` writes without waiting: an HTTP answer or a 101 is small, and the
+    transport buffers what the socket does not take at once.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    async def send(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            raise anyio.BrokenResourceError
+        self.transport.write(data)
+
+    async def aclose(self) -> None:
+        self.transport.close()
+
+    def extra(self, attribute: Any, default: Any = None) -> Any:
+        if attribute is anyio.abc.SocketAttribute.remote_address:
+            peer = self.transport.get_extra_info("peername")
+            return default if peer is None else peer
+        return default
+
+
+def hooks_are_sync(server: Server) -> bool:
+    """Whether every handshake hook and HTTP route of the app is a plain function.
+
+    Then the decision never suspends and can run inside a transport callback.
+    """
+    app = server.app
+    hooks: list[Any] = [*app.hooks, *app.http_routes.values()]
+    for route in app.router:
+        hook = cast("RouteOptions", route.target).hook
+        if hook is not None:
+            hooks.append(hook)
+    return all(
+        (inspect.isfunction(fn) or inspect.ismethod(fn)) and not inspect.iscoroutinefunction(fn)
+        for fn in hooks
+    )
+
+
+class HandshakeProtocol(asyncio.Protocol):
+    """One accepted socket, from ``connection_made`` until its handshake is decided."""
+
+    __slots__ = (
+        "_decided",
+        "_ops_only",
+        "_protocol",
+        "_server",
+        "_started",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(self, server: Server, ops_only: bool) -> None:
+        self._server = server
+        self._ops_only = ops_only
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._decided = False
+        self._started = 0.0
+        self._protocol = ServerProtocol(
+            max_size=server.config.max_size,
+            extensions=server.compression,
+            logger=server.protocol_logger,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self._server
+        self._transport = transport = cast(asyncio.Transport, transport)
+        # Writing pauses as soon as the socket does not take everything: the
+        # connection's outbound buffer, not the transport's, holds the backlog.
+        transport.set_write_buffer_limits(0)
+        self._started = server.clock.now()
+        server.states["handshaking"].inc()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(server.config.handshake_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        previous = enter_callback()
+        try:
+            self._received(data)
+        finally:
+            exit_callback(previous)
+
+    def _received(self, data: bytes) -> None:
+        protocol = self._protocol
+        protocol.receive_data(data)
+        if self._decided:
+            return  # read before pausing took effect: the parser keeps it for the connection
+        events = protocol.events_received()
+        if events:
+            self._settle()
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._decide(cast(WSRequest, events[0]))
+        elif protocol.handshake_exc is not None:
+            self._settle()
+            self._run(self._server.bad_request(self._stream(), protocol))
+
+    def eof_received(self) -> bool:
+        if not self._decided:
+            self._failed()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._decided:
+            self._failed()
+
+    def _stream(self) -> TransportStream:
+        assert self._transport is not None
+        return TransportStream(self._transport)
+
+    def _settle(self) -> None:
+        self._decided = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._server.states["handshaking"].dec()
+
+    def _failed(self) -> None:
+        self._settle()
+        self._server.handshakes["failed"].inc()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _timed_out(self) -> None:
+        if not self._decided:
+            self._settle()
+            self._server.handshakes["timeout"].inc()
+            previous = enter_callback()
+            try:
+                self._run(self._server.handshake_timed_out(self._stream(), self._protocol))
+            finally:
+                exit_callback(previous)
+
+    def _decide(self, request: WSRequest) -> None:
+        server = self._server
+        path, query = split_target(request.path)
+        stream = self._stream()
+        if self._ops_only and path not in ("/healthz", "/readyz", "/metrics"):
+            self._run(server.ops_only_answer(stream, self._protocol))
+            return
+        decision = server.decide(stream, self._protocol, request, path, query, self._started)
+        if server.sync_handshakes:
+            self._run(decision, then=_start_connection)
+        elif not server.start_soon(lambda: _in_task(decision)):
+            decision.close()
+            stream.transport.abort()
+
+    def _run(
+        self,
+        coro: Coroutine[Any, Any, Connection | None],
+        then: Any = None,
+    ) -> None:
+        """Run ``coro`` to the end here if it never suspends, else finish it in a task."""
+        try:
+            yielded = coro.send(None)
+        except StopIteration as done:
+            if then is not None:
+                then(done.value)
+        except Exception:
+            _log.exception("connection.failed")
+            assert self._transport is not None
+            self._transport.abort()
+        else:
+            # A plain hook returned an awaitable: it needs a task from here on.
+            if not self._server.start_soon(lambda: _in_task(_Resume(coro, yielded))):
+                coro.close()
+                assert self._transport is not None
+                self._transport.abort()
+
+
+def _start_connection(conn: Connection | None) -> None:
+    if conn is not None:
+        conn.start()
+
+
+async def _in_task(awaitable: Any) -> None:
+    try:
+        _start_connection(await awaitable)
+    except Exception:
+        _log.exception("connection.failed")
+
+
+class _Resume:
+    """Awaits the rest of a coroutine that first ran, and suspended, outside a task."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value = self._yielded
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def serve_sockets(server: Server, sockets: list[tuple[socket.socket, bool]]) -> None:
+    """Serve ``(listening socket, ops_only)`` pairs until cancelled, then stop accepting.
+
+    The sockets stay owned by the caller: each server gets a duplicate.
+    """
+    loop = asyncio.get_running_loop()
+    servers: list[asyncio.Server] = []
+    try:
+        for sock, ops_only in sockets:
+
+            def factory(ops_only: bool = ops_only) -> HandshakeProtocol:
+                return HandshakeProtocol(server, ops_only)
+
+            servers.append(
+                await loop.create_server(
+                    factory, sock=sock.dup(), backlog=server.config.backlog, start_serving=True
+                )
+            )
+        await anyio.sleep_forever()
+    finally:
+        for aio_server in servers:
+            aio_server.close()
