@@ -386,6 +386,24 @@ class Connection:
                     size=len(item.payload),
                 )
             item = framed
+            transport = self._transport
+            if (
+                transport is not None
+                and not self._outbound
+                and not self._paused
+                and not self._flush_scheduled
+                and self._protocol.state is State.OPEN
+                and not transport.is_closing()
+            ):
+                # Fan-out in callback mode: one write per member, nothing queued
+                # in between (a later send in the same turn coalesces as usual).
+                transport.write(item.payload)
+                self.bytes_out += len(item.payload)
+                self.messages_out += 1
+                counters = self.server.counters
+                (counters.sent_text if item.text else counters.sent_binary).inc(1)
+                counters.sent_bytes.inc(item.size)
+                return True
         try:
             self.enqueue(item, wait_ok=False)
         except OutboundFull:

@@ -23,6 +23,7 @@ start order; each gets ``shutdown_timeout`` seconds before it is cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import math
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import sniffio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -239,6 +241,10 @@ class Supervisor:
         self._pending_restarts: set[anyio.CancelScope] = set()
         self._stopping = False
         self.stopped = anyio.Event()
+        # asyncio: dynamic children started without waiting run as bare tasks
+        # (see start_child_nowait); the loop is set by run().
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bare: set[asyncio.Task[None]] = set()
 
     # -- public ------------------------------------------------------------------
 
@@ -257,13 +263,18 @@ class Supervisor:
         self.runtime.instrumentation.actor_started("supervisor")
         escalation: Escalation | None = None
         self._send, self._receive = anyio.create_memory_object_stream[_Exited | _Shutdown](math.inf)
+        if sniffio.current_async_library() == "asyncio":
+            self._loop = asyncio.get_running_loop()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                for spec in self.spec.children:
-                    await self._start(spec, dynamic=False)
-                task_status.started(self)
-                escalation = await self._supervise()
+                try:
+                    for spec in self.spec.children:
+                        await self._start(spec, dynamic=False)
+                    task_status.started(self)
+                    escalation = await self._supervise()
+                finally:
+                    await self._cancel_bare()
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
@@ -297,9 +308,32 @@ class Supervisor:
         """
         tg = self._require_running()
         child = self._new_child(spec, dynamic=True)
-        tg.start_soon(self._run_child, child, None)
+        if self._loop is not None:
+            # A bare asyncio task: anyio's start_soon adds a handle, a cancel scope
+            # and an event per task, which a connection per child makes costly.
+            # run() cancels and awaits these like its task group's own.
+            task = self._loop.create_task(self._run_child(child, None))
+            self._bare.add(task)
+            task.add_done_callback(self._bare_done)
+        else:
+            tg.start_soon(self._run_child, child, None)
         assert child.cell is not None
         return child.cell.ref
+
+    def _bare_done(self, task: asyncio.Task[None]) -> None:
+        self._bare.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # _run_child turns every failure into an exit; this is a bug in wsup.
+            _log.error("supervisor.child_task_failed", exc_info=task.exception())
+
+    async def _cancel_bare(self) -> None:
+        if not self._bare:
+            return
+        tasks = list(self._bare)
+        for task in tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(tasks)
 
     def shutdown(self, *, drain: bool = False) -> None:
         """Stop every child (draining their mailboxes first if ``drain``), then return from
