@@ -468,10 +468,17 @@ class Cell:
         kind = self.kind
         draining = False
         budget = _BATCH
+        pending = mailbox.pending
         while True:
-            try:
+            if pending():
                 item = mailbox.get_nowait()
-            except anyio.WouldBlock:
+                budget -= 1
+                if budget <= 0:
+                    budget = _BATCH
+                    await anyio.lowlevel.checkpoint()
+            else:
+                # Not waiting inside an except clause: an idle actor would keep the
+                # exception, its traceback and their frames alive.
                 if draining:
                     return Exit(ExitKind.DRAINED)
                 budget = _BATCH
@@ -479,11 +486,6 @@ class Cell:
                     item = await mailbox.get()
                 except anyio.EndOfStream:
                     return Exit(ExitKind.STOPPED)
-            else:
-                budget -= 1
-                if budget <= 0:
-                    budget = _BATCH
-                    await anyio.lowlevel.checkpoint()
             if item.__class__ is not Envelope:
                 if item is _Signal.STOP:
                     return Exit(ExitKind.STOPPED)

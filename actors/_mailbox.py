@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -85,6 +85,11 @@ class MailboxStatistics:
     total_wait_seconds: float
 
 
+#: The queue of every mailbox that has not had a message yet. ``maxlen=0`` keeps it
+#: empty for good (an append would be discarded); _append replaces it first.
+_NO_QUEUE: deque[Any] = deque(maxlen=0)
+
+
 class Mailbox(Generic[T]):
     """A bounded FIFO mailbox for one consumer.
 
@@ -130,7 +135,8 @@ class Mailbox(Generic[T]):
         self._clock: Clock = clock or MonotonicClock()
         self._checkpoint, self._new_event = primitives()
         self._on_drop = on_drop
-        self._queue: deque[tuple[T, float]] = deque()
+        # Shared and always empty until the first message: idle mailboxes stay small.
+        self._queue: deque[tuple[T, float]] = _NO_QUEUE
         # Rarely used; created on first use so that idle mailboxes stay small.
         self._control: deque[T] | None = None
         self._getter: Waiter | None = None
@@ -163,6 +169,8 @@ class Mailbox(Generic[T]):
 
     def _append(self, message: T) -> None:
         queue = self._queue
+        if queue is _NO_QUEUE:
+            queue = self._queue = deque()
         queue.append((message, self._clock.now()))
         self._received += 1
         if len(queue) > self._high_water:
@@ -279,6 +287,10 @@ class Mailbox(Generic[T]):
             self._getter.set()
             self._getter = None
 
+    def pending(self) -> bool:
+        """Whether :meth:`get_nowait` would return something now."""
+        return bool(self._control or self._queue)
+
     def get_nowait(self) -> T:
         """Take the next control signal, else the oldest message.
 
@@ -305,19 +317,20 @@ class Mailbox(Generic[T]):
         """
         yielded = False
         while True:
-            try:
+            # No try/except WouldBlock: waiting inside an except clause would keep
+            # the exception and its traceback alive for as long as the actor idles.
+            if self._control or self._queue:
                 return self.get_nowait()
-            except anyio.WouldBlock:
-                if self._closed:
-                    raise anyio.EndOfStream from None
-                if not yielded:
-                    # Let runnable senders go first: a busy actor then finds its next
-                    # message without the cost of an event wait and wake-up.
-                    yielded = True
-                    await self._checkpoint()
-                    continue
-                event = self._getter = self._new_event()
-                await event.wait()
+            if self._closed:
+                raise anyio.EndOfStream
+            if not yielded:
+                # Let runnable senders go first: a busy actor then finds its next
+                # message without the cost of an event wait and wake-up.
+                yielded = True
+                await self._checkpoint()
+                continue
+            event = self._getter = self._new_event()
+            await event.wait()
 
     def close(self) -> list[T]:
         """Refuse further messages, wake blocked senders, and return what was queued.

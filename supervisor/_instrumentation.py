@@ -93,12 +93,20 @@ class MetricsInstrumentation(Instrumentation):
         self.metrics = metrics
         self._wait = BatchedHistogram(metrics.mailbox_wait)
         self._processing = BatchedHistogram(metrics.message_processing)
+        # Actors start and stop with every connection: children resolved once.
+        self._actors: dict[str, Any] = {}
         metrics.add_flusher(self.flush)
 
     def flush(self) -> None:
         """Add batched observations to the histograms (before a scrape, and every second)."""
         self._wait.flush()
         self._processing.flush()
+
+    def _actor_gauge(self, kind: str) -> Any:
+        gauge = self._actors.get(kind)
+        if gauge is None:
+            gauge = self._actors[kind] = self.metrics.actors.labels(kind=kind)
+        return gauge
 
     def message_processed(self, kind: str, wait: float, duration: float) -> None:
         """Observe mailbox wait and processing time (batched: see :class:`BatchedHistogram`)."""
@@ -120,11 +128,11 @@ class MetricsInstrumentation(Instrumentation):
 
     def actor_started(self, kind: str) -> None:
         """One more live actor of ``kind``."""
-        self.metrics.actors.labels(kind=kind).inc()
+        self._actor_gauge(kind).inc()
 
     def actor_stopped(self, kind: str) -> None:
         """One fewer live actor of ``kind``."""
-        self.metrics.actors.labels(kind=kind).dec()
+        self._actor_gauge(kind).dec()
 
     def actor_crashed(self, kind: str) -> None:
         """Count a crash."""

@@ -11,7 +11,6 @@ could never be sent). What happens to a message that does not fit is the pure
 from __future__ import annotations
 
 import enum
-from collections import deque
 from dataclasses import dataclass
 
 __all__ = [
@@ -93,7 +92,7 @@ class OutboundBuffer:
         limit: the high-water mark in payload bytes.
         policy: what to do with a message that does not fit.
 
-    Cost: O(1) per message, plus O(k) to evict k messages.
+    Cost: O(1) per message, plus O(n) to evict from n queued messages.
     """
 
     __slots__ = ("_items", "bytes", "dropped", "limit", "policy")
@@ -103,7 +102,9 @@ class OutboundBuffer:
             raise ValueError(f"outbound limit must be >= 1 byte, got {limit}")
         self.limit = limit
         self.policy = policy
-        self._items: deque[OutboundItem] = deque()
+        # A list, not a deque: an empty deque costs 760 bytes per idle connection,
+        # and the buffer is emptied whole (take_all) far more often than evicted from.
+        self._items: list[OutboundItem] = []
         self.bytes = 0
         self.dropped = 0
 
@@ -127,22 +128,23 @@ class OutboundBuffer:
         """
         evicted = 0
         items = self._items
-        while items and self.bytes + size > self.limit:
-            self.bytes -= len(items.popleft().payload)
+        while evicted < len(items) and self.bytes + size > self.limit:
+            self.bytes -= len(items[evicted].payload)
             evicted += 1
+        del items[:evicted]
         self.dropped += evicted
         return evicted
 
     def take_all(self) -> list[OutboundItem]:
         """Remove and return every queued message, oldest first."""
-        items = list(self._items)
-        self._items.clear()
+        items = self._items
+        self._items = []
         self.bytes = 0
         return items
 
     def clear(self) -> int:
         """Discard everything; return how many messages were discarded."""
         count = len(self._items)
-        self._items.clear()
+        self._items = []
         self.bytes = 0
         return count

@@ -250,6 +250,8 @@ class TrustedProxies:
             result is always ``peer_ip`` or an address found in the headers.
             See the module documentation for the walk. Never raises.
         """
+        if not self._networks:
+            return peer_ip  # nothing is trusted: no need to parse the peer's address
         peer = _parse_ip(peer_ip)
         if peer is None or not self._trusts(peer):
             return peer_ip

@@ -62,6 +62,8 @@ from .metrics import CONNECTION_STATES, HANDSHAKE_RESULTS, Metrics
 __all__ = ["Server", "serve"]
 
 _log = structlog.get_logger("wsup.server")
+#: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
+_std_log = logging.getLogger("wsup.server")
 _CLOSED_STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
@@ -203,12 +205,9 @@ class Server:
         self.protocol_logger = _PROTOCOL_LOGGER
         #: Whether handshakes can be decided inside transport callbacks (set by serve()).
         self.sync_handshakes = False
-        self.counters = _HotCounters(self.metrics)
-        # Labelled children resolved once: ``.labels()`` locks and hashes per call.
-        self.handshakes = {r: self.metrics.handshakes.labels(result=r) for r in HANDSHAKE_RESULTS}
-        self.states: dict[str, Any] = {
-            s: self.metrics.connections.labels(state=s) for s in CONNECTION_STATES
-        }
+        self.counters = counters = _HotCounters(self.metrics)
+        self.handshakes = counters.handshakes
+        self.states = counters.states
         # Read at scrape time rather than updated per message.
         self.metrics.mailbox_messages.set_function(
             lambda: float(self.runtime.statistics().mailbox_messages)
@@ -682,11 +681,15 @@ class Server:
         self._spawn(conn, route, verdict)
         self.connections.add(conn)
         self.states["open"].inc()
-        metrics.connections_accepted.inc()
+        counters = self.counters
+        counters.accepted.inc()
         self.handshakes["accepted"].inc()
-        metrics.handshake_duration.observe(self.clock.now() - started)
+        counters.handshake_duration.observe(self.clock.now() - started)
         self.schedule_keepalive(conn)
-        _log.debug("connection.opened", conn=conn.address, path=path, client=request.client_address)
+        if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
+            _log.debug(
+                "connection.opened", conn=conn.address, path=path, client=request.client_address
+            )
         return conn
 
     async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
@@ -746,22 +749,24 @@ class Server:
         self.connections.discard(conn)
         self._forget_keepalive(conn)
         duration = self.clock.now() - conn.opened_at
-        self.metrics.connections_closed.labels(reason=label, initiator=initiator).inc()
-        self.metrics.connection_duration.observe(duration)
-        _log.info(
-            "connection.closed",
-            conn=conn.address,
-            path=conn.request.path,
-            client=conn.request.client_address,
-            duration=round(duration, 3),
-            code=code,
-            reason=reason,
-            initiator=initiator,
-            messages_in=conn.messages_in,
-            messages_out=conn.messages_out,
-            bytes_in=conn.bytes_in,
-            bytes_out=conn.bytes_out,
-        )
+        counters = self.counters
+        counters.closed(label, initiator).inc()
+        counters.connection_duration.observe(duration)
+        if _std_log.isEnabledFor(logging.INFO):  # filtered structlog calls still cost
+            _log.info(
+                "connection.closed",
+                conn=conn.address,
+                path=conn.request.path,
+                client=conn.request.client_address,
+                duration=round(duration, 3),
+                code=code,
+                reason=reason,
+                initiator=initiator,
+                messages_in=conn.messages_in,
+                messages_out=conn.messages_out,
+                bytes_in=conn.bytes_in,
+                bytes_out=conn.bytes_out,
+            )
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
@@ -859,29 +864,62 @@ class Server:
 
 
 class _HotCounters:
-    """The per-message counters, batched (see :class:`BatchedCounter`) and flushed
-    with the metrics: ``.labels()`` and ``.inc()`` each take a lock per call."""
+    """The metrics updated per message and per connection.
+
+    Per-message counts are batched (see :class:`BatchedCounter`) and flushed
+    with the metrics: ``.inc()`` takes a lock per call. Per-connection metrics
+    stay exact at any moment (in multiprocess mode too), but their labelled
+    children are resolved once: ``.labels()`` locks and hashes per call.
+    """
 
     __slots__ = (
+        "_closed",
+        "_metrics",
+        "accepted",
+        "connection_duration",
+        "handshake_duration",
+        "handshakes",
         "received_binary",
         "received_bytes",
         "received_text",
         "sent_binary",
         "sent_bytes",
         "sent_text",
+        "states",
     )
 
     def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
         self.received_text = BatchedCounter(metrics.messages_received.labels(kind="text"))
         self.received_binary = BatchedCounter(metrics.messages_received.labels(kind="binary"))
         self.received_bytes = BatchedCounter(metrics.received_bytes)
         self.sent_text = BatchedCounter(metrics.messages_sent.labels(kind="text"))
         self.sent_binary = BatchedCounter(metrics.messages_sent.labels(kind="binary"))
         self.sent_bytes = BatchedCounter(metrics.sent_bytes)
+        self.accepted = metrics.connections_accepted
+        self.handshakes: dict[str, Any] = {
+            r: metrics.handshakes.labels(result=r) for r in HANDSHAKE_RESULTS
+        }
+        #: Connections by state (gauges).
+        self.states: dict[str, Any] = {
+            s: metrics.connections.labels(state=s) for s in CONNECTION_STATES
+        }
+        self.handshake_duration = metrics.handshake_duration
+        self.connection_duration = metrics.connection_duration
+        self._closed: dict[tuple[str, str], Any] = {}
         metrics.add_flusher(self.flush)
 
+    def closed(self, reason: str, initiator: str) -> Any:
+        """The ``wsup_connections_closed_total`` child for ``reason`` and ``initiator``."""
+        counter = self._closed.get((reason, initiator))
+        if counter is None:
+            counter = self._closed[reason, initiator] = self._metrics.connections_closed.labels(
+                reason=reason, initiator=initiator
+            )
+        return counter
+
     def flush(self) -> None:
-        """Add the batched counts to the counters."""
+        """Add the batched per-message counts to the counters."""
         for counter in (
             self.received_text,
             self.received_binary,

@@ -405,6 +405,16 @@ class Supervisor:
         child.done.set()
         if not started:
             task_status.started()
+        if (
+            not child.expected
+            and generation == child.generation
+            and child in self._children
+            and self._ends_for_good(child, exit_)
+        ):
+            # Nothing to decide (a connection that closed, say): finish here, without
+            # a round trip through _supervise's queue and task.
+            self._finish(child, exit_)
+            return
         if self._send is not None:
             with contextlib.suppress(anyio.ClosedResourceError):
                 self._send.send_nowait(_Exited(child, exit_, generation))
@@ -437,16 +447,20 @@ class Supervisor:
                 return escalation
         return None  # pragma: no cover - the stream never ends while we hold a sender
 
+    def _ends_for_good(self, child: _Child, exit_: Exit) -> bool:
+        """Whether ``exit_`` ends ``child`` without a restart or a crash to report."""
+        if self._stopping:
+            # Shutting down: a child that ends now, for whatever reason, stays ended.
+            return True
+        kind = exit_.kind
+        return kind in (ExitKind.STOPPED, ExitKind.DRAINED) or (
+            kind is ExitKind.EXITED and child.spec.restart is not Restart.PERMANENT
+        )
+
     async def _on_exit(self, child: _Child, exit_: Exit) -> Escalation | None:
         spec = child.spec
         kind = exit_.kind
-        if self._stopping:
-            # Shutting down: a child that ends now, for whatever reason, stays ended.
-            self._finish(child, exit_)
-            return None
-        if kind in (ExitKind.STOPPED, ExitKind.DRAINED) or (
-            kind is ExitKind.EXITED and spec.restart is not Restart.PERMANENT
-        ):
+        if self._ends_for_good(child, exit_):
             self._finish(child, exit_)
             return None
         error = exit_.error
