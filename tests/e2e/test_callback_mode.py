@@ -1,0 +1,108 @@
+"""The asyncio fast path: plain TCP connections handled in transport callbacks.
+
+On asyncio without TLS, handshakes are decided and connections served in
+transport callbacks (``supervisor._aio``); trio and TLS use reader and writer
+tasks. Both paths run every other test in the suite; these tests pin which
+path a connection takes and the corners only the callback path has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from examples.echo import Echo
+from examples.echo import app as echo_app
+from supervisor import Accept, App, Handler, Request
+from tests.helpers.clients import open_ws
+from tests.helpers.metrics import sample
+from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import eventually, in_thread
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_plain_tcp_connections_run_in_callbacks_on_asyncio_only(
+    anyio_backend_name: str,
+) -> None:
+    """An echo connection is served in transport callbacks on asyncio, by tasks on trio."""
+    async with running_server(echo_app) as server:
+        ws = await in_thread(open_ws, ws_url(server, "/echo"))
+        try:
+            await in_thread(ws.send, "ping")
+            assert await in_thread(ws.recv, 5) == "ping"
+            (conn,) = server.connections
+            assert conn.uses_callbacks is (anyio_backend_name == "asyncio")
+            assert server.sync_handshakes  # the echo app has no handshake hooks
+        finally:
+            await in_thread(ws.close)
+        await eventually(lambda: not server.connections)
+    assert sample(server, "wsup_connections_closed_total", reason="normal", initiator="client") == 1
+
+
+async def _welcome_later(request: Request) -> Accept:
+    await anyio.sleep(0.01)  # really suspends: on asyncio, outside any task at first
+    return Accept(headers=[("X-Welcome", request.path)])
+
+
+def _plain_returning_awaitable(request: Request) -> Awaitable[Accept]:
+    return _welcome_later(request)
+
+
+@pytest.mark.parametrize(
+    ("hook", "decided_in_callback"),
+    [
+        (_welcome_later, False),  # async def: the decision runs in a task
+        (_plain_returning_awaitable, True),  # plain, but the awaitable suspends: finished in a task
+    ],
+    ids=["async", "plain-returning-awaitable"],
+)
+async def test_hooks_that_suspend_complete_the_handshake(
+    hook: Callable[[Request], Any], decided_in_callback: bool
+) -> None:
+    """A hook that awaits something real completes the handshake on every path."""
+    app = App()
+    app.handshake(hook)
+    app.add_route("/echo", Echo)
+    async with running_server(app) as server:
+        assert server.sync_handshakes is decided_in_callback
+
+        def talk() -> tuple[str | None, str | bytes]:
+            with open_ws(ws_url(server, "/echo")) as ws:
+                assert ws.response is not None
+                ws.send("hello")
+                return ws.response.headers.get("X-Welcome"), ws.recv(timeout=5)
+
+        assert await in_thread(talk) == ("/echo", "hello")
+    assert sample(server, "wsup_handshakes_total", result="accepted") == 1
+
+
+class _Burst(Handler):
+    """Sends ``n`` numbered messages, then "done", for a message ``n``."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        for number in range(int(message)):
+            await self.conn.send(f"{number:05d}")
+        await self.conn.send("done")
+
+
+async def test_a_burst_of_sends_arrives_complete_and_in_order() -> None:
+    """Sends made in one turn of the loop leave in one write; nothing is lost or reordered."""
+    app = App()
+    app.add_route("/burst", _Burst)
+    async with running_server(app) as server:
+
+        def burst() -> list[str | bytes]:
+            with open_ws(ws_url(server, "/burst")) as ws:
+                ws.send("3000")
+                received: list[str | bytes] = []
+                while not received or received[-1] != "done":
+                    received.append(ws.recv(timeout=5))
+                return received
+
+        received = await in_thread(burst)
+    assert received == [f"{number:05d}" for number in range(3000)] + ["done"]
+    assert sample(server, "wsup_messages_sent_total", kind="text") == 3001
