@@ -189,6 +189,9 @@ class Mailbox(Generic[T]):
         if self._closed:
             raise MailboxClosed(self.address)
         config = self.config
+        if len(self._queue) < config.capacity:  # decide_overflow's ACCEPT, inlined
+            self._append(message)
+            return
         verdict = decide_overflow(config.policy, len(self._queue), config.capacity)
         if verdict is Overflow.ACCEPT:
             self._append(message)
