@@ -14,6 +14,7 @@ the address, its names and its groups.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,9 +72,21 @@ class Actor:
 
 
 async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
-    if inspect.iscoroutinefunction(fn):
+    function = getattr(fn, "__func__", None)  # a method: its function is a stable key
+    is_async = (
+        _is_coroutine_function(function)
+        if function is not None
+        else inspect.iscoroutinefunction(fn)
+    )
+    if is_async:
         return await fn(*args)
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_coroutine_function(function: Callable[..., Any]) -> bool:
+    # Asked for the hooks of every actor that starts: looked up once per method.
+    return inspect.iscoroutinefunction(function)
 
 
 class Reply:

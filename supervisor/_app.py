@@ -184,7 +184,8 @@ class Handler(Actor):
 
     async def started(self) -> None:
         """Run ``on_connect``."""
-        await self._hook(self.on_connect)
+        if type(self).on_connect is not Handler.on_connect:  # the default does nothing
+            await self._hook(self.on_connect)
 
     async def receive(self, message: Any) -> Any:
         """Dispatch client messages to ``on_message`` and the rest to ``on_receive``."""
@@ -194,7 +195,8 @@ class Handler(Actor):
 
     async def stopping(self) -> None:
         """Run ``on_close``."""
-        await self._hook(self.on_close, *self.conn.close_info())
+        if type(self).on_close is not Handler.on_close:  # the default does nothing
+            await self._hook(self.on_close, *self.conn.close_info())
 
     async def _hook(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
