@@ -186,7 +186,7 @@ class _Child:
             spec.intensity if isinstance(spec, ChildSpec) else Intensity(10**9, 1.0)
         )
         self.backoff = BackoffState(spec.backoff)
-        self.scope: anyio.CancelScope | None = None
+        self.scope: anyio.CancelScope | _TaskKill | None = None
         self.done: Waiter = _NOT_RUNNING
         self.running = False
         # Set when the supervisor itself stopped this child, so its exit is not a failure.
@@ -312,7 +312,7 @@ class Supervisor:
             # A bare asyncio task: anyio's start_soon adds a handle, a cancel scope
             # and an event per task, which a connection per child makes costly.
             # run() cancels and awaits these like its task group's own.
-            task = self._loop.create_task(self._run_child(child, None))
+            task = self._loop.create_task(self._run_child(child, None, bare=True))
             self._bare.add(task)
             task.add_done_callback(self._bare_done)
         else:
@@ -375,6 +375,7 @@ class Supervisor:
         child: _Child,
         error: Exception | None,
         *,
+        bare: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
@@ -388,18 +389,33 @@ class Supervisor:
         child.running = True
         child.done = primitives().event()
         exit_ = Exit(ExitKind.KILLED)
-        with anyio.CancelScope() as scope:
-            child.scope = scope
+        if bare:
+            # A bare asyncio task (start_child_nowait): killed by cancelling the task
+            # itself, which costs less than entering and leaving a cancel scope.
+            assert child.cell is not None
+            task = asyncio.current_task()
+            assert task is not None
+            kill = _TaskKill(task)
+            child.scope = kill
             try:
-                if child.cell is not None:
-                    exit_ = await child.cell.run_incarnation(error, on_started=on_started)
-                else:
-                    assert isinstance(child.spec, SupervisorSpec)
-                    child.sup = Supervisor(self.runtime, child.spec)
-                    await child.sup.run(task_status=_Started(on_started))
-                    exit_ = Exit(ExitKind.STOPPED)
-            except Escalation as exc:
-                exit_ = Exit(ExitKind.CRASHED, exc)
+                exit_ = await child.cell.run_incarnation(error, on_started=on_started)
+            except asyncio.CancelledError:
+                if not kill.requested:
+                    raise  # the supervisor itself is going away
+                task.uncancel()
+        else:
+            with anyio.CancelScope() as scope:
+                child.scope = scope
+                try:
+                    if child.cell is not None:
+                        exit_ = await child.cell.run_incarnation(error, on_started=on_started)
+                    else:
+                        assert isinstance(child.spec, SupervisorSpec)
+                        child.sup = Supervisor(self.runtime, child.spec)
+                        await child.sup.run(task_status=_Started(on_started))
+                        exit_ = Exit(ExitKind.STOPPED)
+                except Escalation as exc:
+                    exit_ = Exit(ExitKind.CRASHED, exc)
         child.scope = None
         child.running = False
         child.done.set()
@@ -580,6 +596,21 @@ class Supervisor:
         self._children.pop(child, None)
         if child.cell is not None:
             child.cell.terminate(exit_)
+
+
+class _TaskKill:
+    """Stops a bare asyncio child task, as a cancel scope stops a task-group child."""
+
+    __slots__ = ("_task", "requested")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        self.requested = False
+
+    def cancel(self) -> None:
+        """Cancel the task; its ``_run_child`` then reports the child as killed."""
+        self.requested = True
+        self._task.cancel()
 
 
 class _Started:

@@ -654,6 +654,59 @@ async def test_shutdown_timeout_cancels_a_child_stuck_in_stopping() -> None:
         assert not stuck.alive
 
 
+async def test_a_child_started_without_waiting_is_killed_after_its_shutdown_timeout(
+    anyio_backend_name: str,
+) -> None:
+    """``start_child_nowait`` children (bare tasks on asyncio) obey the shutdown timeout too."""
+    log: list[tuple[str, str]] = []
+    outcome: list[str] = []
+
+    class Stuck(Recorder):
+        async def stopping(self) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                outcome.append("cancelled")
+
+    async with tree(SupervisorSpec()) as t:
+        stuck = t.sup.start_child_nowait(ChildSpec(lambda: Stuck(log, "d"), shutdown_timeout=2.0))
+        # On asyncio the child runs as a bare task, outside the supervisor's task group.
+        assert len(t.sup._bare) == (1 if anyio_backend_name == "asyncio" else 0)
+        await settle()
+        t.sup.shutdown()
+        await settle()
+        await t.clock.step(1.999)
+        assert outcome == []
+        assert stuck.alive
+        await t.clock.step(0.001)
+        assert outcome == ["cancelled"]
+        assert t.sup.stopped.is_set()
+        assert not stuck.alive
+
+
+async def test_a_child_started_without_waiting_is_restarted_and_cancelled_with_the_tree() -> None:
+    """A crashing ``start_child_nowait`` child is restarted; cancelling the tree ends it."""
+    log: list[tuple[str, str]] = []
+
+    class Crashy(Recorder):
+        async def receive(self, message: Any) -> Any:
+            if message == "crash":
+                raise RuntimeError("boom")
+            return await super().receive(message)
+
+    with anyio.CancelScope() as outer:
+        async with tree(SupervisorSpec()) as t:
+            ref = t.sup.start_child_nowait(ChildSpec(lambda: Crashy(log, "d"), backoff=NOW))
+            await ref.tell("crash")
+            await settle()
+            assert ("restarted", "d") in log
+            await ref.tell(1)
+            await settle()
+            assert ("got 1", "d") in log
+            outer.cancel()
+    assert ref.alive is False
+
+
 async def test_shutdown_with_drain_lets_children_finish_their_mailboxes() -> None:
     """``shutdown(drain=True)`` lets each child handle what is queued before stopping."""
     log: list[tuple[str, str]] = []
