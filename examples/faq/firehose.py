@@ -1,5 +1,5 @@
 # examples/faq/firehose.py
-"""A handler that sends as fast as it can: each send is a checkpoint into a bounded buffer."""
+"""A handler that sends as fast as it can, into a bounded buffer, without starving anyone."""
 
 from supervisor import App, ConnectionClosed, Handler, SlowConsumerPolicy
 
@@ -13,7 +13,7 @@ class Firehose(Handler):
         number = 0
         try:
             while True:
-                # No asyncio.sleep(0) needed: send() always lets other tasks run,
+                # No asyncio.sleep(0) needed: send() regularly lets other tasks run,
                 # and a client that reads slower than this meets the route's
                 # slow-consumer policy instead of growing the server's memory.
                 await self.conn.send(f"firehose {number}")
