@@ -654,21 +654,7 @@ class Connection:
         if self._paused or self._finished or self._eof_sent:
             return
         protocol = self._protocol
-        buffer = self._outbound
-        if self._abort_buffer:
-            self._abort_buffer = False
-            buffer.clear()
-        chunks = self._frame(buffer.take_all()) if buffer else []
-        if self._close_pending():
-            code, reason = self._close_request or (1000, "")
-            try:
-                protocol.send_close(code, reason)
-            except InvalidState:
-                pass
-            else:
-                self._record_close("server")
-                self._start_close_timer()
-        chunks.extend(protocol.data_to_send())
+        chunks = self._outgoing()
         if not chunks:
             return
         eof = chunks[-1] == b""
@@ -823,20 +809,7 @@ class Connection:
                     wake = self._writer_wake = self._new_event()
                     await wake.wait()
                     continue
-                if self._abort_buffer:
-                    self._abort_buffer = False
-                    buffer.clear()
-                chunks = self._frame(buffer.take_all())
-                if self._close_pending() and not buffer:
-                    code, reason = self._close_request or (1000, "")
-                    try:
-                        protocol.send_close(code, reason)
-                    except InvalidState:
-                        pass
-                    else:
-                        self._record_close("server")
-                        self._start_close_timer()
-                chunks.extend(protocol.data_to_send())
+                chunks = self._outgoing()
                 eof = bool(chunks) and chunks[-1] == b""
                 payload = b"".join(chunks)
                 if payload:
@@ -878,6 +851,28 @@ class Connection:
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
         self._start_close_timer()
+
+    def _outgoing(self) -> list[bytes]:
+        """What is due on the wire now, in order: the queued messages, framed; the
+        close frame once a close was asked for; what the protocol produced (pongs,
+        the close echo). A final ``b""`` means: half-close the socket after these."""
+        buffer = self._outbound
+        if self._abort_buffer:
+            self._abort_buffer = False
+            buffer.clear()
+        chunks = self._frame(buffer.take_all()) if buffer else []
+        protocol = self._protocol
+        if self._close_pending():
+            code, reason = self._close_request or (1000, "")
+            try:
+                protocol.send_close(code, reason)
+            except InvalidState:
+                pass
+            else:
+                self._record_close("server")
+                self._start_close_timer()
+        chunks.extend(protocol.data_to_send())
+        return chunks
 
     def _close_pending(self) -> bool:
         return self._close_request is not None and self._protocol.close_sent is None
