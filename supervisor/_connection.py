@@ -41,7 +41,16 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from actors import ActorRef, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
+from actors import (
+    ActorRef,
+    Cell,
+    DeadLetter,
+    Exit,
+    ExitKind,
+    MailboxClosed,
+    MailboxFull,
+    MonotonicClock,
+)
 from actors._backend import Waiter, primitives
 
 from ._aio import enter_callback, exit_callback
@@ -174,7 +183,7 @@ class Connection:
         self._loop = asyncio.get_running_loop() if self._transport is not None else None
         self._sends = 0
         self._blocked: tuple[FromClient, list[Frame]] | None = None
-        self._timer: anyio.CancelScope | None = None
+        self._timer: anyio.CancelScope | asyncio.TimerHandle | None = None
         self._finished = False
         self._writing = False
         self._close_request: tuple[int, str] | None = None
@@ -921,8 +930,21 @@ class Connection:
             self._tg.start_soon(self._close_timer)
         elif self._transport is not None:
             self._close_timer_started = True
-            if not self.server.start_soon(self._close_timer):
+            if self._loop is not None and isinstance(self.server.clock, MonotonicClock):
+                # A loop timer, not a task: a drain starts one per connection.
+                self._timer = self._loop.call_later(
+                    self.server.config.close_timeout, self._close_timed_out
+                )
+            elif not self.server.start_soon(self._close_timer):
                 self.abort()  # the server is stopping: no time left to wait
+
+    def _close_timed_out(self) -> None:
+        previous = enter_callback()
+        try:
+            self._timer = None
+            self.abort()
+        finally:
+            exit_callback(previous)
 
     async def _close_timer(self) -> None:
         # The peer has close_timeout seconds to answer our close frame.
