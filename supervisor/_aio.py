@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -231,9 +231,10 @@ class HandshakeProtocol(asyncio.Protocol):
     def _run(
         self,
         coro: Coroutine[Any, Any, Connection | None],
-        then: Any = None,
+        then: Callable[[Connection | None], None] | None = None,
     ) -> None:
-        """Run ``coro`` to the end here if it never suspends, else finish it in a task."""
+        """Run ``coro`` to the end here if it never suspends, else finish it in a task
+        (which starts the connection it returns, if any)."""
         try:
             yielded = coro.send(None)
         except StopIteration as done:
