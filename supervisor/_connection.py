@@ -135,7 +135,6 @@ class Connection:
         "_transport",
         "_writer_done",
         "_writer_wake",
-        "_writing",
         "address",
         "bytes_in",
         "bytes_out",
@@ -177,7 +176,7 @@ class Connection:
         self._space: anyio.Event | None = None
         self._checkpoint, self._new_event = primitives()
         # asyncio, plain TCP: callbacks on the transport instead of reader/writer tasks.
-        self._transport = transport or _asyncio_transport(stream)
+        self._transport = transport
         self._paused = False  # the transport asked us to stop writing (pause_writing)
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop() if self._transport is not None else None
@@ -185,7 +184,6 @@ class Connection:
         self._blocked: tuple[FromClient, list[Frame]] | None = None
         self._timer: anyio.CancelScope | asyncio.TimerHandle | None = None
         self._finished = False
-        self._writing = False
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
         self._abort_buffer = False
@@ -512,31 +510,19 @@ class Connection:
         return self._transport is not None
 
     def start(self) -> None:
-        """Callback mode: take the transport over from the handshake's stream.
+        """Callback mode: take the transport over from the handshake's protocol.
 
-        What the handshake read past the request is already in the parser;
-        anything anyio had buffered but not handed out yet is fed in here.
+        What arrived past the request is already in the parser; reading was
+        paused while the handshake was decided.
         """
         transport = self._transport
         assert transport is not None
-        stream_protocol = getattr(self._stream, "_protocol", None)
         transport.set_protocol(_TransportProtocol(self))
-        leftover = getattr(stream_protocol, "read_queue", ())
-        protocol = self._protocol
-        while leftover:
-            data = leftover.popleft()
-            self.bytes_in += len(data)
-            protocol.receive_data(data)
-        if getattr(stream_protocol, "exception", None) is not None or transport.is_closing():
-            self._process(protocol.events_received())
-            self._on_lost()
-            return
-        if getattr(stream_protocol, "is_at_eof", False):
-            self._on_eof()
-            return
-        self._process(protocol.events_received())
-        if self._blocked is None and not transport.is_closing():
-            transport.resume_reading()  # anyio pauses reading between receives
+        self._process(self._protocol.events_received())
+        if transport.is_closing():
+            self._on_lost()  # the peer left while the handshake was decided
+        elif self._blocked is None:
+            transport.resume_reading()
 
     async def run(self) -> None:
         """Stream mode: read until the connection ends; the writer runs beside.
@@ -822,11 +808,7 @@ class Connection:
                 eof = bool(chunks) and chunks[-1] == b""
                 payload = b"".join(chunks)
                 if payload:
-                    self._writing = True
-                    try:
-                        await stream.send(payload)
-                    finally:
-                        self._writing = False
+                    await stream.send(payload)
                     self.bytes_out += len(payload)
                 if eof:
                     if protocol.close_rcvd is not None:
@@ -1048,12 +1030,3 @@ class _TransportProtocol(asyncio.Protocol):
     def _failed(self) -> None:
         _log.exception("connection.failed", conn=self._conn.address)
         self._conn.abort()
-
-
-def _asyncio_transport(stream: ByteStream) -> asyncio.Transport | None:
-    """The asyncio transport under anyio's plain TCP stream, else None (trio, TLS)."""
-    transport = getattr(stream, "_transport", None)
-    protocol = getattr(stream, "_protocol", None)
-    if hasattr(transport, "set_protocol") and hasattr(protocol, "read_queue"):
-        return cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-    return None

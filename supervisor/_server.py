@@ -6,7 +6,9 @@ the handshake timeout, answers ``/healthz``, ``/readyz``, ``/metrics`` and the
 app's plain HTTP routes itself, and otherwise routes, checks limits, Origin and
 the app's hooks before accepting. An accepted socket becomes a
 :class:`~supervisor._connection.Connection` whose actor is a dynamic child of
-the connection supervisor. One keepalive task serves every connection.
+the connection supervisor. One keepalive task serves every connection. On
+asyncio without TLS the same steps run in transport callbacks instead of a
+task per socket (see ``_aio``).
 
 Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
 handshakes in flight get 503 → each connection drains (its actor finishes its
@@ -440,10 +442,7 @@ class Server:
         finally:
             self.states["handshaking"].dec()
         if conn is not None:
-            if conn.uses_callbacks:
-                conn.start()  # asyncio: callbacks from here on, this task ends
-            else:
-                await conn.run()
+            await conn.run()
 
     async def _handle_safely(self, stream: anyio.abc.ByteStream, ops_only: bool) -> None:
         # One socket's unexpected error must never take the server down.
