@@ -336,6 +336,11 @@ class Context:
 Factory = Callable[[], Actor]
 
 
+def _ended() -> Actor:
+    """The factory of a terminated cell (its own may refer back to the cell's owner)."""
+    raise RuntimeError("this actor has terminated: it is never started again")
+
+
 class Cell:
     """An actor's lasting identity: address, mailbox, memberships, incarnations.
 
@@ -349,6 +354,7 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_ref",
         "_stop_requested",
         "_terminated",
         "address",
@@ -361,7 +367,6 @@ class Cell:
         "mailbox",
         "memberships",
         "on_terminate",
-        "ref",
         "restarts",
         "runtime",
         "termination",
@@ -383,7 +388,7 @@ class Cell:
         self.mailbox: Mailbox[Envelope | _Signal] = Mailbox(
             mailbox, address=address, clock=runtime.clock, on_drop=self._dropped
         )
-        self.ref = ActorRef(self)
+        self._ref: ActorRef | None = ActorRef(self)
         self.behaviour: Actor | None = None
         self.current: Envelope | None = None
         self.memberships: set[str] = set()
@@ -400,6 +405,12 @@ class Cell:
         self._stop_requested = False
         #: Called once with the final :class:`Exit` when the actor ends for good.
         self.on_terminate: Callable[[Exit], None] | None = None
+
+    @property
+    def ref(self) -> ActorRef:
+        """Its reference: the same object for as long as the actor lives."""
+        ref = self._ref
+        return ref if ref is not None else ActorRef(self)
 
     def _dropped(self, item: Envelope | _Signal, policy: str) -> None:
         self.runtime.instrumentation.message_dropped(policy)
@@ -555,7 +566,13 @@ class Cell:
                 )
         self.behaviour = None
         self.runtime.forget(self)
+        # Drop every edge back to this cell (ref, callbacks bound to its owner): a
+        # finished actor is then freed by reference counting, not by the collector.
+        self._ref = None
+        self.direct = None
+        self.factory = _ended
+        on_terminate, self.on_terminate = self.on_terminate, None
         if self._terminated is not None:
             self._terminated.set()
-        if self.on_terminate is not None:
-            self.on_terminate(exit_)
+        if on_terminate is not None:
+            on_terminate(exit_)

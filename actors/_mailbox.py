@@ -344,6 +344,9 @@ class Mailbox(Generic[T]):
         leftover = [m for m, _ in self._queue]
         self._queue.clear()
         self._control = None
+        # Nothing is dropped once closed; and the owner's callback would keep a
+        # reference cycle (owner -> mailbox -> callback -> owner) for the collector.
+        self._on_drop = None
         self._wake_all_putters()
         if self._getter is not None:
             self._getter.set()

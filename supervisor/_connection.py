@@ -980,6 +980,9 @@ class Connection:
             self._dropped("disconnect", discarded)
         if self._writer_done is not None:
             self._writer_done.set()
+        # Ends websockets' parser, a generator that refers back to its protocol (as
+        # websockets' own connections do when the socket goes): no cycle is left.
+        self._protocol.receive_eof()
         self.server.connection_closed(self, code, reason, initiator, label)
 
 
