@@ -53,7 +53,13 @@ from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions, call
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
 from ._exceptions import ListenError, find_exception
-from ._instrumentation import BatchedCounter, MetricsInstrumentation
+from ._instrumentation import (
+    BatchedCounter,
+    BatchedGauge,
+    BatchedHistogram,
+    MetricsInstrumentation,
+    hot_gauge,
+)
 from ._keepalive import KeepaliveAction
 from ._proxy import TrustedProxies
 from ._request import OriginPolicy, parse_cookies, split_target
@@ -239,6 +245,7 @@ class Server:
         self.sync_handshakes = hooks_are_sync(self)
         self.loop_token = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
+        self.metrics.owner_thread = self.loop_thread  # batched metrics are updated here
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
         try:
             # Bind first: a bad address fails before anything else has started.
@@ -881,15 +888,17 @@ class Server:
 
 
 class _HotCounters:
-    """The metrics updated per message and per connection.
+    """The metrics updated per message and per connection, batched.
 
-    Per-message counts are batched (see :class:`BatchedCounter`) and flushed
-    with the metrics: ``.inc()`` takes a lock per call. Per-connection metrics
-    stay exact at any moment (in multiprocess mode too), but their labelled
-    children are resolved once: ``.labels()`` locks and hashes per call.
+    ``prometheus_client`` takes a lock and several calls per update; these
+    add to plain numbers instead, and :meth:`flush` hands the totals over
+    before every read of the registry on the event loop's thread (so a scrape
+    is exact) and every second (so multiprocess workers publish them). Gauges
+    stay unbatched in multiprocess mode (see :func:`hot_gauge`).
     """
 
     __slots__ = (
+        "_batches",
         "_closed",
         "_metrics",
         "accepted",
@@ -913,39 +922,46 @@ class _HotCounters:
         self.sent_text = BatchedCounter(metrics.messages_sent.labels(kind="text"))
         self.sent_binary = BatchedCounter(metrics.messages_sent.labels(kind="binary"))
         self.sent_bytes = BatchedCounter(metrics.sent_bytes)
-        self.accepted = metrics.connections_accepted
+        self.accepted = BatchedCounter(metrics.connections_accepted)
         self.handshakes: dict[str, Any] = {
-            r: metrics.handshakes.labels(result=r) for r in HANDSHAKE_RESULTS
+            r: BatchedCounter(metrics.handshakes.labels(result=r)) for r in HANDSHAKE_RESULTS
         }
         #: Connections by state (gauges).
         self.states: dict[str, Any] = {
-            s: metrics.connections.labels(state=s) for s in CONNECTION_STATES
+            s: hot_gauge(metrics, metrics.connections.labels(state=s)) for s in CONNECTION_STATES
         }
-        self.handshake_duration = metrics.handshake_duration
-        self.connection_duration = metrics.connection_duration
-        self._closed: dict[tuple[str, str], Any] = {}
-        metrics.add_flusher(self.flush)
-
-    def closed(self, reason: str, initiator: str) -> Any:
-        """The ``wsup_connections_closed_total`` child for ``reason`` and ``initiator``."""
-        counter = self._closed.get((reason, initiator))
-        if counter is None:
-            counter = self._closed[reason, initiator] = self._metrics.connections_closed.labels(
-                reason=reason, initiator=initiator
-            )
-        return counter
-
-    def flush(self) -> None:
-        """Add the batched per-message counts to the counters."""
-        for counter in (
+        self.handshake_duration = BatchedHistogram(metrics.handshake_duration)
+        self.connection_duration = BatchedHistogram(metrics.connection_duration)
+        self._closed: dict[tuple[str, str], BatchedCounter] = {}
+        self._batches: list[Any] = [
             self.received_text,
             self.received_binary,
             self.received_bytes,
             self.sent_text,
             self.sent_binary,
             self.sent_bytes,
-        ):
-            counter.flush()
+            self.accepted,
+            *self.handshakes.values(),
+            *(g for g in self.states.values() if isinstance(g, BatchedGauge)),
+            self.handshake_duration,
+            self.connection_duration,
+        ]
+        metrics.add_flusher(self.flush)
+
+    def closed(self, reason: str, initiator: str) -> BatchedCounter:
+        """The ``wsup_connections_closed_total`` batch for ``reason`` and ``initiator``."""
+        counter = self._closed.get((reason, initiator))
+        if counter is None:
+            counter = self._closed[reason, initiator] = BatchedCounter(
+                self._metrics.connections_closed.labels(reason=reason, initiator=initiator)
+            )
+            self._batches.append(counter)
+        return counter
+
+    def flush(self) -> None:
+        """Hand every batch over to its metric."""
+        for batch in self._batches:
+            batch.flush()
 
 
 async def _send_all(stream: AnyStream, chunks: Sequence[bytes]) -> None:

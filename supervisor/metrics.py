@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Final, Literal, get_args
@@ -54,6 +55,7 @@ from prometheus_client import values as prometheus_values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 __all__ = [
     "ACTOR_KINDS",
@@ -334,6 +336,29 @@ class _WithoutCreated:
             yield trimmed
 
 
+class _FlushOnCollect(Collector):
+    """Registered before every wsup family: a read of the registry runs the flushers.
+
+    So batched updates (see :class:`~supervisor._instrumentation.BatchedCounter`)
+    are exact for every reader on the thread that updates them: a scrape, a
+    ``get_sample_value``, a custom exporter. Reads from other threads do not
+    flush (the batches are not locked); they see the values of the last flush.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        """No families of its own."""
+        return []
+
+    def collect(self) -> list[Metric]:
+        """Flush, on the owning thread; contributes no families."""
+        if threading.get_ident() == self._metrics.owner_thread:
+            self._metrics.flush()
+        return []
+
+
 class Metrics:
     """Every wsup metric, registered on one registry.
 
@@ -366,6 +391,9 @@ class Metrics:
         )
         self.multiprocess_dir: Final = multiprocess_directory()
         self._flushers: list[Callable[[], None]] = []
+        #: The thread that updates batched metrics (the event loop's): its reads flush them.
+        self.owner_thread = threading.get_ident()
+        self.registry.register(_FlushOnCollect(self))
         exposed = self.registry
         if self.multiprocess_dir is not None:
             exposed = CollectorRegistry(auto_describe=False)
@@ -501,7 +529,8 @@ class Metrics:
         return generate_latest(self._exposed)
 
     def add_flusher(self, flush: Callable[[], None]) -> None:
-        """Call ``flush`` before every render (batched observations land first)."""
+        """Call ``flush`` before every read of the registry on :attr:`owner_thread`
+        and every render (batched observations land first)."""
         self._flushers.append(flush)
 
     def flush(self) -> None:
