@@ -4,9 +4,9 @@ Theory of operation: on asyncio, without TLS, each listening socket is served by
 ``loop.create_server`` with a :class:`HandshakeProtocol` per accepted socket
 instead of an accept task and a task per socket. The protocol feeds the request
 into websockets' ``ServerProtocol`` as bytes arrive, under the handshake
-timeout (a loop timer), then pauses reading and runs the server's decision —
-routing, limits, Origin, hooks, the answer — synchronously when the app's
-hooks are plain functions, in a task otherwise. An accepted socket becomes a
+timeout (a loop timer), then runs the server's decision — routing, limits,
+Origin, hooks, the answer — synchronously when the app's hooks are plain
+functions, or in a task otherwise (reading paused meanwhile). An accepted socket becomes a
 callback-mode :class:`~supervisor._connection.Connection`: its transport is
 handed a new protocol and what the parser already holds is processed.
 
@@ -171,8 +171,6 @@ class HandshakeProtocol(asyncio.Protocol):
         events = protocol.events_received()
         if events:
             self._settle()
-            assert self._transport is not None
-            self._transport.pause_reading()
             self._decide(cast(WSRequest, events[0]))
         elif protocol.handshake_exc is not None:
             self._settle()
@@ -223,8 +221,11 @@ class HandshakeProtocol(asyncio.Protocol):
             return
         decision = server.decide(stream, self._protocol, request, path, query, self._started)
         if server.sync_handshakes:
-            self._run(decision, then=_start_connection)
-        elif not server.start_soon(lambda: _in_task(decision)):
+            self._run(decision, then=_take_over)
+            return
+        # Decided in a task: what arrives meanwhile waits in the socket.
+        stream.transport.pause_reading()
+        if not server.start_soon(lambda: _in_task(decision)):
             decision.close()
             stream.transport.abort()
 
@@ -245,11 +246,19 @@ class HandshakeProtocol(asyncio.Protocol):
             assert self._transport is not None
             self._transport.abort()
         else:
-            # A plain hook returned an awaitable: it needs a task from here on.
+            # A plain hook returned an awaitable: it needs a task from here on, and
+            # what arrives meanwhile waits in the socket.
+            assert self._transport is not None
+            self._transport.pause_reading()
             if not self._server.start_soon(lambda: _in_task(_Resume(coro, yielded))):
                 coro.close()
-                assert self._transport is not None
                 self._transport.abort()
+
+
+def _take_over(conn: Connection | None) -> None:
+    # Decided within the callback that read the request: reading never paused.
+    if conn is not None:
+        conn.start(resume=False)
 
 
 def _start_connection(conn: Connection | None) -> None:

@@ -509,11 +509,11 @@ class Connection:
         """Whether the socket side runs in transport callbacks (asyncio, plain TCP)."""
         return self._transport is not None
 
-    def start(self) -> None:
+    def start(self, *, resume: bool = True) -> None:
         """Callback mode: take the transport over from the handshake's protocol.
 
-        What arrived past the request is already in the parser; reading was
-        paused while the handshake was decided.
+        What arrived past the request is already in the parser. ``resume``:
+        reading was paused while the handshake was decided in a task.
         """
         transport = self._transport
         assert transport is not None
@@ -521,7 +521,7 @@ class Connection:
         self._process(self._protocol.events_received())
         if transport.is_closing():
             self._on_lost()  # the peer left while the handshake was decided
-        elif self._blocked is None:
+        elif resume and self._blocked is None:
             transport.resume_reading()
 
     async def run(self) -> None:

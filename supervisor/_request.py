@@ -37,6 +37,8 @@ def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
 
     Cost: linear in the length of the target; never raises on any string.
     """
+    if target[:1] == "/" and "?" not in target and "#" not in target:
+        return target, {}  # the common case: a plain origin-form path
     target, _, _ = target.partition("#")
     path, _, query = target.partition("?")
     if not path.startswith("/") and "://" in path:
@@ -221,6 +223,11 @@ class OriginPolicy:
                 )
             rules.append(_OriginRule(*parsed, subdomains=subdomains))
         self._rules = tuple(rules)
+
+    @property
+    def allows_all(self) -> bool:
+        """Whether every handshake is allowed, so the header need not be read."""
+        return self._allow_all
 
     def allows(self, origin: str | None) -> bool:
         """Whether a handshake with this ``Origin`` header value is allowed.

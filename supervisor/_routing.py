@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["Route", "RouteMatch", "Router"]
 
+# The parameters of every static route: read-only, so one object serves all matches.
+_NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
+
 # Regular expression for each converter. Both are non-empty: an empty
 # parameter is almost always a client bug, and non-empty captures keep
 # ``/files/`` from silently matching ``/files/{path:path}``.
@@ -296,7 +299,7 @@ class Router:
         """
         static = self._static.get(path)
         if static is not None:
-            return RouteMatch(static, types.MappingProxyType({}))
+            return RouteMatch(static, _NO_PARAMS)
         for route in self._dynamic:
             params = route.match(path)
             if params is not None:

@@ -185,6 +185,7 @@ class Server:
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
         self._conn_sup: Supervisor | None = None
+        self._conn_specs: dict[int, ChildSpec] = {}
         # Created in serve(): anyio primitives need a running event loop.
         self._accept_scope: anyio.CancelScope
         self._stop: anyio.Event
@@ -634,7 +635,8 @@ class Server:
             _log.warning("handshake.rejected", reason="max_connections", path=path)
             await self._respond(stream, protocol, _plain(503, "too many connections\n"))
             return None
-        if not self._origins.allows(ws_request.headers.get("Origin")):
+        origins = self._origins
+        if not origins.allows_all and not origins.allows(ws_request.headers.get("Origin")):
             self.handshakes["rejected"].inc()
             await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
             return None
@@ -732,20 +734,24 @@ class Server:
             handler.values = values
             return handler
 
-        spec = ChildSpec(
-            factory,
-            id="connection",
-            restart=Restart.TRANSIENT,
-            mailbox=route.mailbox,
-            intensity=route.intensity,
-            backoff=route.backoff,
-            kind="connection",
-            names=(ALL,),
-            prefix="conn",
-            shutdown_timeout=self.config.close_timeout,
-        )
+        spec = self._conn_specs.get(id(route))
+        if spec is None:
+            # One spec per route (routes live as long as the app); each connection
+            # brings its own factory.
+            spec = self._conn_specs[id(route)] = ChildSpec(
+                route.handler,
+                id="connection",
+                restart=Restart.TRANSIENT,
+                mailbox=route.mailbox,
+                intensity=route.intensity,
+                backoff=route.backoff,
+                kind="connection",
+                names=(ALL,),
+                prefix="conn",
+                shutdown_timeout=self.config.close_timeout,
+            )
         assert self._conn_sup is not None
-        ref = self._conn_sup.start_child_nowait(spec)
+        ref = self._conn_sup.start_child_nowait(spec, factory)
         cell = self.runtime.cell(ref.address)
         assert cell is not None
         conn.attach(ref, cell)

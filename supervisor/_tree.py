@@ -164,7 +164,8 @@ _NOT_RUNNING = _Done()
 
 class _Child:
     __slots__ = (
-        "backoff",
+        "_backoff",
+        "_window",
         "cell",
         "done",
         "dynamic",
@@ -174,7 +175,6 @@ class _Child:
         "scope",
         "spec",
         "sup",
-        "window",
     )
 
     def __init__(self, spec: ChildSpec | SupervisorSpec, cell: Cell | None, dynamic: bool) -> None:
@@ -182,10 +182,9 @@ class _Child:
         self.cell = cell
         self.sup: Supervisor | None = None
         self.dynamic = dynamic
-        self.window = IntensityWindow(
-            spec.intensity if isinstance(spec, ChildSpec) else Intensity(10**9, 1.0)
-        )
-        self.backoff = BackoffState(spec.backoff)
+        # Restart bookkeeping, created at the first restart: most children never restart.
+        self._window: IntensityWindow | None = None
+        self._backoff: BackoffState | None = None
         self.scope: anyio.CancelScope | _TaskKill | None = None
         self.done: Waiter = _NOT_RUNNING
         self.running = False
@@ -197,6 +196,21 @@ class _Child:
     @property
     def label(self) -> str:
         return self.cell.address if self.cell is not None else self.spec.label
+
+    @property
+    def window(self) -> IntensityWindow:
+        if self._window is None:
+            spec = self.spec
+            self._window = IntensityWindow(
+                spec.intensity if isinstance(spec, ChildSpec) else Intensity(10**9, 1.0)
+            )
+        return self._window
+
+    @property
+    def backoff(self) -> BackoffState:
+        if self._backoff is None:
+            self._backoff = BackoffState(self.spec.backoff)
+        return self._backoff
 
     @property
     def kind(self) -> str:
@@ -300,14 +314,21 @@ class Supervisor:
         started: ActorRef | Supervisor = await self._start(spec, dynamic=True)
         return started
 
-    def start_child_nowait(self, spec: ChildSpec) -> ActorRef:
+    def start_child_nowait(
+        self, spec: ChildSpec, factory: Callable[[], Actor] | None = None
+    ) -> ActorRef:
         """Add a dynamic actor child without waiting for its ``started`` hook.
+
+        Args:
+            spec: how to run it.
+            factory: makes its behaviour instead of ``spec.factory`` (so one spec
+                can serve many children that differ only in what they are built from).
 
         Raises:
             RuntimeError: the supervisor is not running or is shutting down.
         """
         tg = self._require_running()
-        child = self._new_child(spec, dynamic=True)
+        child = self._new_child(spec, dynamic=True, factory=factory)
         if self._loop is not None:
             # A bare asyncio task: anyio's start_soon adds a handle, a cancel scope
             # and an event per task, which a connection per child makes costly.
@@ -352,11 +373,17 @@ class Supervisor:
             raise RuntimeError(f"supervisor {self.spec.id!r} is not running")
         return self._tg
 
-    def _new_child(self, spec: ChildSpec | SupervisorSpec, *, dynamic: bool) -> _Child:
+    def _new_child(
+        self,
+        spec: ChildSpec | SupervisorSpec,
+        *,
+        dynamic: bool,
+        factory: Callable[[], Actor] | None = None,
+    ) -> _Child:
         cell = None
         if isinstance(spec, ChildSpec):
             cell = self.runtime.create_cell(
-                spec.factory, mailbox=spec.mailbox, kind=spec.kind, prefix=spec.prefix
+                factory or spec.factory, mailbox=spec.mailbox, kind=spec.kind, prefix=spec.prefix
             )
             for name in spec.names:
                 self.runtime.add_member(name, cell)
