@@ -434,6 +434,25 @@ class Cell:
             self._stop_requested = True
             self.mailbox.put_control(_Signal.DRAIN)
 
+    def idle_exit(self) -> Exit | None:
+        """How this cell would end if it ran now, when that needs no behaviour at all.
+
+        The exit for a stop, drain or exit signal with no message queued (a drain
+        of an empty mailbox ends at once); ``None`` if there is work to do. For a
+        cell that was never started (see ``Supervisor.start_child_nowait``).
+        """
+        mailbox = self.mailbox
+        if len(mailbox):
+            return None
+        signal = mailbox.peek_control()
+        if signal is _Signal.STOP:
+            return Exit(ExitKind.STOPPED)
+        if signal is _Signal.DRAIN:
+            return Exit(ExitKind.DRAINED)
+        if signal is _Signal.EXIT:
+            return Exit(ExitKind.EXITED)
+        return None
+
     @property
     def terminated(self) -> anyio.Event:
         """An event set once the actor has ended for good."""

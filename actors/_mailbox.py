@@ -90,6 +90,27 @@ class MailboxStatistics:
 _NO_QUEUE: deque[Any] = deque(maxlen=0)
 
 
+class _Arrival:
+    """The "getter" of a mailbox whose owner is not waiting yet (see :meth:`Mailbox.on_arrival`)."""
+
+    __slots__ = ("_callback", "_set")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._callback()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        raise RuntimeError("nobody waits on an arrival callback")
+
+
 class Mailbox(Generic[T]):
     """A bounded FIFO mailbox for one consumer.
 
@@ -274,6 +295,20 @@ class Mailbox(Generic[T]):
         putters = self._putters
         while putters:
             putters.popleft().set()
+
+    def on_arrival(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the next message or control signal arrives.
+
+        For an owner with no task waiting in :meth:`get` yet (one that starts
+        only when there is something to do). Closing the mailbox calls it too,
+        so the callback checks :attr:`closed`. Nothing may be waiting in
+        :meth:`get` meanwhile.
+        """
+        self._getter = _Arrival(callback)
+
+    def peek_control(self) -> T | None:
+        """The control signal :meth:`get_nowait` would return next, or ``None``."""
+        return self._control[0] if self._control else None
 
     def put_control(self, signal: T) -> None:
         """Queue a control signal ahead of every message, ignoring capacity.

@@ -49,7 +49,16 @@ from actors import ALL, Backplane, Clock, MonotonicClock
 from actors._backend import Waiter, primitives
 
 from ._aio import TransportStream, hooks_are_sync, serve_sockets
-from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions, call_maybe_async
+from ._app import (
+    Accept,
+    App,
+    Handler,
+    HTTPResponse,
+    Reject,
+    Request,
+    RouteOptions,
+    call_maybe_async,
+)
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
 from ._exceptions import ListenError, find_exception
@@ -185,7 +194,7 @@ class Server:
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
         self._conn_sup: Supervisor | None = None
-        self._conn_specs: dict[int, ChildSpec] = {}
+        self._conn_specs: dict[int, tuple[ChildSpec, bool]] = {}
         # Created in serve(): anyio primitives need a running event loop.
         self._accept_scope: anyio.CancelScope
         self._stop: anyio.Event
@@ -734,11 +743,11 @@ class Server:
             handler.values = values
             return handler
 
-        spec = self._conn_specs.get(id(route))
-        if spec is None:
+        known = self._conn_specs.get(id(route))
+        if known is None:
             # One spec per route (routes live as long as the app); each connection
             # brings its own factory.
-            spec = self._conn_specs[id(route)] = ChildSpec(
+            spec = ChildSpec(
                 route.handler,
                 id="connection",
                 restart=Restart.TRANSIENT,
@@ -750,8 +759,10 @@ class Server:
                 prefix="conn",
                 shutdown_timeout=self.config.close_timeout,
             )
+            known = self._conn_specs[id(route)] = (spec, _needs_no_start(route.handler))
+        spec, parked = known
         assert self._conn_sup is not None
-        ref = self._conn_sup.start_child_nowait(spec, factory)
+        ref = self._conn_sup.start_child_nowait(spec, factory, parked=parked)
         cell = self.runtime.cell(ref.address)
         assert cell is not None
         conn.attach(ref, cell)
@@ -968,6 +979,24 @@ class _HotCounters:
         """Hand every batch over to its metric."""
         for batch in self._batches:
             batch.flush()
+
+
+def _needs_no_start(handler: Any) -> bool:
+    """Whether a route's connection actor can wait for its first message to start.
+
+    True for a :class:`Handler` subclass that adds no constructor and no
+    ``on_connect``/``on_close`` (nor overrides the actor hooks behind them):
+    until a message arrives, running it would do nothing, so its task is
+    started only then (see ``Supervisor.start_child_nowait(parked=True)``).
+    """
+    return (
+        isinstance(handler, type)
+        and issubclass(handler, Handler)
+        and all(
+            getattr(handler, name) is getattr(Handler, name)
+            for name in ("__init__", "started", "stopping", "on_connect", "on_close")
+        )
+    )
 
 
 async def _send_all(stream: AnyStream, chunks: Sequence[bytes]) -> None:

@@ -315,7 +315,7 @@ class Supervisor:
         return started
 
     def start_child_nowait(
-        self, spec: ChildSpec, factory: Callable[[], Actor] | None = None
+        self, spec: ChildSpec, factory: Callable[[], Actor] | None = None, *, parked: bool = False
     ) -> ActorRef:
         """Add a dynamic actor child without waiting for its ``started`` hook.
 
@@ -323,23 +323,49 @@ class Supervisor:
             spec: how to run it.
             factory: makes its behaviour instead of ``spec.factory`` (so one spec
                 can serve many children that differ only in what they are built from).
+            parked: on asyncio, start no task until the first message or signal
+                arrives; a stop, drain or exit that arrives first, with nothing
+                queued, ends the child without ever building its behaviour. Only
+                for behaviours whose ``started`` and ``stopping`` do nothing (a
+                connection handler without ``on_connect`` and ``on_close``). Has
+                no effect on other backends.
 
         Raises:
             RuntimeError: the supervisor is not running or is shutting down.
         """
         tg = self._require_running()
         child = self._new_child(spec, dynamic=True, factory=factory)
+        assert child.cell is not None
         if self._loop is not None:
-            # A bare asyncio task: anyio's start_soon adds a handle, a cancel scope
-            # and an event per task, which a connection per child makes costly.
-            # run() cancels and awaits these like its task group's own.
-            task = self._loop.create_task(self._run_child(child, None, bare=True))
-            self._bare.add(task)
-            task.add_done_callback(self._bare_done)
+            if parked:
+                child.cell.mailbox.on_arrival(lambda: self._unpark(child))
+            else:
+                self._start_bare(child)
         else:
             tg.start_soon(self._run_child, child, None)
-        assert child.cell is not None
         return child.cell.ref
+
+    def _start_bare(self, child: _Child) -> None:
+        # A bare asyncio task: anyio's start_soon adds a handle, a cancel scope and
+        # an event per task, which a connection per child makes costly. run()
+        # cancels and awaits these like its task group's own.
+        assert self._loop is not None
+        task = self._loop.create_task(self._run_child(child, None, bare=True))
+        self._bare.add(task)
+        task.add_done_callback(self._bare_done)
+
+    def _unpark(self, child: _Child) -> None:
+        """Something arrived for a parked child: run it, or end it if it is only told to."""
+        cell = child.cell
+        assert cell is not None
+        if cell.mailbox.closed or child not in self._children:
+            return  # ended while parked (the supervisor stopped)
+        exit_ = cell.idle_exit()
+        if exit_ is not None and self._ends_for_good(child, exit_):
+            # Stopped before it had anything to do: no task, no behaviour.
+            self._finish(child, exit_)
+        else:
+            self._start_bare(child)
 
     def _bare_done(self, task: asyncio.Task[None]) -> None:
         self._bare.discard(task)

@@ -17,6 +17,7 @@ import pytest
 from examples.echo import Echo
 from examples.echo import app as echo_app
 from supervisor import Accept, App, Handler, Request
+from supervisor._server import _needs_no_start
 from tests.helpers.clients import open_ws
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url
@@ -106,3 +107,61 @@ async def test_a_burst_of_sends_arrives_complete_and_in_order() -> None:
         received = await in_thread(burst)
     assert received == [f"{number:05d}" for number in range(3000)] + ["done"]
     assert sample(server, "wsup_messages_sent_total", kind="text") == 3001
+
+
+class _Greeter(Handler):
+    """Says hello on connect: its actor has work from the start."""
+
+    async def on_connect(self) -> None:
+        await self.conn.send("hello")
+
+
+def test_which_handlers_wait_for_their_first_message() -> None:
+    """Only a Handler that does nothing until a message comes may start on demand."""
+
+    class Closer(Handler):
+        async def on_close(self, code: int, reason: str) -> None:
+            pass
+
+    class Built(Handler):
+        def __init__(self, greeting: str = "hi") -> None:
+            self.greeting = greeting
+
+    assert _needs_no_start(Echo)
+    assert not _needs_no_start(_Greeter)
+    assert not _needs_no_start(Closer)
+    assert not _needs_no_start(Built)
+    assert not _needs_no_start(lambda: Echo())  # a factory: what it builds is unknown
+
+
+async def test_an_idle_echo_connection_has_no_task_until_a_message_comes(
+    anyio_backend_name: str,
+) -> None:
+    """On asyncio an Echo connection's actor starts at its first message; on_connect starts
+    at once; closing an actor that never ran finishes it without a task."""
+    app = App()
+    app.add_route("/echo", Echo)
+    app.add_route("/greet", _Greeter)
+    async with running_server(app) as server:
+        sup = server._conn_sup
+        assert sup is not None
+        parked = anyio_backend_name == "asyncio"
+        idle = await in_thread(open_ws, ws_url(server, "/echo"))
+        quiet = await in_thread(open_ws, ws_url(server, "/echo"))
+        try:
+            await eventually(lambda: len(server.connections) == 2)
+            assert len(sup._bare) == 0  # trio runs children in its task group instead
+            greeter = await in_thread(open_ws, ws_url(server, "/greet"))
+            assert await in_thread(greeter.recv, 5) == "hello"
+            await in_thread(greeter.close)
+            await in_thread(idle.send, "ping")
+            assert await in_thread(idle.recv, 5) == "ping"
+            # The greeter's task ends once its connection has closed; the echo's runs on.
+            await eventually(lambda: len(sup._bare) == (1 if parked else 0))
+        finally:
+            await in_thread(idle.close)
+            await in_thread(quiet.close)
+        await eventually(lambda: not server.connections and not sup._bare)
+        assert sup.children == []
+    assert sample(server, "wsup_connections_closed_total", reason="normal", initiator="client") == 3
+    assert sample(server, "wsup_actors", kind="connection") == 0

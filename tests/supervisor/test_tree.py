@@ -22,6 +22,7 @@ from actors import (
     FakeClock,
     Instrumentation,
     Intensity,
+    MailboxClosed,
     Runtime,
 )
 from supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
@@ -705,6 +706,88 @@ async def test_a_child_started_without_waiting_is_restarted_and_cancelled_with_t
             assert ("got 1", "d") in log
             outer.cancel()
     assert ref.alive is False
+
+
+class Quiet(Actor):
+    """No ``started`` or ``stopping``: fit for a parked start. Counts its constructions."""
+
+    made = 0
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        Quiet.made += 1
+        self.log = log
+
+    async def receive(self, message: Any) -> Any:
+        self.log.append((f"got {message}", "q"))
+
+
+def _quiet(log: list[tuple[str, str]]) -> ChildSpec:
+    Quiet.made = 0
+    return ChildSpec(lambda: Quiet(log), id="q", restart=Restart.TRANSIENT)
+
+
+async def test_a_parked_child_starts_at_its_first_message(anyio_backend_name: str) -> None:
+    """``parked=True``: on asyncio no task and no behaviour until a message arrives."""
+    log: list[tuple[str, str]] = []
+    async with tree(SupervisorSpec()) as t:
+        ref = t.sup.start_child_nowait(_quiet(log), parked=True)
+        await settle()
+        parked = anyio_backend_name == "asyncio"  # other backends start at once
+        assert (len(t.sup._bare), Quiet.made) == ((0, 0) if parked else (0, 1))
+        assert ref.alive
+        assert t.runtime.lookup(ref.address) is ref
+        await ref.tell("a")
+        await ref.tell("b")
+        await settle()
+        assert log == [("got a", "q"), ("got b", "q")]
+        assert Quiet.made == 1
+        assert len(t.sup._bare) == (1 if parked else 0)
+
+
+@pytest.mark.parametrize("how", ["stop", "drain"])
+async def test_a_parked_child_told_to_stop_ends_without_ever_running(
+    anyio_backend_name: str, how: str
+) -> None:
+    """Stopped or drained before any message, a parked child ends at once: no task, no
+    behaviour, its address freed, the exit kind as if it had run."""
+    log: list[tuple[str, str]] = []
+    async with tree(SupervisorSpec()) as t:
+        ref = t.sup.start_child_nowait(_quiet(log), parked=True)
+        await settle()
+        if how == "stop":
+            ref.stop()
+        else:
+            ref.drain()
+        if anyio_backend_name == "asyncio":
+            assert not ref.alive  # synchronously: nothing had to run
+            assert Quiet.made == 0
+            assert t.sup._bare == set()
+        await ref.wait_stopped()
+        assert ref._cell.termination is not None
+        expected = ExitKind.STOPPED if how == "stop" else ExitKind.DRAINED
+        assert ref._cell.termination.kind is expected
+        assert t.sup.children == []
+        assert t.runtime.lookup(ref.address) is None
+        with pytest.raises(MailboxClosed):
+            await ref.tell("late")
+        assert log == []
+
+
+async def test_a_parked_child_ends_with_its_supervisor(anyio_backend_name: str) -> None:
+    """Shutting the supervisor down ends parked children too, without starting them."""
+    log: list[tuple[str, str]] = []
+    async with tree(SupervisorSpec()) as t:
+        refs = [t.sup.start_child_nowait(_quiet(log), parked=True) for _ in range(3)]
+        await refs[0].tell("wake")
+        await settle()
+        t.sup.shutdown()
+        await t.clock.run_until_idle()
+        await settle()
+        assert t.sup.stopped.is_set()
+        assert not any(ref.alive for ref in refs)
+        assert log == [("got wake", "q")]
+        # On trio every child started at once.
+        assert Quiet.made == (1 if anyio_backend_name == "asyncio" else 3)
 
 
 async def test_shutdown_with_drain_lets_children_finish_their_mailboxes() -> None:
