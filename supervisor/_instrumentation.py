@@ -46,34 +46,21 @@ class BatchedCounter:
             self._counter.inc(amount)
 
 
-class BatchedGauge:
+class BatchedGauge(BatchedCounter):
     """Increments and decrements of a ``prometheus_client`` gauge (child), in batches.
 
-    Like :class:`BatchedCounter`, for the gauges that move with every
-    connection. Only for a single process: in multiprocess mode another
-    worker's scrape reads this one's file, which a batch would leave up to a
-    second behind, so :func:`hot_gauge` returns the gauge itself there.
+    Like :class:`BatchedCounter` (a gauge takes negative increments), for the
+    gauges that move with every connection. Only for a single process: in
+    multiprocess mode another worker's scrape reads this one's file, which a
+    batch would leave up to a second behind, so :func:`hot_gauge` returns the
+    gauge itself there.
     """
 
-    __slots__ = ("_gauge", "pending")
-
-    def __init__(self, gauge: Any) -> None:
-        self._gauge = gauge
-        self.pending = 0
-
-    def inc(self, amount: int = 1) -> None:
-        """Add ``amount``."""
-        self.pending += amount
+    __slots__ = ()
 
     def dec(self, amount: int = 1) -> None:
         """Subtract ``amount``."""
         self.pending -= amount
-
-    def flush(self) -> None:
-        """Apply what changed since the last flush to the gauge."""
-        if self.pending:
-            amount, self.pending = self.pending, 0
-            self._gauge.inc(amount)
 
 
 def hot_gauge(metrics: Metrics, gauge: Any) -> Any:

@@ -1,12 +1,24 @@
-"""Batched histogram observations expose exactly what direct observations would."""
+"""Batched metric updates expose exactly what direct updates would, when they are read."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from supervisor._instrumentation import BatchedHistogram, MetricsInstrumentation
+from supervisor._instrumentation import (
+    BatchedCounter,
+    BatchedGauge,
+    BatchedHistogram,
+    MetricsInstrumentation,
+    hot_gauge,
+)
 from supervisor.metrics import Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -50,3 +62,46 @@ def test_a_render_flushes_pending_observations() -> None:
     assert "wsup_message_processing_seconds_count 3.0" in body
     instrumentation.flush()  # nothing pending: a no-op
     assert "wsup_mailbox_wait_seconds_count 3.0" in metrics.render().decode()
+
+
+def test_any_read_of_the_registry_on_the_owner_thread_flushes() -> None:
+    """Batched per-connection gauges and counters are exact for every reader on the loop's
+    thread (get_sample_value included); a read from another thread sees the last flush."""
+    metrics = Metrics()
+    instrumentation = MetricsInstrumentation(metrics)
+    accepted = BatchedCounter(metrics.connections_accepted)
+    metrics.add_flusher(accepted.flush)
+    instrumentation.actor_started("connection")
+    instrumentation.actor_started("connection")
+    instrumentation.actor_stopped("connection")
+    accepted.inc()
+    accepted.inc()
+
+    def read(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    seen: list[float | None] = []
+    other = threading.Thread(target=lambda: seen.append(read("wsup_connections_accepted_total")))
+    other.start()
+    other.join()
+    assert seen == [0.0]  # not flushed from a foreign thread: the batches are not locked
+    assert read("wsup_connections_accepted_total") == 2
+    assert read("wsup_actors", kind="connection") == 1
+    instrumentation.actor_stopped("connection")
+    assert read("wsup_actors", kind="connection") == 0
+
+
+def test_gauges_are_not_batched_in_multiprocess_mode(tmp_path: Path) -> None:
+    """With workers another process reads this one's file: gauges are written at once."""
+    metrics = Metrics()
+    assert isinstance(hot_gauge(metrics, metrics.draining), BatchedGauge)
+    # prometheus_client picks multiprocess mode when it is imported: a fresh interpreter.
+    check = (
+        "from supervisor.metrics import Metrics\n"
+        "from supervisor._instrumentation import hot_gauge\n"
+        "m = Metrics()\n"
+        "assert m.multiprocess_dir is not None\n"
+        "assert hot_gauge(m, m.draining) is m.draining\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", check], env=env, check=True, timeout=60)
