@@ -175,7 +175,7 @@ class Handler(Actor):
         By default it is forwarded to the client: ``str`` as text, ``bytes`` as
         binary, anything else as JSON text.
         """
-        await self.conn.send(message if isinstance(message, str | bytes) else json.dumps(message))
+        await self.conn.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
 
     async def on_close(self, code: int, reason: str) -> None:
         """Called once when the connection ends, with the close code and reason."""

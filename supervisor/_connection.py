@@ -244,7 +244,10 @@ class Connection:
     def _encode(self, message: str | bytes | bytearray | memoryview) -> OutboundItem:
         if isinstance(message, str):
             return OutboundItem(message.encode(), True)
-        if isinstance(message, bytes | bytearray | memoryview):
+        if isinstance(message, bytes):
+            return OutboundItem(message, False)
+        # A tuple, not ``bytearray | memoryview``, which would build a union per call.
+        if isinstance(message, (bytearray, memoryview)):
             return OutboundItem(bytes(message), False)
         raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
 

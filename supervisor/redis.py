@@ -668,7 +668,7 @@ class RedisBackplane(Backplane):
         tag = self._tag
         if type(message) is str:
             return tag + b"s" + message.encode("utf-8", "surrogatepass")
-        if isinstance(message, bytes | bytearray | memoryview):
+        if isinstance(message, (bytes, bytearray, memoryview)):  # a tuple: no union per call
             return tag + b"b" + bytes(message)
         try:
             text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
