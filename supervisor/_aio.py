@@ -6,9 +6,10 @@ instead of an accept task and a task per socket. The protocol feeds the request
 into websockets' ``ServerProtocol`` as bytes arrive, under the handshake
 timeout (a loop timer), then runs the server's decision — routing, limits,
 Origin, hooks, the answer — synchronously when the app's hooks are plain
-functions, or in a task otherwise (reading paused meanwhile). An accepted socket becomes a
-callback-mode :class:`~supervisor._connection.Connection`: its transport is
-handed a new protocol and what the parser already holds is processed.
+functions, or in a task otherwise (reading paused meanwhile). An accepted
+socket becomes a callback-mode :class:`~supervisor._connection.Connection`:
+its transport is handed a new protocol and what the parser already holds is
+processed.
 
 The decision code is shared with the stream path (trio, TLS): it talks to the
 socket through a :class:`TransportStream`, which has the few ``ByteStream``
