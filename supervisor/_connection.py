@@ -708,7 +708,7 @@ class Connection:
             elif opcode is _PONG:
                 rtt = self.keepalive.on_pong(bytes(frame.data), self.server.clock.now())
                 if rtt is not None:
-                    self.server.metrics.ping_rtt.observe(rtt)
+                    self.server.counters.ping_rtt.observe(rtt)
                     # The next ping is now due before the pong deadline the server waits for.
                     self.server.schedule_keepalive(self)
             elif opcode is _CLOSE:

@@ -922,6 +922,7 @@ class _HotCounters:
         "connection_duration",
         "handshake_duration",
         "handshakes",
+        "ping_rtt",
         "received_binary",
         "received_bytes",
         "received_text",
@@ -949,6 +950,7 @@ class _HotCounters:
         }
         self.handshake_duration = BatchedHistogram(metrics.handshake_duration)
         self.connection_duration = BatchedHistogram(metrics.connection_duration)
+        self.ping_rtt = BatchedHistogram(metrics.ping_rtt)  # a pong per connection per interval
         self._closed: dict[tuple[str, str], BatchedCounter] = {}
         self._batches: list[Any] = [
             self.received_text,
@@ -962,6 +964,7 @@ class _HotCounters:
             *(g for g in self.states.values() if isinstance(g, BatchedGauge)),
             self.handshake_duration,
             self.connection_duration,
+            self.ping_rtt,
         ]
         metrics.add_flusher(self.flush)
 
