@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import anyio
 
 from actors import Actor, ActorRef, Backoff, Intensity, MailboxConfig
+from actors._actor import _invoke
 
 from ._config import ServerConfig
 from ._exceptions import ConnectionClosed
@@ -200,27 +201,13 @@ class Handler(Actor):
 
     async def _hook(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            if _is_async(type(self), fn.__name__):
-                return await fn(*args)
-            return await anyio.to_thread.run_sync(fn, *args)
+            return await _invoke(fn, *args)  # plain ``def`` hooks run in a worker thread
         except ConnectionClosed as exc:
             # A send on this connection after it started closing: the end of the
             # connection, not a crash to restart; the actor drains once it is closed.
             if exc.address != self.conn.address:
                 raise
             return None
-
-
-_ASYNC_HOOKS: dict[tuple[type, str], bool] = {}
-
-
-def _is_async(cls: type, name: str) -> bool:
-    """Whether hook ``name`` of ``cls`` is ``async def`` (looked up once per class)."""
-    key = (cls, name)
-    known = _ASYNC_HOOKS.get(key)
-    if known is None:
-        known = _ASYNC_HOOKS[key] = inspect.iscoroutinefunction(getattr(cls, name))
-    return known
 
 
 class FromClient:
