@@ -75,6 +75,20 @@ class Recorder(Actor):
         return self.context.restarts
 
 
+class Stuck(Recorder):
+    """Never finishes ``stopping``; appends ``"cancelled"`` to ``outcome`` when cancelled."""
+
+    def __init__(self, log: list[tuple[str, str]], name: str, outcome: list[str]) -> None:
+        super().__init__(log, name)
+        self.outcome = outcome
+
+    async def stopping(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.outcome.append("cancelled")
+
+
 def child(
     log: list[tuple[str, str]], name: str, *, backoff: Backoff = NOW, **options: Any
 ) -> ChildSpec:
@@ -626,33 +640,31 @@ async def test_shutdown_stops_dynamic_children_in_parallel_before_static_ones() 
     assert log[3:] == [("stopping", "static")]
 
 
+async def _cancelled_at_its_shutdown_timeout(t: Tree, stuck: ActorRef, outcome: list[str]) -> None:
+    """Shut down at time 0: ``stuck`` (a 2 s shutdown timeout) lives until exactly 2 s."""
+    await t.clock.step(1.999)
+    assert outcome == []
+    assert stuck.alive
+    await t.clock.step(0.001)
+    assert outcome == ["cancelled"]
+    assert t.sup.stopped.is_set()
+    assert not stuck.alive
+
+
 async def test_shutdown_timeout_cancels_a_child_stuck_in_stopping() -> None:
     """A child still in ``stopping`` after its shutdown timeout is cancelled."""
     log: list[tuple[str, str]] = []
     outcome: list[str] = []
 
-    class Stuck(Recorder):
-        async def stopping(self) -> None:
-            try:
-                await anyio.sleep_forever()
-            finally:
-                outcome.append("cancelled")
-
     spec = SupervisorSpec(
-        [ChildSpec(lambda: Stuck(log, "stuck"), shutdown_timeout=2.0), child(log, "after")]
+        [ChildSpec(lambda: Stuck(log, "stuck", outcome), shutdown_timeout=2.0), child(log, "after")]
     )
     async with tree(spec) as t:
         stuck, _ = t.sup.children
         t.sup.shutdown()
         await settle()
         assert log[-1] == ("stopping", "after")
-        await t.clock.step(1.999)
-        assert outcome == []
-        assert stuck.alive
-        await t.clock.step(0.001)
-        assert outcome == ["cancelled"]
-        assert t.sup.stopped.is_set()
-        assert not stuck.alive
+        await _cancelled_at_its_shutdown_timeout(t, stuck, outcome)
 
 
 async def test_a_child_started_without_waiting_is_killed_after_its_shutdown_timeout(
@@ -662,27 +674,16 @@ async def test_a_child_started_without_waiting_is_killed_after_its_shutdown_time
     log: list[tuple[str, str]] = []
     outcome: list[str] = []
 
-    class Stuck(Recorder):
-        async def stopping(self) -> None:
-            try:
-                await anyio.sleep_forever()
-            finally:
-                outcome.append("cancelled")
-
     async with tree(SupervisorSpec()) as t:
-        stuck = t.sup.start_child_nowait(ChildSpec(lambda: Stuck(log, "d"), shutdown_timeout=2.0))
+        stuck = t.sup.start_child_nowait(
+            ChildSpec(lambda: Stuck(log, "d", outcome), shutdown_timeout=2.0)
+        )
         # On asyncio the child runs as a bare task, outside the supervisor's task group.
         assert len(t.sup._bare) == (1 if anyio_backend_name == "asyncio" else 0)
         await settle()
         t.sup.shutdown()
         await settle()
-        await t.clock.step(1.999)
-        assert outcome == []
-        assert stuck.alive
-        await t.clock.step(0.001)
-        assert outcome == ["cancelled"]
-        assert t.sup.stopped.is_set()
-        assert not stuck.alive
+        await _cancelled_at_its_shutdown_timeout(t, stuck, outcome)
 
 
 async def test_a_child_started_without_waiting_is_restarted_and_cancelled_with_the_tree() -> None:
