@@ -1,19 +1,27 @@
-"""CPU instructions per handshake, counted by valgrind's callgrind (not a test).
+"""CPU instructions per handshake or per echoed message, counted by valgrind's callgrind.
 
-On a shared machine the CPU time a server spends per handshake swings by
-±15 % from one run to the next; the number of instructions it executes does
-not. Each server is started twice under ``valgrind --tool=callgrind``, with
-the handshake load generator of ``bench.loadgen`` (4 concurrent connectors:
-connect, opening handshake, close handshake) running for a short and for a
-long window. The difference in instructions divided by the difference in
-handshakes is what one handshake and its close cost in user space, with
-start-up and shutdown cancelled out. The kernel's share (accept, reads,
-writes, close) is not counted, and a server runs some 50 times slower under
-valgrind, so this compares code paths, not throughput.
+Not a test. On a shared machine the CPU time a server spends per handshake
+swings by ±15 % from one run to the next; the number of instructions it
+executes does not. Each server is started twice under ``valgrind
+--tool=callgrind``, with a load generator of ``bench.loadgen`` running for a
+short and for a long window:
 
-Usage: ``python -m bench.instructions [--servers websockets,wsup] [--short S]
-[--long S]``. Requires valgrind; about a minute per server (the two runs of a
-server go side by side).
+* ``--scenario handshake`` (the default): 4 concurrent connectors (connect,
+  opening handshake, close handshake);
+* ``--scenario echo``: ``--conns`` connections (100) keeping 32 messages of
+  ``--size`` bytes (4096) in flight each, as the ``echo-*`` scenarios do.
+
+The difference in instructions divided by the difference in handshakes (or
+messages) is what one costs in user space, with start-up, connecting and
+shutdown cancelled out. The kernel's share (accept, reads, writes, close) is
+not counted, and a server runs some 50 times slower under valgrind (an echo
+server then reads bigger batches than at full speed), so this compares code
+paths, not throughput.
+
+Usage: ``python -m bench.instructions [--scenario handshake|echo]
+[--servers websockets,wsup] [--short S] [--long S] [--conns N] [--size B]``.
+Requires valgrind; one to three minutes per server (the two runs of a server
+go side by side).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.registry import Launch, ServerSpec, select
@@ -56,37 +65,61 @@ def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"the server did not listen within {_STARTUP_TIMEOUT:g} s")
 
 
-def _handshakes(port: int, seconds: float) -> int:
-    """Run the handshake load generator for ``seconds``; the number of handshakes done."""
+@dataclass(frozen=True)
+class Load:
+    """What the load generator does: a ``bench.loadgen`` mode and its options."""
+
+    mode: str
+    """``handshake`` or ``echo``."""
+    conns: int = 100
+    """Echo connections."""
+    size: int = 4096
+    """Echo message size in bytes."""
+
+    @property
+    def unit(self) -> str:
+        """What one counted operation is."""
+        return "handshake" if self.mode == "handshake" else f"{self.size}-byte echo"
+
+    def options(self) -> list[str]:
+        """The load generator's options after its URL."""
+        if self.mode == "handshake":
+            return ["--concurrency", "4"]
+        return ["--conns", str(self.conns), "--size", str(self.size), "--window", "32"]
+
+
+def _operations(port: int, seconds: float, load: Load) -> int:
+    """Run the load generator for ``seconds``; the number of handshakes or echoes done."""
     command = [
         sys.executable,
         "-m",
         "bench.loadgen",
-        "handshake",
+        load.mode,
         "--url",
         f"ws://127.0.0.1:{port}/echo",
-        "--concurrency",
-        "4",
+        *load.options(),
     ]
     with subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as loadgen:
         assert loadgen.stdin is not None
         assert loadgen.stdout is not None
-        loadgen.stdout.readline()  # ready
+        ready = json.loads(loadgen.stdout.readline())
+        if ready.get("failed"):
+            raise RuntimeError(f"{ready['failed']} connections failed: {ready.get('error')}")
         loadgen.stdin.write(json.dumps({"cmd": "run", "duration": seconds}) + "\n")
         loadgen.stdin.flush()
         result = json.loads(loadgen.stdout.readline())
         loadgen.stdin.write('{"cmd": "quit"}\n')
         loadgen.stdin.flush()
     if result.get("errors"):
-        raise RuntimeError(f"{result['errors']} handshakes failed: {result.get('error')}")
-    done: int = result["handshakes"]
+        raise RuntimeError(f"{result['errors']} operations failed: {result.get('error')}")
+    done: int = result["handshakes" if load.mode == "handshake" else "messages"]
     return done
 
 
-def _count(spec: ServerSpec, seconds: float, workdir: Path) -> tuple[int, int]:
-    """One run: ``(handshakes, instructions)`` of the server process from start to exit."""
+def _count(spec: ServerSpec, seconds: float, workdir: Path, load: Load) -> tuple[int, int]:
+    """One run: ``(operations, instructions)`` of the server process from start to exit."""
     port = _free_port()
     log = workdir / f"{spec.name}-{seconds:g}.log"
     command = [
@@ -99,7 +132,7 @@ def _count(spec: ServerSpec, seconds: float, workdir: Path) -> tuple[int, int]:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_listening(port, server)
-        done = _handshakes(port, seconds)
+        done = _operations(port, seconds, load)
         time.sleep(1.0)  # let the last closes finish before the shutdown
     finally:
         server.send_signal(signal.SIGTERM)
@@ -114,32 +147,38 @@ def _count(spec: ServerSpec, seconds: float, workdir: Path) -> tuple[int, int]:
     return done, int(found.group(1))
 
 
-def measure(spec: ServerSpec, short: float, long: float) -> tuple[float, int, int]:
-    """Instructions per handshake of ``spec``, and the handshakes of the two runs."""
+def measure(
+    spec: ServerSpec, short: float, long: float, load: Load = Load("handshake")
+) -> tuple[float, int, int]:
+    """Instructions per operation of ``spec``, and the operations of the two runs."""
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(_count, spec, short, Path(tmp))
-        second = pool.submit(_count, spec, long, Path(tmp))
+        first = pool.submit(_count, spec, short, Path(tmp), load)
+        second = pool.submit(_count, spec, long, Path(tmp), load)
         (n1, i1), (n2, i2) = first.result(), second.result()
     if n2 <= n1:
-        raise RuntimeError(f"the long run did no more handshakes ({n2}) than the short ({n1})")
+        raise RuntimeError(f"the long run did no more operations ({n2}) than the short ({n1})")
     return (i2 - i1) / (n2 - n1), n1, n2
 
 
 def main(argv: list[str] | None = None) -> None:
     """Measure the servers named on the command line and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("handshake", "echo"), default="handshake")
     parser.add_argument("--servers", default="websockets,wsup", help="comma-separated names")
+    parser.add_argument("--conns", type=int, default=100, help="echo connections")
+    parser.add_argument("--size", type=int, default=4096, help="echo message size (bytes)")
     parser.add_argument("--short", type=float, default=5.0, help="short window (s)")
     parser.add_argument("--long", type=float, default=20.0, help="long window (s)")
     args = parser.parse_args(argv)
     specs = select([name for name in args.servers.split(",") if name])
+    load = Load(args.scenario, conns=args.conns, size=args.size)
     results: dict[str, float] = {}
     for spec in specs:
-        per, n1, n2 = measure(spec, args.short, args.long)
+        per, n1, n2 = measure(spec, args.short, args.long, load)
         results[spec.name] = per
         print(
-            f"{spec.name:<11} {per:>11,.0f} instructions/handshake  "
-            f"({n1} and {n2} handshakes under valgrind)",
+            f"{spec.name:<11} {per:>11,.0f} instructions per {load.unit}  "
+            f"({n1} and {n2} under valgrind)",
             flush=True,
         )
     if "websockets" in results:
