@@ -539,7 +539,7 @@ class Cell:
             envelope = item
             wait = mailbox.last_wait
             self.current = envelope
-            started = now()
+            started = mailbox.last_taken
             try:
                 if is_async:
                     result = await receive(envelope.message)

@@ -140,6 +140,7 @@ class Mailbox(Generic[T]):
         "_total_wait",
         "address",
         "config",
+        "last_taken",
         "last_wait",
     )
 
@@ -170,6 +171,8 @@ class Mailbox(Generic[T]):
         self._dropped: dict[str, int] = {}
         self.last_wait = 0.0
         """Seconds the message last taken by ``get``/``get_nowait`` spent queued."""
+        self.last_taken = 0.0
+        """When (on the mailbox's clock) that message was taken."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -341,7 +344,8 @@ class Mailbox(Generic[T]):
             raise anyio.WouldBlock
         message, enqueued_at = self._queue.popleft()
         self._delivered += 1
-        self.last_wait = wait = self._clock.now() - enqueued_at
+        self.last_taken = now = self._clock.now()
+        self.last_wait = wait = now - enqueued_at
         self._total_wait += wait
         if self._putters:
             self._wake_putter()

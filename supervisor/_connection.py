@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import enum
 import json
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -57,7 +57,7 @@ from ._aio import enter_callback, exit_callback
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
-from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
+from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, frame_header
 from .metrics import close_reason_for_code
 
 if TYPE_CHECKING:
@@ -281,8 +281,15 @@ class Connection:
             ConnectionClosed: the connection is closing or closed.
             TypeError: ``message`` is neither str nor bytes.
         """
-        self._check_open()
-        item = self._encode(message)
+        # _check_open and _encode's common cases, inlined: this runs per message.
+        if self._close_request is not None or self._close_info is not None:
+            raise self._closed_error()
+        if isinstance(message, bytes):
+            item = OutboundItem(message, False)
+        elif isinstance(message, str):
+            item = OutboundItem(message.encode(), True)
+        else:
+            item = self._encode(message)
         while not self.enqueue(item, wait_ok=True):
             # anyio's Event: several tasks may wait for room on one connection.
             space = self._space = self._space or anyio.Event()
@@ -441,9 +448,8 @@ class Connection:
         if not self._protocol.extensions:
             framed = cache.get("frame")
             if framed is None:
-                opcode = Opcode.TEXT if item.text else Opcode.BINARY
                 framed = cache["frame"] = OutboundItem(
-                    Frame(opcode, item.payload).serialize(mask=False),
+                    frame_header(item.text, len(item.payload)) + item.payload,
                     item.text,
                     frame=True,
                     size=len(item.payload),
@@ -687,7 +693,7 @@ class Connection:
         frames after it; the caller waits for room, then goes on with them.
         """
         for index, event in enumerate(events):
-            frame = cast(Frame, event)  # after the handshake, every event is a frame
+            frame: Frame = event  # after the handshake, every event is a frame
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
                 if opcode is not _CONT:
@@ -716,7 +722,7 @@ class Connection:
         return None
 
     def _after_events(self) -> None:
-        if self._batch_bytes:
+        if self._batch_text or self._batch_binary:
             counters = self.server.counters
             if self._batch_text:
                 counters.received_text.inc(self._batch_text)
@@ -724,6 +730,8 @@ class Connection:
                 counters.received_binary.inc(self._batch_binary)
             counters.received_bytes.inc(self._batch_bytes)
             self._batch_text = self._batch_binary = self._batch_bytes = 0
+            # Once per read, not per message: the idle deadline moves all the same.
+            self.keepalive.on_message(self.server.clock.now())
         protocol = self._protocol
         if protocol.close_rcvd is not None or protocol.eof_sent:
             self._record_close("client")
@@ -755,7 +763,6 @@ class Connection:
         else:
             self._batch_binary += 1
         self._batch_bytes += len(data)
-        self.keepalive.on_message(self.server.clock.now())
         ref = self.ref
         if ref is None:
             return True
@@ -880,11 +887,19 @@ class Connection:
         if protocol.state is not _OPEN:
             self._dropped("disconnect", len(items))
         else:
+            # Without extensions a frame is a header and the payload: no need
+            # for the protocol's serializer (see frame_header).
+            plain = not protocol.extensions
             for item in items:
                 size += item.size if item.frame else len(item.payload)
-                if item.frame:
-                    chunks.extend(protocol.data_to_send())
-                    chunks.append(item.payload)
+                if item.frame or plain:
+                    if protocol.writes:
+                        # Control frames the protocol queued first go first.
+                        chunks.extend(protocol.data_to_send())
+                    if not item.frame:
+                        chunks.append(frame_header(item.text, len(item.payload)))
+                    if item.payload:  # never b"": a final b"" means end of stream
+                        chunks.append(item.payload)
                 elif item.text:
                     protocol.send_text(item.payload)
                 else:

@@ -5,12 +5,14 @@ bytes, until the connection's writer turns them into frames and writes them in
 one batch. The buffer never holds more than ``limit`` bytes, except that one
 message larger than the limit is accepted into an *empty* buffer (otherwise it
 could never be sent). What happens to a message that does not fit is the pure
-:func:`decide_outbound`.
+:func:`decide_outbound`. :func:`frame_header` frames a message for a
+connection without extensions.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "OutboundVerdict",
     "SlowConsumerPolicy",
     "decide_outbound",
+    "frame_header",
 ]
 
 
@@ -148,3 +151,24 @@ class OutboundBuffer:
         self._items = []
         self.bytes = 0
         return count
+
+
+_HEAD_7 = struct.Struct("!BB").pack
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
+
+
+def frame_header(text: bool, length: int) -> bytes:
+    """The header of an unmasked, unfragmented data frame without extensions (RFC 6455 §5.2).
+
+    ``header + payload`` is byte for byte what websockets' ``Frame.serialize``
+    writes for a server (a test pins it), for a fraction of its cost: no frame
+    object, no ``BytesIO``, no copy of the payload. Connections that negotiated
+    an extension (permessage-deflate) frame through the protocol instead.
+    """
+    first = 0x81 if text else 0x82  # FIN + opcode
+    if length < 126:
+        return _HEAD_7(first, length)
+    if length < 0x10000:
+        return _HEAD_16(first, 126, length)
+    return _HEAD_64(first, 127, length)

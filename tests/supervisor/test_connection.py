@@ -179,6 +179,31 @@ async def test_send_keeps_the_type_and_counts() -> None:
         assert sample(server, "wsup_messages_sent_total", kind="binary") == 1
 
 
+async def test_empty_messages_are_messages() -> None:
+    """A zero-byte message is delivered, echoed and counted like any other."""
+    async with probed() as (server, conns, _), peer(server, "/t") as client:
+        await client.send("")
+        await client.send(b"")
+        assert await client.recv() == ""
+        assert await client.recv() == b""
+        assert conns[0].messages_in == 2
+        assert sample(server, "wsup_messages_received_total", kind="text") == 1
+        assert sample(server, "wsup_messages_received_total", kind="binary") == 1
+        assert sample(server, "wsup_messages_sent_total", kind="text") == 1
+
+
+async def test_send_takes_bytearray_and_memoryview_as_binary() -> None:
+    """Typed ``str | bytes``, but other bytes-like objects also go out as binary."""
+    async with probed() as (server, conns, _), peer(server, "/t") as client:
+        await client.send("hi")
+        await client.recv()
+        (conn,) = conns
+        await conn.send(bytearray(b"ab"))  # type: ignore[arg-type]
+        await conn.send(memoryview(b"cd"))  # type: ignore[arg-type]
+        assert await client.recv() == b"ab"
+        assert await client.recv() == b"cd"
+
+
 async def test_send_refuses_what_is_not_a_message() -> None:
     """Anything but str or bytes is a TypeError, in send and in send_nowait."""
     async with probed() as (server, conns, _), peer(server, "/t") as client:

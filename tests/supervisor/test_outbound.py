@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
 
 from supervisor._outbound import (
     OutboundBuffer,
@@ -12,6 +13,7 @@ from supervisor._outbound import (
     OutboundVerdict,
     SlowConsumerPolicy,
     decide_outbound,
+    frame_header,
 )
 
 policies = st.sampled_from(list(SlowConsumerPolicy))
@@ -190,3 +192,21 @@ def test_policies_other_than_drop_oldest_leave_the_buffer_alone(
     assert _offer(buffer, OutboundItem(b"de", text=True)) is _OVER_LIMIT[policy]
     assert [i.payload for i in buffer.take_all()] == [b"abc"]
     assert buffer.dropped == 0
+
+
+@given(text=st.booleans(), length=st.integers(min_value=0, max_value=70_000))
+@example(text=False, length=125)
+@example(text=False, length=126)
+@example(text=True, length=0xFFFF)
+@example(text=True, length=0x10000)
+def test_frame_header_matches_websockets_serializer(text: bool, length: int) -> None:
+    payload = bytes(length)
+    opcode = Opcode.TEXT if text else Opcode.BINARY
+    expected = Frame(opcode, payload).serialize(mask=False)
+    assert frame_header(text, length) + payload == expected
+
+
+def test_frame_header_covers_the_64_bit_length_form() -> None:
+    # Beyond 0xFFFF the length takes 8 bytes; checked without a 4 GiB payload.
+    header = frame_header(False, 2**32 + 5)
+    assert header == bytes([0x82, 127]) + (2**32 + 5).to_bytes(8, "big")
