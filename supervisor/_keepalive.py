@@ -12,10 +12,13 @@ so idle connections cost no task of their own.
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass
 
-__all__ = ["Keepalive", "KeepaliveAction", "KeepaliveConfig"]
+__all__ = ["Keepalive", "KeepaliveAction", "KeepaliveConfig", "wake_time"]
+
+_MAX_SLACK = 0.25
 
 
 class KeepaliveAction(enum.Enum):
@@ -49,6 +52,22 @@ class KeepaliveConfig:
             raise ValueError("ping_timeout must be > 0")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be > 0 or None")
+
+    @property
+    def slack(self) -> float:
+        """How late (seconds) the server may act on a deadline: 1/20 of the
+        shortest period configured, at most 0.25 s.
+
+        Deadlines that fall within the same slack share one wake-up of the
+        keepalive task, so the pings of connections opened together go out in
+        one turn of the event loop and their pongs come back together.
+        """
+        periods = [self.ping_timeout]
+        if self.ping_interval is not None:
+            periods.append(self.ping_interval)
+        if self.idle_timeout is not None:
+            periods.append(self.idle_timeout)
+        return min(_MAX_SLACK, min(periods) / 20)
 
 
 class Keepalive:
@@ -110,3 +129,12 @@ class Keepalive:
         """A complete message from the peer: push the idle deadline back."""
         if self.config.idle_timeout is not None:
             self.idle_by = now + self.config.idle_timeout
+
+
+def wake_time(deadline: float, slack: float) -> float:
+    """When to wake for ``deadline``: the first multiple of ``slack`` at or after it.
+
+    Deadlines in the same ``slack``-wide slot of the clock share a wake-up,
+    and none is acted on more than ``slack`` seconds late.
+    """
+    return max(math.ceil(deadline / slack) * slack, deadline)

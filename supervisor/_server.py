@@ -69,7 +69,7 @@ from ._instrumentation import (
     MetricsInstrumentation,
     hot_gauge,
 )
-from ._keepalive import KeepaliveAction
+from ._keepalive import KeepaliveAction, wake_time
 from ._proxy import TrustedProxies
 from ._request import OriginPolicy, parse_cookies, split_target
 from ._routing import RouteMatch
@@ -893,7 +893,12 @@ class Server:
             wake = self._keepalive_wake = new_event()
             delay = None if math.isinf(self._keepalive_next) else self._keepalive_next - now
             if loop is not None and delay is not None:
-                timer = loop.call_later(delay, wake.set)
+                # Wake on a grid of the slack: deadlines close together share one
+                # wake-up instead of waking the loop once each (20,000 connections
+                # with a 20 s ping interval: 4 wake-ups a second instead of 1,000).
+                slack = heap[0][2].keepalive.config.slack
+                wake_at = self._keepalive_next = wake_time(self._keepalive_next, slack)
+                timer = loop.call_later(wake_at - now, wake.set)
                 try:
                     await wake.wait()
                 finally:

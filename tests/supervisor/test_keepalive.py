@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import KeepaliveConfig
-from supervisor._keepalive import Keepalive, KeepaliveAction
+from supervisor._keepalive import Keepalive, KeepaliveAction, wake_time
 
 NOTHING = KeepaliveAction.NOTHING
 PING = KeepaliveAction.PING
@@ -166,3 +166,29 @@ def test_nothing_is_due_before_the_next_deadline(
                 assert not outstanding
             if action is KeepaliveAction.PONG_TIMEOUT:
                 assert outstanding
+
+
+def test_slack_is_a_twentieth_of_the_shortest_period_at_most_a_quarter_second() -> None:
+    assert KeepaliveConfig().slack == 0.25  # 20 s ping interval and timeout
+    assert KeepaliveConfig(ping_interval=1.0, ping_timeout=2.0).slack == pytest.approx(0.05)
+    assert KeepaliveConfig(ping_interval=None, idle_timeout=0.2).slack == pytest.approx(0.01)
+    assert KeepaliveConfig(ping_interval=60, ping_timeout=60, idle_timeout=600).slack == 0.25
+
+
+@given(
+    deadline=st.floats(min_value=0, max_value=1e7, allow_nan=False),
+    slack=st.sampled_from([0.25, 0.05, 0.01, 0.001]),
+)
+def test_wake_time_is_never_early_and_at_most_one_slack_late(deadline: float, slack: float) -> None:
+    wake = wake_time(deadline, slack)
+    assert deadline <= wake <= deadline + slack * (1 + 1e-9)
+
+
+@given(
+    slot=st.integers(min_value=0, max_value=10**6),
+    offsets=st.lists(st.floats(min_value=0.001, max_value=0.999), min_size=2, max_size=20),
+)
+def test_deadlines_in_one_slot_share_a_wake_up(slot: int, offsets: list[float]) -> None:
+    slack = 0.25
+    wakes = {wake_time((slot + offset) * slack, slack) for offset in offsets}
+    assert len(wakes) == 1
