@@ -165,6 +165,10 @@ class ServerProcess:
         """CPU time used so far by the server and its descendants."""
         return procfs.cpu_seconds(self.pid)
 
+    def cpu_times(self) -> tuple[float, float]:
+        """User and system CPU time used so far by the server and its descendants."""
+        return procfs.cpu_times(self.pid)
+
     def rss_bytes(self) -> int:
         """Resident memory of the server and its descendants."""
         return procfs.rss_bytes(self.pid)

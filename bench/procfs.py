@@ -45,24 +45,32 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _cpu_seconds_one(pid: int) -> float:
+def _cpu_times_one(pid: int) -> tuple[float, float]:
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     # The command name is in parentheses and may contain spaces: split after it.
     fields = stat[stat.rindex(")") + 2 :].split()
     # utime and stime are fields 14 and 15 of stat(5), i.e. 11 and 12 after the name.
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """CPU time (user, system; seconds) used so far by ``pid`` and its descendants.
+
+    System time is the kernel working for the process: system calls, and on
+    loopback the TCP stack of both ends of every segment it sends. Resolution
+    is one clock tick (usually 10 ms), so measured windows should last at least
+    a second.
+    """
+    times = [_cpu_times_one(p) for p in descendants(pid)]
+    return sum(user for user, _ in times), sum(system for _, system in times)
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, seconds) used so far by ``pid`` and its descendants.
-
-    Resolution is one clock tick (usually 10 ms), so measured windows should
-    last at least a second.
-    """
-    return sum(_cpu_seconds_one(p) for p in descendants(pid))
+    """CPU time (user + system, seconds) used so far by ``pid`` and its descendants."""
+    return sum(cpu_times(pid))
 
 
 def cpu_usage(cpu: int) -> tuple[float, float]:

@@ -185,15 +185,21 @@ class CpuWindow:
         self.loadgens = loadgens
         self.cpu = ctx.pin.server_cpu
         self.start = time.monotonic()
-        self.server_start = server.cpu_seconds()
+        self.server_start = server.cpu_times()
         self.client_start = sum(loadgen.cpu_seconds() for loadgen in loadgens)
         self.usage_start = procfs.cpu_usage(self.cpu) if self.cpu is not None else (0.0, 0.0)
         self.others = 0.0
+        self.kernel_pct = 0.0
+        """After :meth:`stop`: the share of the server's CPU time spent in the kernel."""
 
     def stop(self) -> tuple[float, float, float]:
         """Server CPU seconds, load generator CPU seconds and wall seconds since creation."""
         wall = time.monotonic() - self.start
-        server = self.server.cpu_seconds() - self.server_start
+        user, system = self.server.cpu_times()
+        user -= self.server_start[0]
+        system -= self.server_start[1]
+        server = user + system
+        self.kernel_pct = system / server * 100 if server > 0 else 0.0
         client = sum(loadgen.cpu_seconds() for loadgen in self.loadgens) - self.client_start
         # Below a second, the 10 ms clock ticks make the share meaningless.
         if self.cpu is not None and wall >= self.MIN_WINDOW:
@@ -238,6 +244,7 @@ async def measure_echo(
             "msgs_per_s": messages / elapsed,
             "cpu_us_per_msg": server_cpu / messages * 1e6,
             "server_cpu_pct": server_cpu / wall * 100,
+            "kernel_pct": cpu.kernel_pct,
             "client_cpu_pct": client_cpu / wall * 100,
         },
         cpu.notes(),
@@ -289,6 +296,7 @@ async def measure_fanout(ctx: Context, *, subscribers: int, rounds: int) -> Samp
             "latency_ms": latency * 1000,
             "deliveries_per_s": subscribers / latency,
             "cpu_us_per_delivery": server_cpu / deliveries * 1e6,
+            "kernel_pct": cpu.kernel_pct,
             "client_us_per_delivery": client_cpu / deliveries * 1e6,
         },
         cpu.notes(),
@@ -315,6 +323,7 @@ async def measure_handshakes(ctx: Context, *, concurrency: int, duration: float)
         {
             "handshakes_per_s": done / result["elapsed"],
             "cpu_us_per_handshake": server_cpu / done * 1e6,
+            "kernel_pct": cpu.kernel_pct,
             "client_cpu_pct": client_cpu / wall * 100,
         },
         notes,
@@ -378,6 +387,7 @@ async def measure_idle(ctx: Context, *, conns: int, window: float, settle: float
     return Sample(
         {
             "server_cpu_pct": server_cpu / wall * 100,
+            "kernel_pct": cpu.kernel_pct,
             "connections": float(conns),
             "rss_mib": server.rss_bytes() / 2**20,
         },
@@ -498,17 +508,20 @@ ECHO_METRICS = (
     Metric("msgs_per_s", "msgs/s", "higher"),
     Metric("cpu_us_per_msg", "CPU µs/msg", "lower"),
     Metric("server_cpu_pct", "server CPU %"),
+    Metric("kernel_pct", "in kernel %"),
     Metric("client_cpu_pct", "client CPU %"),
 )
 FANOUT_METRICS = (
     Metric("latency_ms", "publish→last ms", "lower"),
     Metric("deliveries_per_s", "deliveries/s", "higher"),
     Metric("cpu_us_per_delivery", "CPU µs/delivery", "lower"),
+    Metric("kernel_pct", "in kernel %"),
     Metric("client_us_per_delivery", "client µs/delivery"),
 )
 HANDSHAKE_METRICS = (
     Metric("handshakes_per_s", "handshakes/s", "higher"),
     Metric("cpu_us_per_handshake", "CPU µs/handshake", "lower"),
+    Metric("kernel_pct", "in kernel %"),
     Metric("client_cpu_pct", "client CPU %"),
 )
 MEMORY_METRICS = (
@@ -517,6 +530,7 @@ MEMORY_METRICS = (
 )
 IDLE_METRICS = (
     Metric("server_cpu_pct", "server CPU %", "lower"),
+    Metric("kernel_pct", "in kernel %"),
     Metric("connections", "connections"),
     Metric("rss_mib", "RSS MiB"),
 )
