@@ -281,15 +281,8 @@ class Connection:
             ConnectionClosed: the connection is closing or closed.
             TypeError: ``message`` is neither str nor bytes.
         """
-        # _check_open and _encode's common cases, inlined: this runs per message.
-        if self._close_request is not None or self._close_info is not None:
-            raise self._closed_error()
-        if isinstance(message, bytes):
-            item = OutboundItem(message, False)
-        elif isinstance(message, str):
-            item = OutboundItem(message.encode(), True)
-        else:
-            item = self._encode(message)
+        self._check_open()
+        item = self._encode(message)
         while not self.enqueue(item, wait_ok=True):
             # anyio's Event: several tasks may wait for room on one connection.
             space = self._space = self._space or anyio.Event()
