@@ -1,48 +1,100 @@
-# wsup — developer entry points. Each target creates .venv on first use.
+# wsup — developer entry points. Each target creates .venv on first use and
+# installs exactly what uv.lock pins (uv sync --locked); `make lock` is the only
+# target that moves a version.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
 HOST   ?= 127.0.0.1
 PORT   ?= 8765
 
-.PHONY: demo test lint typecheck check bench test-deps clean
+# uv from PATH when there is one; else this pinned release, installed with pip
+# into a venv of its own (.tools/), never into the project's environment.
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV         ?= $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+# Never download a Python: the one named by PYTHON is used.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+SYNC := $(UV) sync --locked --python $(PYTHON)
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+# The unit suite again, against the lowest versions pyproject.toml allows
+# (tests/lowest-direct.txt, written by `make lock`).
+LOWEST_VENV := .venv-lowest
+LOWEST_REQS := tests/lowest-direct.txt
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[uvloop]'
+.PHONY: demo test test-suite test-lowest lint typecheck check bench test-deps \
+	lock lock-check clean
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+# One line, naming the fix, when pyproject.toml and uv.lock disagree.
+lock-check: | $(UV)
+	@$(UV) lock --check --quiet --python $(PYTHON) 2>/dev/null || { \
+	  echo "wsup: uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; \
+	  exit 1; }
+
+# The demo needs the library and uvloop only; --inexact keeps the dev tools of a
+# `make test` venv in place.
+$(VENV)/.installed: pyproject.toml uv.lock | lock-check
+	$(SYNC) --inexact --no-default-groups --extra uvloop
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+$(VENV)/.installed-dev: pyproject.toml uv.lock | lock-check
+	$(SYNC) --all-extras
 	touch $@ $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: lock-check $(VENV)/.installed
 	@echo "wsup chat demo: open http://$(HOST):$(PORT)/ in a browser (Ctrl-C stops it)"
 	$(BIN)/wsup serve examples.chat:app --host $(HOST) --port $(PORT)
 
 # What the tests need beyond Python packages: redis-server, prometheus/promtool,
 # Node's ws client and Chromium. Each is installed only when missing.
-test-deps: $(STAMP)
+test-deps: $(VENV)/.installed-dev
 	@./.ci/test-deps
 
-lint: $(STAMP)
+lint: lock-check $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: lock-check $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 check: lint typecheck
 
-test: test-deps check
+test-suite: test-deps
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+$(LOWEST_VENV)/.installed: $(LOWEST_REQS) | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LOWEST_VENV)
+	$(UV) pip sync --quiet --python $(LOWEST_VENV)/bin/python $(LOWEST_REQS)
+	$(UV) pip install --quiet --no-deps --python $(LOWEST_VENV)/bin/python -e .
+	touch $@
+
+# Unit tests only: the end-to-end tests drive browsers, Prometheus and Redis
+# servers, which say nothing more about the library's lower bounds.
+test-lowest: lock-check $(LOWEST_VENV)/.installed
+	@$(LOWEST_VENV)/bin/python -c 'import importlib.metadata as m; \
+	  print("lowest-direct:", ", ".join(f"{d}=={m.version(d)}" for d in \
+	  ("anyio", "structlog", "prometheus-client", "websockets", "sniffio", "uvloop", "redis", "trio")))'
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
+
+test: lock-check check test-suite test-lowest
+
+bench: lock-check $(VENV)/.installed-dev
 	$(BIN)/python -m bench
 
+# Re-resolve on purpose; uv prints each package that moved. `make lock UPGRADE=1`
+# also takes newer releases of everything already locked.
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON) $(if $(UPGRADE),--upgrade)
+	$(UV) pip compile --quiet --python $(PYTHON) --python-version 3.11 \
+	  --resolution lowest-direct --all-extras --group dev \
+	  --no-header --output-file $(LOWEST_REQS) pyproject.toml
+	@echo "lowest-direct pins in $(LOWEST_REQS):"
+	@grep -E '^(anyio|structlog|prometheus-client|websockets|sniffio|uvloop|redis|trio)==' $(LOWEST_REQS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache bench/node_modules tests/e2e/node_modules
+	rm -rf $(VENV) $(LOWEST_VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache \
+	  bench/node_modules tests/e2e/node_modules

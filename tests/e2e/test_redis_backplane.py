@@ -277,7 +277,7 @@ async def test_a_killed_node_leaves_the_cluster(redis_server: RedisServer) -> No
     and it leaves the live node set when its liveness key expires."""
     url = redis_server.url
     inspector = redis.Redis.from_url(url)
-    expiries = inspector.pubsub()  # type: ignore[no-untyped-call]
+    expiries = inspector.pubsub()
     try:
         expiries.subscribe("__keyevent@0__:expired")
         assert expiries.get_message(timeout=TIMEOUT) is not None  # the confirmation
