@@ -89,9 +89,13 @@ bench: lock-check $(VENV)/.installed-dev
 # also takes newer releases of everything already locked.
 lock: | $(UV)
 	$(UV) lock --python $(PYTHON) $(if $(UPGRADE),--upgrade)
+	@# The library's direct dependencies at their lowest; the test tools as locked.
+	@tools=$$(mktemp) && trap 'rm -f "$$tools"' EXIT && \
+	$(UV) export --quiet --frozen --only-group dev --no-emit-project --no-hashes \
+	  --no-header --output-file "$$tools" && \
 	$(UV) pip compile --quiet --python $(PYTHON) --python-version 3.11 \
-	  --resolution lowest-direct --all-extras --group dev \
-	  --no-header --output-file $(LOWEST_REQS) pyproject.toml
+	  --resolution lowest-direct --all-extras --no-annotate --custom-compile-command "make lock" \
+	  --output-file $(LOWEST_REQS) pyproject.toml "$$tools"
 	@echo "lowest-direct pins in $(LOWEST_REQS):"
 	@grep -E '^(anyio|structlog|prometheus-client|websockets|sniffio|uvloop|redis|trio)==' $(LOWEST_REQS)
 
