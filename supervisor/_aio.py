@@ -14,6 +14,10 @@ processed.
 The decision code is shared with the stream path (trio, TLS): it talks to the
 socket through a :class:`TransportStream`, which has the few ``ByteStream``
 methods it uses and never suspends.
+
+After an HTTP answer other than 101 the socket lingers (:meth:`HandshakeProtocol.linger`):
+closing a socket with unread input makes the kernel send a reset, and a
+client still sending an oversized request would lose the answer to it.
 """
 
 from __future__ import annotations
@@ -96,6 +100,14 @@ class TransportStream:
     async def aclose(self) -> None:
         self.transport.close()
 
+    def linger(self, timeout: float, max_bytes: int) -> None:
+        """Close after an answer without losing it: see :meth:`HandshakeProtocol.linger`."""
+        protocol = self.transport.get_protocol()
+        if isinstance(protocol, HandshakeProtocol):
+            protocol.linger(timeout, max_bytes)
+        else:
+            self.transport.close()
+
     def extra(self, attribute: Any, default: Any = None) -> Any:
         if attribute is anyio.abc.SocketAttribute.remote_address:
             peer = self.transport.get_extra_info("peername")
@@ -125,6 +137,7 @@ class HandshakeProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_decided",
+        "_linger_left",
         "_ops_only",
         "_protocol",
         "_server",
@@ -140,6 +153,8 @@ class HandshakeProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._decided = False
         self._started = 0.0
+        #: Bytes still to discard while lingering; None before.
+        self._linger_left: int | None = None
         self._protocol = ServerProtocol(
             max_size=server.config.max_size,
             extensions=server.compression,
@@ -165,6 +180,11 @@ class HandshakeProtocol(asyncio.Protocol):
             exit_callback(previous)
 
     def _received(self, data: bytes) -> None:
+        if self._linger_left is not None:
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and self._transport is not None:
+                self._transport.abort()  # enough: more than an answer is worth
+            return
         protocol = self._protocol
         protocol.receive_data(data)
         if self._decided:
@@ -185,6 +205,38 @@ class HandshakeProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._decided:
             self._failed()
+        elif self._linger_left is not None:
+            self._server.lingering.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def linger(self, timeout: float, max_bytes: int) -> None:
+        """Close the socket once the client has read the answer just written.
+
+        A lingering close, as nginx's ``lingering_close``: half-close (the
+        client reads the answer, then end of file), then read and discard what
+        the client still sends, until it closes its end, ``max_bytes`` were
+        discarded, or ``timeout`` seconds passed. Closing at once with unread
+        input would make the kernel send a reset instead, and the client lose
+        the answer (a 431 to an oversized request, typically).
+        """
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            return
+        self._linger_left = max_bytes
+        self._server.lingering.add(self)
+        if transport.can_write_eof():
+            transport.write_eof()
+        # A decision taken in a task paused reading; a full buffer would too.
+        transport.resume_reading()
+        self._timer = asyncio.get_running_loop().call_later(timeout, transport.abort)
+
+    def abort(self) -> None:
+        """Drop the socket now (the server stops)."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def _stream(self) -> TransportStream:
         assert self._transport is not None

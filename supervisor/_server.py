@@ -48,7 +48,7 @@ from websockets.typing import Subprotocol
 from actors import ALL, Backplane, Clock, MonotonicClock
 from actors._backend import Waiter, primitives
 
-from ._aio import TransportStream, hooks_are_sync, serve_sockets
+from ._aio import HandshakeProtocol, TransportStream, hooks_are_sync, serve_sockets
 from ._app import (
     Accept,
     App,
@@ -83,6 +83,8 @@ __all__ = ["Server", "serve"]
 _log = structlog.get_logger("wsup.server")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
 _std_log = logging.getLogger("wsup.server")
+_LINGER_BYTES = 1 << 20
+"""At most this many bytes are read and discarded after an HTTP answer before closing."""
 _CLOSED_STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
@@ -223,6 +225,8 @@ class Server:
             else None
         )
         self.protocol_logger = _PROTOCOL_LOGGER
+        #: Callback-mode sockets closing after an HTTP answer (see ``HandshakeProtocol.linger``).
+        self.lingering: set[HandshakeProtocol] = set()
         #: Whether handshakes can be decided inside transport callbacks (set by serve()).
         self.sync_handshakes = False
         self.counters = counters = _HotCounters(self.metrics)
@@ -294,6 +298,8 @@ class Server:
                         for conn in list(self.connections):
                             if conn.uses_callbacks:
                                 conn.abort()
+                        for lingering in list(self.lingering):
+                            lingering.abort()
                     tg.cancel_scope.cancel()
                 for hook in app.on_shutdown:
                     with anyio.CancelScope(shield=True):
@@ -479,6 +485,7 @@ class Server:
             logger=self.protocol_logger,
         )
         request: WSRequest | None = None
+        invalid = False
         with anyio.move_on_after(config.handshake_timeout):
             if config.ssl is not None:
                 try:
@@ -502,8 +509,12 @@ class Server:
                 if events:
                     request = events[0]  # type: ignore[assignment]
                 elif protocol.handshake_exc is not None:
-                    await self.bad_request(stream, protocol)
-                    return None
+                    invalid = True
+                    break
+        if invalid:
+            # Answered outside the handshake deadline: the lingering close has its own.
+            await self.bad_request(stream, protocol)
+            return None
         if request is None:
             self.handshakes["timeout"].inc()
             await self.handshake_timed_out(stream, protocol)
@@ -529,7 +540,7 @@ class Server:
         writes = protocol.data_to_send()
         if any(writes):  # websockets already answered (431, 414)
             await _send_all(stream, writes)
-            await _close_quietly(stream)
+            await self._linger(stream)
             return
         cause = protocol.handshake_exc.__cause__ if protocol.handshake_exc else None
         if cause is not None and "unsupported request body" in str(cause):
@@ -542,7 +553,7 @@ class Server:
         else:
             response = _plain(400, "bad request: not a valid HTTP/1.1 request\n")
         await _send_all(stream, [response.serialize()])
-        await _close_quietly(stream)
+        await self._linger(stream)
 
     async def _respond(
         self, stream: AnyStream, protocol: ServerProtocol, response: Response
@@ -550,7 +561,23 @@ class Server:
         if not protocol.eof_sent:
             protocol.send_response(response)
         await _send_all(stream, protocol.data_to_send())
-        await _close_quietly(stream)
+        await self._linger(stream)
+
+    async def _linger(self, stream: AnyStream) -> None:
+        """Close after an HTTP answer: half-close, discard what still comes, then close.
+
+        Closing with unread input would send a reset that can destroy the
+        answer on its way (a client still sending an oversized request). Bounded
+        by ``close_timeout`` and 1 MiB, like nginx's lingering close.
+        """
+        timeout = self.config.close_timeout
+        if isinstance(stream, TransportStream):
+            stream.linger(timeout, _LINGER_BYTES)  # never suspends: may run in a callback
+        elif self._tg is not None:
+            # In a task of its own: the handshake is over, the socket only waits to close.
+            self._tg.start_soon(_linger_stream, stream, timeout)
+        else:
+            await _close_quietly(stream)
 
     def _request(
         self,
@@ -1024,6 +1051,18 @@ async def _close_quietly(stream: anyio.abc.AsyncResource | TransportStream) -> N
         return
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await stream.aclose()
+
+
+async def _linger_stream(stream: anyio.abc.ByteStream, timeout: float) -> None:
+    try:
+        with contextlib.suppress(NotImplementedError, *_CLOSED_STREAM_ERRORS):
+            await stream.send_eof()  # TLS cannot half-close: the client reads to the end
+        left = _LINGER_BYTES
+        with anyio.move_on_after(timeout), contextlib.suppress(*_CLOSED_STREAM_ERRORS):
+            while left >= 0:
+                left -= len(await stream.receive())
+    finally:
+        await _close_quietly(stream)
 
 
 def _backend_name() -> str:

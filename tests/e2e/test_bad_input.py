@@ -205,6 +205,63 @@ async def test_an_overlong_request_line_gets_414() -> None:
         assert status(answer) == 414
 
 
+async def send_all_and_read(server: Server, request: bytes) -> tuple[bytes, str]:
+    """Send ``request`` while reading the answer; return it and how the socket ended.
+
+    The end is ``"eof"`` for a clean close, else the name of the error (a reset).
+    Sending goes on in the background after the answer arrived, as a client
+    streaming an oversized request does; its errors are the server's to cause.
+    """
+    host, port = server.ports[0]
+    answer = b""
+    async with await anyio.connect_tcp(host, port) as stream, anyio.create_task_group() as tg:
+
+        async def send() -> None:
+            with contextlib.suppress(*_STREAM_ENDED, OSError):
+                await stream.send(request)
+
+        tg.start_soon(send)
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    answer += await stream.receive()
+                except anyio.EndOfStream:
+                    end = "eof"
+                    break
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    end = type(exc.__cause__ or exc).__name__
+                    break
+        tg.cancel_scope.cancel()
+    return answer, end
+
+
+OVERSIZED = {
+    414: b"GET /" + b"a" * (512 << 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    431: b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (512 << 10) + b"\r\n\r\n",
+}
+"""Requests far over the parser's limits (8 KiB a line): most of each is still
+unread in the server's socket when the parser gives up."""
+
+
+@pytest.mark.parametrize("expected", sorted(OVERSIZED))
+async def test_concurrent_oversized_requests_all_get_their_answer_then_a_clean_close(
+    expected: int,
+) -> None:
+    """20 clients streaming 512 KiB request heads each get 414/431 and a close, never a reset."""
+    async with running_server(echo_app) as server:
+        outcomes: list[tuple[bytes, str]] = []
+
+        async def one() -> None:
+            outcomes.append(await send_all_and_read(server, OVERSIZED[expected]))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(one)
+        assert [end for _, end in outcomes] == ["eof"] * 20
+        assert {status(answer) for answer, _ in outcomes} == {expected}
+        assert sample(server, "wsup_handshakes_total", result="failed") == 20
+
+
 async def test_a_non_get_method_gets_405() -> None:
     """POST on the WebSocket port gets 405 Method Not Allowed with an Allow header."""
     async with running_server(echo_app) as server:
