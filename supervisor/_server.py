@@ -48,6 +48,7 @@ from websockets.typing import Subprotocol
 from actors import ALL, Backplane, Clock, MonotonicClock
 from actors._backend import Waiter, primitives
 
+from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error
 from ._aio import HandshakeProtocol, TransportStream, hooks_are_sync, serve_sockets
 from ._app import (
     Accept,
@@ -76,7 +77,7 @@ from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
-from .metrics import CONNECTION_STATES, HANDSHAKE_RESULTS, Metrics
+from .metrics import ACCEPT_ERRORS, CONNECTION_STATES, HANDSHAKE_RESULTS, AcceptError, Metrics
 
 __all__ = ["Server", "serve"]
 
@@ -232,6 +233,11 @@ class Server:
         self.counters = counters = _HotCounters(self.metrics)
         self.handshakes = counters.handshakes
         self.states = counters.states
+        #: Paces accepting when descriptors run out (shared by every listener).
+        self.accept_throttle = AcceptThrottle()
+        self._accept_failures = {
+            error: self.metrics.accept_failures.labels(error=error) for error in ACCEPT_ERRORS
+        }
         # Read at scrape time rather than updated per message.
         self.metrics.mailbox_messages.set_function(
             lambda: float(self.runtime.statistics().mailbox_messages)
@@ -371,17 +377,42 @@ class Server:
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, ops_only: bool) -> None:
         assert self._tg is not None
+        throttle = self.accept_throttle
         while True:
             try:
                 stream = await listener.accept()
             except anyio.ClosedResourceError:
                 return
-            except OSError as exc:
-                # EMFILE and friends: log, back off briefly, keep serving the rest.
-                _log.error("server.accept_failed", error=str(exc))
-                await anyio.sleep(0.1)
+            except (OSError, anyio.BrokenResourceError) as exc:
+                failure, lacked = classify_accept_error(exc)
+                if failure is AcceptFailure.LISTENER:
+                    raise
+                if lacked is not None:
+                    # Out of descriptors: pause, then accept again; open connections go on.
+                    await self.clock.sleep(self.accept_failed(lacked, exc))
                 continue
+            throttle.accepted()
             self._tg.start_soon(self._handle_safely, stream, ops_only)
+
+    def accept_failed(self, lacked: AcceptError, exc: BaseException) -> float:
+        """Count (and now and then log) an ``accept()`` that failed for lack of ``lacked``.
+
+        Returns:
+            How many seconds to pause accepting (see :class:`AcceptThrottle`).
+        """
+        self._accept_failures[lacked].inc()
+        verdict = self.accept_throttle.failed(self.clock.now())
+        if verdict.log:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            _log.error(
+                "server.accept_failed",
+                error=str(cause),
+                errno=lacked.upper(),
+                connections=len(self.connections),
+                retry_in=verdict.delay,
+                suppressed=verdict.suppressed,
+            )
+        return verdict.delay
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``fn`` in the server's task group; False once the server is stopping."""

@@ -58,6 +58,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "ACCEPT_ERRORS",
     "ACTOR_KINDS",
     "BACKPLANE_DIRECTIONS",
     "CLOSE_INITIATORS",
@@ -70,6 +71,7 @@ __all__ = [
     "HANDSHAKE_RESULTS",
     "MESSAGE_KINDS",
     "METRIC_DOCS",
+    "AcceptError",
     "ActorKind",
     "BackplaneDirection",
     "CloseInitiator",
@@ -145,6 +147,11 @@ BackplaneDirection = Literal["sent", "received", "failed"]
 """Backplane traffic: published, received from another node, or failed to publish."""
 BACKPLANE_DIRECTIONS: Final[tuple[BackplaneDirection, ...]] = get_args(BackplaneDirection)
 
+AcceptError = Literal["emfile", "enfile", "enobufs", "enomem"]
+"""Why ``accept()`` failed for lack of resources: the process's descriptor limit
+(``EMFILE``), the system's (``ENFILE``), or kernel memory (``ENOBUFS``, ``ENOMEM``)."""
+ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
+
 # --- Close codes -----------------------------------------------------------------
 
 _CLOSE_REASON_BY_CODE: Final[Mapping[int, CloseReason]] = MappingProxyType(
@@ -188,6 +195,10 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "wsup_connections": "WebSocket connections currently held, by lifecycle state.",
         "wsup_connections_accepted_total": "TCP connections accepted by the listeners.",
+        "wsup_accept_failures_total": (
+            "accept() calls that failed for lack of descriptors or memory, by error; "
+            "accepting pauses after each (0.1 s to 1 s)."
+        ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (
             "Time from accepting a TCP connection to the end of its opening handshake."
@@ -422,6 +433,7 @@ class Metrics:
         # Connections and handshakes.
         self.connections: Final = gauge("wsup_connections", ("state",))
         self.connections_accepted: Final = counter("wsup_connections_accepted_total")
+        self.accept_failures: Final = counter("wsup_accept_failures_total", ("error",))
         self.handshakes: Final = counter("wsup_handshakes_total", ("result",))
         self.handshake_duration: Final = histogram(
             "wsup_handshake_duration_seconds", _HANDSHAKE_BUCKETS
@@ -476,6 +488,7 @@ class Metrics:
 
         _prefill(self.connections, CONNECTION_STATES)
         _prefill(self.handshakes, HANDSHAKE_RESULTS)
+        _prefill(self.accept_failures, ACCEPT_ERRORS)
         _prefill(self.connections_closed, CLOSE_REASONS, CLOSE_INITIATORS)
         _prefill(self.messages_received, MESSAGE_KINDS)
         _prefill(self.messages_sent, MESSAGE_KINDS)

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import metrics as metrics_module
 from supervisor.metrics import (
+    ACCEPT_ERRORS,
     ACTOR_KINDS,
     BACKPLANE_DIRECTIONS,
     CLOSE_INITIATORS,
@@ -28,11 +29,12 @@ from supervisor.metrics import (
     close_reason_for_code,
 )
 
-# The contract of SPEC §3, written out independently of the implementation:
-# exposed family name -> (type, label names).
+# The contract of SPEC §3 (plus wsup_accept_failures_total), written out
+# independently of the implementation: exposed family name -> (type, label names).
 SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_connections": ("gauge", ("state",)),
     "wsup_connections_accepted_total": ("counter", ()),
+    "wsup_accept_failures_total": ("counter", ("error",)),
     "wsup_handshakes_total": ("counter", ("result",)),
     "wsup_handshake_duration_seconds": ("histogram", ()),
     "wsup_connections_closed_total": ("counter", ("reason", "initiator")),
@@ -69,11 +71,13 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "kind": (),  # text/binary or actor kinds, checked per metric
     "policy": ("drop_newest", "drop_oldest", "reject", "block_timeout", "disconnect"),
     "direction": ("sent", "received", "failed"),
+    "error": ("emfile", "enfile", "enobufs", "enomem"),
 }
 
 PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "wsup_connections": {"state": LABEL_VALUES["state"]},
     "wsup_handshakes_total": {"result": LABEL_VALUES["result"]},
+    "wsup_accept_failures_total": {"error": LABEL_VALUES["error"]},
     "wsup_connections_closed_total": {
         "reason": (
             "normal",
@@ -157,6 +161,7 @@ def test_module_label_sets_match_the_contract() -> None:
     assert PER_METRIC_VALUES["wsup_dead_letters_total"]["reason"] == DEAD_LETTER_REASONS
     assert ACTOR_KINDS == ("connection", "service", "supervisor")
     assert LABEL_VALUES["direction"] == BACKPLANE_DIRECTIONS
+    assert LABEL_VALUES["error"] == ACCEPT_ERRORS
 
 
 def test_unlabelled_metrics_start_at_zero(metrics: Metrics) -> None:

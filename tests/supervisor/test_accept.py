@@ -1,0 +1,177 @@
+"""What a failed accept() means, how long accepting pauses, and how often it is logged.
+
+The last tests drive the server's accept loop (trio, and TLS on asyncio) with a
+listener that fails as told, on the fake clock.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, cast
+
+import anyio
+import anyio.lowlevel
+import pytest
+import structlog
+from anyio.abc import SocketListener
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors import FakeClock
+from supervisor import App, Server, ServerConfig
+from supervisor._accept import (
+    AcceptFailure,
+    AcceptThrottle,
+    classify_accept_error,
+)
+from supervisor.metrics import Metrics
+from tests.helpers.metrics import sample
+
+
+def wrapped(error: OSError) -> anyio.BrokenResourceError:
+    """What anyio's trio backend raises for ``error`` from accept()."""
+    try:
+        raise anyio.BrokenResourceError from error
+    except anyio.BrokenResourceError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [
+        (errno.EMFILE, "emfile"),
+        (errno.ENFILE, "enfile"),
+        (errno.ENOBUFS, "enobufs"),
+        (errno.ENOMEM, "enomem"),
+    ],
+)
+def test_running_out_of_resources_pauses_accepting(code: int, label: str) -> None:
+    """EMFILE, ENFILE, ENOBUFS and ENOMEM, bare or wrapped by anyio, mean "pause and retry"."""
+    error = OSError(code, "out of it")
+    assert classify_accept_error(error) == (AcceptFailure.RESOURCES, label)
+    assert classify_accept_error(wrapped(error)) == (AcceptFailure.RESOURCES, label)
+
+
+@pytest.mark.parametrize("code", [errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN])
+def test_a_broken_pending_connection_is_skipped(code: int) -> None:
+    """Errors of one pending connection (aborted, network errors, firewall) skip to the next."""
+    error = OSError(code, "that one")
+    assert classify_accept_error(error) == (AcceptFailure.CONNECTION, None)
+    assert classify_accept_error(wrapped(error)) == (AcceptFailure.CONNECTION, None)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError(errno.EBADF, "bad file descriptor"),
+        OSError(errno.EINVAL, "not listening"),
+        anyio.BrokenResourceError(),
+        RuntimeError("not an OS error at all"),
+    ],
+    ids=["EBADF", "EINVAL", "bare-broken", "runtime"],
+)
+def test_anything_else_is_a_broken_listener(exc: BaseException) -> None:
+    """Other errors mean the listener itself is broken: the server must raise them."""
+    assert classify_accept_error(exc) == (AcceptFailure.LISTENER, None)
+
+
+def test_the_pause_doubles_up_to_the_maximum_and_resets_after_an_accept() -> None:
+    """Pauses grow 0.1, 0.2, 0.4, 0.8, 1.0, 1.0 s; an accepted connection starts them over."""
+    throttle = AcceptThrottle(first_delay=0.1, max_delay=1.0)
+    delays = [throttle.failed(float(i)).delay for i in range(6)]
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    throttle.accepted()
+    assert throttle.failed(10.0).delay == pytest.approx(0.1)
+
+
+def test_the_first_failure_is_logged_then_one_per_interval_with_the_suppressed_count() -> None:
+    """A failure every 0.5 s is logged at 0 s, then at 10 s saying 19 were not logged."""
+    throttle = AcceptThrottle(log_interval=10.0)
+    verdicts = [throttle.failed(i * 0.5) for i in range(21)]
+    logged = [(i * 0.5, v.suppressed) for i, v in enumerate(verdicts) if v.log]
+    assert logged == [(0.0, 0), (10.0, 19)]
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=300))
+def test_never_more_than_one_line_per_interval(gaps: list[float]) -> None:
+    """However failures are spaced, two logged lines are at least log_interval apart."""
+    throttle = AcceptThrottle(log_interval=2.0)
+    now, last, suppressed = 0.0, None, 0
+    for gap in gaps:
+        now += gap
+        verdict = throttle.failed(now)
+        if verdict.log:
+            assert last is None or now - last >= 2.0
+            assert verdict.suppressed == suppressed
+            last, suppressed = now, 0
+        else:
+            suppressed += 1
+        assert 0 < verdict.delay <= 1.0
+
+
+def test_bad_delays_are_refused() -> None:
+    """A first pause of zero, or above the maximum, is a configuration error."""
+    with pytest.raises(ValueError, match="first_delay"):
+        AcceptThrottle(first_delay=0.0)
+    with pytest.raises(ValueError, match="first_delay"):
+        AcceptThrottle(first_delay=2.0, max_delay=1.0)
+
+
+class ScriptedListener:
+    """A listener whose accept() raises the given errors in turn, then says it was closed."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def accept(self) -> Any:
+        self.calls += 1
+        await anyio.lowlevel.checkpoint()
+        if self.errors:
+            raise self.errors.pop(0)
+        raise anyio.ClosedResourceError
+
+
+def fake_clock_server() -> tuple[Server, FakeClock]:
+    """A server that is not serving, on a fake clock, with its own metrics."""
+    clock = FakeClock()
+    return Server(App(), ServerConfig(port=0), metrics=Metrics(), clock=clock), clock
+
+
+@pytest.mark.anyio
+async def test_the_accept_loop_pauses_when_descriptors_run_out_then_accepts_again() -> None:
+    """EMFILE (bare or wrapped) and ENFILE pause, are counted and logged once; ECONNABORTED not."""
+    server, clock = fake_clock_server()
+    listener = ScriptedListener(
+        OSError(errno.EMFILE, "Too many open files"),
+        wrapped(OSError(errno.EMFILE, "Too many open files")),
+        OSError(errno.ECONNABORTED, "Software caused connection abort"),
+        OSError(errno.ENFILE, "Too many open files in system"),
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            server._tg = tg  # what serve() sets before it starts the accept loops
+            tg.start_soon(server._accept_loop, cast(SocketListener, listener), False)
+            await clock.run_until_idle()
+    assert listener.calls == 5  # each failure was followed by another accept()
+    assert clock.now() == pytest.approx(0.1 + 0.2 + 0.4)  # no pause for ECONNABORTED
+    assert sample(server, "wsup_accept_failures_total", error="emfile") == 2
+    assert sample(server, "wsup_accept_failures_total", error="enfile") == 1
+    failed = [line for line in logs if line["event"] == "server.accept_failed"]
+    assert len(failed) == 1  # the other two fell within the log interval
+    assert failed[0]["errno"] == "EMFILE"
+    assert failed[0]["log_level"] == "error"
+    assert failed[0]["retry_in"] == pytest.approx(0.1)
+
+
+@pytest.mark.anyio
+async def test_any_other_accept_error_stops_the_accept_loop() -> None:
+    """A listener failing otherwise (EBADF here) is not retried: the error propagates."""
+    server, _ = fake_clock_server()
+    listener = ScriptedListener(OSError(errno.EBADF, "Bad file descriptor"))
+    async with anyio.create_task_group() as tg:
+        server._tg = tg
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            await server._accept_loop(cast(SocketListener, listener), False)
+    assert listener.calls == 1
+    assert sample(server, "wsup_accept_failures_total", error="emfile") == 0
