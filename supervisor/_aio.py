@@ -15,6 +15,14 @@ The decision code is shared with the stream path (trio, TLS): it talks to the
 socket through a :class:`TransportStream`, which has the few ``ByteStream``
 methods it uses and never suspends.
 
+Accepting is done here too, in a reader callback on each listening socket,
+rather than by ``loop.create_server``: out of descriptors, asyncio reports each
+failed ``accept()`` to the loop's exception handler (thousands a second), and
+uvloop's libuv accepts and closes the waiting connections without a word (and
+closes the listener for good on ``ENOBUFS``/``ENOMEM``). Here a failed
+``accept()`` is classified, counted and throttled like on the stream path
+(see ``_accept``), and a broken listener fails the server.
+
 After an HTTP answer other than 101 the socket lingers (:meth:`HandshakeProtocol.linger`):
 closing a socket with unread input makes the kernel send a reset, and a
 client still sending an oversized request would lose the answer to it.
@@ -23,6 +31,8 @@ client still sending an oversized request would lose the answer to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import socket
 from collections.abc import Callable, Coroutine, Generator
@@ -34,6 +44,7 @@ import structlog
 from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
 
+from ._accept import AcceptFailure, classify_accept_error
 from ._request import split_target
 
 if TYPE_CHECKING:
@@ -353,25 +364,135 @@ class _Resume:
                     return done.value
 
 
+class _Acceptor:
+    """Accepts the connections of one listening socket, in a reader callback.
+
+    Per connection: ``accept()``, then the loop's ``connect_accepted_socket``
+    driven by hand instead of in a task (it only waits for ``connection_made``).
+    The accepted socket's class has its family and type as plain numbers:
+    ``socket.socket`` turns them into enums on every read (1.5 µs each), and
+    accepting plus uvloop's checks read them five times per connection.
+    """
+
+    __slots__ = ("_accepted", "_broken", "_factory", "_fd", "_loop", "_resume", "_server", "_sock")
+
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        ops_only: bool,
+        broken: asyncio.Future[None],
+    ) -> None:
+        self._server = server
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._broken = broken
+        self._resume: asyncio.TimerHandle | None = None
+        family, kind = int(sock.family), int(sock.type)
+        accepted = _accepted_class(family, kind)
+        # Family, type and protocol given: the socket object asks the kernel nothing.
+        self._accepted = functools.partial(accepted, family, kind, socket.IPPROTO_TCP)
+
+        def factory() -> HandshakeProtocol:
+            return HandshakeProtocol(server, ops_only)
+
+        self._factory = factory
+
+    def start(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self._fd, self._accept)
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        self._loop.remove_reader(self._fd)
+        self._sock.close()
+
+    def _accept(self) -> None:
+        server = self._server
+        loop = self._loop
+        accept = self._sock._accept  # type: ignore[attr-defined]  # the C call under accept()
+        accepted = self._accepted
+        # Several per wake-up, as asyncio does: a burst of connects costs one poll.
+        for _ in range(server.config.backlog):
+            try:
+                fd, _ = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                failure, lacked = classify_accept_error(exc)
+                if failure is AcceptFailure.CONNECTION:
+                    continue
+                # The socket stays readable while the backlog is not empty: stop
+                # listening to it, or the loop would spin on the same error.
+                loop.remove_reader(self._fd)
+                if lacked is None:
+                    if not self._broken.done():
+                        self._broken.set_exception(exc)
+                    return
+                delay = server.accept_failed(lacked, exc)
+                self._resume = loop.call_later(delay, self.start)
+                return
+            server.accept_throttle.accepted()
+            conn = accepted(fd)
+            connecting = loop.connect_accepted_socket(self._factory, conn)
+            try:
+                waiter = connecting.send(None)
+            except StopIteration:
+                continue
+            except Exception:
+                _log.exception("connection.failed")
+                conn.close()
+                continue
+            waiter.add_done_callback(lambda _, rest=connecting: _finish(rest))
+
+
+def _finish(connecting: Coroutine[Any, Any, Any]) -> None:
+    """Run the rest of ``connect_accepted_socket`` once ``connection_made`` was called."""
+    try:
+        connecting.send(None)
+    except StopIteration:
+        pass
+    except Exception:
+        _log.exception("connection.failed")  # the transport is closed already
+
+
+_ACCEPTED: dict[tuple[int, int], type[socket.socket]] = {}
+
+
+def _accepted_class(family: int, kind: int) -> type[socket.socket]:
+    """A ``socket.socket`` subclass whose ``family`` and ``type`` are these numbers."""
+    cls = _ACCEPTED.get((family, kind))
+    if cls is None:
+        cls = _ACCEPTED[family, kind] = type(
+            "AcceptedSocket",
+            (socket.socket,),
+            {"__slots__": (), "family": family, "type": kind, "__module__": __name__},
+        )
+    return cls
+
+
 async def serve_sockets(server: Server, sockets: list[tuple[socket.socket, bool]]) -> None:
     """Serve ``(listening socket, ops_only)`` pairs until cancelled, then stop accepting.
 
-    The sockets stay owned by the caller: each server gets a duplicate.
+    The sockets stay owned by the caller: each acceptor gets a duplicate.
+
+    Raises:
+        OSError: a listening socket failed otherwise than for lack of resources.
     """
     loop = asyncio.get_running_loop()
-    servers: list[asyncio.Server] = []
+    broken: asyncio.Future[None] = loop.create_future()
+    acceptors: list[_Acceptor] = []
     try:
         for sock, ops_only in sockets:
-
-            def factory(ops_only: bool = ops_only) -> HandshakeProtocol:
-                return HandshakeProtocol(server, ops_only)
-
-            servers.append(
-                await loop.create_server(
-                    factory, sock=sock.dup(), backlog=server.config.backlog, start_serving=True
-                )
-            )
-        await anyio.sleep_forever()
+            duplicate = sock.dup()
+            duplicate.setblocking(False)
+            acceptor = _Acceptor(server, duplicate, ops_only, broken)
+            acceptors.append(acceptor)
+            acceptor.start()
+        await broken
     finally:
-        for aio_server in servers:
-            aio_server.close()
+        for acceptor in acceptors:
+            with contextlib.suppress(Exception):
+                acceptor.close()

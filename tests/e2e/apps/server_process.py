@@ -11,8 +11,10 @@ kills it if it is still running, and the context manager calls it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -57,6 +59,12 @@ def run_cli(
     )
 
 
+def _limit_files(soft: int) -> None:
+    """Lower this process's soft limit of open descriptors (runs in the child, before exec)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class ServerProcess(StopsOnExit):
     """A ``wsup serve`` child process on 127.0.0.1.
 
@@ -67,6 +75,8 @@ class ServerProcess(StopsOnExit):
         port_option: pass ``--port`` (False when the port comes from ``WSUP_PORT``).
         env: extra environment variables (``WSUP_*`` of this process are not inherited).
         log_format: passed as ``--log-format`` unless None.
+        open_files: the child's soft limit of open file descriptors (``RLIMIT_NOFILE``),
+            if given.
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class ServerProcess(StopsOnExit):
         port_option: bool = True,
         env: Mapping[str, str] | None = None,
         log_format: str | None = "json",
+        open_files: int | None = None,
     ) -> None:
         self.port = free_port() if port is None else port
         command = [sys.executable, "-m", "supervisor", "serve", target, *args]
@@ -97,6 +108,7 @@ class ServerProcess(StopsOnExit):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=None if open_files is None else functools.partial(_limit_files, open_files),
         )
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
