@@ -14,12 +14,16 @@ listener and is raised. :func:`classify_accept_error` tells the three apart
 :class:`AcceptThrottle` decides how long to pause and whether to log this
 failure: a process out of descriptors fails an ``accept()`` after every pause,
 and one log line per pause would flood the log.
+
+:func:`descriptor_usage` reads how many descriptors the process holds against
+its soft ``RLIMIT_NOFILE``, for readiness (see ``ServerConfig.readiness_fd_fraction``).
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import os
 from dataclasses import dataclass
 
 import anyio
@@ -31,6 +35,7 @@ __all__ = [
     "AcceptThrottle",
     "AcceptVerdict",
     "classify_accept_error",
+    "descriptor_usage",
 ]
 
 _RESOURCE_ERRORS: dict[int, AcceptError] = {
@@ -161,3 +166,31 @@ class AcceptThrottle:
     def accepted(self) -> None:
         """Record an accepted connection: the next failure pauses ``first_delay`` again."""
         self._delay = 0.0
+
+
+def descriptor_usage() -> tuple[int, int] | None:
+    """Return ``(open descriptors, soft RLIMIT_NOFILE)`` of this process.
+
+    Linux 6.2 and later report the number of open descriptors as the size of
+    ``/proc/self/fd``: one ``stat()``, some 20 µs with 20,000 open. Older
+    kernels report 0 there, and listing the directory would block the event
+    loop (about 170 ms for 20,000): None then, as on systems without a limit.
+    Elsewhere (macOS) ``/dev/fd`` is listed. Never raises.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    try:
+        count = os.stat("/proc/self/fd").st_size
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        try:
+            count = len(os.listdir("/dev/fd")) - 1  # minus the listing's own
+        except OSError:
+            return None
+    except OSError:
+        return None
+    return (count, soft) if count > 0 else None

@@ -36,6 +36,10 @@ class ServerConfig:
             listeners closing, for load balancers to notice.
         loop_lag_threshold: seconds of event-loop stall worth a WARNING.
         metrics_port: also serve ``/metrics`` on this port (``None``: only on the main one).
+        readiness_fd_fraction: ``/readyz`` answers 503 while the process holds at
+            least this fraction of its descriptor limit (soft ``RLIMIT_NOFILE``), so
+            a load balancer sends new clients elsewhere before ``accept()`` fails
+            (``None``: never; needs Linux 6.2 or later to count cheaply).
     """
 
     hosts: Sequence[str] = ("127.0.0.1",)
@@ -55,6 +59,7 @@ class ServerConfig:
     readiness_grace: float = 0.0
     loop_lag_threshold: float = 0.25
     metrics_port: int | None = None
+    readiness_fd_fraction: float | None = 0.9
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -70,3 +75,5 @@ class ServerConfig:
             raise ValueError("max_connections must be >= 1")
         if self.readiness_grace < 0:
             raise ValueError("readiness_grace must be >= 0")
+        if self.readiness_fd_fraction is not None and not 0 < self.readiness_fd_fraction <= 1:
+            raise ValueError("readiness_fd_fraction must be in (0, 1] or None")

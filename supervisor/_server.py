@@ -48,7 +48,7 @@ from websockets.typing import Subprotocol
 from actors import ALL, Backplane, Clock, MonotonicClock
 from actors._backend import Waiter, primitives
 
-from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error
+from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
 from ._aio import HandshakeProtocol, TransportStream, hooks_are_sync, serve_sockets
 from ._app import (
     Accept,
@@ -871,6 +871,11 @@ class Server:
             return False, "not accepting connections"
         if not self.runtime.backplane.up:
             return False, "backplane down"
+        fraction = self.config.readiness_fd_fraction
+        usage = descriptor_usage() if fraction is not None else None
+        if fraction is not None and usage is not None and usage[0] >= fraction * usage[1]:
+            # Still serving, but close to where accept() fails: send new clients elsewhere.
+            return False, f"file descriptors nearly exhausted: {usage[0]} of {usage[1]} open"
         return True, "ready"
 
     async def _flush_metrics(self) -> None:

@@ -41,6 +41,7 @@ from supervisor import (
     Server,
     ServerConfig,
 )
+from supervisor._accept import descriptor_usage
 from supervisor.metrics import Metrics
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url
@@ -182,6 +183,28 @@ async def test_readyz_is_200_then_503_while_draining() -> None:
         clock.advance(5.0)
     assert not server.accepting
     assert sample(server, "wsup_draining") == 0
+
+
+async def test_readyz_is_503_near_the_descriptor_limit() -> None:
+    """/readyz answers 503 once the open descriptors reach readiness_fd_fraction of the limit."""
+    if descriptor_usage() is None:
+        pytest.skip("this kernel does not count open descriptors cheaply (Linux < 6.2)")
+    async with running_server(echo_app, readiness_fd_fraction=1e-6) as server:
+        answer = await http_get(server, "/readyz")
+        assert answer.status == 503
+        assert answer.body.startswith(b"file descriptors nearly exhausted: ")
+        assert (await http_get(server, "/healthz")).status == 200
+    async with running_server(echo_app) as server:  # 0.9 of the limit by default
+        assert (await http_get(server, "/readyz")).status == 200
+    async with running_server(echo_app, readiness_fd_fraction=None) as server:
+        assert (await http_get(server, "/readyz")).status == 200
+
+
+def test_readiness_fd_fraction_must_be_a_fraction() -> None:
+    """readiness_fd_fraction outside (0, 1] is refused when the config is made."""
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="readiness_fd_fraction"):
+            ServerConfig(readiness_fd_fraction=bad)
 
 
 async def test_metrics_parse_and_count_the_connection() -> None:

@@ -7,6 +7,7 @@ listener that fails as told, on the fake clock.
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any, cast
 
 import anyio
@@ -23,6 +24,7 @@ from supervisor._accept import (
     AcceptFailure,
     AcceptThrottle,
     classify_accept_error,
+    descriptor_usage,
 )
 from supervisor.metrics import Metrics
 from tests.helpers.metrics import sample
@@ -115,6 +117,19 @@ def test_bad_delays_are_refused() -> None:
         AcceptThrottle(first_delay=0.0)
     with pytest.raises(ValueError, match="first_delay"):
         AcceptThrottle(first_delay=2.0, max_delay=1.0)
+
+
+def test_descriptor_usage_counts_this_process() -> None:
+    """descriptor_usage() sees a new socket as one more open descriptor, under the soft limit."""
+    before = descriptor_usage()
+    if before is None:
+        pytest.skip("this kernel does not count open descriptors cheaply (Linux < 6.2)")
+    with socket.socket():
+        during = descriptor_usage()
+    assert during is not None
+    assert during[0] == before[0] + 1
+    assert during[1] == before[1]
+    assert 0 < during[0] <= during[1]
 
 
 class ScriptedListener:
