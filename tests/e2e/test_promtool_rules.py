@@ -35,6 +35,7 @@ EXPECTED_ALERTS = {
     "WsupHandshakeFailureRatioHigh",
     "WsupEventLoopLagHigh",
     "WsupBackplaneDown",
+    "WsupAcceptFailing",
 }
 EXPECTED_ROWS = [
     "Overview",
