@@ -179,6 +179,8 @@ class HandshakeProtocol(asyncio.Protocol):
         # connection's outbound buffer, not the transport's, holds the backlog.
         transport.set_write_buffer_limits(0)
         self._started = server.clock.now()
+        if not self._ops_only:
+            server.counters.accepted.inc()
         server.states["handshaking"].inc()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(server.config.handshake_timeout, self._timed_out)
@@ -262,14 +264,16 @@ class HandshakeProtocol(asyncio.Protocol):
 
     def _failed(self) -> None:
         self._settle()
-        self._server.handshakes["failed"].inc()
+        self._server.handshake_failed(self._stream(), "connection closed before the request")
         if self._transport is not None:
             self._transport.close()
 
     def _timed_out(self) -> None:
         if not self._decided:
             self._settle()
-            self._server.handshakes["timeout"].inc()
+            self._server.handshake_failed(
+                self._stream(), "no request before the handshake timeout", "timeout"
+            )
             previous = enter_callback()
             try:
                 self._run(self._server.handshake_timed_out(self._stream(), self._protocol))

@@ -392,6 +392,8 @@ class Server:
                     await self.clock.sleep(self.accept_failed(lacked, exc))
                 continue
             throttle.accepted()
+            if not ops_only:
+                self.counters.accepted.inc()
             self._tg.start_soon(self._handle_safely, stream, ops_only)
 
     def accept_failed(self, lacked: AcceptError, exc: BaseException) -> float:
@@ -525,14 +527,14 @@ class Server:
                     )
                 except Exception as exc:
                     _log.debug("handshake.tls_failed", error=str(exc))
-                    self.handshakes["failed"].inc()
+                    self.handshake_failed(stream, f"TLS: {exc}")
                     await _close_quietly(stream)
                     return None
             while request is None:
                 try:
                     data = await stream.receive()
                 except _CLOSED_STREAM_ERRORS:
-                    self.handshakes["failed"].inc()
+                    self.handshake_failed(stream, "connection closed before the request")
                     await _close_quietly(stream)
                     return None
                 protocol.receive_data(data)
@@ -547,7 +549,7 @@ class Server:
             await self.bad_request(stream, protocol)
             return None
         if request is None:
-            self.handshakes["timeout"].inc()
+            self.handshake_failed(stream, "no request before the handshake timeout", "timeout")
             await self.handshake_timed_out(stream, protocol)
             return None
         path, query = split_target(request.path)
@@ -555,6 +557,41 @@ class Server:
             await self.ops_only_answer(stream, protocol)
             return None
         return await self.decide(stream, protocol, request, path, query, started)
+
+    def refused(
+        self, stream: AnyStream, status: int, reason: str, path: str, client: str | None = None
+    ) -> None:
+        """Count a handshake the server or the app turned away, and log it once.
+
+        ``reason`` is one of ``no_route``, ``not_accepting``, ``max_connections``,
+        ``origin``, ``hook``: INFO, except ``max_connections`` (WARNING: a limit).
+        """
+        self.handshakes["rejected"].inc()
+        level = logging.WARNING if reason == "max_connections" else logging.INFO
+        if _std_log.isEnabledFor(level):  # filtered structlog calls still cost
+            _log.log(
+                level,
+                "handshake.rejected",
+                reason=reason,
+                status=status,
+                path=path,
+                client=client if client is not None else peer_host(stream),
+            )
+
+    def handshake_failed(
+        self, stream: AnyStream, error: str, result: str = "failed", path: str | None = None
+    ) -> None:
+        """Count a handshake that failed or timed out; log it at DEBUG (scanners and
+        TCP probes make many, so they stay out of INFO)."""
+        self.handshakes[result].inc()
+        if _std_log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "handshake.failed",
+                result=result,
+                error=error,
+                path=path,
+                client=peer_host(stream),
+            )
 
     async def handshake_timed_out(self, stream: AnyStream, protocol: ServerProtocol) -> None:
         """Answer a request that did not arrive within ``handshake_timeout``."""
@@ -567,13 +604,14 @@ class Server:
         )
 
     async def bad_request(self, stream: AnyStream, protocol: ServerProtocol) -> None:
-        self.handshakes["failed"].inc()
+        error = protocol.handshake_exc
+        cause = error.__cause__ if error is not None else None
+        self.handshake_failed(stream, f"invalid HTTP request: {cause or error}")
         writes = protocol.data_to_send()
         if any(writes):  # websockets already answered (431, 414)
             await _send_all(stream, writes)
             await self._linger(stream)
             return
-        cause = protocol.handshake_exc.__cause__ if protocol.handshake_exc else None
         if cause is not None and "unsupported request body" in str(cause):
             # A request with a body (POST, PUT...): wsup never reads request bodies.
             response = _plain(
@@ -685,7 +723,7 @@ class Server:
                 await self._respond(stream, protocol, response)
                 return None
             if match is None:
-                self.handshakes["rejected"].inc()
+                self.refused(stream, 404, "no_route", path)
                 await self._respond(stream, protocol, _plain(404, f"no route for {path}\n"))
                 return None
         assert match is not None
@@ -693,31 +731,33 @@ class Server:
         # During the readiness grace /readyz already says 503 but handshakes are
         # still accepted: load balancers are still sending traffic our way.
         if not self.accepting:
-            self.handshakes["rejected"].inc()
+            self.refused(stream, 503, "not_accepting", path)
             why = "server is shutting down" if self.draining else "not accepting new connections"
             await self._respond(stream, protocol, _plain(503, why + "\n"))
             return None
         if len(self.connections) >= self.config.max_connections:
-            self.handshakes["rejected"].inc()
-            _log.warning("handshake.rejected", reason="max_connections", path=path)
+            self.refused(stream, 503, "max_connections", path)
             await self._respond(stream, protocol, _plain(503, "too many connections\n"))
             return None
         origins = self._origins
         if not origins.allows_all and not origins.allows(ws_request.headers.get("Origin")):
-            self.handshakes["rejected"].inc()
+            self.refused(stream, 403, "origin", path)
             await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
             return None
         protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
         response = protocol.accept(ws_request)
         if response.status_code != 101:
             # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
-            self.handshakes["failed"].inc()
+            error = protocol.handshake_exc
+            self.handshake_failed(
+                stream, f"{response.status_code}: {error or response.reason_phrase}", path=path
+            )
             await self._respond(stream, protocol, response)
             return None
         request = self._request(stream, ws_request, path, query, match.params)
         verdict = await self._run_hooks(request, route)
         if isinstance(verdict, Reject):
-            self.handshakes["rejected"].inc()
+            self.refused(stream, verdict.status, "hook", path, request.client_address)
             await self._respond(
                 stream,
                 protocol,
@@ -728,7 +768,7 @@ class Server:
         if verdict.subprotocol is not None:
             if verdict.subprotocol not in request.subprotocols:
                 _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
-                self.handshakes["failed"].inc()
+                self.handshakes["failed"].inc()  # logged just above
                 await self._respond(stream, protocol, _plain(500, "internal server error\n"))
                 return None
             subprotocol = verdict.subprotocol
@@ -739,7 +779,7 @@ class Server:
         try:
             await _send_all(stream, protocol.data_to_send())
         except _CLOSED_STREAM_ERRORS:
-            self.handshakes["failed"].inc()
+            self.handshake_failed(stream, "connection closed before the 101 was sent", path=path)
             await _close_quietly(stream)
             return None
         if isinstance(stream, TransportStream):
@@ -758,10 +798,8 @@ class Server:
         self._spawn(conn, route, verdict)
         self.connections.add(conn)
         self.states["open"].inc()
-        counters = self.counters
-        counters.accepted.inc()
         self.handshakes["accepted"].inc()
-        counters.handshake_duration.observe(self.clock.now() - started)
+        self.counters.handshake_duration.observe(self.clock.now() - started)
         self.schedule_keepalive(conn)
         if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
             _log.debug(
@@ -1079,6 +1117,14 @@ async def _send_all(stream: AnyStream, chunks: Sequence[bytes]) -> None:
     if data:
         with contextlib.suppress(*_CLOSED_STREAM_ERRORS):
             await stream.send(data)
+
+
+def peer_host(stream: AnyStream) -> str:
+    """The peer's address as logged: the host, without the port."""
+    remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+    if isinstance(remote, tuple):
+        return str(remote[0])
+    return "" if remote is None else str(remote)
 
 
 async def _close_quietly(stream: anyio.abc.AsyncResource | TransportStream) -> None:

@@ -194,7 +194,9 @@ def close_reason_for_code(code: int | None) -> CloseReason:
 METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "wsup_connections": "WebSocket connections currently held, by lifecycle state.",
-        "wsup_connections_accepted_total": "TCP connections accepted by the listeners.",
+        "wsup_connections_accepted_total": (
+            "TCP connections accepted on the server port: upgrades, refused ones and plain HTTP."
+        ),
         "wsup_accept_failures_total": (
             "accept() calls that failed for lack of descriptors or memory, by error; "
             "accepting pauses after each (0.1 s to 1 s)."

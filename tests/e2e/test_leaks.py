@@ -132,6 +132,7 @@ async def test_many_connect_disconnect_cycles_leak_nothing() -> None:
         base_fds = open_fds()
         base_addresses = server.runtime.statistics().addresses
         accepted_before = sample(server, "wsup_connections_accepted_total")
+        upgraded_before = sample(server, "wsup_handshakes_total", result="accepted")
 
         completed = await cycles(server, CYCLES)
 
@@ -142,7 +143,10 @@ async def test_many_connect_disconnect_cycles_leak_nothing() -> None:
         stats = server.runtime.statistics()
         assert stats.addresses == base_addresses
         assert stats.mailbox_messages == 0
-        assert sample(server, "wsup_connections_accepted_total") - accepted_before == completed
+        # Every cycle is one TCP connection; four in five complete their upgrade.
+        assert sample(server, "wsup_connections_accepted_total") - accepted_before == CYCLES
+        upgraded = sample(server, "wsup_handshakes_total", result="accepted") - upgraded_before
+        assert upgraded == completed
         for state in ("open", "draining", "closing"):
             assert sample(server, "wsup_connections", state=state) == 0
         assert sample(server, "wsup_actors", kind="connection") == 0
