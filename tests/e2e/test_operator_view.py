@@ -9,7 +9,7 @@ paths: asyncio transports (``_aio``) and anyio streams (trio).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -82,7 +82,7 @@ async def _http(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture
-def server_logs_at_debug() -> Iterator[list[dict[str, Any]]]:
+def server_logs_at_debug() -> Iterator[list[MutableMapping[str, Any]]]:
     """Capture structlog events with the server's logger at DEBUG, as ``--log-level debug``."""
     logger = logging.getLogger("wsup.server")
     previous = logger.level
@@ -128,7 +128,7 @@ async def test_the_metrics_port_does_not_count_as_accepted_connections() -> None
 
 @pytest.mark.parametrize("style", ["sync", "async"])
 async def test_a_hook_rejection_is_logged(
-    style: str, server_logs_at_debug: list[dict[str, Any]]
+    style: str, server_logs_at_debug: list[MutableMapping[str, Any]]
 ) -> None:
     """A hook's 401 leaves one INFO ``handshake.rejected`` line with status, path, client."""
     hook = _token_hook if style == "sync" else _token_hook_async
@@ -144,7 +144,7 @@ async def test_a_hook_rejection_is_logged(
 
 
 async def test_every_refusal_by_the_server_is_logged(
-    server_logs_at_debug: list[dict[str, Any]],
+    server_logs_at_debug: list[MutableMapping[str, Any]],
 ) -> None:
     """Unknown route, disallowed Origin and the connection limit each log their reason."""
     app = _app(None, origins=("https://good.example",), max_connections=1)
@@ -174,7 +174,7 @@ async def test_every_refusal_by_the_server_is_logged(
 
 
 async def test_a_failed_handshake_is_logged_at_debug(
-    server_logs_at_debug: list[dict[str, Any]],
+    server_logs_at_debug: list[MutableMapping[str, Any]],
 ) -> None:
     """A plain GET on a WebSocket route (426) logs ``handshake.failed`` with the error."""
     async with running_server(_app()) as server:
