@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import structlog
 
@@ -13,7 +14,11 @@ __all__ = ["configure_logging"]
 LogFormat = Literal["json", "console"]
 
 
-def configure_logging(log_format: LogFormat | None = None, level: str = "info") -> None:
+def configure_logging(
+    log_format: LogFormat | None = None,
+    level: str = "info",
+    context: Mapping[str, Any] | None = None,
+) -> None:
     """Send every log line — wsup's and its dependencies' — through one structlog pipeline.
 
     Args:
@@ -21,6 +26,8 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
             ``console`` (coloured, for a terminal); ``None`` picks ``console``
             on a TTY and ``json`` otherwise.
         level: the minimum level name (``debug``, ``info``, ``warning``, ``error``).
+        context: fields added to every line of this process, bound once
+            (a worker's ``worker`` index).
 
     Raises:
         ValueError: an unknown level name.
@@ -36,6 +43,8 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if context:
+        shared.insert(1, _Bind(context))
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -67,6 +76,20 @@ def configure_logging(log_format: LogFormat | None = None, level: str = "info") 
     root.setLevel(numeric)
     # websockets logs each handshake at INFO; wsup logs its own canonical lines instead.
     logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
+
+
+class _Bind:
+    """A processor that adds the same fields to every line (the call's own win)."""
+
+    def __init__(self, context: Mapping[str, Any]) -> None:
+        self._context = dict(context)
+
+    def __call__(
+        self, logger: object, name: str, event_dict: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        for key, value in self._context.items():
+            event_dict.setdefault(key, value)
+        return event_dict
 
 
 def _identity(

@@ -293,6 +293,7 @@ class Server:
                         listen=[f"{h}:{p}" for h, p in self.ports],
                         metrics=[f"{h}:{p}" for h, p in self.metrics_ports],
                         routes=[r.pattern for r in app.router],
+                        http_routes=list(app.http_routes),
                         backend=_backend_name(),
                         version=VERSION,
                     )
@@ -795,7 +796,7 @@ class Server:
             )
         else:
             conn = Connection(self, stream, protocol, request, route, subprotocol)
-        self._spawn(conn, route, verdict)
+        self._spawn(conn, route, verdict, match.route.pattern)
         self.connections.add(conn)
         self.states["open"].inc()
         self.handshakes["accepted"].inc()
@@ -826,7 +827,7 @@ class Server:
                 subprotocol = result.subprotocol or subprotocol
         return Accept(headers=headers, subprotocol=subprotocol, values=values)
 
-    def _spawn(self, conn: Connection, route: RouteOptions, accept: Accept) -> None:
+    def _spawn(self, conn: Connection, route: RouteOptions, accept: Accept, pattern: str) -> None:
         app = self.app
         params = conn.request.params
         values = accept.values
@@ -858,7 +859,9 @@ class Server:
             known = self._conn_specs[id(route)] = (spec, _needs_no_start(route.handler))
         spec, parked = known
         assert self._conn_sup is not None
-        ref = self._conn_sup.start_child_nowait(spec, factory, parked=parked)
+        ref = self._conn_sup.start_child_nowait(
+            spec, factory, parked=parked, log_context={"route": pattern, "path": conn.request.path}
+        )
         cell = self.runtime.cell(ref.address)
         assert cell is not None
         conn.attach(ref, cell)

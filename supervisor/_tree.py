@@ -27,8 +27,9 @@ import asyncio
 import contextlib
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -160,6 +161,7 @@ class _Done:
 
 
 _NOT_RUNNING = _Done()
+_NO_CONTEXT: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Child:
@@ -167,6 +169,7 @@ class _Child:
         "_backoff",
         "_window",
         "cell",
+        "context",
         "done",
         "dynamic",
         "expected",
@@ -182,6 +185,8 @@ class _Child:
         self.cell = cell
         self.sup: Supervisor | None = None
         self.dynamic = dynamic
+        #: Fields added to this child's log lines (a connection's route and path).
+        self.context: Mapping[str, Any] = _NO_CONTEXT
         # Restart bookkeeping, created at the first restart: most children never restart.
         self._window: IntensityWindow | None = None
         self._backoff: BackoffState | None = None
@@ -315,7 +320,12 @@ class Supervisor:
         return started
 
     def start_child_nowait(
-        self, spec: ChildSpec, factory: Callable[[], Actor] | None = None, *, parked: bool = False
+        self,
+        spec: ChildSpec,
+        factory: Callable[[], Actor] | None = None,
+        *,
+        parked: bool = False,
+        log_context: Mapping[str, Any] | None = None,
     ) -> ActorRef:
         """Add a dynamic actor child without waiting for its ``started`` hook.
 
@@ -329,12 +339,16 @@ class Supervisor:
                 for behaviours whose ``started`` and ``stopping`` do nothing (a
                 connection handler without ``on_connect`` and ``on_close``). Has
                 no effect on other backends.
+            log_context: fields added to this child's ``actor.*`` log lines
+                (a connection's route and path), bound once here.
 
         Raises:
             RuntimeError: the supervisor is not running or is shutting down.
         """
         tg = self._require_running()
         child = self._new_child(spec, dynamic=True, factory=factory)
+        if log_context is not None:
+            child.context = log_context
         assert child.cell is not None
         if self._loop is not None:
             if parked:
@@ -540,6 +554,7 @@ class Supervisor:
                 actor=child.label,
                 supervisor=self.spec.id,
                 exc_info=error,
+                **child.context,
             )
             if spec.restart is Restart.TEMPORARY:
                 self._finish(child, exit_)
@@ -551,6 +566,7 @@ class Supervisor:
                 actor=child.label,
                 max_restarts=child.window.intensity.max_restarts,
                 within=child.window.intensity.within,
+                **child.context,
             )
             self._finish(child, exit_)
             return None
@@ -597,6 +613,7 @@ class Supervisor:
                         supervisor=self.spec.id,
                         delay=round(delay, 4),
                         cause=type(error).__name__ if child is failed and error else None,
+                        **child.context,
                     )
                     tg = self._require_running()
                     await tg.start(self._run_child, child, cause)

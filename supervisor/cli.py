@@ -262,8 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if backend not in ("asyncio", "trio"):
             raise UsageError(f"WSUP_BACKEND must be asyncio or trio, got {backend!r}")
         cluster = _cluster_options(args)
+        # A worker's lines say which worker wrote them (see _workers.Master).
+        worker_index = os.environ.get("WSUP_WORKER_INDEX")
+        context = {"worker": int(worker_index)} if worker_index else None
         try:
-            configure_logging(log_format, level)
+            configure_logging(log_format, level, context)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         app = load_app(args.app)

@@ -187,3 +187,47 @@ async def test_a_failed_handshake_is_logged_at_debug(
     assert failed[0]["path"] == "/echo"
     assert failed[0]["error"].startswith("426")
     assert failed[0]["client"] == "127.0.0.1"
+
+
+class _Fragile(Handler):
+    """Raises on ``boom``, echoes anything else."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        if message == "boom":
+            raise RuntimeError("boom")
+        await self.conn.send(message)
+
+
+async def test_a_connection_crash_is_logged_with_its_route_and_path(
+    server_logs_at_debug: list[MutableMapping[str, Any]],
+) -> None:
+    """``actor.crashed`` and ``actor.restarted`` of a connection name its route and path."""
+    app = App()
+    app.add_route("/rooms/{room}", _Fragile)
+    async with running_server(app) as server:
+
+        def crash_then_echo() -> str | bytes:
+            with connect(ws_url(server, "/rooms/lobby"), proxy=None, open_timeout=10) as ws:
+                ws.send("boom")
+                ws.send("still here")  # processed by the restarted behaviour
+                return ws.recv(timeout=10)
+
+        assert await in_thread(crash_then_echo) == "still here"
+    for event in ("actor.crashed", "actor.restarted"):
+        lines = [e for e in server_logs_at_debug if e["event"] == event]
+        assert len(lines) == 1, event
+        assert lines[0]["route"] == "/rooms/{room}"
+        assert lines[0]["path"] == "/rooms/lobby"
+        assert lines[0]["actor"].startswith("conn:")
+
+
+async def test_server_started_lists_the_http_routes(
+    server_logs_at_debug: list[MutableMapping[str, Any]],
+) -> None:
+    """``server.started`` names the ``App.http`` paths beside the WebSocket routes."""
+    async with running_server(_app()):
+        pass
+    started = [e for e in server_logs_at_debug if e["event"] == "server.started"]
+    assert len(started) == 1
+    assert started[0]["routes"] == ["/echo"]
+    assert started[0]["http_routes"] == ["/status"]
