@@ -14,6 +14,7 @@ from ._exceptions import (
     ConnectionError_,
     ListenError,
     OutboundFull,
+    StartupError,
 )
 from ._keepalive import KeepaliveConfig
 from ._logging import configure_logging
@@ -51,6 +52,7 @@ __all__ = [
     "ServerConfig",
     "Server",
     "SlowConsumerPolicy",
+    "StartupError",
     "Strategy",
     "Supervisor",
     "SupervisorSpec",

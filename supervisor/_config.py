@@ -66,8 +66,14 @@ class ServerConfig:
             raise ValueError("need at least one host to listen on")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.metrics_port is not None:
+            if not 0 <= self.metrics_port <= 65535:
+                raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+            if self.metrics_port == self.port != 0:
+                raise ValueError(f"metrics_port must differ from port ({self.port})")
         for name in ("handshake_timeout", "close_timeout", "drain_timeout"):
-            if getattr(self, name) <= 0:
+            # "not > 0" also refuses NaN, which every comparison would let through.
+            if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds")
         if self.max_size < 1:
             raise ValueError("max_size must be >= 1 byte")

@@ -6,7 +6,8 @@ WsupError
 │   │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
 │   │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
 │   └── OutboundFull            the outbound buffer is full and the call could not wait
-└── ListenError                 the server could not listen on an address
+├── ListenError                 the server could not listen on an address
+└── StartupError                an ``on_startup`` hook of the app raised
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "ConnectionError_",
     "ListenError",
     "OutboundFull",
+    "StartupError",
 ]
 
 
@@ -105,3 +107,18 @@ class ListenError(WsupError):
         self.host = host
         self.port = port
         self.hint = hint
+
+
+class StartupError(WsupError):
+    """The app failed to start: one of its ``on_startup`` hooks raised.
+
+    The server closes its listeners and stops; the app's own exception is the
+    ``__cause__``.
+
+    Attributes:
+        step: what failed, e.g. ``"on_startup hook open_db"``.
+    """
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"app startup failed: {step} raised {type(error).__name__}: {error}")
+        self.step = step

@@ -62,7 +62,7 @@ from ._app import (
 )
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
-from ._exceptions import ListenError, find_exception
+from ._exceptions import ListenError, StartupError, find_exception
 from ._instrumentation import (
     BatchedCounter,
     BatchedGauge,
@@ -255,6 +255,7 @@ class Server:
 
         Raises:
             ListenError: a listen address could not be bound (one clear line).
+            StartupError: an ``on_startup`` hook of the app raised.
         """
         app = self.app
         if app.server is not None:
@@ -276,10 +277,7 @@ class Server:
                 )
                 assert isinstance(sup, Supervisor)
                 self._conn_sup = sup
-                for spec in app.services:
-                    await self.system.root.start_child(spec)
-                for hook in app.on_startup:
-                    await call_maybe_async(hook, app)
+                await self._start_app(app)
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     self.accepting = True
@@ -316,6 +314,23 @@ class Server:
             self._tg = None
             await self._close_listeners(ops=True)
         _log.info("server.stopped")
+
+    async def _start_app(self, app: App) -> None:
+        """Start the app's services, then run its ``on_startup`` hooks, in order.
+
+        A service that fails is restarted by its supervisor like any actor.
+
+        Raises:
+            StartupError: an ``on_startup`` hook raised (its exception is the cause).
+        """
+        for spec in app.services:
+            await self.system.root.start_child(spec)
+        for hook in app.on_startup:
+            try:
+                await call_maybe_async(hook, app)
+            except Exception as exc:
+                name = getattr(hook, "__qualname__", repr(hook))
+                raise StartupError(f"on_startup hook {name}", exc) from exc
 
     async def _listen(self) -> list[tuple[anyio.abc.SocketListener, bool]]:
         """Bind every host on the main port (and the metrics port); ``(listener, ops_only)``."""
@@ -1186,6 +1201,7 @@ async def serve(
 
     Raises:
         ListenError: an address could not be bound.
+        StartupError: an ``on_startup`` hook of the app raised.
     """
     server = Server(app, config, metrics=metrics, backplane=backplane)
     try:
@@ -1194,6 +1210,9 @@ async def serve(
         listen_error = find_exception(group, ListenError)
         if listen_error is not None:
             raise listen_error from None
+        startup_error = find_exception(group, StartupError)
+        if startup_error is not None:
+            raise startup_error from startup_error.__cause__
         raise
 
 

@@ -10,6 +10,14 @@ command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``--workers N`` (N > 1) makes this process a master that runs N single-process
 servers on the same port (see :mod:`supervisor._workers`); ``--redis URL``
 joins the cluster through Redis (see :mod:`supervisor.redis`).
+
+Every error is one ``wsup: error: ...`` line on stderr. Exit statuses: 0 after
+a graceful stop; 1 when the server cannot run (an address cannot be bound,
+Redis is required and unreachable, the app's startup failed); 2 for a usage
+error (an unknown option, a bad value, a missing extra, an app that does not
+import); 130 on Ctrl-C before the server started. When the app's own code
+raised (at import or at startup), its traceback comes first, without wsup's
+frames.
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ import importlib.util
 import os
 import socket
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -34,9 +43,9 @@ from actors import Backplane
 
 from ._app import App
 from ._config import ServerConfig
-from ._exceptions import ListenError, find_exception
+from ._exceptions import ListenError, StartupError, find_exception
 from ._logging import configure_logging
-from ._server import Server, serve
+from ._server import VERSION, Server, serve
 from ._workers import Master, worker_channel
 from .redis import RedisBackplane, RedisUnavailable
 
@@ -44,7 +53,60 @@ __all__ = ["load_app", "main"]
 
 
 class UsageError(Exception):
-    """A command-line mistake, reported as one line with exit status 2."""
+    """A command-line mistake, reported as one line with exit status 2.
+
+    Attributes:
+        details: printed before the line (the user's traceback), or empty.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one ``wsup: error:`` line (exit 2) instead of usage."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the mistake and where help is; exit 2."""
+        if "required: command" in message:
+            message = "a command is required: wsup serve MODULE:ATTR"
+        self.exit(2, f"wsup: error: {message} (see '{self.prog} --help')\n")
+
+
+# Frames of these files are wsup's (or its machinery's), not the user's.
+_OUR_DIRS = tuple(
+    str(Path(module.__file__).parent) + os.sep
+    for module in (
+        sys.modules[__package__ or "supervisor"],
+        sys.modules["actors"],
+        anyio,
+        importlib,
+    )
+    if module.__file__ is not None
+)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """Format ``exc`` like Python does, minus wsup's, anyio's and importlib's frames."""
+    formatted = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [formatted]
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        te.stack = traceback.StackSummary.from_list(
+            [
+                frame
+                for frame in te.stack
+                if not frame.filename.startswith(_OUR_DIRS)
+                and not frame.filename.startswith("<frozen ")
+            ]
+        )
+        pending += [t for t in (te.__cause__, te.__context__) if t is not None]
+    return "".join(formatted.format())
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -61,9 +123,10 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsup", description="A WebSocket server in which every connection is an actor."
     )
+    parser.add_argument("--version", action="version", version=f"wsup {VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve an app: wsup serve MODULE:ATTR")
     run.add_argument("app", metavar="MODULE:ATTR", help="e.g. examples.echo:app")
@@ -206,6 +269,8 @@ def load_app(target: str) -> App:
 
     Raises:
         UsageError: the target is malformed, does not import, or is not an App.
+            When the module itself raised (a SyntaxError, an exception at import,
+            an import of its own that failed), ``details`` holds its traceback.
     """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
@@ -221,14 +286,49 @@ def load_app(target: str) -> App:
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
-    except (ImportError, FileNotFoundError) as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not _is_prefix(exc.name, module_name):
+            raise _raised_at_import(module_name, exc) from exc
         raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {module_name!r}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # the module's own code raised: show where
+        raise _raised_at_import(module_name, exc) from exc
     app = getattr(module, attr, None)
     if app is None:
         raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
     if not isinstance(app, App):
         raise UsageError(f"{target} is a {type(app).__name__}, not a supervisor.App")
     return app
+
+
+def _is_prefix(missing: str, module_name: str) -> bool:
+    """Whether the missing module is ``module_name`` or one of its parent packages."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _raised_at_import(module_name: str, exc: BaseException) -> UsageError:
+    if isinstance(exc, SyntaxError):
+        where = f" ({Path(exc.filename or '?').name}, line {exc.lineno})"
+        what = f"SyntaxError: {exc.msg}{where}"
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return UsageError(
+        f"cannot import {module_name!r}: {what} (traceback above)", details=_user_traceback(exc)
+    )
+
+
+def _check_backend(backend: str) -> None:
+    """Fail with the install command when the chosen backend's package is missing."""
+    if backend == "trio":
+        try:
+            import trio  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--backend trio needs the trio package: pip install 'wsup[trio]'"
+            ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = args.backend or _env("BACKEND", "asyncio")
         if backend not in ("asyncio", "trio"):
             raise UsageError(f"WSUP_BACKEND must be asyncio or trio, got {backend!r}")
+        _check_backend(backend)
         cluster = _cluster_options(args)
         # A worker's lines say which worker wrote them (see _workers.Master).
         worker_index = os.environ.get("WSUP_WORKER_INDEX")
@@ -281,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--workers needs a fixed --port (port 0 differs per process)")
         backplane = _backplane(cluster)
     except (UsageError, ValueError) as exc:
+        if isinstance(exc, UsageError) and exc.details:
+            print(exc.details, end="", file=sys.stderr)
         print(f"wsup: error: {exc}", file=sys.stderr)
         return 2
     if cluster.workers > 1:
@@ -304,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if listen_error is not None:
             print(f"wsup: error: {listen_error}", file=sys.stderr)
             return 1
+        startup_error = find_exception(exc, StartupError)
+        if startup_error is not None:
+            if startup_error.__cause__ is not None:
+                print(_user_traceback(startup_error.__cause__), end="", file=sys.stderr)
+            print(f"wsup: error: {startup_error} (traceback above)", file=sys.stderr)
+            return 1
         if find_exception(exc, KeyboardInterrupt) is not None:
             return 130
         raise
@@ -325,7 +434,7 @@ async def _serve(app: App, config: ServerConfig, backplane: Backplane | None = N
             if channel is not None:
                 tg.start_soon(_talk_to_master, channel, server)
     except BaseException as exc:
-        expected = (ListenError, RedisUnavailable, KeyboardInterrupt)
+        expected = (ListenError, RedisUnavailable, StartupError, KeyboardInterrupt)
         if not any(find_exception(exc, kind) for kind in expected):
             structlog.get_logger("wsup.server").exception("server.crashed")
         raise
