@@ -91,6 +91,10 @@ class Runtime:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the backplane until cancelled."""
+        if not self.backplane.remote:
+            # Nothing to connect to, so it never reports a change: it is up from the start
+            # (otherwise every single-node deployment would read as "backplane down").
+            self.instrumentation.backplane_state(True)
         await self.backplane.run(self, task_status=task_status)
 
     def backplane_state_changed(self, up: bool) -> None:

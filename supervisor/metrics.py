@@ -203,7 +203,7 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (
-            "Time from accepting a TCP connection to the end of its opening handshake."
+            "Time from accepting a TCP connection to the 101 response, for accepted handshakes."
         ),
         "wsup_connections_closed_total": "WebSocket connections closed, by reason and initiator.",
         "wsup_connection_duration_seconds": "Lifetime of WebSocket connections, open to closed.",
@@ -229,7 +229,9 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_draining": "1 while the process is draining for shutdown, else 0.",
         "wsup_backplane_up": "1 when the backplane is connected (always 1 in-process), else 0.",
-        "wsup_backplane_messages_total": "Backplane messages sent, received or failed to send.",
+        "wsup_backplane_messages_total": (
+            "Messages sent to, received from or failed to reach other nodes (0 in-process)."
+        ),
         "wsup_backplane_publish_duration_seconds": "Time to publish one message on the backplane.",
         "wsup_build_info": "Build information; the value is always 1.",
     }
