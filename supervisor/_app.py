@@ -10,6 +10,7 @@ import inspect
 import json
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
@@ -312,11 +313,32 @@ class App:
         config: server settings (limits, timeouts, listen addresses); the CLI
             overrides host, port and drain timeout.
         state: anything the handlers should share (``self.app.state``).
+        lifespan: a function that takes the app and returns an async context
+            manager (an ``@asynccontextmanager``, as in Starlette): entered
+            once the services are up and the ``on_startup`` hooks have run,
+            before the first connection is accepted; exited after the last
+            connection closed, before the ``on_shutdown`` hooks. If entering
+            raises, the server does not serve (:class:`StartupError`).
+
+    Attributes:
+        on_startup: functions ``f(app)``, plain or ``async``, run in order after
+            the services started and before the listeners accept; one that
+            raises stops the start (:class:`StartupError`).
+        on_shutdown: functions ``f(app)``, plain or ``async``, run in order after
+            the drain, once every connection is closed; they run even when the
+            shutdown was forced, and are not cancelled.
     """
 
-    def __init__(self, *, config: ServerConfig | None = None, state: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: ServerConfig | None = None,
+        state: Any = None,
+        lifespan: Callable[[App], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:
         self.config = config or ServerConfig()
         self.state = state
+        self.lifespan = lifespan
         self.router = Router()
         self.http_routes: dict[str, HTTPHandler] = {}
         self.hooks: list[HandshakeHook] = []

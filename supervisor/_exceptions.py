@@ -7,7 +7,7 @@ WsupError
 │   │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
 │   └── OutboundFull            the outbound buffer is full and the call could not wait
 ├── ListenError                 the server could not listen on an address
-└── StartupError                an ``on_startup`` hook of the app raised
+└── StartupError                an ``on_startup`` hook or the ``lifespan`` of the app raised
 """
 
 from __future__ import annotations
@@ -110,13 +110,13 @@ class ListenError(WsupError):
 
 
 class StartupError(WsupError):
-    """The app failed to start: one of its ``on_startup`` hooks raised.
+    """The app failed to start: an ``on_startup`` hook or entering its ``lifespan`` raised.
 
     The server closes its listeners and stops; the app's own exception is the
     ``__cause__``.
 
     Attributes:
-        step: what failed, e.g. ``"on_startup hook open_db"``.
+        step: what failed, e.g. ``"on_startup hook open_db"`` or ``"lifespan"``.
     """
 
     def __init__(self, step: str, error: BaseException) -> None:

@@ -31,7 +31,7 @@ import platform
 import signal
 import socket
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -255,7 +255,7 @@ class Server:
 
         Raises:
             ListenError: a listen address could not be bound (one clear line).
-            StartupError: an ``on_startup`` hook of the app raised.
+            StartupError: an ``on_startup`` hook or the ``lifespan`` of the app raised.
         """
         app = self.app
         if app.server is not None:
@@ -278,7 +278,7 @@ class Server:
                 assert isinstance(sup, Supervisor)
                 self._conn_sup = sup
                 await self._start_app(app)
-                async with anyio.create_task_group() as tg:
+                async with self._lifespan(app), anyio.create_task_group() as tg:
                     self._tg = tg
                     self.accepting = True
                     tg.start_soon(self._accept_all, listeners)
@@ -331,6 +331,31 @@ class Server:
             except Exception as exc:
                 name = getattr(hook, "__qualname__", repr(hook))
                 raise StartupError(f"on_startup hook {name}", exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: App) -> AsyncIterator[None]:
+        """Run the app's ``lifespan`` context around serving; its exit is never cancelled.
+
+        Raises:
+            StartupError: entering it raised (its exception is the cause).
+        """
+        if app.lifespan is None:
+            yield
+            return
+        manager = app.lifespan(app)
+        try:
+            await manager.__aenter__()
+        except Exception as exc:
+            raise StartupError("lifespan", exc) from exc
+        try:
+            yield
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if not await manager.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+        else:
+            with anyio.CancelScope(shield=True):
+                await manager.__aexit__(None, None, None)
 
     async def _listen(self) -> list[tuple[anyio.abc.SocketListener, bool]]:
         """Bind every host on the main port (and the metrics port); ``(listener, ops_only)``."""
@@ -1201,7 +1226,7 @@ async def serve(
 
     Raises:
         ListenError: an address could not be bound.
-        StartupError: an ``on_startup`` hook of the app raised.
+        StartupError: an ``on_startup`` hook or the ``lifespan`` of the app raised.
     """
     server = Server(app, config, metrics=metrics, backplane=backplane)
     try:
