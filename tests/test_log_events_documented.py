@@ -1,4 +1,4 @@
-"""The log table of the operations guide matches the code: events, levels' callers, fields.
+"""The log table of the operations guide matches the code: events, levels, fields.
 
 Every structlog call whose first argument is a constant ``component.past_tense``
 name is found by walking the syntax tree of ``actors/`` and ``supervisor/``,
@@ -17,17 +17,29 @@ LEVELS = {"debug", "info", "warning", "error", "critical", "exception", "log"}
 EVENT_NAME = re.compile(r"[a-z_]+\.[a-z_]+")
 # Keyword arguments of a logger call that are not fields of the line.
 NOT_FIELDS = {"exc_info", "stack_info"}
-ROW = re.compile(r"^\| `([a-z_.]+)`(?: / `([a-z_.]+)`)? \|[^|]*\|[^|]*\|(.*)\|$", re.MULTILINE)
+LEVEL_OF = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "exception": "ERROR",
+    "critical": "CRITICAL",
+}
+ROW = re.compile(r"^\| `([a-z_.]+)`(?: / `([a-z_.]+)`)? \|([^|]*)\|[^|]*\|(.*)\|$", re.MULTILINE)
 
 
 class Call:
     """One logger call: where, which event, which fields, and whether it spreads ``**kw``."""
 
-    def __init__(self, where: str, event: str, fields: set[str], spread: bool) -> None:
+    def __init__(
+        self, where: str, event: str, fields: set[str], spread: bool, level: str | None
+    ) -> None:
         self.where = where
         self.event = event
         self.fields = fields
         self.spread = spread
+        #: DEBUG, INFO, ...; None for ``log(level, ...)``, whose level is computed.
+        self.level = level
 
 
 def _event_argument(node: ast.Call) -> str | None:
@@ -56,7 +68,9 @@ def logger_calls() -> list[Call]:
                 fields = {k.arg for k in node.keywords if k.arg is not None} - NOT_FIELDS
                 spread = any(k.arg is None for k in node.keywords)
                 where = f"{path.relative_to(ROOT)}:{node.lineno}"
-                calls.append(Call(where, event, fields, spread))
+                assert isinstance(node.func, ast.Attribute)
+                level = LEVEL_OF.get(node.func.attr)
+                calls.append(Call(where, event, fields, spread, level))
     return calls
 
 
@@ -66,7 +80,7 @@ def documented_fields() -> dict[str, set[str]]:
     doc = doc[doc.index("\n## Logs\n") :]
     rows: dict[str, set[str]] = {}
     for match in ROW.finditer(doc):
-        column = re.sub(r"\([^)]*\)", "", match.group(3))
+        column = re.sub(r"\([^)]*\)", "", match.group(4))
         fields = set(re.findall(r"`([a-z_]+)`", column))
         for event in filter(None, match.group(1, 2)):
             rows[event] = fields
@@ -107,4 +121,30 @@ def test_every_logged_field_is_documented_and_every_documented_one_is_logged() -
         absent = rows.get(event, set()) - fields
         if absent and event not in spread:
             wrong.append(f"{event}: documented but never logged {sorted(absent)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def documented_levels() -> dict[str, set[str]]:
+    """Event → the levels its row names (``INFO / ERROR`` rows give one to each event)."""
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    doc = doc[doc.index("\n## Logs\n") :]
+    levels: dict[str, set[str]] = {}
+    for match in ROW.finditer(doc):
+        named = re.findall(r"DEBUG|INFO|WARNING|ERROR|CRITICAL", match.group(3))
+        first, second = match.group(1, 2)
+        if second is not None and len(named) == 2:
+            levels[first], levels[second] = {named[0]}, {named[1]}
+        else:
+            levels[first] = set(named)
+    return levels
+
+
+def test_every_log_call_uses_a_documented_level() -> None:
+    """A call logs at a level its event's row names (``log(level, ...)`` calls aside)."""
+    levels = documented_levels()
+    wrong = [
+        f"{call.where} {call.event}: {call.level}, documented {sorted(levels.get(call.event, []))}"
+        for call in logger_calls()
+        if call.level is not None and call.level not in levels.get(call.event, set())
+    ]
     assert not wrong, "\n".join(wrong)
