@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -161,6 +162,7 @@ async def test_every_refusal_by_the_server_is_logged(
                 return _refused_status(ws_url(server, "/echo"), **good)
 
         assert await in_thread(one_held_then_one_refused) == 503
+        assert sample(server, "wsup_handshakes_total", result="rejected") == 3
     rejected = [
         (e["reason"], e["status"], e["path"], e["log_level"])
         for e in server_logs_at_debug
@@ -231,3 +233,11 @@ async def test_server_started_lists_the_http_routes(
     assert len(started) == 1
     assert started[0]["routes"] == ["/echo"]
     assert started[0]["http_routes"] == ["/status"]
+
+
+def test_the_rejected_label_lists_every_refusal_reason() -> None:
+    """The catalogue's ``rejected`` covers what the server counts there, not only hooks."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `result` |"))
+    for cause in ("no route", "origin", "connection limit", "drain", "hook"):
+        assert cause in row, cause
