@@ -236,7 +236,8 @@ async def test_metrics_parse_and_count_the_connection() -> None:
             for s in f.samples
         }
         assert values[("wsup_connections", (("state", "open"),))] == 1
-        assert values[("wsup_connections_accepted_total", ())] == 1
+        # Two TCP connections: the WebSocket and this scrape.
+        assert values[("wsup_connections_accepted_total", ())] == 2
         assert values[("wsup_handshakes_total", (("result", "accepted"),))] == 1
         assert values[("wsup_messages_received_total", (("kind", "text"),))] == 1
         assert "wsup_build_info" in families
