@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -195,6 +196,22 @@ def test_an_app_whose_startup_fails_shows_its_traceback_and_exits_1(tmp_path: Pa
     assert 'raise ConnectionRefusedError("database at db.internal:5432' in result.stderr
     assert "server.crashed" not in result.stderr
     assert_no_frames_of_wsup(result.stderr)
+
+
+def test_a_port_in_use_with_workers_is_one_error_line_and_exit_1() -> None:
+    """``--workers 2`` on a busy port: the first worker's one line, then the master exits 1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve", ECHO, "--port", str(port), "--workers", "2", "--log-format", "json"
+        )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("wsup: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 # --- what the log lines carry ----------------------------------------------------------------
