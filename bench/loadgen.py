@@ -12,14 +12,22 @@ process drops its connections and exits, so nothing outlives a run.
 The client must cost less than any server it measures. Connections that stay
 open are picows clients (compiled framing, a callback per frame rather than a
 task per message); echo clients write pre-masked frames in batches (see
-:class:`EchoClient`); the handshake mode uses a bare asyncio protocol with a
-prepared request (see :class:`HandshakeProbe`).
+:class:`EchoClient`), request/response clients write one pre-masked frame per
+round trip (see :class:`RoundTripClient`); the handshake mode uses a bare
+asyncio protocol with a prepared request (see :class:`HandshakeProbe`).
 
 Modes and their commands:
 
 * ``echo``: ``{"cmd": "run", "duration": S}`` keeps ``--window`` messages of
   ``--size`` bytes in flight per connection for S seconds, then answers
-  ``{"event": "result", "messages": N, "elapsed": S, "errors": E}``.
+  ``{"event": "result", "messages": N, "elapsed": S, "errors": E, "lost": L}``
+  (L: connections lost).
+* ``rr`` (request/response): ``{"cmd": "run", "duration": S}`` has every
+  connection send one message of ``--size`` bytes, wait for its echo and send
+  the next, for S seconds; it then waits for the echoes still in flight and
+  answers like ``echo`` with two more fields: ``"stalled"``, the connections
+  whose echo never came back, and ``"rtt"``, the histogram of every round
+  trip's time in nanoseconds (see :class:`bench.latency.Histogram`).
 * ``fanout``: every connection subscribes; ``{"cmd": "publish", "round": R}``
   (publisher process only) sends one message from the first connection and
   answers ``{"event": "published", "round": R, "t": T}``; every process answers
@@ -59,6 +67,8 @@ from picows import (
     WSTransport,
     ws_connect,
 )
+
+from bench.latency import Histogram
 
 Command = dict[str, Any]
 
@@ -237,24 +247,160 @@ async def run_echo(args: argparse.Namespace, commands: asyncio.StreamReader) -> 
         args.url, args.conns, factory, concurrency=args.connect_concurrency
     )
     emit("ready", connected=len(transports), failed=args.conns - len(transports), error=error)
+
+    async def run(duration: float) -> dict[str, Any]:
+        stats.received = stats.errors = 0
+        stats.running = True
+        start = time.monotonic()
+        for client in clients:
+            client.fill(args.window)
+        await asyncio.sleep(duration)
+        received, errors = stats.received, stats.errors
+        elapsed = time.monotonic() - start
+        stats.running = False
+        return {"messages": received, "elapsed": elapsed, "errors": errors}
+
+    await obey_runs(commands, transports, run)
+
+
+async def obey_runs(
+    commands: asyncio.StreamReader,
+    transports: list[WSTransport],
+    run: Callable[[float], Awaitable[dict[str, Any]]],
+) -> None:
+    """Answer every ``run`` command with a result event until told to quit.
+
+    ``run`` takes the duration in seconds and returns the result's fields; the
+    number of connections lost is added to them. Disconnects at the end.
+    """
     try:
         while (command := await next_command(commands))["cmd"] != "quit":
             if command["cmd"] != "run":
                 emit("error", message=f"unknown command {command['cmd']!r}")
                 continue
-            stats.received = stats.errors = 0
-            stats.running = True
-            start = time.monotonic()
-            for client in clients:
-                client.fill(args.window)
-            await asyncio.sleep(command["duration"])
-            received, errors = stats.received, stats.errors
-            elapsed = time.monotonic() - start
-            stats.running = False
+            result = await run(command["duration"])
             lost = sum(1 for t in transports if t.is_disconnected)
-            emit("result", messages=received, elapsed=elapsed, errors=errors, lost=lost)
+            emit("result", **result, lost=lost)
     finally:
         disconnect_all(transports)
+
+
+# --- request/response ---------------------------------------------------------------
+
+#: Seconds a request/response run waits, after its end, for the echoes still in flight.
+DRAIN_TIMEOUT = 5.0
+
+
+class RoundTrips:
+    """State shared by every request/response connection of this process."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.received = 0
+        self.errors = 0
+        self.in_flight = 0
+        self.drained = asyncio.Event()
+        """Set when a run is over and no message is in flight any more."""
+        self.rtt = Histogram()
+
+
+class RoundTripClient(WSListener):
+    """One message in flight: send it, time its echo, send the next.
+
+    Every echo is timed from the moment its message was written to the moment
+    picows hands its frame over, with ``time.perf_counter_ns()``; one clock
+    reading serves as the end of one round trip and the start of the next.
+    """
+
+    def __init__(self, trips: RoundTrips, frame: bytes, size: int) -> None:
+        self.trips = trips
+        self.frame = frame
+        self.size = size
+        self.sent_at = 0
+        self.waiting = False
+        self.raw: asyncio.Transport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """Keep the raw transport: pre-masked frames are written on it directly."""
+        self.raw = transport.underlying_transport
+
+    def start(self) -> None:
+        """Send the first message of a run."""
+        if self.raw is not None and not self.waiting:
+            self.trips.in_flight += 1
+            self.waiting = True
+            self.sent_at = time.perf_counter_ns()
+            self.raw.write(self.frame)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """Time an echo and, while the run lasts, send the next message."""
+        if frame.msg_type == WSMsgType.BINARY:
+            now = time.perf_counter_ns()
+            trips = self.trips
+            if not self.waiting or frame.payload_size != self.size:
+                # An echo of nothing, or of the wrong size.
+                trips.errors += 1
+                return
+            if not trips.running:
+                self.waiting = False
+                trips.in_flight -= 1
+                if not trips.in_flight:
+                    trips.drained.set()
+                return
+            trips.received += 1
+            trips.rtt.record(now - self.sent_at)
+            self.sent_at = now
+            if self.raw is not None:
+                self.raw.write(self.frame)
+        elif frame.msg_type == WSMsgType.TEXT:
+            # The server changed the message type: that is an echo failure.
+            self.trips.errors += 1
+        elif frame.msg_type == WSMsgType.CLOSE:
+            answer_close(transport, frame)
+
+
+async def run_rr(args: argparse.Namespace, commands: asyncio.StreamReader) -> None:
+    """Request/response mode (see the module docstring)."""
+    trips = RoundTrips()
+    payload = bytes(range(256)) * (args.size // 256) + bytes(args.size % 256)
+    frame = masked_frame(payload)
+    clients: list[RoundTripClient] = []
+
+    def factory() -> RoundTripClient:
+        client = RoundTripClient(trips, frame, args.size)
+        clients.append(client)
+        return client
+
+    transports, error = await connect_many(
+        args.url, args.conns, factory, concurrency=args.connect_concurrency
+    )
+    emit("ready", connected=len(transports), failed=args.conns - len(transports), error=error)
+
+    async def run(duration: float) -> dict[str, Any]:
+        trips.received = trips.errors = 0
+        trips.rtt = Histogram()
+        trips.drained.clear()
+        trips.running = True
+        start = time.monotonic()
+        for client in clients:
+            client.start()
+        await asyncio.sleep(duration)
+        received, errors, rtt = trips.received, trips.errors, trips.rtt
+        elapsed = time.monotonic() - start
+        trips.running = False
+        # The next run must not start with an echo of this one still on its way.
+        if trips.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(trips.drained.wait(), DRAIN_TIMEOUT)
+        return {
+            "messages": received,
+            "elapsed": elapsed,
+            "errors": errors,
+            "stalled": trips.in_flight,
+            "rtt": rtt.to_json(),
+        }
+
+    await obey_runs(commands, transports, run)
 
 
 # --- fan-out ------------------------------------------------------------------------
@@ -528,6 +674,7 @@ MODES: dict[str, Callable[[argparse.Namespace, asyncio.StreamReader], Awaitable[
     "fanout": run_fanout,
     "handshake": run_handshake,
     "hold": run_hold,
+    "rr": run_rr,
 }
 
 
