@@ -177,6 +177,8 @@ class CpuWindow:
 
     #: Share of the server's CPU taken by others above which a note is added.
     CONTENTION_NOTE = 0.10
+    #: Load generators' CPU, in % of one core, above which they may be what limits a run.
+    CLIENT_SATURATED = 90.0
     #: Shortest window, in seconds, over which that share is computed.
     MIN_WINDOW = 1.0
 
@@ -191,6 +193,8 @@ class CpuWindow:
         self.others = 0.0
         self.kernel_pct = 0.0
         """After :meth:`stop`: the share of the server's CPU time spent in the kernel."""
+        self.client_pct = 0.0
+        """After :meth:`stop`: the load generators' CPU time, in % of the wall time."""
 
     def stop(self) -> tuple[float, float, float]:
         """Server CPU seconds, load generator CPU seconds and wall seconds since creation."""
@@ -201,6 +205,7 @@ class CpuWindow:
         server = user + system
         self.kernel_pct = system / server * 100 if server > 0 else 0.0
         client = sum(loadgen.cpu_seconds() for loadgen in self.loadgens) - self.client_start
+        self.client_pct = client / wall * 100 if wall > 0 else 0.0
         # Below a second, the 10 ms clock ticks make the share meaningless.
         if self.cpu is not None and wall >= self.MIN_WINDOW:
             tasks, steal = procfs.cpu_usage(self.cpu)
@@ -213,6 +218,19 @@ class CpuWindow:
         if self.others < self.CONTENTION_NOTE:
             return []
         return [f"other processes took {self.others:.0%} of the server's CPU during a window"]
+
+    def client_notes(self) -> list[str]:
+        """A note when the load generators were busy enough to limit the throughput.
+
+        They share one CPU when pinned, so their sum is compared with one core.
+        """
+        if self.client_pct < self.CLIENT_SATURATED:
+            return []
+        return [
+            f"load generators at {self.client_pct:.0f} % of a core during a window: the client "
+            "may be what limits the rate (and adds to round-trip times); server CPU per "
+            "operation still holds"
+        ]
 
 
 # --- the measurements ---------------------------------------------------------------
@@ -247,7 +265,7 @@ async def measure_echo(
             "kernel_pct": cpu.kernel_pct,
             "client_cpu_pct": client_cpu / wall * 100,
         },
-        cpu.notes(),
+        cpu.notes() + cpu.client_notes(),
     )
 
 
@@ -316,7 +334,7 @@ async def measure_handshakes(ctx: Context, *, concurrency: int, duration: float)
     done = result["handshakes"]
     if not done:
         raise Failed(f"no handshake completed ({result['error']})")
-    notes = cpu.notes()
+    notes = cpu.notes() + cpu.client_notes()
     if result["errors"]:
         notes.append(f"{result['errors']} failed handshakes ({result['error']})")
     return Sample(
