@@ -11,6 +11,7 @@ timeout, after which its processes are stopped and the run goes on.
 Examples::
 
     python -m bench --quick
+    python -m bench --scenarios rr --repeats 3
     python -m bench --scenarios echo,fanout --servers websockets,picows --repeats 5
     python -m bench --list
 """
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Compare WebSocket servers side by side.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny counts, one repeat")
-    parser.add_argument("--scenarios", help="comma-separated names or families (echo,fanout)")
+    parser.add_argument("--scenarios", help="comma-separated names or families (rr,echo,fanout)")
     parser.add_argument("--servers", help="comma-separated server names")
     parser.add_argument("--repeats", type=int, help="repeats per scenario (3, or 1 with --quick)")
     parser.add_argument("--json", type=Path, help="also write raw results to this file")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from bench import procfs
-from bench.processes import Children, Loadgen, LoadgenTimeout, ServerProcess
+from bench.latency import Histogram
+from bench.processes import Children, Event, Loadgen, LoadgenTimeout, ServerProcess
 from bench.procfs import Pinning
 from bench.registry import AppKind, Compression, Launch, ServerSpec
 
@@ -269,6 +270,59 @@ async def measure_echo(
     )
 
 
+async def _run_round_trips(loadgens: list[Loadgen], duration: float) -> list[Event]:
+    """One request/response run of every load generator; their results.
+
+    Raises:
+        Failed: a wrong echo, a lost connection, or an echo that never came back.
+    """
+    for loadgen in loadgens:
+        await loadgen.send({"cmd": "run", "duration": duration})
+    # A run ends by waiting up to 5 s for the echoes in flight.
+    results = [await loadgen.expect("result", duration + 30) for loadgen in loadgens]
+    errors = sum(result["errors"] for result in results)
+    lost = sum(result["lost"] for result in results)
+    stalled = sum(result["stalled"] for result in results)
+    if errors or lost or stalled:
+        raise Failed(
+            f"{errors} wrong echoes, {lost} connections lost, {stalled} echoes never came back"
+        )
+    return results
+
+
+async def measure_round_trips(
+    ctx: Context, *, conns: int, size: int, duration: float, warmup: float
+) -> Sample:
+    """Request/response echo: one message in flight per connection, every round trip timed.
+
+    ``warmup`` seconds of the same traffic come first, outside the measured window.
+    """
+    server = await ctx.start_server("echo")
+    loadgens = await ctx.start_loadgens("rr", "/echo", conns, extra=("--size", str(size)))
+    if warmup > 0:
+        await _run_round_trips(loadgens, warmup)
+    cpu = CpuWindow(ctx, server, loadgens)
+    results = await _run_round_trips(loadgens, duration)
+    server_cpu, client_cpu, wall = cpu.stop()
+    messages = sum(result["messages"] for result in results)
+    if not messages:
+        raise Failed("no message came back")
+    rtt = Histogram.merged(Histogram.from_json(result["rtt"]) for result in results)
+    elapsed = max(result["elapsed"] for result in results)
+    return Sample(
+        {
+            "msgs_per_s": messages / elapsed,
+            "rtt_p50_us": rtt.percentile(50) / 1000,
+            "rtt_p99_us": rtt.percentile(99) / 1000,
+            "cpu_us_per_msg": server_cpu / messages * 1e6,
+            "server_cpu_pct": server_cpu / wall * 100,
+            "kernel_pct": cpu.kernel_pct,
+            "client_cpu_pct": client_cpu / wall * 100,
+        },
+        cpu.notes() + cpu.client_notes(),
+    )
+
+
 async def _fan_round(
     publisher: Loadgen, loadgens: list[Loadgen], round_id: int, timeout: float
 ) -> float:
@@ -450,8 +504,12 @@ class Sizes:
     """Counts and durations for one mode (full or ``--quick``)."""
 
     echo_seconds: float
+    """Measured window of the echo and request/response scenarios."""
     echo_window: int
     echo_many: int
+    """Connections of the ``100conn`` echo and request/response scenarios."""
+    rr_warmup: float
+    """Seconds of request/response traffic before the measured window."""
     fanout_small: int
     fanout_large: int
     fanout_rounds: int
@@ -469,6 +527,7 @@ FULL = Sizes(
     echo_seconds=5.0,
     echo_window=32,
     echo_many=100,
+    rr_warmup=1.0,
     fanout_small=1_000,
     fanout_large=5_000,
     fanout_rounds=50,
@@ -486,6 +545,7 @@ QUICK = Sizes(
     echo_seconds=0.3,
     echo_window=8,
     echo_many=10,
+    rr_warmup=0.1,
     fanout_small=50,
     fanout_large=200,
     fanout_rounds=3,
@@ -529,6 +589,15 @@ ECHO_METRICS = (
     Metric("kernel_pct", "in kernel %"),
     Metric("client_cpu_pct", "client CPU %"),
 )
+RR_METRICS = (
+    Metric("msgs_per_s", "msgs/s", "higher"),
+    Metric("rtt_p50_us", "RTT p50 µs", "lower"),
+    Metric("rtt_p99_us", "RTT p99 µs", "lower"),
+    Metric("cpu_us_per_msg", "CPU µs/msg", "lower"),
+    Metric("server_cpu_pct", "server CPU %"),
+    Metric("kernel_pct", "in kernel %"),
+    Metric("client_cpu_pct", "client CPU %"),
+)
 FANOUT_METRICS = (
     Metric("latency_ms", "publish→last ms", "lower"),
     Metric("deliveries_per_s", "deliveries/s", "higher"),
@@ -566,6 +635,34 @@ def _size_label(size: int) -> str:
 def catalogue(sizes: Sizes) -> list[Scenario]:
     """Every scenario, in report order, with the counts of ``sizes``."""
     scenarios: list[Scenario] = []
+    for conns, tag in ((1, "1conn"), (sizes.echo_many, "100conn")):
+        for size, size_tag in ((32, "32B"), (4096, "4KiB")):
+
+            def run_rr(ctx: Context, conns: int = conns, size: int = size) -> Awaitable[Sample]:
+                return measure_round_trips(
+                    ctx,
+                    conns=conns,
+                    size=size,
+                    duration=sizes.echo_seconds,
+                    warmup=sizes.rr_warmup,
+                )
+
+            scenarios.append(
+                Scenario(
+                    name=f"rr-{tag}-{size_tag}",
+                    title=(
+                        f"request/response echo, {conns} connection{'s' * (conns > 1)} x "
+                        f"{_size_label(size)} binary, one message in flight per connection "
+                        f"(send, wait for the echo, send the next), {sizes.echo_seconds:g} s "
+                        f"after {sizes.rr_warmup:g} s of warm-up"
+                    ),
+                    app="echo",
+                    compression=False,
+                    metrics=RR_METRICS,
+                    run=run_rr,
+                    timeout=sizes.echo_seconds + sizes.rr_warmup + 90,
+                )
+            )
     for conns, tag in ((1, "1conn"), (sizes.echo_many, "100conn")):
         for size, size_tag in ((32, "32B"), (4096, "4KiB")):
 
