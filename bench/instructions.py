@@ -1,4 +1,4 @@
-"""CPU instructions per handshake or per echoed message, counted by valgrind's callgrind.
+"""CPU instructions per handshake, echoed message or round trip, counted by callgrind.
 
 Not a test. On a shared machine the CPU time a server spends per handshake
 swings by ±15 % from one run to the next; the number of instructions it
@@ -9,16 +9,19 @@ short and for a long window:
 * ``--scenario handshake`` (the default): 4 concurrent connectors (connect,
   opening handshake, close handshake);
 * ``--scenario echo``: ``--conns`` connections (100) keeping 32 messages of
-  ``--size`` bytes (4096) in flight each, as the ``echo-*`` scenarios do.
+  ``--size`` bytes (4096) in flight each, as the ``echo-*`` scenarios do;
+* ``--scenario rr-echo``: ``--conns`` connections (100) with one message of
+  ``--size`` bytes (4096) in flight each: send, wait for the echo, send the
+  next, as the ``rr-*`` scenarios do.
 
 The difference in instructions divided by the difference in handshakes (or
-messages) is what one costs in user space, with start-up, connecting and
-shutdown cancelled out. The kernel's share (accept, reads, writes, close) is
-not counted, and a server runs some 50 times slower under valgrind (an echo
-server then reads bigger batches than at full speed), so this compares code
-paths, not throughput.
+messages, or round trips) is what one costs in user space, with start-up,
+connecting and shutdown cancelled out. The kernel's share (accept, reads,
+writes, close) is not counted, and a server runs some 50 times slower under
+valgrind (an echo server then reads bigger batches than at full speed), so
+this compares code paths, not throughput.
 
-Usage: ``python -m bench.instructions [--scenario handshake|echo]
+Usage: ``python -m bench.instructions [--scenario handshake|echo|rr-echo]
 [--servers websockets,wsup] [--short S] [--long S] [--conns N] [--size B]``.
 Requires valgrind; one to three minutes per server (the two runs of a server
 go side by side).
@@ -43,6 +46,9 @@ from bench.registry import Launch, ServerSpec, select
 
 _STARTUP_TIMEOUT = 180.0
 """Seconds a server may take to listen under valgrind."""
+
+#: ``--scenario`` to the ``bench.loadgen`` mode that produces its load.
+MODES = {"handshake": "handshake", "echo": "echo", "rr-echo": "rr"}
 
 
 def _free_port() -> int:
@@ -70,7 +76,7 @@ class Load:
     """What the load generator does: a ``bench.loadgen`` mode and its options."""
 
     mode: str
-    """``handshake`` or ``echo``."""
+    """``handshake``, ``echo`` or ``rr`` (request/response)."""
     conns: int = 100
     """Echo connections."""
     size: int = 4096
@@ -79,13 +85,16 @@ class Load:
     @property
     def unit(self) -> str:
         """What one counted operation is."""
-        return "handshake" if self.mode == "handshake" else f"{self.size}-byte echo"
+        if self.mode == "handshake":
+            return "handshake"
+        return f"{self.size}-byte {'round trip' if self.mode == 'rr' else 'echo'}"
 
     def options(self) -> list[str]:
         """The load generator's options after its URL."""
         if self.mode == "handshake":
             return ["--concurrency", "4"]
-        return ["--conns", str(self.conns), "--size", str(self.size), "--window", "32"]
+        sized = ["--conns", str(self.conns), "--size", str(self.size)]
+        return sized if self.mode == "rr" else [*sized, "--window", "32"]
 
 
 def _operations(port: int, seconds: float, load: Load) -> int:
@@ -114,6 +123,8 @@ def _operations(port: int, seconds: float, load: Load) -> int:
         loadgen.stdin.flush()
     if result.get("errors"):
         raise RuntimeError(f"{result['errors']} operations failed: {result.get('error')}")
+    if result.get("stalled"):
+        raise RuntimeError(f"{result['stalled']} echoes never came back")
     done: int = result["handshakes" if load.mode == "handshake" else "messages"]
     return done
 
@@ -163,7 +174,7 @@ def measure(
 def main(argv: list[str] | None = None) -> None:
     """Measure the servers named on the command line and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("handshake", "echo"), default="handshake")
+    parser.add_argument("--scenario", choices=sorted(MODES), default="handshake")
     parser.add_argument("--servers", default="websockets,wsup", help="comma-separated names")
     parser.add_argument("--conns", type=int, default=100, help="echo connections")
     parser.add_argument("--size", type=int, default=4096, help="echo message size (bytes)")
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long", type=float, default=20.0, help="long window (s)")
     args = parser.parse_args(argv)
     specs = select([name for name in args.servers.split(",") if name])
-    load = Load(args.scenario, conns=args.conns, size=args.size)
+    load = Load(MODES[args.scenario], conns=args.conns, size=args.size)
     results: dict[str, float] = {}
     for spec in specs:
         per, n1, n2 = measure(spec, args.short, args.long, load)
