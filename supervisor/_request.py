@@ -1,4 +1,5 @@
-"""What a handshake hook needs from the request: path, query, cookies, origin check.
+"""What the server and a handshake hook need from the request: path, query,
+headers that may repeat, cookies, origin check.
 
 Theory of operation:
     Everything here is a pure function of the request line and headers, never
@@ -7,6 +8,16 @@ Theory of operation:
     configuration errors raise, and they raise when the configuration is built
     (:class:`OriginPolicy`), so a typo stops the server at start-up instead of
     failing every handshake.
+
+    A header may come on several lines. RFC 9110 §5.3 says what that means: a
+    list-valued header (``Connection``, ``Upgrade``, ``Accept``,
+    ``Sec-WebSocket-Protocol``...) is the comma-separated list of all its lines
+    (:func:`header_list`, :func:`header_tokens`), while a header whose value is
+    not a list cannot be combined, so a request that repeats one of
+    :data:`SINGLETON_HEADERS` is refused (:func:`repeated_singleton`). Nothing
+    in the server looks a request header up by subscript or with ``get``: on
+    a repeated header, websockets' ``Headers`` raises ``MultipleValuesError``
+    there (``tests/supervisor/test_request.py`` checks the source for it).
 """
 
 from __future__ import annotations
@@ -15,8 +26,88 @@ import urllib.parse
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import Final
 
-__all__ = ["OriginPolicy", "origin_allowed", "parse_cookies", "split_target"]
+from websockets.datastructures import Headers
+
+__all__ = [
+    "SINGLETON_HEADERS",
+    "OriginPolicy",
+    "header_list",
+    "header_tokens",
+    "origin_allowed",
+    "parse_cookies",
+    "repeated_singleton",
+    "single_header",
+    "split_target",
+]
+
+#: Request headers that must not appear more than once: ``Host`` (RFC 9112
+#: §3.2: a server must answer 400), ``Origin`` (RFC 6454 §7.3),
+#: ``Authorization`` (a single credential: which of two would be checked?) and
+#: ``Sec-WebSocket-Key`` and ``Sec-WebSocket-Version`` (RFC 6455 §11.3.1,
+#: §11.3.5; websockets' own server refuses repeats of these and of ``Origin``).
+SINGLETON_HEADERS: Final[tuple[str, ...]] = (
+    "Host",
+    "Origin",
+    "Authorization",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+)
+
+
+def repeated_singleton(headers: Headers) -> str | None:
+    """Return the first of :data:`SINGLETON_HEADERS` that ``headers`` has more than once.
+
+    Names compare case-insensitively; two lines with the same value are a
+    repeat too. ``None`` when every singleton appears at most once.
+
+    Cost: about a microsecond per handshake; never raises.
+    """
+    if len(list(headers.raw_items())) == len(headers):
+        return None  # no name on two lines at all: the common case, checked at C speed
+    for name in SINGLETON_HEADERS:
+        if len(headers.get_all(name)) > 1:
+            return name
+    return None
+
+
+def single_header(headers: Headers, name: str) -> str | None:
+    """Return the value of header ``name``, or ``None`` if it is missing.
+
+    For the :data:`SINGLETON_HEADERS`, once :func:`repeated_singleton` has let
+    the request through; on a repeated header it returns the first line.
+    Never raises.
+    """
+    values = headers.get_all(name)
+    return values[0] if values else None
+
+
+def header_list(headers: Headers, name: str) -> str | None:
+    """Return list-valued header ``name`` as one value: its lines joined with ``", "``.
+
+    RFC 9110 §5.3: a list header sent on several lines means the same as one
+    line listing every element in order. ``None`` if the header is missing.
+    Never raises.
+    """
+    values = headers.get_all(name)
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+def header_tokens(headers: Headers, name: str) -> list[str]:
+    """Return the elements of list header ``name`` over all its lines, lower-cased.
+
+    ``Connection: keep-alive`` and ``Connection: Upgrade`` on two lines give
+    ``["keep-alive", "upgrade"]``; empty elements are skipped. Never raises.
+    """
+    return [
+        token
+        for value in headers.get_all(name)
+        for element in value.split(",")
+        if (token := element.strip().lower())
+    ]
 
 
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:

@@ -72,7 +72,15 @@ from ._instrumentation import (
 )
 from ._keepalive import KeepaliveAction, wake_time
 from ._proxy import TrustedProxies
-from ._request import OriginPolicy, parse_cookies, split_target
+from ._request import (
+    OriginPolicy,
+    header_list,
+    header_tokens,
+    parse_cookies,
+    repeated_singleton,
+    single_header,
+    split_target,
+)
 from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
@@ -644,6 +652,15 @@ class Server:
             stream, protocol, _plain(404, "this port serves /metrics, /healthz, /readyz\n")
         )
 
+    async def repeated_header(
+        self, stream: AnyStream, protocol: ServerProtocol, name: str, path: str
+    ) -> None:
+        """Answer a request that repeats a header which must appear once (400, counted)."""
+        self.handshake_failed(stream, f"more than one {name} header", path=path)
+        await self._respond(
+            stream, protocol, _plain(400, f"bad request: more than one {name} header\n")
+        )
+
     async def bad_request(self, stream: AnyStream, protocol: ServerProtocol) -> None:
         error = protocol.handshake_exc
         cause = error.__cause__ if error is not None else None
@@ -727,6 +744,10 @@ class Server:
         started: float,
     ) -> Connection | None:
         metrics = self.metrics
+        repeated = repeated_singleton(ws_request.headers)
+        if repeated is not None:
+            await self.repeated_header(stream, protocol, repeated, path)
+            return None
         if ws_request.method not in ("GET", "HEAD"):
             # Request bodies are never read: only GET (and HEAD, for probes) make sense.
             response = _plain(405, f"{ws_request.method} is not supported: use GET\n")
@@ -744,11 +765,11 @@ class Server:
             await self._respond(stream, protocol, _plain(200 if ready else 503, why + "\n"))
             return None
         if path == "/metrics":
-            body, content_type = metrics.render_for(ws_request.headers.get("Accept"))
+            body, content_type = metrics.render_for(header_list(ws_request.headers, "Accept"))
             await self._respond(stream, protocol, _plain(200, body, content_type))
             return None
         match: RouteMatch | None = self.app.router.match(path)
-        upgrade = "upgrade" in ws_request.headers.get("Connection", "").lower()
+        upgrade = "upgrade" in header_tokens(ws_request.headers, "Connection")
         if match is None or not upgrade:
             http_handler = self.app.http_routes.get(path)
             if http_handler is not None and not upgrade:
@@ -781,7 +802,9 @@ class Server:
             await self._respond(stream, protocol, _plain(503, "too many connections\n"))
             return None
         origins = self._origins
-        if not origins.allows_all and not origins.allows(ws_request.headers.get("Origin")):
+        if not origins.allows_all and not origins.allows(
+            single_header(ws_request.headers, "Origin")
+        ):
             self.refused(stream, 403, "origin", path)
             await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
             return None

@@ -9,25 +9,35 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 import pytest
+import structlog.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Request as WSRequest
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from actors import ActorRef
+from examples.echo import Echo
 from examples.echo import app as echo_app
 from supervisor import App, ConnectionClosed, Handler, Server, SlowConsumerPolicy
+from supervisor.metrics import HANDSHAKE_RESULTS
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -315,6 +325,244 @@ async def test_a_silent_socket_times_out_too() -> None:
     async with running_server(echo_app, handshake_timeout=0.2) as server:
         assert status(await exchange(server, b"")) == 408
         assert sample(server, "wsup_handshakes_total", result="timeout") == 1
+
+
+# --- repeated headers ---------------------------------------------------------------------------
+
+
+def with_headers(request: bytes, *lines: str, drop: tuple[str, ...] = ()) -> bytes:
+    """``request`` without its ``drop`` headers and with ``lines`` added before the blank line."""
+    head = request.decode().removesuffix("\r\n\r\n").split("\r\n")
+    kept = [line for line in head if line.split(":", 1)[0] not in drop]
+    return ("\r\n".join([*kept, *lines]) + "\r\n\r\n").encode()
+
+
+def handshakes(server: Server) -> dict[str, float]:
+    """``wsup_handshakes_total`` by result."""
+    return {r: sample(server, "wsup_handshakes_total", result=r) for r in HANDSHAKE_RESULTS}
+
+
+def problems(logs: Sequence[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """The captured log lines at WARNING or above, or with a traceback."""
+    return [
+        e
+        for e in logs
+        if e["log_level"] not in ("debug", "info") or "exc_info" in e or "exception" in e
+    ]
+
+
+async def test_connection_on_two_lines_is_upgraded(anyio_backend_name: str) -> None:
+    """``Connection: keep-alive`` and ``Connection: Upgrade`` on two lines is a valid upgrade."""
+    request = with_headers(
+        upgrade_request("/echo"),
+        "Connection: keep-alive",
+        "Connection: Upgrade",
+        drop=("Connection",),
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running_server(echo_app) as server:
+            host, port = server.ports[0]
+            async with await anyio.connect_tcp(host, port) as stream:
+                await stream.send(request)
+                buffer = b""
+                with anyio.fail_after(10):
+                    while b"\r\n\r\n" not in buffer:
+                        buffer += await stream.receive()
+                assert status(buffer) == 101
+                await wait_until(lambda: len(server.connections) == 1)
+                (conn,) = server.connections
+                # Both I/O paths: transport callbacks on asyncio, streams on trio.
+                assert conn.uses_callbacks is (anyio_backend_name == "asyncio")
+                await stream.send(frame(Opcode.TEXT.value, b"still echoing"))
+                parser = ClientProtocol(parse_uri(f"ws://{host}:{port}/echo"), state=State.OPEN)
+                parser.receive_data(buffer.partition(b"\r\n\r\n")[2])
+                client = RawClient(stream, parser)
+                echoed = await client.next_frame()
+            assert echoed.data == b"still echoing"
+            assert handshakes(server)["accepted"] == 1
+            await all_closed(server)
+    assert problems(logs) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "origins"),
+    [
+        ("Host", None),
+        ("Origin", ["https://example.com"]),
+        ("Origin", None),
+        ("Authorization", None),
+        ("Sec-WebSocket-Key", None),
+        ("Sec-WebSocket-Version", None),
+    ],
+    ids=["host", "origin-with-policy", "origin-without-policy", "authorization", "key", "version"],
+)
+async def test_a_repeated_singleton_header_gets_400(header: str, origins: list[str] | None) -> None:
+    """A header that must not repeat, sent twice, gets a 400 naming it; counted, no traceback."""
+    request = upgrade_request("/echo")
+    value = {
+        "Host": "127.0.0.1",
+        "Origin": "https://example.com",
+        "Authorization": "Bearer x",
+        "Sec-WebSocket-Version": "13",
+    }.get(header) or base64.b64encode(os.urandom(16)).decode()
+    # The allowed origin first: a server that read only the first line would accept.
+    lines = [f"{header}: {value}", f"{header.lower()}: {value}"]
+    if header == "Origin":
+        lines[1] = "origin: https://evil.example"
+    with structlog.testing.capture_logs() as logs:
+        async with running_server(echo_app, origins=origins) as server:
+            answer = await exchange(server, with_headers(request, *lines, drop=(header,)))
+            assert status(answer) == 400
+            assert header.encode() in answer.partition(b"\r\n\r\n")[2]
+            assert handshakes(server) == {
+                "accepted": 0,
+                "rejected": 0,
+                "failed": 1,
+                "timeout": 0,
+            }
+            assert not server.connections
+    assert problems(logs) == []
+    # At most one line about the request, at DEBUG (filtered out unless enabled).
+    about_it = [e["event"] for e in logs if not e["event"].startswith("server.")]
+    assert about_it in ([], ["handshake.failed"])
+
+
+async def test_repeated_accept_on_metrics_is_one_list() -> None:
+    """``Accept`` on two lines of a scrape is read as one list: OpenMetrics is honoured."""
+    request = (
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/plain;q=0.5\r\n"
+        b"Accept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running_server(echo_app) as server:
+            answer = await exchange(server, request)
+            assert status(answer) == 200
+            assert b"\r\nContent-Type: application/openmetrics-text" in answer
+            assert answer.endswith(b"# EOF\n")
+    assert problems(logs) == []
+
+
+async def test_subprotocols_on_several_lines_are_one_list() -> None:
+    """``Sec-WebSocket-Protocol`` on two lines: the route picks from both."""
+    app = App()
+    app.add_route("/echo", Echo, subprotocols=("chat.v2",))
+    request = with_headers(
+        upgrade_request("/echo"),
+        "Sec-WebSocket-Protocol: chat.v1",
+        "Sec-WebSocket-Protocol: chat.v2",
+    )
+    async with running_server(app) as server:
+        host, port = server.ports[0]
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(request)
+            buffer = b""
+            with anyio.fail_after(10):
+                while b"\r\n\r\n" not in buffer:
+                    buffer += await stream.receive()
+            assert status(buffer) == 101
+            assert b"\r\nSec-WebSocket-Protocol: chat.v2\r\n" in buffer
+            await wait_until(lambda: len(server.connections) == 1)
+            (conn,) = server.connections
+            assert conn.request.subprotocols == ("chat.v1", "chat.v2")
+
+
+# Header lines the property below builds requests from: each name with a few values,
+# valid and not, so that any of them may repeat, in any order and letter case.
+_HEADER_VALUES = {
+    "Host": ["127.0.0.1", "example.com"],
+    "Origin": ["https://example.com", "null"],
+    "Connection": ["Upgrade", "keep-alive", "keep-alive, Upgrade", "close"],
+    "Upgrade": ["websocket", "h2c"],
+    "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ==", "not-base64!"],
+    "Sec-WebSocket-Version": ["13", "8"],
+    "Sec-WebSocket-Extensions": ["permessage-deflate", "x-unknown", "permessage-deflate; x=1"],
+    "Sec-WebSocket-Protocol": ["chat", "superchat, chat"],
+    "Accept": ["text/plain", "application/openmetrics-text; version=1.0.0", "*/*"],
+    "Cookie": ["a=1", "b=2; c=3"],
+    "Authorization": ["Bearer x"],
+    "X-Forwarded-For": ["10.0.0.1", "garbage"],
+    "Forwarded": ["for=10.0.0.1", 'for="[::1]"'],
+}
+# RFC 9112 §3.2, RFC 6454 §7.3, RFC 6455 §11.3: what must not come twice.
+_ONCE_ONLY = {"Host", "Origin", "Authorization", "Sec-WebSocket-Key", "Sec-WebSocket-Version"}
+
+
+@st.composite
+def _request_heads(draw: st.DrawFn) -> tuple[str, bytes, set[str]]:
+    """A request head for one of a few paths, with any header lines from the table;
+    also returns the once-only headers it repeats."""
+    path = draw(st.sampled_from(["/echo", "/metrics", "/healthz", "/nope"]))
+    lines: list[str] = []
+    repeated: set[str] = set()
+    for name, values in _HEADER_VALUES.items():
+        chosen = draw(st.lists(st.sampled_from(values), max_size=3))
+        if name in _ONCE_ONLY and len(chosen) > 1:
+            repeated.add(name)
+        for value in chosen:
+            spelled = draw(st.sampled_from([name, name.lower(), name.upper()]))
+            lines.append(f"{spelled}: {value}")
+    lines = draw(st.permutations(lines))
+    head = "\r\n".join([f"GET {path} HTTP/1.1", *lines]) + "\r\n\r\n"
+    return path, head.encode(), repeated
+
+
+def _first_answer(address: tuple[str, int], data: bytes) -> bytes:
+    """Send ``data`` on a blocking socket; return the answer's head (all of it unless 101)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if answer.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in answer:
+                break  # the connection stays open: close it from this side
+        return answer
+
+
+def test_any_repetition_of_headers_gets_an_http_answer(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    """Any request head from the grammar gets an answer: 400 if a singleton header repeats,
+    else what websockets' own server answers; always counted, never a traceback."""
+    backend, options = anyio_backend
+    with (
+        structlog.testing.capture_logs() as logs,
+        anyio.from_thread.start_blocking_portal(backend, options) as portal,
+        portal.wrap_async_context_manager(
+            running_server(echo_app, trusted_proxies=["127.0.0.0/8"])
+        ) as server,
+    ):
+
+        def total() -> float:
+            return sum(handshakes(server).values())
+
+        @settings(max_examples=80, deadline=None, database=None)
+        @given(_request_heads())
+        def check(request: tuple[str, bytes, set[str]]) -> None:
+            path, head, repeated = request
+            if repeated:
+                expected = 400
+            elif path == "/echo":
+                # websockets' own server, with the same extensions, on the same bytes.
+                reference = ServerProtocol(extensions=server.compression)
+                reference.receive_data(head)
+                (parsed,) = reference.events_received()
+                assert isinstance(parsed, WSRequest)
+                expected = reference.accept(parsed).status_code
+            else:
+                expected = 404 if path == "/nope" else 200
+            before = portal.call(total)
+            answer = _first_answer(server.ports[0], head)
+            assert status(answer) == expected, answer
+            if repeated:
+                named = answer.partition(b"more than one ")[2].partition(b" header")[0]
+                assert named.decode() in repeated, answer
+            # Scrapes and probes are not handshakes; a bad request or a WebSocket route is.
+            counts = bool(repeated) or path in ("/echo", "/nope")
+            portal.call(wait_until, lambda: total() == before + counts, 5.0)
+
+        check()
+        portal.call(all_closed, server)
+    assert problems(logs) == []
 
 
 # --- bad frames -----------------------------------------------------------------------------------

@@ -1,15 +1,30 @@
-"""Tests for request-target, cookie and origin parsing."""
+"""Tests for request-target, repeated-header, cookie and origin parsing."""
 
 from __future__ import annotations
 
+import re
 import string
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from websockets.datastructures import Headers
 
-from supervisor._request import OriginPolicy, origin_allowed, parse_cookies, split_target
+from supervisor._request import (
+    SINGLETON_HEADERS,
+    OriginPolicy,
+    header_list,
+    header_tokens,
+    origin_allowed,
+    parse_cookies,
+    repeated_singleton,
+    single_header,
+    split_target,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- split_target --------------------------------------------------------------
 
@@ -412,3 +427,79 @@ def test_wildcard_allows_exactly_the_subdomains(sub: str, domain: str) -> None:
     assert not origin_allowed(f"https://{domain}", allowed)
     assume(not sub.endswith("." + domain))
     assert not origin_allowed(f"https://{sub}", allowed)
+
+
+# --- headers on several lines ---------------------------------------------------------
+
+
+def test_list_header_lines_are_joined_in_order() -> None:
+    """Two ``Accept`` lines read as one comma-separated list (RFC 9110 §5.3)."""
+    headers = Headers([("Accept", "text/plain"), ("accept", "application/openmetrics-text")])
+    assert header_list(headers, "ACCEPT") == "text/plain, application/openmetrics-text"
+    assert header_list(Headers([("Accept", "*/*")]), "Accept") == "*/*"
+    assert header_list(Headers(), "Accept") is None
+
+
+def test_list_header_tokens_span_every_line() -> None:
+    """``Connection`` elements come from every line, trimmed and lower-cased, blanks skipped."""
+    headers = Headers([("Connection", "keep-alive, "), ("Connection", " Upgrade")])
+    assert header_tokens(headers, "connection") == ["keep-alive", "upgrade"]
+    assert header_tokens(Headers(), "Connection") == []
+
+
+def test_upgrade_is_a_token_not_a_substring() -> None:
+    """``Connection: no-upgrade`` does not ask for an upgrade."""
+    assert "upgrade" not in header_tokens(Headers([("Connection", "no-upgrade")]), "Connection")
+
+
+@pytest.mark.parametrize("name", SINGLETON_HEADERS)
+def test_a_repeated_singleton_is_named(name: str) -> None:
+    """A singleton header on two lines, even with the same value, is reported by name."""
+    headers = Headers([("X-Other", "1"), (name.upper(), "v"), (name.lower(), "v")])
+    assert repeated_singleton(headers) == name
+
+
+def test_singletons_once_and_list_headers_repeated_are_fine() -> None:
+    """Each singleton once, and list headers repeated, is not a repeat."""
+    headers = Headers(
+        [(name, "v") for name in SINGLETON_HEADERS]
+        + [("Connection", "keep-alive"), ("Connection", "Upgrade"), ("Cookie", "a=1")] * 2
+    )
+    assert repeated_singleton(headers) is None
+    assert single_header(headers, "origin") == "v"
+    assert single_header(headers, "Missing") is None
+
+
+_NAMES = st.sampled_from(["Host", "Origin", "Connection", "Accept", "Cookie", "X-A"])
+
+
+@given(st.lists(st.tuples(_NAMES, st.text(alphabet=string.printable, max_size=20))))
+def test_header_readers_never_raise(lines: list[tuple[str, str]]) -> None:
+    """Whatever repeats, the readers answer; a repeat is reported iff a singleton repeats."""
+    headers = Headers()
+    for name, value in lines:
+        headers.set_insecure(name, value)
+    counts = {name: sum(n == name for n, _ in lines) for name in SINGLETON_HEADERS}
+    expected = next((name for name, n in counts.items() if n > 1), None)
+    assert repeated_singleton(headers) == expected
+    for name in ("Host", "Connection", "Accept", "Cookie"):
+        single_header(headers, name)
+        header_list(headers, name)
+        header_tokens(headers, name)
+
+
+# A lookup that raises MultipleValuesError on a repeated header: ``headers.get(...)`` or
+# ``headers[...]`` not followed by an assignment (response headers are written that way).
+_RAISING_LOOKUP = re.compile(r"headers\.get\(|headers\[[^\]]*\](?!\s*=[^=])")
+
+
+def test_no_request_header_is_read_with_a_raising_lookup() -> None:
+    """The server reads headers through the helpers above, never ``headers[...]``/``.get``."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for package in ("actors", "supervisor")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _RAISING_LOOKUP.search(line) and not line.lstrip().startswith("del ")
+    ]
+    assert found == []
