@@ -13,6 +13,10 @@ Protocol, on ``ws://HOST/chat/{room}?user=NAME`` (no ``user`` → HTTP 400):
 
 Each connection answers to ``user:NAME`` (a user may have several tabs open)
 and is a member of ``room:R``; wsup removes both when the connection ends.
+
+In a cluster (``wsup serve --redis URL``), a ``say`` or ``dm`` sent while Redis
+is unreachable still reaches the connections of this node, and the sender gets
+an ``error`` saying the other nodes could not be reached; nothing is retried.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from actors import BackplaneUnavailable
 from supervisor import App, Handler, HTTPResponse, Reject, Request
 
 MAX_NAME = 32
@@ -62,7 +67,7 @@ class ChatConnection(Handler):
             await self.error("'text' must be a string")
         elif kind == "say":
             said = {"type": "said", "room": self.room, "from": self.user, "text": text}
-            await self.context.publish(f"room:{self.room}", json.dumps(said))
+            await self.deliver(f"room:{self.room}", said, f"room {self.room}")
         else:
             to = event.get("to")
             if not isinstance(to, str) or not to:
@@ -73,8 +78,22 @@ class ChatConnection(Handler):
             if not runtime.backplane.remote and not runtime.members(address):
                 await self.error(f"{to} is not connected")
                 return
-            await self.context.send(
-                address, json.dumps({"type": "dm", "from": self.user, "text": text})
+            await self.deliver(address, {"type": "dm", "from": self.user, "text": text}, to)
+
+    async def deliver(self, address: str, event: dict[str, Any], recipient: str) -> None:
+        """Send ``event`` to every member of ``address``, on every node.
+
+        When the cluster backplane is down, the members on this node still get
+        it and the others cannot: the sender is told, and its connection stays
+        open (an exception here would crash the handler, and a few crashes
+        would close the connection with 1011).
+        """
+        try:
+            await self.context.send(address, json.dumps(event))
+        except BackplaneUnavailable:
+            await self.error(
+                f"{recipient} could not be reached on other nodes (cluster unavailable): "
+                "try again later"
             )
 
     async def error(self, text: str) -> None:

@@ -12,13 +12,19 @@ did *not* reach a connection, the tests use a barrier: that connection's own
 next message comes back first. Each connection's outbound buffer is FIFO and a
 room message is queued for every member before the sender gets its own copy,
 so a stray message would have arrived before the barrier.
+
+The last test runs the chat as a two-node cluster (one node in-process, one
+``wsup serve`` child process) on a private ``redis-server``, which it stops
+and starts again mid-chat.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,16 +33,22 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import pytest
+import redis
+import structlog.testing
 from anyio.streams.buffered import BufferedByteReceiveStream
 from websockets.exceptions import InvalidStatus
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
+from actors import Backoff
 from examples import chat
 from supervisor import Server
+from supervisor.redis import RedisBackplane
+from tests.e2e.apps.server_process import ServerProcess
 from tests.helpers.node import node
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer
 from tests.helpers.server import running_server, ws_url
-from tests.helpers.waiting import in_thread
+from tests.helpers.waiting import eventually, in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -366,3 +378,104 @@ async def test_node_bad_messages_get_an_error_and_the_connection_stays_open() ->
         assert is_error(error), (message, error)
         assert echo == said("lobby", "ada", f"still here {number}"), message
     assert report["clients"]["ada"]["close"] == {"code": 1000, "reason": "done"}
+
+
+# --- a Redis outage ---------------------------------------------------------------------
+
+
+def wait_subscribed(url: str, address: str) -> None:
+    """Wait until a node has subscribed to ``address`` in Redis.
+
+    A ``wsup serve`` child process gives no other sign that a connection's
+    ``on_connect`` has reached Redis, so this asks Redis (a bounded poll).
+    """
+    inspector = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while inspector.pubsub_numsub(f"wsup:addr:{address}") != [
+            (f"wsup:addr:{address}".encode(), 1)
+        ]:
+            assert time.monotonic() < deadline, f"nobody subscribed to {address}"
+            time.sleep(0.01)
+    finally:
+        inspector.close()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_a_redis_outage_answers_remote_sends_with_an_error_and_closes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stopped mid-chat: each dm or say gets an error, local delivery goes on, no
+    handler crashes and no connection closes; Redis back: dms cross nodes again."""
+    url = redis_server.url
+    fast = Backoff(minimum=0.01, maximum=0.1, jitter=0.1)
+    with (
+        structlog.testing.capture_logs() as logs,
+        ServerProcess("examples.chat:app", "--redis", url) as remote,
+    ):
+        async with running_server(chat.app, backplane=RedisBackplane(url, reconnect=fast)) as a:
+            backplane = a.runtime.backplane
+            assert isinstance(backplane, RedisBackplane)
+            await in_thread(remote.wait_for_event, "server.started")
+
+            def scenario() -> None:
+                with ExitStack() as stack:
+                    ada = open_chat(stack, a, "lobby", "ada")
+                    bob = open_chat(stack, a, "lobby", "bob")
+                    carol = stack.enter_context(
+                        connect(remote.url(chat_path("lobby", "carol")), open_timeout=TIMEOUT)
+                    )
+                    wait_joined(a, {"room:lobby": 2})
+                    wait_subscribed(url, "user:carol")
+                    ada.send(dm("carol", "before"))
+                    assert recv_json(carol) == dm_from("ada", "before")
+
+                    redis_server.kill()
+                    anyio.from_thread.run(partial(backplane.wait_for_state, up=False))
+                    remote.wait_for_event("redis.connection_lost")
+                    # More sends than the restart intensity (3): a crash per send would
+                    # close the sender with 1011.
+                    for number in range(5):
+                        ada.send(dm("bob", f"local {number}"))
+                        assert recv_json(bob) == dm_from("ada", f"local {number}")
+                        assert is_error(recv_json(ada))
+                        ada.send(dm("carol", f"lost {number}"))
+                        assert is_error(recv_json(ada))
+                        carol.send(dm("ada", f"lost {number}"))
+                        assert is_error(recv_json(carol))
+                    ada.send(say("to this node only"))
+                    for ws in (ada, bob):
+                        assert recv_json(ws) == said("lobby", "ada", "to this node only")
+                    assert is_error(recv_json(ada))
+
+                    redis_server.start()
+                    anyio.from_thread.run(partial(backplane.wait_for_state, up=True))
+                    remote.wait_for_event("redis.connected", count=2)
+                    ada.send(dm("carol", "after"))
+                    # Nothing sent during the outage arrives late.
+                    assert recv_json(carol) == dm_from("ada", "after")
+                    carol.send(dm("ada", "back to you"))
+                    assert recv_json(ada) == dm_from("carol", "back to you")
+                    ada.send(say("barrier"))  # no error came before it
+                    assert recv_json(ada) == said("lobby", "ada", "barrier")
+                    for ws in (ada, bob, carol):
+                        assert ws.state is State.OPEN
+
+            await in_thread(scenario)
+            await eventually(lambda: not a.connections)
+            a.metrics.flush()
+            registry = a.metrics.registry
+            assert (
+                registry.get_sample_value("wsup_actor_crashes_total", {"kind": "connection"}) == 0
+            )
+            closed = {
+                (s.labels["reason"], s.labels["initiator"]): s.value
+                for metric in registry.collect()
+                if metric.name == "wsup_connections_closed"
+                for s in metric.samples
+                if s.name == "wsup_connections_closed_total" and s.value
+            }
+            assert closed == {("normal", "client"): 2}  # ada and bob, when the test closed them
+        assert remote.events("actor.crashed") == []
+        assert [r["code"] for r in remote.events("connection.closed")] in ([], [1000])
+    assert [e for e in logs if e["event"] in ("actor.crashed", "actor.intensity_exceeded")] == []
