@@ -25,12 +25,13 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import pytest
+from anyio.abc import TaskStatus
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 
 import supervisor._watchdog
-from actors import ALL, FakeClock
+from actors import ALL, Backplane, BackplaneUnavailable, FakeClock, Node
 from examples.faq import (
     arguments,
     blocking,
@@ -414,6 +415,63 @@ async def test_topics_join_leave_publish_and_some_users() -> None:
                 assert recv(ada) == "unknown command 'dance'"  # not the psst either
 
         await in_thread(scenario)
+
+
+class _DownBackplane(Backplane):
+    """A cluster backplane whose broker is unreachable: every remote send fails fast."""
+
+    kind = "down"
+    remote = True
+
+    @property
+    def up(self) -> bool:
+        return False
+
+    async def run(self, node: Node, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def subscribe(self, address: str) -> None:
+        pass
+
+    def unsubscribe(self, address: str) -> None:
+        pass
+
+    async def publish(self, address: str, message: Any) -> int:
+        await anyio.lowlevel.checkpoint()
+        raise BackplaneUnavailable(address, "Redis is down")
+
+
+@pytest.mark.anyio
+async def test_with_the_cluster_down_broadcast_and_post_tell_the_sender_and_stay_open() -> None:
+    """Cluster unreachable: local clients still get broadcasts and posts, the sender is
+    told each time, and no handler crashes (more sends than the restart intensity)."""
+    async with (
+        running_server(message_all.app, backplane=_DownBackplane()) as live,
+        running_server(topics.app, backplane=_DownBackplane()) as topical,
+    ):
+
+        def scenario() -> None:
+            with open_ws(ws_url(live, "/live")) as ada, open_ws(ws_url(live, "/live")) as bob:
+                wait_members(live, ALL, 2)
+                for number in range(5):
+                    ada.send(f"hi {number}")
+                    assert recv(bob) == f"someone said hi {number}"
+                    assert recv(ada) == f"someone said hi {number}"
+                    assert recv(ada) == "not sent to the other servers: try again later"
+                assert ada.state is State.OPEN
+            with open_ws(ws_url(topical, "/topics")) as cy:
+                cy.send("join news")
+                assert recv(cy) == "joined news"
+                for number in range(5):
+                    cy.send(f"post news {number}")
+                    assert recv(cy) == f"[news] {number}"
+                    assert recv(cy) == "not posted to news on the other servers: try again later"
+                assert cy.state is State.OPEN
+
+        await in_thread(scenario)
+        for server in (live, topical):
+            assert sample(server, "wsup_actor_crashes_total", kind="connection") == 0
 
 
 # --- arguments, path, headers, client address ---------------------------------------------------

@@ -1,6 +1,7 @@
 # examples/faq/message_all.py
 """Everyone: every connection is in the ``all`` group; ``broadcast`` reaches them all."""
 
+from actors import BackplaneUnavailable
 from supervisor import App, Handler
 
 app = App()
@@ -11,7 +12,12 @@ class Live(Handler):
     """Nothing to record or clean up: wsup knows every connection and forgets closed ones."""
 
     async def on_message(self, message: str | bytes) -> None:
-        await self.context.broadcast(f"someone said {message!s}")
+        try:
+            await self.context.broadcast(f"someone said {message!s}")
+        except BackplaneUnavailable:
+            # With --redis while Redis is down: this process's clients got it, no other did.
+            # Uncaught, it would crash the handler, and a few crashes close the connection.
+            await self.conn.send("not sent to the other servers: try again later")
 
 
 async def message_all(message: str) -> None:

@@ -1,6 +1,7 @@
 # examples/faq/topics.py
 """Channels and topics: a group per topic, which connections join and leave."""
 
+from actors import BackplaneUnavailable
 from supervisor import App, Handler
 
 app = App()
@@ -25,7 +26,10 @@ class Topics(Handler):
             self.context.leave(f"topic:{topic}")
             await self.conn.send(f"left {topic}")
         elif command == "post":
-            await self.context.publish(f"topic:{topic}", f"[{topic}] {text}")
+            try:
+                await self.context.publish(f"topic:{topic}", f"[{topic}] {text}")
+            except BackplaneUnavailable:  # with --redis while Redis is down (see message_all.py)
+                await self.conn.send(f"not posted to {topic} on the other servers: try again later")
         else:
             await self.conn.send(f"unknown command {command!r}")
 
