@@ -15,6 +15,7 @@ fields (address, close code, reason) besides its text::
     │       └── ActorRestarted          ... because the target crashed mid-request
     ├── SupervisionError
     │   ├── Escalation                  a supervisor exceeded its restart intensity
+    │   │   └── CriticalFailure         a critical child gave up: the process must stop
     │   └── SystemFailed                the root supervisor failed: the system stopped
     ├── BackplaneError
     │   └── BackplaneUnavailable        the cluster backplane is down; remote sends fail fast
@@ -35,6 +36,7 @@ __all__ = [
     "AskTimeout",
     "BackplaneError",
     "BackplaneUnavailable",
+    "CriticalFailure",
     "Escalation",
     "MailboxClosed",
     "MailboxFull",
@@ -165,6 +167,31 @@ class Escalation(SupervisionError):
             f"({restarts} restarts within {within:g} s) and escalates"
         )
         self.supervisor = supervisor
+        self.restarts = restarts
+        self.within = within
+
+
+class CriticalFailure(Escalation):
+    """A child marked ``critical`` gave up: it exceeded its restart intensity (a
+    service) or escalated (a supervisor). The failure goes past every parent to
+    the process: the server turns unready, drains and exits with a non-zero status.
+
+    The original failure is chained as ``__cause__``.
+
+    Attributes:
+        child: the label of the child that gave up (a service id or supervisor id).
+        restarts: restarts counted in its window.
+        within: the window in seconds.
+    """
+
+    def __init__(self, child: str, *, restarts: int, within: float) -> None:
+        SupervisionError.__init__(
+            self,
+            f"critical {child!r} exceeded its restart intensity "
+            f"({restarts} restarts within {within:g} s): the process stops",
+        )
+        self.supervisor = child
+        self.child = child
         self.restarts = restarts
         self.within = within
 

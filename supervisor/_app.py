@@ -23,7 +23,7 @@ from ._config import ServerConfig
 from ._exceptions import ConnectionClosed
 from ._outbound import SlowConsumerPolicy
 from ._routing import Router
-from ._tree import ChildSpec
+from ._tree import ChildSpec, SupervisorSpec
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -342,7 +342,8 @@ class App:
         self.router = Router()
         self.http_routes: dict[str, HTTPHandler] = {}
         self.hooks: list[HandshakeHook] = []
-        self.services: list[ChildSpec] = []
+        #: Services and subtrees, started in order under the root supervisor.
+        self.services: list[ChildSpec | SupervisorSpec] = []
         self.on_startup: list[Callable[[App], Any]] = []
         self.on_shutdown: list[Callable[[App], Any]] = []
         self.server: Server | None = None
@@ -410,11 +411,43 @@ class App:
         return register
 
     def service(
-        self, factory: Callable[[], Actor], *, names: tuple[str, ...] = (), **options: Any
-    ) -> None:
-        """Run a service actor (not a connection) under the app's supervisor,
-        started before the listeners open and stopped after every connection."""
-        self.services.append(ChildSpec(factory, names=names, **options))
+        self,
+        factory: Callable[[], Actor],
+        *,
+        names: tuple[str, ...] = (),
+        critical: bool = False,
+        **options: Any,
+    ) -> ChildSpec:
+        """Run a service actor (not a connection) under the app's root supervisor,
+        started before the listeners open and stopped after every connection.
+
+        Args:
+            factory: makes its behaviour (a class or a zero-argument callable).
+            names: names it answers to.
+            critical: when it exceeds its restart intensity, the process stops
+                (``/readyz`` 503, drain, ``wsup serve`` exits with status 3);
+                otherwise only this service stops, counted in
+                ``wsup_supervisor_escalations_total``.
+            **options: further :class:`ChildSpec` fields (``restart``,
+                ``intensity``, ``backoff``, ``mailbox``, ``singleton``...).
+
+        Returns:
+            The spec it added.
+        """
+        spec = ChildSpec(factory, names=names, critical=critical, **options)
+        self.services.append(spec)
+        return spec
+
+    def supervise(self, spec: SupervisorSpec) -> SupervisorSpec:
+        """Run a subtree (a :class:`SupervisorSpec` with its own strategy, intensity,
+        restart type, children and ``critical`` flag) under the root supervisor,
+        started with the services, in declaration order.
+
+        Returns:
+            ``spec``.
+        """
+        self.services.append(spec)
+        return spec
 
     # -- reaching actors while running ---------------------------------------------------
 

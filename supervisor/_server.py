@@ -45,7 +45,7 @@ from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from actors import ALL, Backplane, Clock, MonotonicClock
+from actors import ALL, Backplane, Clock, CriticalFailure, MonotonicClock
 from actors._backend import Waiter, primitives
 
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
@@ -191,6 +191,7 @@ class Server:
             clock=self.clock,
             instrumentation=MetricsInstrumentation(self.metrics),
             node_id=node_id,
+            on_critical=self._critical_failed,
         )
         self.runtime = self.system.runtime
         self.connections: set[Connection] = set()
@@ -199,6 +200,8 @@ class Server:
         self.metrics_ports: list[tuple[str, int]] = []
         self.draining = False
         self.accepting = False
+        #: The failure of a ``critical`` service or subtree, once one gave up.
+        self.failure: CriticalFailure | None = None
         #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
         self.loop_token: anyio.lowlevel.EventLoopToken | None = None
         self.loop_thread: int | None = None
@@ -322,6 +325,20 @@ class Server:
             self._tg = None
             await self._close_listeners(ops=True)
         _log.info("server.stopped")
+        if self.failure is not None:
+            raise self.failure
+
+    def _critical_failed(self, failure: CriticalFailure) -> None:
+        """A critical child gave up: turn unready, drain, then make serve() raise it."""
+        if self.failure is not None:
+            return
+        self.failure = failure
+        _log.critical("server.critical_failure", error=str(failure), child=failure.child)
+        if self._tg is not None:
+            self._tg.start_soon(self.shutdown)
+        else:
+            # Still starting (services start before the listeners): stop at once.
+            self._stop.set()
 
     async def _start_app(self, app: App) -> None:
         """Start the app's services, then run its ``on_startup`` hooks, in order.
@@ -969,6 +986,8 @@ class Server:
 
     def readiness(self) -> tuple[bool, str]:
         """Return whether this node should get new connections, and why not."""
+        if self.failure is not None:
+            return False, f"critical {self.failure.child!r} failed"
         if self.draining:
             return False, "draining"
         if not self.accepting:

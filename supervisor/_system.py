@@ -15,6 +15,7 @@ from actors import (
     ActorRef,
     Backplane,
     Clock,
+    CriticalFailure,
     Escalation,
     Instrumentation,
     Intensity,
@@ -42,7 +43,8 @@ class ActorSystem:
     On leaving the block every actor is stopped (children in reverse start
     order). If the root supervisor escalates, the block is cancelled and
     :class:`~actors.SystemFailed` is raised, chained to the escalation: a
-    failed system never hangs silently.
+    failed system never hangs silently. So is a child marked ``critical`` that
+    gives up, unless ``on_critical`` handles it (the server drains and exits).
 
     Args:
         children: static children of the root, started in order on entry.
@@ -52,6 +54,8 @@ class ActorSystem:
         clock: the time source (default: monotonic; tests pass a ``FakeClock``).
         instrumentation: receives runtime events (metrics).
         node_id: this node's id in addresses.
+        on_critical: called when a ``critical`` child gives up (default: the
+            system fails as if the root had escalated).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class ActorSystem:
         clock: Clock | None = None,
         instrumentation: Instrumentation | None = None,
         node_id: str | None = None,
+        on_critical: Callable[[CriticalFailure], None] | None = None,
     ) -> None:
         self.runtime = Runtime(
             backplane=backplane, clock=clock, instrumentation=instrumentation, node_id=node_id
@@ -70,6 +75,7 @@ class ActorSystem:
         self.root = Supervisor(
             self.runtime,
             SupervisorSpec(children, strategy=strategy, intensity=intensity, id="root"),
+            on_critical=on_critical or self._fail,
         )
         self._tg: TaskGroup | None = None
         self._failure: Escalation | None = None
@@ -91,10 +97,15 @@ class ActorSystem:
         try:
             await self.root.run(task_status=_Forward(task_status))
         except Escalation as exc:
-            self._failure = exc
-            _log.critical("system.failed", error=str(exc))
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
+            self._fail(exc)
+
+    def _fail(self, failure: Escalation) -> None:
+        if self._failure is not None:
+            return
+        self._failure = failure
+        _log.critical("system.failed", error=str(failure))
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
 
     async def __aexit__(
         self,

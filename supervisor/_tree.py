@@ -9,8 +9,12 @@ are deliberately few:
   a crashed child is restarted unless ``temporary``;
 * every restart is recorded in the child's own sliding window and in the
   supervisor's; past the child's intensity the child is stopped for good (a
-  connection then closes with 1011); past the supervisor's, the supervisor
-  stops all its children and raises :class:`~actors.Escalation` to its parent;
+  connection then closes with 1011; a service is counted as an escalation);
+  past the supervisor's, the supervisor stops all its children and raises
+  :class:`~actors.Escalation` to its parent;
+* a child marked ``critical`` that gives up (a service past its intensity, a
+  supervisor that escalated) is not the parent's business: it goes straight to
+  the process as a :class:`~actors.CriticalFailure` (``on_critical``);
 * ``one_for_all`` / ``rest_for_one`` stop the affected siblings in reverse
   start order, then restart them in start order, after the failed child's
   backoff delay;
@@ -44,6 +48,7 @@ from actors import (
     Backoff,
     BackoffState,
     Cell,
+    CriticalFailure,
     Escalation,
     Exit,
     ExitKind,
@@ -96,6 +101,8 @@ class ChildSpec:
         kind: the metrics label (``service``, ``connection``).
         names: names it answers to from its first start until it stops.
         prefix: the address prefix (``actor`` gives ``actor:<node>.<n>``).
+        critical: when it exceeds its intensity, stop the process (readiness
+            503, drain, non-zero exit) rather than only this child.
     """
 
     factory: Callable[[], Actor]
@@ -108,6 +115,7 @@ class ChildSpec:
     kind: str = "service"
     names: tuple[str, ...] = ()
     prefix: str = "actor"
+    critical: bool = False
 
     @property
     def label(self) -> str:
@@ -129,6 +137,8 @@ class SupervisorSpec:
         restart: when its parent restarts it after it escalated.
         shutdown_timeout: seconds it gets to stop (as a child).
         backoff: the delay before its parent restarts it.
+        critical: when it escalates, stop the process (readiness 503, drain,
+            non-zero exit) instead of letting its parent restart it.
     """
 
     children: Sequence[ChildSpec | SupervisorSpec] = ()
@@ -138,6 +148,7 @@ class SupervisorSpec:
     restart: Restart = Restart.PERMANENT
     shutdown_timeout: float = math.inf
     backoff: Backoff = field(default_factory=Backoff)
+    critical: bool = False
 
     @property
     def label(self) -> str:
@@ -245,11 +256,21 @@ class Supervisor:
     Args:
         runtime: the runtime its actors live in.
         spec: strategy, intensity and static children.
+        on_critical: called when a ``critical`` child anywhere below gives up
+            (the process should stop); without it, that failure is raised from
+            :meth:`run` like an escalation.
     """
 
-    def __init__(self, runtime: Runtime, spec: SupervisorSpec | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        spec: SupervisorSpec | None = None,
+        *,
+        on_critical: Callable[[CriticalFailure], None] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.spec = spec or SupervisorSpec()
+        self.on_critical = on_critical
         # Insertion-ordered: start order, O(1) removal (thousands of dynamic children).
         self._children: dict[_Child, None] = {}
         self._window = IntensityWindow(self.spec.intensity) if self.spec.intensity else None
@@ -478,7 +499,9 @@ class Supervisor:
                         exit_ = await child.cell.run_incarnation(error, on_started=on_started)
                     else:
                         assert isinstance(child.spec, SupervisorSpec)
-                        child.sup = Supervisor(self.runtime, child.spec)
+                        child.sup = Supervisor(
+                            self.runtime, child.spec, on_critical=self.on_critical
+                        )
                         await child.sup.run(task_status=_Started(on_started))
                         exit_ = Exit(ExitKind.STOPPED)
                 except Escalation as exc:
@@ -547,6 +570,14 @@ class Supervisor:
             self._finish(child, exit_)
             return None
         error = exit_.error
+        if isinstance(error, CriticalFailure):
+            # Raised below only when nobody handles critical failures: pass it up as is.
+            self._finish(child, exit_)
+            return error
+        if isinstance(error, Escalation) and spec.critical:
+            # A critical subtree escalated (and counted it): the process decides now.
+            self._finish(child, exit_)
+            return self._critical(child, error.restarts, error.within, error)
         if kind in (ExitKind.CRASHED, ExitKind.KILLED):
             self.runtime.instrumentation.actor_crashed(child.kind)
             _log.error(
@@ -561,14 +592,23 @@ class Supervisor:
                 return None
         now = self.runtime.clock.now()
         if not child.window.record(now):
+            intensity = child.window.intensity
             _log.error(
                 "actor.intensity_exceeded",
                 actor=child.label,
-                max_restarts=child.window.intensity.max_restarts,
-                within=child.window.intensity.within,
+                supervisor=self.spec.id,
+                max_restarts=intensity.max_restarts,
+                within=intensity.within,
+                critical=spec.critical,
                 **child.context,
             )
             self._finish(child, exit_)
+            if child.kind == "connection":
+                return None  # closed with 1011 and counted as such: that connection's business
+            if spec.critical:
+                return self._critical(child, intensity.max_restarts + 1, intensity.within, error)
+            # A service given up is an escalation of its own: counted, alerted on.
+            self.runtime.instrumentation.escalated()
             return None
         if self._window is not None and not self._window.record(now):
             intensity = self._window.intensity
@@ -619,6 +659,26 @@ class Supervisor:
                     await tg.start(self._run_child, child, cause)
         finally:
             self._pending_restarts.discard(scope)
+
+    def _critical(
+        self, child: _Child, restarts: int, within: float, error: BaseException | None
+    ) -> Escalation | None:
+        """A critical child gave up: hand the failure to the process, or escalate."""
+        failure = CriticalFailure(child.spec.label, restarts=restarts, within=within)
+        failure.__cause__ = error
+        if self.on_critical is None:
+            return failure  # no process to tell: this supervisor escalates with it
+        if not isinstance(error, Escalation):
+            self.runtime.instrumentation.escalated()  # a nested supervisor counted its own
+        _log.critical(
+            "supervisor.critical_failed",
+            child=child.spec.label,
+            supervisor=self.spec.id,
+            restarts=restarts,
+            within=within,
+        )
+        self.on_critical(failure)
+        return None
 
     # -- stopping --------------------------------------------------------------------
 

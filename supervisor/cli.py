@@ -39,7 +39,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from actors import Backplane
+from actors import Backplane, CriticalFailure
 
 from ._app import App
 from ._config import ServerConfig
@@ -49,7 +49,11 @@ from ._server import VERSION, Server, serve
 from ._workers import Master, worker_channel
 from .redis import RedisBackplane, RedisUnavailable
 
-__all__ = ["load_app", "main"]
+__all__ = ["CRITICAL_EXIT_STATUS", "load_app", "main"]
+
+CRITICAL_EXIT_STATUS = 3
+"""The exit status of ``wsup serve`` after a ``critical`` service or subtree gave up
+(1 is a start-up failure, 2 a usage error): a process manager restarts it."""
 
 
 class UsageError(Exception):
@@ -415,6 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if find_exception(exc, KeyboardInterrupt) is not None:
             return 130
+        critical = find_exception(exc, CriticalFailure)
+        if critical is not None:
+            # Logged already (server.critical_failure); the status tells the process manager.
+            print(f"wsup: error: {critical}", file=sys.stderr)
+            return CRITICAL_EXIT_STATUS
         raise
     return 0
 
@@ -434,7 +443,7 @@ async def _serve(app: App, config: ServerConfig, backplane: Backplane | None = N
             if channel is not None:
                 tg.start_soon(_talk_to_master, channel, server)
     except BaseException as exc:
-        expected = (ListenError, RedisUnavailable, StartupError, KeyboardInterrupt)
+        expected = (ListenError, RedisUnavailable, StartupError, KeyboardInterrupt, CriticalFailure)
         if not any(find_exception(exc, kind) for kind in expected):
             structlog.get_logger("wsup.server").exception("server.crashed")
         raise

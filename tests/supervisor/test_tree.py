@@ -16,6 +16,7 @@ from actors import (
     Actor,
     ActorRef,
     Backoff,
+    CriticalFailure,
     DeadLetter,
     Escalation,
     ExitKind,
@@ -405,7 +406,8 @@ async def test_actor_intensity_stops_the_actor() -> None:
         assert t.sup.children == [calm]
         assert await calm.ask("ping") == 0
         assert t.escalation is None
-        assert t.instrumentation.events == {"crashed": 3, "restarted": 2}
+        # Counted as an escalation of its own (a service given up is never silent).
+        assert t.instrumentation.events == {"crashed": 3, "restarted": 2, "escalated": 1}
 
 
 async def test_actor_intensity_is_a_sliding_window() -> None:
@@ -843,3 +845,125 @@ async def test_supervisor_cleans_up_addresses_and_actors() -> None:
         assert t.runtime.statistics().actors == {"service": 2}
     stats = t.runtime.statistics()
     assert (stats.addresses, dict(stats.actors), stats.mailbox_messages) == (0, {}, 0)
+
+
+# --- critical children and subtrees ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def critical_tree(spec: SupervisorSpec) -> AsyncIterator[tuple[Tree, list[Any]]]:
+    """Like :func:`tree`, with an ``on_critical`` handler that records what reaches it."""
+    failures: list[Any] = []
+    clock = FakeClock()
+    runtime = Runtime(clock=clock, instrumentation=Counting())
+    sup = Supervisor(runtime, spec, on_critical=failures.append)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        yield Tree(sup, runtime, clock, tg), failures
+        sup.shutdown()
+        await clock.run_until_idle()
+        await settle()
+
+
+async def test_a_service_past_its_intensity_is_counted_as_an_escalation() -> None:
+    """A non-critical service that gives up stops alone, and is counted as an escalation."""
+    log: list[tuple[str, str]] = []
+    spec = SupervisorSpec(
+        [child(log, "flaky", intensity=Intensity(1, 60.0)), child(log, "calm")], intensity=None
+    )
+    async with critical_tree(spec) as (t, failures):
+        flaky, calm = t.sup.children
+        await flaky.tell("boom")
+        await settle()
+        await flaky.tell("boom")
+        await settle()
+        assert not flaky.alive
+        assert calm.alive
+        assert failures == []
+        assert t.instrumentation.events["escalated"] == 1
+
+
+async def test_a_critical_service_past_its_intensity_reaches_on_critical() -> None:
+    """A critical service that gives up hands a CriticalFailure, chained to its crash, to
+    ``on_critical`` at once: its supervisor's own intensity and restart policy do not apply."""
+    log: list[tuple[str, str]] = []
+    spec = SupervisorSpec(
+        [child(log, "feed", intensity=Intensity(1, 60.0), critical=True)],
+        intensity=Intensity(100, 60.0),
+    )
+    async with critical_tree(spec) as (t, failures):
+        (feed,) = t.sup.children
+        await feed.tell("boom")
+        await settle()
+        assert failures == []  # one restart is allowed
+        await feed.tell("boom")
+        await settle()
+        assert len(failures) == 1
+        (failure,) = failures
+        assert isinstance(failure, CriticalFailure)
+        assert isinstance(failure, Escalation)
+        assert failure.child == "feed"
+        assert (failure.restarts, failure.within) == (2, 60.0)
+        assert isinstance(failure.__cause__, RuntimeError)
+        assert t.instrumentation.events["escalated"] == 1
+        assert not feed.alive
+
+
+async def test_a_critical_subtree_that_escalates_reaches_on_critical() -> None:
+    """A nested critical supervisor that exceeds its own intensity is not restarted by its
+    parent: the failure goes to ``on_critical``, and the escalation is counted once."""
+    log: list[tuple[str, str]] = []
+    inner = SupervisorSpec(
+        [child(log, "a"), child(log, "b")],
+        strategy=Strategy.ONE_FOR_ALL,
+        intensity=Intensity(0, 5.0),
+        id="pricing",
+        critical=True,
+    )
+    async with critical_tree(SupervisorSpec([inner, child(log, "other")])) as (t, failures):
+        (other,) = t.sup.children
+        sub = t.sup._children  # the nested supervisor's own children
+        nested = next(c.sup for c in sub if c.sup is not None)
+        assert nested is not None
+        first = nested.children[0]
+        await first.tell("boom")
+        await settle()
+        assert [f.child for f in failures] == ["pricing"]
+        assert isinstance(failures[0].__cause__, Escalation)
+        assert t.instrumentation.events["escalated"] == 1
+        assert not first.alive
+        assert other.alive
+
+
+async def test_a_non_critical_temporary_subtree_stops_alone() -> None:
+    """A temporary nested supervisor that escalates stops with its children; its siblings run."""
+    log: list[tuple[str, str]] = []
+    inner = SupervisorSpec(
+        [child(log, "a")], intensity=Intensity(0, 5.0), id="optional", restart=Restart.TEMPORARY
+    )
+    async with critical_tree(SupervisorSpec([inner, child(log, "other")])) as (t, failures):
+        (other,) = t.sup.children
+        nested = next(c.sup for c in t.sup._children if c.sup is not None)
+        assert nested is not None
+        (a,) = nested.children
+        await a.tell("boom")
+        await settle()
+        assert failures == []
+        assert nested.stopped.is_set()
+        assert not a.alive
+        assert other.alive
+        assert t.instrumentation.events["escalated"] == 1
+
+
+async def test_without_on_critical_a_critical_failure_escalates_to_the_top() -> None:
+    """With no handler, a critical service's failure is raised from the top supervisor's run,
+    through a non-critical parent that would otherwise restart its subtree."""
+    log: list[tuple[str, str]] = []
+    inner = SupervisorSpec([child(log, "feed", intensity=Intensity(0, 5.0), critical=True)])
+    async with tree(SupervisorSpec([inner])) as t:
+        nested = next(c.sup for c in t.sup._children if c.sup is not None)
+        assert nested is not None
+        await nested.children[0].tell("boom")
+        await settle()
+        assert isinstance(t.escalation, CriticalFailure)
+        assert t.escalation.child == "feed"
