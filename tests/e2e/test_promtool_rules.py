@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "WsupEventLoopLagHigh",
     "WsupBackplaneDown",
     "WsupAcceptFailing",
+    "WsupSupervisorEscalated",
 }
 EXPECTED_ROWS = [
     "Overview",
