@@ -38,6 +38,7 @@ from ._policy import (
     decide_overflow,
 )
 from ._runtime import ALL, Runtime, RuntimeStatistics
+from ._timers import Timers, TimerService, next_deadline
 
 __all__ = [
     "ALL",
@@ -83,6 +84,9 @@ __all__ = [
     "RuntimeStatistics",
     "SupervisionError",
     "SystemFailed",
+    "TimerService",
+    "Timers",
     "WsupError",
     "decide_overflow",
+    "next_deadline",
 ]

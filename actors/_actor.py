@@ -28,8 +28,9 @@ from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
+    from ._timers import Timers
 
-__all__ = ["Actor", "ActorRef", "Cell", "Context", "Exit", "ExitKind", "Reply"]
+__all__ = ["Actor", "ActorRef", "Cell", "Context", "Exit", "ExitKind", "Reply", "TimerEnvelope"]
 
 # Yield to the event loop at least this often while a mailbox stays non-empty, so
 # one busy actor cannot starve the rest when its handler never awaits.
@@ -130,6 +131,17 @@ class Envelope:
     def __init__(self, message: Any, reply: Reply | None = None) -> None:
         self.message = message
         self.reply = reply
+
+
+class TimerEnvelope(Envelope):
+    """A timer's message as it sits in a mailbox, with the timer it came from."""
+
+    __slots__ = ("key", "timer_id")
+
+    def __init__(self, message: Any, key: Any, timer_id: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.timer_id = timer_id
 
 
 class _Signal(enum.Enum):
@@ -276,6 +288,12 @@ class Context:
         """How many times this actor has been restarted."""
         return self._cell.restarts
 
+    @property
+    def timers(self) -> Timers:
+        """This actor's timers (``send_after``, ``send_interval``, ``cancel``), all
+        cancelled when it stops, crashes or restarts."""
+        return self._cell.timers
+
     def register(self, name: str) -> None:
         """Answer to ``name`` too (several actors may share one name)."""
         self._cell.runtime.add_member(name, self._cell)
@@ -357,6 +375,7 @@ class Cell:
         "_ref",
         "_stop_requested",
         "_terminated",
+        "_timers",
         "address",
         "behaviour",
         "current",
@@ -403,8 +422,19 @@ class Cell:
         self.is_terminated = False
         self.termination: Exit | None = None
         self._stop_requested = False
+        self._timers: Timers | None = None
         #: Called once with the final :class:`Exit` when the actor ends for good.
         self.on_terminate: Callable[[Exit], None] | None = None
+
+    @property
+    def timers(self) -> Timers:
+        """The actor's timers, created at first use."""
+        timers = self._timers
+        if timers is None:
+            from ._timers import Timers
+
+            timers = self._timers = Timers(self)
+        return timers
 
     @property
     def ref(self) -> ActorRef:
@@ -480,6 +510,8 @@ class Cell:
             How the incarnation ended. Cancellation propagates (the caller maps
             it to ``KILLED``); a request in progress then fails its ``ask``.
         """
+        if self._timers is not None:
+            self._timers.cancel_all()  # nothing of an earlier incarnation fires in this one
         try:
             behaviour = self.factory()
             behaviour.context = Context(self)
@@ -493,13 +525,17 @@ class Cell:
             return Exit(ExitKind.CRASHED, exc)
         if on_started is not None:
             on_started()
-        exit_ = await self._loop(behaviour)
-        if exit_.kind is not ExitKind.CRASHED:
-            try:
-                await _invoke(behaviour.stopping)
-            except Exception as exc:
-                return Exit(ExitKind.CRASHED, exc)
-        return exit_
+        try:
+            exit_ = await self._loop(behaviour)
+            if exit_.kind is not ExitKind.CRASHED:
+                try:
+                    await _invoke(behaviour.stopping)
+                except Exception as exc:
+                    return Exit(ExitKind.CRASHED, exc)
+            return exit_
+        finally:
+            if self._timers is not None:
+                self._timers.cancel_all()  # none fires during a restart's backoff either
 
     async def _loop(self, behaviour: Actor) -> Exit:
         mailbox = self.mailbox
@@ -530,12 +566,17 @@ class Cell:
                 except anyio.EndOfStream:
                     return Exit(ExitKind.STOPPED)
             if item.__class__ is not Envelope:
-                if item is _Signal.STOP:
-                    return Exit(ExitKind.STOPPED)
-                if item is _Signal.EXIT:
-                    return Exit(ExitKind.EXITED)
-                draining = True
-                continue
+                if isinstance(item, TimerEnvelope):
+                    timers = self._timers
+                    if timers is None or not timers.accept(item):
+                        continue  # its timer was cancelled or replaced after it was queued
+                else:
+                    if item is _Signal.STOP:
+                        return Exit(ExitKind.STOPPED)
+                    if item is _Signal.EXIT:
+                        return Exit(ExitKind.EXITED)
+                    draining = True
+                    continue
             envelope = item
             wait = mailbox.last_wait
             self.current = envelope
@@ -584,6 +625,8 @@ class Cell:
                     DeadLetter(self.address, item.message, "stopped", exit_.kind)
                 )
         self.behaviour = None
+        if self._timers is not None:
+            self._timers.cancel_all()
         self.runtime.forget(self)
         # Drop every edge back to this cell (ref, callbacks bound to its owner): a
         # finished actor is then freed by reference counting, not by the collector.

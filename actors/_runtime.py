@@ -34,6 +34,7 @@ from ._exceptions import (
 )
 from ._instrument import Instrumentation
 from ._mailbox import MailboxConfig
+from ._timers import TimerService
 
 __all__ = ["ALL", "Runtime", "RuntimeStatistics"]
 
@@ -83,6 +84,8 @@ class Runtime:
         self.instrumentation = instrumentation or Instrumentation()
         self.node_id = node_id or secrets.token_hex(4)
         self.dead_letters = DeadLetterOffice(self.clock, self.instrumentation)
+        #: Fires the timers of every actor of this runtime (started by ``ActorSystem``).
+        self.timers = TimerService(self.clock)
         self._members: dict[str, dict[Cell, None]] = {}
         self._cells: dict[str, Cell] = {}
         self._counter = 0

@@ -86,6 +86,7 @@ class ActorSystem:
         self._tg = tg
         try:
             await tg.start(self.runtime.run)
+            await tg.start(self.runtime.timers.run)
             await tg.start(self._run_root)
         except BaseException as exc:
             tg.cancel_scope.cancel()

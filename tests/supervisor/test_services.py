@@ -8,7 +8,7 @@ import anyio
 import pytest
 from websockets.sync.client import connect
 
-from actors import Actor, Backoff, CriticalFailure, Intensity
+from actors import Actor, Backoff, CriticalFailure, FakeClock, Intensity
 from supervisor import App, Handler, Restart, Server, ServerConfig, Strategy, SupervisorSpec
 from supervisor._tree import ChildSpec
 from supervisor.metrics import Metrics
@@ -82,9 +82,10 @@ async def test_a_critical_service_past_its_intensity_drains_and_fails_the_server
     app = App()
     app.add_route("/echo", Echo)
     app.service(Fragile, names=("feed",), intensity=Intensity(1, 60.0), backoff=NOW, critical=True)
-    # The metrics port keeps answering /readyz once the listeners have closed for the drain.
-    config = ServerConfig(hosts=("127.0.0.1",), port=0, metrics_port=0)
-    server = Server(app, config, metrics=Metrics())
+    # The drain waits out a readiness grace on a fake clock: /readyz can be read in it.
+    clock = FakeClock()
+    config = ServerConfig(hosts=("127.0.0.1",), port=0, readiness_grace=5.0)
+    server = Server(app, config, metrics=Metrics(), clock=clock)
     failures: list[BaseException] = []
 
     async def run(*, task_status: anyio.abc.TaskStatus[Server]) -> None:
@@ -99,8 +100,9 @@ async def test_a_critical_service_past_its_intensity_drains_and_fails_the_server
         await crash(server, "feed", 2)
         await wait_until(lambda: server.failure is not None)
         assert server.readiness() == (False, "critical 'Fragile' failed")
-        status, body = await in_thread(http_get, server.metrics_ports[0][1], "/readyz")
+        status, body = await in_thread(http_get, server.ports[0][1], "/readyz")
         assert (status, body) == (503, "critical 'Fragile' failed\n")
+        clock.advance(5.0)
 
         def close_code() -> int | None:
             from websockets.exceptions import ConnectionClosed
