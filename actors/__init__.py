@@ -37,7 +37,7 @@ from ._policy import (
     OverflowPolicy,
     decide_overflow,
 )
-from ._runtime import ALL, Runtime, RuntimeStatistics
+from ._runtime import ALL, Delivery, Runtime, RuntimeStatistics
 from ._timers import Timers, TimerService, next_deadline
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "CriticalFailure",
     "DeadLetter",
     "DeadLetterOffice",
+    "Delivery",
     "Escalation",
     "Exit",
     "ExitKind",

@@ -27,7 +27,7 @@ from ._exceptions import ActorRestarted, ActorStopped, MailboxFull
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from ._runtime import Delivery, Runtime
     from ._timers import Timers
 
 __all__ = ["Actor", "ActorRef", "Cell", "Context", "Exit", "ExitKind", "Reply", "TimerEnvelope"]
@@ -310,17 +310,17 @@ class Context:
         """Leave ``group``."""
         self._cell.runtime.remove_member(group, self._cell)
 
-    async def send(self, address: str, message: Any) -> None:
-        """Send to any address; see :meth:`Runtime.send`."""
-        await self._cell.runtime.send(address, message)
+    async def send(self, address: str, message: Any) -> Delivery:
+        """Send to any address and return what it reached; see :meth:`Runtime.send`."""
+        return await self._cell.runtime.send(address, message)
 
-    async def publish(self, group: str, message: Any) -> None:
+    async def publish(self, group: str, message: Any) -> Delivery:
         """Send to every member of ``group``; see :meth:`Runtime.publish`."""
-        await self._cell.runtime.publish(group, message)
+        return await self._cell.runtime.publish(group, message)
 
-    async def broadcast(self, message: Any) -> None:
+    async def broadcast(self, message: Any) -> Delivery:
         """Send to every member of the ``all`` group; see :meth:`Runtime.broadcast`."""
-        await self._cell.runtime.broadcast(message)
+        return await self._cell.runtime.broadcast(message)
 
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`Runtime.ask`."""

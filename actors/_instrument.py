@@ -35,7 +35,10 @@ class Instrumentation:
         """An actor's behaviour was re-created by its supervisor."""
 
     def escalated(self) -> None:
-        """A supervisor exceeded its restart intensity."""
+        """A supervisor exceeded its restart intensity, or a service gave up."""
+
+    def published_to_empty_group(self) -> None:
+        """A publish or broadcast found no member of its group on any node."""
 
     def backplane_message(self, direction: str) -> None:
         """A message crossed the backplane (``sent``, ``received`` or ``failed``)."""

@@ -5,7 +5,11 @@ answer to it. An actor's own address (``actor:<node>.<n>``) has one member;
 names and groups are addresses with any number of members, kept in the same
 table and removed when their last member leaves or stops. A send delivers to
 the local members directly and, when the backplane reaches other nodes, also
-publishes the message there. A send that reaches nobody is a dead letter.
+publishes the message there. Every send returns a :class:`Delivery`: how many
+local actors took the message and whether other nodes were reached. A send to
+an address nobody answers to is a dead letter (``no_recipient``); a publish to
+a group with no members is not (a group may well be empty): it is counted apart
+and logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from ._instrument import Instrumentation
 from ._mailbox import MailboxConfig
 from ._timers import TimerService
 
-__all__ = ["ALL", "Runtime", "RuntimeStatistics"]
+__all__ = ["ALL", "Delivery", "Runtime", "RuntimeStatistics"]
 
 ALL = "all"
 """The group every broadcast reaches. Connection actors join it automatically."""
@@ -59,6 +63,34 @@ class RuntimeStatistics:
     addresses: int
     mailbox_messages: int
     dead_letters: MappingProxyType[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one send, publish or broadcast reached.
+
+    True when it reached anyone (``if await app.send(...):``).
+
+    Attributes:
+        local: how many actors on this node took the message.
+        remote: whether the backplane delivered it to at least one other node
+            (always False on a single node).
+    """
+
+    local: int
+    remote: bool = False
+
+    @property
+    def reached(self) -> bool:
+        """Whether any actor, here or on another node, got the message."""
+        return self.local > 0 or self.remote
+
+    def __bool__(self) -> bool:
+        return self.local > 0 or self.remote
+
+
+_NOBODY = Delivery(0, False)
+_ONE = Delivery(1, False)
 
 
 class Runtime:
@@ -214,33 +246,53 @@ class Runtime:
             self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
         return delivered
 
-    async def send(self, address: str, message: Any, *, timeout: float | None = None) -> None:
+    async def send(self, address: str, message: Any, *, timeout: float | None = None) -> Delivery:
         """Send ``message`` to every actor that answers to ``address``, here and on other nodes.
 
         With exactly one local member and no other nodes, the sender waits for
         mailbox space under ``block`` (up to ``timeout``); a fan-out to several
-        members never waits for a slow one. Always a checkpoint.
+        members never waits for a slow one. Always a checkpoint. A send that
+        reaches nobody is a dead letter (``no_recipient``).
+
+        Returns:
+            What it reached: local recipients, and whether other nodes were reached.
 
         Raises:
             MailboxFull: the single local recipient refused the message.
             BackplaneUnavailable: the message could not reach other nodes (local
                 members, if any, still got it).
         """
+        return await self._send(address, message, timeout, group=False)
+
+    async def _send(
+        self, address: str, message: Any, timeout: float | None, *, group: bool
+    ) -> Delivery:
         members = self._members.get(address)
         if members and len(members) == 1 and not self.backplane.remote:
             (cell,) = members
             if cell.direct is None:
                 await cell.mailbox.put(Envelope(message), timeout=timeout)
-                return
+                return _ONE
         delivered = self._offer(list(members), message) if members else 0
         if self.backplane.remote:
-            await self._publish_remote(address, message, delivered)
+            reached = await self._publish_remote(address, message)
         else:
-            if not members:
-                self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+            reached = False
             await anyio.lowlevel.checkpoint()
+        if not delivered and not reached:
+            self._reached_nobody(address, message, group)
+            return _NOBODY
+        return Delivery(delivered, reached)
 
-    async def _publish_remote(self, address: str, message: Any, delivered: int) -> None:
+    def _reached_nobody(self, address: str, message: Any, group: bool) -> None:
+        if group:
+            # An empty group is normal (a room nobody joined yet): not a dead letter.
+            self.instrumentation.published_to_empty_group()
+            _log.debug("runtime.published_to_empty_group", group=address)
+        else:
+            self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+
+    async def _publish_remote(self, address: str, message: Any) -> bool:
         clock = self.clock
         started = clock.now()
         try:
@@ -251,8 +303,7 @@ class Runtime:
             raise
         self.instrumentation.backplane_published(clock.now() - started)
         self.instrumentation.backplane_message("sent")
-        if not reached and not delivered:
-            self.dead_letters.post(DeadLetter(address, message, "no_recipient"))
+        return reached > 0
 
     def deliver_remote(self, address: str, message: Any) -> int:
         """Deliver a message that arrived from another node to local members only."""
@@ -260,13 +311,24 @@ class Runtime:
         members = self._members.get(address)
         return self._offer(list(members), message) if members else 0
 
-    async def publish(self, group: str, message: Any) -> None:
-        """Send ``message`` to every member of ``group``; same rules as :meth:`send`."""
-        await self.send(group, message)
+    async def publish(self, group: str, message: Any) -> Delivery:
+        """Send ``message`` to every member of ``group``; same rules as :meth:`send`, except
+        that a group with no members anywhere is no dead letter: it is counted apart
+        (``Instrumentation.published_to_empty_group``) and logged at DEBUG.
 
-    async def broadcast(self, message: Any) -> None:
-        """Send ``message`` to every member of the :data:`ALL` group, on every node."""
-        await self.send(ALL, message)
+        Returns:
+            What it reached.
+        """
+        return await self._send(group, message, None, group=True)
+
+    async def broadcast(self, message: Any) -> Delivery:
+        """Send ``message`` to every member of the :data:`ALL` group, on every node;
+        like :meth:`publish` when nobody is connected.
+
+        Returns:
+            What it reached.
+        """
+        return await self._send(ALL, message, None, group=True)
 
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Send ``message`` to the one local actor at ``address`` and return its reply.

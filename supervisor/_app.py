@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 import anyio
 
-from actors import Actor, ActorRef, Backoff, Intensity, MailboxConfig
+from actors import Actor, ActorRef, Backoff, Delivery, Intensity, MailboxConfig
 from actors._actor import _invoke
 
 from ._config import ServerConfig
@@ -456,17 +456,31 @@ class App:
             raise RuntimeError("the app is not running: start it with wsup serve or serve()")
         return self.server
 
-    async def send(self, address: str, message: Any) -> None:
-        """Send ``message`` to every actor at ``address`` (``conn:…``, a name, a group)."""
-        await self._running().runtime.send(address, message)
+    async def send(self, address: str, message: Any) -> Delivery:
+        """Send ``message`` to every actor at ``address`` (``conn:…``, a name, a group).
 
-    async def publish(self, group: str, message: Any) -> None:
-        """Send ``message`` to every member of ``group``."""
-        await self._running().runtime.publish(group, message)
+        Returns:
+            What it reached: ``local`` actors on this node, and whether other
+            nodes were reached (``remote``); false when it reached nobody (then a
+            dead letter).
+        """
+        return await self._running().runtime.send(address, message)
 
-    async def broadcast(self, message: Any) -> None:
-        """Send ``message`` to every connection."""
-        await self._running().runtime.broadcast(message)
+    async def publish(self, group: str, message: Any) -> Delivery:
+        """Send ``message`` to every member of ``group``; an empty group is no dead letter.
+
+        Returns:
+            What it reached (see :meth:`send`).
+        """
+        return await self._running().runtime.publish(group, message)
+
+    async def broadcast(self, message: Any) -> Delivery:
+        """Send ``message`` to every connection.
+
+        Returns:
+            What it reached (see :meth:`send`).
+        """
+        return await self._running().runtime.broadcast(message)
 
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`actors.Runtime.ask`."""
@@ -496,24 +510,30 @@ class App:
             )
         return anyio.from_thread.run(fn, *args, token=token)
 
-    def send_threadsafe(self, address: str, message: Any) -> None:
+    def send_threadsafe(self, address: str, message: Any) -> Delivery:
         """:meth:`send` from a thread that is not the server's event loop.
 
         For synchronous code: a web framework's request handler, a worker
         thread. Blocks until the message is queued (not until it is handled).
 
+        Returns:
+            What it reached (see :meth:`send`).
+
         Raises:
             RuntimeError: the app is not running, or this *is* the event loop thread.
         """
-        self._from_thread(self.send, address, message)
+        delivery: Delivery = self._from_thread(self.send, address, message)
+        return delivery
 
-    def publish_threadsafe(self, group: str, message: Any) -> None:
+    def publish_threadsafe(self, group: str, message: Any) -> Delivery:
         """:meth:`publish` from another thread; see :meth:`send_threadsafe`."""
-        self._from_thread(self.publish, group, message)
+        delivery: Delivery = self._from_thread(self.publish, group, message)
+        return delivery
 
-    def broadcast_threadsafe(self, message: Any) -> None:
+    def broadcast_threadsafe(self, message: Any) -> Delivery:
         """:meth:`broadcast` from another thread; see :meth:`send_threadsafe`."""
-        self._from_thread(self.broadcast, message)
+        delivery: Delivery = self._from_thread(self.broadcast, message)
+        return delivery
 
     def ask_threadsafe(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """:meth:`ask` from another thread; blocks until the reply (or the timeout)."""

@@ -183,6 +183,10 @@ class MetricsInstrumentation(Instrumentation):
         """Count an escalation."""
         self.metrics.supervisor_escalations.inc()
 
+    def published_to_empty_group(self) -> None:
+        """Count a publish that reached no member."""
+        self.metrics.empty_group_publishes.inc()
+
     def backplane_message(self, direction: str) -> None:
         """Count a backplane message."""
         self.metrics.backplane_messages.labels(direction=direction).inc()

@@ -16,6 +16,7 @@ from actors import (
     Backplane,
     Clock,
     CriticalFailure,
+    Delivery,
     Escalation,
     Instrumentation,
     Intensity,
@@ -165,17 +166,17 @@ class ActorSystem:
         assert isinstance(ref, ActorRef)
         return ref
 
-    async def send(self, address: str, message: Any, *, timeout: float | None = None) -> None:
-        """Send to any address; see :meth:`actors.Runtime.send`."""
-        await self.runtime.send(address, message, timeout=timeout)
+    async def send(self, address: str, message: Any, *, timeout: float | None = None) -> Delivery:
+        """Send to any address and return what it reached; see :meth:`actors.Runtime.send`."""
+        return await self.runtime.send(address, message, timeout=timeout)
 
-    async def publish(self, group: str, message: Any) -> None:
+    async def publish(self, group: str, message: Any) -> Delivery:
         """Send to every member of ``group``; see :meth:`actors.Runtime.publish`."""
-        await self.runtime.publish(group, message)
+        return await self.runtime.publish(group, message)
 
-    async def broadcast(self, message: Any) -> None:
+    async def broadcast(self, message: Any) -> Delivery:
         """Send to every member of the ``all`` group; see :meth:`actors.Runtime.broadcast`."""
-        await self.runtime.broadcast(message)
+        return await self.runtime.broadcast(message)
 
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`actors.Runtime.ask`."""

@@ -222,7 +222,10 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         "wsup_actor_crashes_total": "Actor behaviours that raised an unhandled exception, by kind.",
         "wsup_actor_restarts_total": "Actor restarts performed by supervisors, by kind.",
         "wsup_supervisor_escalations_total": (
-            "Supervisors that exceeded their restart intensity and escalated to their parent."
+            "Supervisors that exceeded their restart intensity, and services that gave up."
+        ),
+        "wsup_empty_group_publishes_total": (
+            "Publishes and broadcasts that found no member of their group (not dead letters)."
         ),
         "wsup_event_loop_lag_seconds": (
             "How late the event-loop watchdog woke up: time the loop was blocked."
@@ -471,6 +474,7 @@ class Metrics:
         self.actor_crashes: Final = counter("wsup_actor_crashes_total", ("kind",))
         self.actor_restarts: Final = counter("wsup_actor_restarts_total", ("kind",))
         self.supervisor_escalations: Final = counter("wsup_supervisor_escalations_total")
+        self.empty_group_publishes: Final = counter("wsup_empty_group_publishes_total")
 
         # Runtime and lifecycle.
         self.event_loop_lag: Final = histogram(

@@ -18,10 +18,12 @@ from actors import (
     Backplane,
     BackplaneUnavailable,
     DeadLetter,
+    Delivery,
     Exit,
     ExitKind,
     FakeClock,
     InProcessBackplane,
+    Instrumentation,
     MailboxConfig,
     MailboxFull,
     Node,
@@ -230,17 +232,56 @@ async def test_broadcast_reaches_members_of_all_only() -> None:
 
 
 async def test_send_to_an_unknown_address_is_a_no_recipient_dead_letter() -> None:
-    """A message to an address nobody answers to becomes a ``no_recipient`` dead letter."""
+    """A message to an address nobody answers to becomes a ``no_recipient`` dead letter,
+    and the send says it reached nobody."""
     async with stage() as st:
-        await st.runtime.send("user:nobody", "lost")
-        await st.runtime.publish("room:empty", "lost too")
+        delivery = await st.runtime.send("user:nobody", "lost")
+        assert delivery == Delivery(0, False)
+        assert not delivery
+        assert not delivery.reached
         assert st.runtime.send_nowait("actor:n1.999", "gone") == 0
         assert [(d.address, d.message, d.reason) for d in st.letters] == [
             ("user:nobody", "lost", "no_recipient"),
-            ("room:empty", "lost too", "no_recipient"),
             ("actor:n1.999", "gone", "no_recipient"),
         ]
-        assert st.runtime.statistics().dead_letters["no_recipient"] == 3
+        assert st.runtime.statistics().dead_letters["no_recipient"] == 2
+
+
+class EmptyGroups(Instrumentation):
+    """Counts publishes that found an empty group."""
+
+    def __init__(self) -> None:
+        self.empty = 0
+
+    def published_to_empty_group(self) -> None:
+        self.empty += 1
+
+
+async def test_publishing_to_an_empty_group_is_counted_apart_not_a_dead_letter() -> None:
+    """A publish or broadcast with no member is no dead letter: it is counted on its own."""
+    counting = EmptyGroups()
+    runtime = Runtime(node_id="n1", instrumentation=counting)
+    letters: list[DeadLetter] = []
+    runtime.dead_letters.subscribe(letters.append)
+    assert await runtime.publish("room:empty", "tick") == Delivery(0, False)
+    assert await runtime.broadcast("news") == Delivery(0, False)
+    assert letters == []
+    assert counting.empty == 2
+    assert runtime.statistics().dead_letters["no_recipient"] == 0
+
+
+async def test_sends_report_how_many_local_actors_they_reached() -> None:
+    """send, publish and broadcast return the local count; one recipient counts once."""
+    async with stage() as st:
+        ref, _ = await st.inbox("room:1", ALL)
+        await st.inbox("room:1", ALL)
+        assert await st.runtime.publish("room:1", "hi") == Delivery(2, False)
+        assert await st.runtime.broadcast("all") == Delivery(2, False)
+        one = await st.runtime.send(ref.address, "you")
+        assert one == Delivery(1, False)
+        assert one
+        assert one.reached
+        assert st.letters == []
 
 
 async def test_send_to_a_single_member_waits_for_space_under_block() -> None:
@@ -482,7 +523,7 @@ async def test_remote_send_publishes_and_delivers_locally() -> None:
         await st.tg.start(st.runtime.run)
         assert backplane.node is st.runtime
         ref, got = await st.inbox("room")
-        await st.runtime.send("room", "hello")
+        assert await st.runtime.send("room", "hello") == Delivery(1, True)
         await st.runtime.send(ref.address, "direct")
         await anyio.wait_all_tasks_blocked()
         assert got == ["hello", "direct"]
@@ -493,7 +534,7 @@ async def test_remote_send_publishes_and_delivers_locally() -> None:
         assert st.reasons() == ["no_recipient"]
         # No local member but another node took it: not a dead letter.
         backplane.reach = 1
-        await st.runtime.send("room:remote", "fine")
+        assert await st.runtime.send("room:remote", "fine") == Delivery(0, True)
         assert st.reasons() == ["no_recipient"]
         # send_nowait does not reach other nodes, and does not dead-letter what it cannot know.
         assert st.runtime.send_nowait("room:remote", "local only") == 0

@@ -27,7 +27,7 @@ import pytest
 import redis
 from websockets.sync.client import ClientConnection, connect
 
-from actors import Backoff
+from actors import Backoff, Delivery
 from supervisor import Server
 from supervisor.redis import RedisBackplane, RedisUnavailable
 from tests.e2e.apps.cluster_app import make_app
@@ -252,6 +252,24 @@ async def test_the_reach_count_decides_dead_letters(redis_server: RedisServer) -
         assert sample(a, "wsup_dead_letters_total", reason="no_recipient") == before + 1
         assert sample(a, "wsup_backplane_messages_total", direction="sent") == sent + 2
         assert sample(b, "wsup_backplane_messages_total", direction="received") >= 1
+
+
+async def test_sends_across_nodes_say_what_they_reached(redis_server: RedisServer) -> None:
+    """app.send/publish return the local count and whether another node was reached; an
+    empty group reached nowhere is counted apart, never a dead letter."""
+    async with cluster(redis_server.url) as (a, b), clients() as opened:
+        bob = await Client.open(b, "bob")
+        opened.append(bob)
+        await redis_of(a).synced()
+        await redis_of(b).synced()
+        assert await a.app.send("user:bob", "over there") == Delivery(0, True)
+        assert await bob.recv() == "over there"
+        assert await b.app.send("user:bob", "right here") == Delivery(1, False)
+        assert await bob.recv() == "right here"
+        letters = sample(a, "wsup_dead_letters_total", reason="no_recipient")
+        assert await a.app.publish("room:nobody", "tick") == Delivery(0, False)
+        assert sample(a, "wsup_empty_group_publishes_total") == 1
+        assert sample(a, "wsup_dead_letters_total", reason="no_recipient") == letters
 
 
 async def test_a_message_that_is_not_json_is_a_type_error_at_the_sender(

@@ -54,6 +54,7 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_actor_crashes_total": ("counter", ("kind",)),
     "wsup_actor_restarts_total": ("counter", ("kind",)),
     "wsup_supervisor_escalations_total": ("counter", ()),
+    "wsup_empty_group_publishes_total": ("counter", ()),
     "wsup_event_loop_lag_seconds": ("histogram", ()),
     "wsup_draining": ("gauge", ()),
     "wsup_backplane_up": ("gauge", ()),

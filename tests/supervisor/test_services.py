@@ -8,7 +8,7 @@ import anyio
 import pytest
 from websockets.sync.client import connect
 
-from actors import Actor, Backoff, CriticalFailure, FakeClock, Intensity
+from actors import Actor, Backoff, CriticalFailure, Delivery, FakeClock, Intensity
 from supervisor import App, Handler, Restart, Server, ServerConfig, Strategy, SupervisorSpec
 from supervisor._tree import ChildSpec
 from supervisor.metrics import Metrics
@@ -150,3 +150,35 @@ async def test_subtrees_declared_in_the_app_run_under_the_root() -> None:
         await wait_until(lambda: len(starts) == 4)
         assert starts == ["a", "b", "a", "b"]  # both again, in start order
         assert await server.app.ask("b", "restarts?") == 0
+
+
+async def test_app_sends_and_their_thread_safe_twins_say_what_they_reached() -> None:
+    """app.send/publish/broadcast and the *_threadsafe twins return a Delivery: how many
+    local actors took the message (two connections of one user count twice)."""
+    app = App()
+    app.add_route("/echo", Echo)
+
+    async with running_server(app) as server:
+
+        def two_connections() -> list[Any]:
+            return [connect(ws_url(server, "/echo"), proxy=None).__enter__() for _ in range(2)]
+
+        sockets = await in_thread(two_connections)
+        try:
+            await wait_until(lambda: len(server.connections) == 2)
+            for conn in server.connections:
+                conn_ref = server.runtime.lookup(conn.address)
+                assert conn_ref is not None
+                server.runtime.add_member("user:ann", conn_ref._cell)
+            assert await app.send("user:ann", "hi") == Delivery(2, False)
+            assert await app.send("user:nobody", "hi") == Delivery(0, False)
+            assert await app.publish("room:empty", "hi") == Delivery(0, False)
+            assert await app.broadcast("all") == Delivery(2, False)
+            assert await in_thread(app.send_threadsafe, "user:ann", "t") == Delivery(2, False)
+            assert await in_thread(app.publish_threadsafe, "room:x", "t") == Delivery(0, False)
+            assert await in_thread(app.broadcast_threadsafe, "t") == Delivery(2, False)
+            assert sample(server, "wsup_dead_letters_total", reason="no_recipient") == 1
+            assert sample(server, "wsup_empty_group_publishes_total") == 2
+        finally:
+            for ws in sockets:
+                await in_thread(ws.close)
