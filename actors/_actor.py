@@ -2,7 +2,7 @@
 
 Theory of operation: a :class:`Cell` owns an actor's address and mailbox for its
 whole life. A supervisor runs the cell's *incarnations*: each incarnation makes
-a fresh behaviour from the factory, calls ``started`` (or ``restarted``), then
+a fresh behaviour from the factory, calls ``on_start`` (or ``on_restart``), then
 takes messages from the mailbox one at a time until it is told to stop, drains,
 or the behaviour raises. The incarnation reports how it ended as an
 :class:`Exit`; whether to run another one is the supervisor's decision. When
@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -37,22 +38,50 @@ __all__ = ["Actor", "ActorRef", "Cell", "Context", "Exit", "ExitKind", "Reply", 
 _BATCH: Final = 64
 
 
+_RENAMED: Final = {
+    "started": "on_start",
+    "receive": "on_receive",
+    "stopping": "on_stop",
+    "restarted": "on_restart",
+}
+"""Hooks renamed to the ``on_*`` scheme of connection handlers: old name → new name."""
+
+
 class Actor:
-    """The behaviour of an actor. Subclass it and override what you need.
+    """The behaviour of an actor. Subclass it and override the ``on_*`` hooks you need.
 
     Every hook may be ``async def`` (runs on the event loop) or plain ``def``
     (runs in a worker thread through :func:`anyio.to_thread.run_sync`, so a
-    blocking call there cannot stall other actors).
+    blocking call there cannot stall other actors). Connection handlers
+    (:class:`supervisor.Handler`) use the same scheme, plus their own
+    ``on_connect``, ``on_message`` and ``on_close``.
+
+    The hooks were called ``started``, ``receive``, ``stopping`` and
+    ``restarted`` before; a subclass that still defines those works, with a
+    ``DeprecationWarning`` when the class is created.
 
     The runtime sets :attr:`context` before the first hook runs.
     """
 
     context: Context
 
-    async def started(self) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for old, new in _RENAMED.items():
+            if old in cls.__dict__:
+                warnings.warn(
+                    f"{cls.__name__}.{old}() is deprecated: name it {new}() "
+                    "(same arguments, same meaning)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                if new not in cls.__dict__:
+                    setattr(cls, new, cls.__dict__[old])
+
+    async def on_start(self) -> None:
         """Called once when the actor starts, before its first message."""
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         """Handle one message. The return value is the reply to an ``ask``.
 
         Raising crashes this incarnation: the message becomes a dead letter and
@@ -60,16 +89,45 @@ class Actor:
         """
         raise NotImplementedError(f"{type(self).__name__} does not handle messages")
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         """Called when the actor stops (not when it crashes)."""
 
-    async def restarted(self, error: Exception) -> None:
-        """Called instead of :meth:`started` on a behaviour created by a restart.
+    async def on_restart(self, error: Exception) -> None:
+        """Called instead of :meth:`on_start` on a behaviour created by a restart.
 
         Args:
             error: what crashed the previous behaviour.
         """
-        await _invoke(self.started)
+        await _invoke(self.on_start)
+
+    def tell_self(self, message: Any) -> None:
+        """Queue ``message`` in this actor's own mailbox, behind what is already there.
+
+        Never waits (an actor waiting for room in its own mailbox would wait
+        forever). For a message later in time, use ``self.context.timers``.
+
+        Raises:
+            MailboxFull: the mailbox is full under ``block`` or ``reject``.
+            MailboxClosed: the actor has stopped.
+        """
+        self.context.self.tell_nowait(message)
+
+    # The old names, for code that calls them through super(): the base behaviour.
+    async def started(self) -> None:
+        """Deprecated name of :meth:`on_start`."""
+        await Actor.on_start(self)
+
+    async def stopping(self) -> None:
+        """Deprecated name of :meth:`on_stop`."""
+        await Actor.on_stop(self)
+
+    async def restarted(self, error: Exception) -> None:
+        """Deprecated name of :meth:`on_restart`."""
+        await Actor.on_restart(self, error)
+
+    def _receiver(self) -> Callable[[Any], Any]:
+        """The callable that handles each message (a connection handler dispatches)."""
+        return self.on_receive
 
 
 async def _invoke(fn: Callable[..., Any], *args: Any) -> Any:
@@ -220,7 +278,7 @@ class ActorRef:
         self._cell.mailbox.put_nowait(Envelope(message))
 
     async def ask(self, message: Any, *, timeout: float | None = 5.0) -> Any:
-        """Send ``message`` and wait for the value ``receive`` returns.
+        """Send ``message`` and wait for the value ``on_receive`` returns.
 
         Raises:
             AskTimeout: no reply within ``timeout`` seconds.
@@ -504,7 +562,7 @@ class Cell:
 
         Args:
             error: the crash that caused this restart, or ``None`` for a first start.
-            on_started: called once ``started``/``restarted`` has returned.
+            on_started: called once ``on_start``/``on_restart`` has returned.
 
         Returns:
             How the incarnation ended. Cancellation propagates (the caller maps
@@ -517,10 +575,10 @@ class Cell:
             behaviour.context = Context(self)
             self.behaviour = behaviour
             if error is None:
-                await _invoke(behaviour.started)
+                await _invoke(behaviour.on_start)
             else:
                 self.restarts += 1
-                await _invoke(behaviour.restarted, error)
+                await _invoke(behaviour.on_restart, error)
         except Exception as exc:
             return Exit(ExitKind.CRASHED, exc)
         if on_started is not None:
@@ -529,7 +587,7 @@ class Cell:
             exit_ = await self._loop(behaviour)
             if exit_.kind is not ExitKind.CRASHED:
                 try:
-                    await _invoke(behaviour.stopping)
+                    await _invoke(behaviour.on_stop)
                 except Exception as exc:
                     return Exit(ExitKind.CRASHED, exc)
             return exit_
@@ -539,7 +597,7 @@ class Cell:
 
     async def _loop(self, behaviour: Actor) -> Exit:
         mailbox = self.mailbox
-        receive = behaviour.receive
+        receive = behaviour._receiver()
         is_async = inspect.iscoroutinefunction(receive)
         runtime = self.runtime
         instrumentation = runtime.instrumentation

@@ -191,12 +191,15 @@ class Handler(Actor):
 
     # -- the actor hooks, mapped onto the connection hooks ----------------------------
 
-    async def started(self) -> None:
-        """Run ``on_connect``."""
+    async def on_start(self) -> None:
+        """Run ``on_connect``: a connection actor starts when its connection opens."""
         if type(self).on_connect is not Handler.on_connect:  # the default does nothing
             await self._hook(self.on_connect)
 
-    async def receive(self, message: Any) -> Any:
+    def _receiver(self) -> Callable[[Any], Any]:
+        return self._dispatch
+
+    async def _dispatch(self, message: Any) -> Any:
         """Dispatch client messages to ``on_message`` and the rest to ``on_receive``."""
         if message.__class__ is FromClient:
             if self._on_message_async:
@@ -209,8 +212,8 @@ class Handler(Actor):
             return await self._hook(self.on_message, message.data)
         return await self._hook(self.on_receive, message)
 
-    async def stopping(self) -> None:
-        """Run ``on_close``."""
+    async def on_stop(self) -> None:
+        """Run ``on_close``: a connection actor stops when its connection ends."""
         if type(self).on_close is not Handler.on_close:  # the default does nothing
             await self._hook(self.on_close, *self.conn.close_info())
 

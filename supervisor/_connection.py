@@ -393,7 +393,7 @@ class Connection:
             if message.__class__ is FromClient:
                 data: str | bytes = message.data
                 return data
-            await behaviour.receive(message)
+            await behaviour._receiver()(message)
 
     def __aiter__(self) -> Connection:
         return self

@@ -1192,7 +1192,7 @@ def _needs_no_start(handler: Any) -> bool:
         and issubclass(handler, Handler)
         and all(
             getattr(handler, name) is getattr(Handler, name)
-            for name in ("__init__", "started", "stopping", "on_connect", "on_close")
+            for name in ("__init__", "on_start", "on_stop", "on_connect", "on_close")
         )
     )
 

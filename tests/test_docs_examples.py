@@ -101,7 +101,7 @@ EXPECTED_LINES: dict[str, tuple[str, ...]] = {
     ),
     "shutdown": (
         "stopping session",
-        "stuck    cancelled after its shutdown timeout (stopping() is not called)",
+        "stuck    cancelled after its shutdown timeout (on_stop() is not called)",
         "stopping cache",
         "stopping database",
         "dead letter 'more work' (stopped, stopped)",

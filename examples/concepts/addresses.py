@@ -21,11 +21,11 @@ class Device(Actor):
         self.groups = groups
         self.inbox = inbox
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         for group in (*self.groups, ALL):
             self.context.join(group)
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "flush":
             return None
         if message == "who":

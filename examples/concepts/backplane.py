@@ -17,10 +17,10 @@ structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 class Listener(Actor):
     """Joins a room and prints what reaches it."""
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         self.context.join("room:lobby")
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message != "flush":
             print(f"  local member got {message!r}")
 

@@ -17,7 +17,7 @@ structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
 class Picky(Actor):
     """Accepts numbers only."""
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if not isinstance(message, int):
             raise TypeError(f"not a number: {message!r}")
         return message

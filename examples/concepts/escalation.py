@@ -20,10 +20,10 @@ class Worker(Actor):
     def __init__(self, starts: MemoryObjectSendStream[str]) -> None:
         self.starts = starts
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         self.starts.send_nowait(self.context.address)
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         raise RuntimeError(f"cannot handle {message!r}")
 
 

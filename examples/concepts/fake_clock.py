@@ -20,10 +20,10 @@ class Sluggish(Actor):
         self.gate = gate
         self.clock = clock
 
-    async def restarted(self, error: Exception) -> None:
+    async def on_restart(self, error: Exception) -> None:
         print(f"t={self.clock.now():5.1f}  restarted after {error!r}")
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "crash":
             raise RuntimeError("crash")
         await self.gate.wait()

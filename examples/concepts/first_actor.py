@@ -21,10 +21,10 @@ class Counter(Actor):
     def __init__(self, start: int) -> None:
         self.count = start
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         print(f"started at {self.context.address}")
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "increment":
             self.count += 1
             return None
@@ -32,14 +32,14 @@ class Counter(Actor):
             return self.count
         raise ValueError(f"unknown message {message!r}")
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         print(f"stopping with count {self.count}")
 
 
 class Digest(Actor):
     """A plain ``def`` hook runs in a worker thread, so blocking work stalls no other actor."""
 
-    def receive(self, message: Any) -> Any:
+    def on_receive(self, message: Any) -> Any:
         in_worker = threading.current_thread() is not threading.main_thread()
         return hashlib.sha256(message).hexdigest()[:12], in_worker
 

@@ -19,7 +19,7 @@ class Recorder(Actor):
     def __init__(self, handled: list[int]) -> None:
         self.handled = handled
 
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         self.handled.append(message)
 
 

@@ -19,7 +19,7 @@ class Worker(Actor):
     def __init__(self, gate: anyio.Event) -> None:
         self.gate = gate
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "wait":
             await self.gate.wait()
             return "waited"

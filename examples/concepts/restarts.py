@@ -19,13 +19,13 @@ class Flaky(Actor):
     def __init__(self) -> None:
         self.handled = 0  # behaviour state: a restart starts it again from zero
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         print(f"started   {self.context.address}")
 
-    async def restarted(self, error: Exception) -> None:
+    async def on_restart(self, error: Exception) -> None:
         print(f"restarted {self.context.address} (restart {self.context.restarts}) after {error!r}")
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "crash":
             raise RuntimeError("bad input")
         self.handled += 1

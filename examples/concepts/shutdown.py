@@ -19,13 +19,13 @@ class Service(Actor):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         print(f"started  {self.name}")
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         return None
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         print(f"stopping {self.name}")
 
 
@@ -35,12 +35,12 @@ class Stuck(Actor):
     def __init__(self, busy: anyio.Event) -> None:
         self.busy = busy
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         self.busy.set()
         try:
             await anyio.sleep_forever()
         except anyio.get_cancelled_exc_class():
-            print("stuck    cancelled after its shutdown timeout (stopping() is not called)")
+            print("stuck    cancelled after its shutdown timeout (on_stop() is not called)")
             raise
 
 

@@ -22,10 +22,10 @@ class Service(Actor):
         self.name = name
         self.starts = starts
 
-    async def started(self) -> None:
-        self.starts[self.name] += 1  # restarted() calls started() unless overridden
+    async def on_start(self) -> None:
+        self.starts[self.name] += 1  # on_restart() calls on_start() unless overridden
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "crash":
             raise RuntimeError("crash")
         return None

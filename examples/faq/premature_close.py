@@ -14,7 +14,7 @@ app = App()
 class Job(Actor):
     """One slow job: does the work, tells the connection, stops."""
 
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         reply_to, seconds = message
         await anyio.sleep(seconds)  # stands for the real work
         # A send, not a reference to the connection: if the client has left

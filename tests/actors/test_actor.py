@@ -29,6 +29,7 @@ from actors import (
     OverflowPolicy,
     Runtime,
 )
+from supervisor import ActorSystem
 
 pytestmark = pytest.mark.anyio
 
@@ -127,16 +128,16 @@ class Recorder(Actor):
         self.log = log
         self.name = name
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         self.log.append(("started", self.name))
 
-    async def restarted(self, error: Exception) -> None:
+    async def on_restart(self, error: Exception) -> None:
         self.log.append(("restarted", self.name, error))
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         self.log.append(("stopping", self.name))
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "boom":
             raise RuntimeError("boom")
         if message == "exit":
@@ -152,7 +153,7 @@ class Gate(Actor):
         self.gate = gate
         self.handled = handled
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message in ("wait", "fail"):
             await self.gate.wait()
         if message == "fail":
@@ -201,10 +202,10 @@ async def test_default_restarted_hook_calls_started() -> None:
     starts: list[int] = []
 
     class Plain(Actor):
-        async def started(self) -> None:
+        async def on_start(self) -> None:
             starts.append(self.context.restarts)
 
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             raise RuntimeError(message)
 
     async with stage() as st:
@@ -219,7 +220,7 @@ async def test_crash_in_started_counts_as_a_crash() -> None:
     """An exception in ``started`` ends the incarnation as CRASHED before any message."""
 
     class Broken(Actor):
-        async def started(self) -> None:
+        async def on_start(self) -> None:
             raise KeyError("no config")
 
     async with stage() as st:
@@ -232,7 +233,7 @@ async def test_crash_in_stopping_is_reported_as_a_crash() -> None:
     """An exception in ``stopping`` turns a clean stop into a CRASHED exit."""
 
     class BadStop(Actor):
-        async def stopping(self) -> None:
+        async def on_stop(self) -> None:
             raise OSError("cannot flush")
 
     async with stage() as st:
@@ -267,7 +268,7 @@ async def test_context_describes_the_actor() -> None:
     seen: list[tuple[str, ActorRef, int]] = []
 
     class Introspect(Actor):
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             ctx = self.context
             seen.append((ctx.address, ctx.self, ctx.restarts))
             if message == "crash":
@@ -310,7 +311,7 @@ async def test_messages_are_processed_one_at_a_time_in_order() -> None:
     order: list[int] = []
 
     class Serial(Actor):
-        async def receive(self, message: int) -> None:
+        async def on_receive(self, message: int) -> None:
             nonlocal active, overlap
             active += 1
             overlap = overlap or active > 1
@@ -332,11 +333,11 @@ async def test_busy_actor_does_not_starve_others() -> None:
     order: list[str] = []
 
     class Busy(Actor):
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             order.append("busy")
 
     class Quick(Actor):
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             order.append("quick")
 
     async with stage() as st:
@@ -542,18 +543,18 @@ async def test_plain_def_hooks_run_in_a_worker_thread() -> None:
     threads: dict[str, int] = {}
 
     class Threaded(Actor):
-        def started(self) -> None:  # type: ignore[override]
+        def on_start(self) -> None:  # type: ignore[override]
             threads["started"] = threading.get_ident()
 
-        def receive(self, message: Any) -> Any:
+        def on_receive(self, message: Any) -> Any:
             threads["receive"] = threading.get_ident()
             return message * 2
 
-        def stopping(self) -> None:  # type: ignore[override]
+        def on_stop(self) -> None:  # type: ignore[override]
             threads["stopping"] = threading.get_ident()
 
     class OnLoop(Actor):
-        async def receive(self, message: Any) -> Any:
+        async def on_receive(self, message: Any) -> Any:
             threads["async"] = threading.get_ident()
             return message
 
@@ -575,7 +576,7 @@ async def test_blocking_def_handler_does_not_block_other_actors() -> None:
     token = anyio.lowlevel.current_token()
 
     class Blocker(Actor):
-        def receive(self, message: Any) -> Any:
+        def on_receive(self, message: Any) -> Any:
             anyio.from_thread.run_sync(entered.set, token=token)
             # The deadline is a deadlock guard only; the test sets the event itself.
             assert release.wait(timeout=30)
@@ -662,7 +663,7 @@ async def test_drain_handles_everything_queued_then_stops() -> None:
     stopped: list[bool] = []
 
     class Drainer(Gate):
-        async def stopping(self) -> None:
+        async def on_stop(self) -> None:
             stopped.append(True)
 
     async with stage() as st:
@@ -701,3 +702,74 @@ async def test_terminate_is_idempotent_and_frees_the_address() -> None:
         assert cell.termination == Exit(ExitKind.STOPPED)
         assert st.runtime.lookup(ref.address) is None
         assert cell.behaviour is None
+
+
+# --- hook names and messaging oneself ----------------------------------------------------------
+
+
+def test_the_old_hook_names_still_work_with_a_deprecation_warning() -> None:
+    """A class defining started/receive/stopping/restarted warns once per hook at creation,
+    and the old methods serve as the new hooks."""
+    with pytest.warns(DeprecationWarning, match="is deprecated: name it on_") as caught:
+
+        class OldStyle(Actor):
+            async def started(self) -> None:
+                pass
+
+            async def receive(self, message: Any) -> Any:
+                return message
+
+            async def stopping(self) -> None:
+                pass
+
+            async def restarted(self, error: Exception) -> None:
+                pass
+
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        "OldStyle.receive() is deprecated: name it on_receive() (same arguments, same meaning)",
+        "OldStyle.restarted() is deprecated: name it on_restart() (same arguments, same meaning)",
+        "OldStyle.started() is deprecated: name it on_start() (same arguments, same meaning)",
+        "OldStyle.stopping() is deprecated: name it on_stop() (same arguments, same meaning)",
+    ]
+    assert OldStyle.on_start is OldStyle.__dict__["started"]
+    assert OldStyle.on_receive is OldStyle.__dict__["receive"]
+    assert OldStyle.on_stop is OldStyle.__dict__["stopping"]
+    assert OldStyle.on_restart is OldStyle.__dict__["restarted"]
+
+
+async def test_an_old_style_actor_runs_its_old_hooks() -> None:
+    """The renamed hooks of a deprecated class are the ones the runtime calls."""
+    log: list[str] = []
+    with pytest.warns(DeprecationWarning, match="is deprecated: name it on_"):
+
+        class OldStyle(Actor):
+            async def started(self) -> None:
+                log.append("started")
+
+            async def receive(self, message: Any) -> Any:
+                return f"got {message}"
+
+    async with ActorSystem() as system:
+        ref = await system.spawn(OldStyle)
+        assert await ref.ask("x") == "got x"
+    assert log == ["started"]
+
+
+async def test_an_actor_messages_itself_with_tell_self() -> None:
+    """tell_self queues a message behind those already in the actor's own mailbox."""
+    log: list[Any] = []
+
+    class Looping(Actor):
+        async def on_receive(self, message: Any) -> Any:
+            log.append(message)
+            if isinstance(message, int) and message < 3:
+                self.tell_self(message + 1)
+            return None
+
+    async with ActorSystem() as system:
+        ref = await system.spawn(Looping)
+        ref.tell_nowait(0)
+        ref.tell_nowait("after zero")  # queued before the actor runs again
+        await anyio.wait_all_tasks_blocked()
+    assert log == [0, "after zero", 1, 2, 3]

@@ -41,11 +41,11 @@ class Inbox(Actor):
         self.got = got
         self.joins = joins
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         for address in self.joins:
             self.context.join(address)
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         self.got.append(message)
         return message
 
@@ -289,7 +289,7 @@ async def test_send_to_a_single_member_waits_for_space_under_block() -> None:
     gate = anyio.Event()
 
     class Slow(Actor):
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             await gate.wait()
 
     async with stage() as st:
@@ -336,10 +336,10 @@ async def test_fan_out_to_a_full_block_member_drops_for_that_member_only() -> No
     got_slow: list[Any] = []
 
     class Slow(Actor):
-        async def started(self) -> None:
+        async def on_start(self) -> None:
             self.context.join("room")
 
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             await gate.wait()
             got_slow.append(message)
 
@@ -380,7 +380,7 @@ async def test_context_sends_to_any_address() -> None:
         target, got = await st.inbox("group", ALL)
 
         class Relay(Actor):
-            async def receive(self, message: Any) -> Any:
+            async def on_receive(self, message: Any) -> Any:
                 ctx = self.context
                 await ctx.send(target.address, "direct")
                 await ctx.publish("group", "grouped")
@@ -431,7 +431,7 @@ async def test_statistics_count_actors_addresses_queued_messages_and_dead_letter
     gate = anyio.Event()
 
     class Slow(Actor):
-        async def receive(self, message: Any) -> None:
+        async def on_receive(self, message: Any) -> None:
             await gate.wait()
 
     async with stage() as st:

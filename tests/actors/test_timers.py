@@ -66,7 +66,7 @@ class Ticking(Actor):
         self.log = log
         self.gate = gate
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         timers = self.context.timers
         match message:
             case ("after", key, payload, delay):

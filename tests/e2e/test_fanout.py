@@ -214,11 +214,11 @@ class Recorder(Actor):
         self.join_all = join_all
         self.seen: list[Any] = []
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         if self.join_all:
             self.context.join(ALL)
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "seen":
             return list(self.seen)
         self.seen.append(message)
@@ -231,7 +231,7 @@ class Counter(Actor):
     def __init__(self) -> None:
         self.count = 0
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "incr":
             self.count += 1
         return self.count
@@ -591,7 +591,7 @@ class Stuck(Actor):
     def __init__(self, release: anyio.Event) -> None:
         self.release = release
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "hang":
             await self.release.wait()
             return "late"
@@ -601,7 +601,7 @@ class Stuck(Actor):
 class Asker(Actor):
     """Asks ``stuck`` to hang with a 2-second timeout and reports what happened."""
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         try:
             return await self.context.ask("stuck", "hang", timeout=2.0)
         except AskTimeout as exc:

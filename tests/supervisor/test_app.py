@@ -34,7 +34,7 @@ class Echo(Handler):
 class Idle(Actor):
     """A service actor for ``spawn``."""
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         return message
 
 

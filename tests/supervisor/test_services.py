@@ -25,7 +25,7 @@ NOW = Backoff(minimum=0.0, maximum=0.0)
 class Fragile(Actor):
     """Crashes on ``"boom"``; answers anything else with its restart count."""
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "boom":
             raise RuntimeError("boom")
         return self.context.restarts
@@ -129,7 +129,7 @@ async def test_subtrees_declared_in_the_app_run_under_the_root() -> None:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        async def started(self) -> None:
+        async def on_start(self) -> None:
             starts.append(self.name)
 
     app = App()

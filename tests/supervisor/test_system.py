@@ -40,15 +40,15 @@ class Recorder(Actor):
         self.name = name
         self.joins = joins
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         for group in self.joins:
             self.context.join(group)
         self.log.append(("started", self.name))
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         self.log.append(("stopping", self.name))
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "boom":
             raise RuntimeError(f"{self.name} crashed")
         if message == "exit":
@@ -60,7 +60,7 @@ class Recorder(Actor):
 class Crasher(Actor):
     """Crashes on every message."""
 
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         raise RuntimeError(f"crash on {message!r}")
 
 

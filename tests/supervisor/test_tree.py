@@ -58,16 +58,16 @@ class Recorder(Actor):
         self.log = log
         self.name = name
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         self.log.append(("started", self.name))
 
-    async def restarted(self, error: Exception) -> None:
+    async def on_restart(self, error: Exception) -> None:
         self.log.append(("restarted", self.name))
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         self.log.append(("stopping", self.name))
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         if message == "boom":
             raise RuntimeError(f"{self.name} crashed")
         if message == "exit":
@@ -83,7 +83,7 @@ class Stuck(Recorder):
         super().__init__(log, name)
         self.outcome = outcome
 
-    async def stopping(self) -> None:
+    async def on_stop(self) -> None:
         try:
             await anyio.sleep_forever()
         finally:
@@ -622,10 +622,10 @@ async def test_shutdown_stops_dynamic_children_in_parallel_before_static_ones() 
     release = anyio.Event()
 
     class Slow(Recorder):
-        async def stopping(self) -> None:
+        async def on_stop(self) -> None:
             entered.append(self.name)
             await release.wait()
-            await super().stopping()
+            await super().on_stop()
 
     async with tree(SupervisorSpec([child(log, "static")])) as t:
         for name in ("d1", "d2", "d3"):
@@ -693,10 +693,10 @@ async def test_a_child_started_without_waiting_is_restarted_and_cancelled_with_t
     log: list[tuple[str, str]] = []
 
     class Crashy(Recorder):
-        async def receive(self, message: Any) -> Any:
+        async def on_receive(self, message: Any) -> Any:
             if message == "crash":
                 raise RuntimeError("boom")
-            return await super().receive(message)
+            return await super().on_receive(message)
 
     with anyio.CancelScope() as outer:
         async with tree(SupervisorSpec()) as t:
@@ -720,7 +720,7 @@ class Quiet(Actor):
         Quiet.made += 1
         self.log = log
 
-    async def receive(self, message: Any) -> Any:
+    async def on_receive(self, message: Any) -> Any:
         self.log.append((f"got {message}", "q"))
 
 
@@ -799,10 +799,10 @@ async def test_shutdown_with_drain_lets_children_finish_their_mailboxes() -> Non
     gate = anyio.Event()
 
     class Blocked(Recorder):
-        async def receive(self, message: Any) -> Any:
+        async def on_receive(self, message: Any) -> Any:
             if message == "wait":
                 await gate.wait()
-            return await super().receive(message)
+            return await super().on_receive(message)
 
     async with tree(SupervisorSpec([ChildSpec(lambda: Blocked(log, "d"))])) as t:
         (ref,) = t.sup.children
