@@ -28,6 +28,7 @@ from ._exceptions import (
 )
 from ._instrument import Instrumentation
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
+from ._monitor import Down, DownReason
 from ._policy import (
     Backoff,
     BackoffState,
@@ -63,6 +64,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetterOffice",
     "Delivery",
+    "Down",
+    "DownReason",
     "Escalation",
     "Exit",
     "ExitKind",

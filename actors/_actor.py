@@ -384,6 +384,34 @@ class Context:
         """Ask the one actor at ``address``; see :meth:`Runtime.ask`."""
         return await self._cell.runtime.ask(address, message, timeout=timeout)
 
+    def watch(self, target: ActorRef | str) -> None:
+        """Receive a :class:`~actors.Down` message when ``target`` ends for good.
+
+        ``target`` is a reference or an actor address on this node. A target
+        that has already ended, or that does not exist, gives a ``Down`` at once
+        (``NO_ACTOR`` when there was none). Restarts do not count as ends.
+        Watching twice is watching once. Cost: O(1).
+        """
+        cell = self._target(target)
+        if cell is None:
+            from ._monitor import Down, DownReason
+
+            address = target if isinstance(target, str) else target.address
+            self._cell._deliver_down(Down(address, DownReason.NO_ACTOR))
+            return
+        self._cell.watch(cell)
+
+    def unwatch(self, target: ActorRef | str) -> None:
+        """Stop watching ``target``; no ``Down`` will come for it."""
+        cell = self._target(target)
+        if cell is not None:
+            self._cell.unwatch(cell)
+
+    def _target(self, target: ActorRef | str) -> Cell | None:
+        if isinstance(target, ActorRef):
+            return target._cell
+        return self._cell.runtime.cell(target)
+
     def stop(self) -> None:
         """Stop this actor after the current message: a normal exit."""
         self._cell.mailbox.put_control(_Signal.EXIT)
@@ -447,6 +475,8 @@ class Cell:
         "restarts",
         "runtime",
         "termination",
+        "watchers",
+        "watching",
     )
 
     def __init__(
@@ -481,6 +511,10 @@ class Cell:
         self.termination: Exit | None = None
         self._stop_requested = False
         self._timers: Timers | None = None
+        #: Cells that watch this one (created at the first watch).
+        self.watchers: dict[Cell, None] | None = None
+        #: Cells this one watches, so that its end removes its watches.
+        self.watching: dict[Cell, None] | None = None
         #: Called once with the final :class:`Exit` when the actor ends for good.
         self.on_terminate: Callable[[Exit], None] | None = None
 
@@ -666,6 +700,51 @@ class Cell:
             DeadLetter(self.address, envelope.message, "failed", repr(exc))
         )
 
+    def watch(self, target: Cell) -> None:
+        """Have this cell get a ``Down`` message when ``target`` ends (at once if it has)."""
+        from ._monitor import Down
+
+        if target.is_terminated:
+            exit_ = target.termination or Exit(ExitKind.STOPPED)
+            self._deliver_down(Down.of(target.address, exit_))
+            return
+        if target.watchers is None:
+            target.watchers = {}
+        target.watchers[self] = None
+        if self.watching is None:
+            self.watching = {}
+        self.watching[target] = None
+
+    def unwatch(self, target: Cell) -> None:
+        """Stop watching ``target`` (no ``Down`` will come for it)."""
+        if target.watchers is not None:
+            target.watchers.pop(self, None)
+        if self.watching is not None:
+            self.watching.pop(target, None)
+
+    def _deliver_down(self, down: Any) -> None:
+        if self.is_terminated:
+            return
+        try:
+            self.mailbox.put_nowait(Envelope(down))
+        except Exception as exc:  # MailboxFull: the watcher cannot take it; say so
+            self.runtime.dead_letters.post(DeadLetter(self.address, down, "dropped", repr(exc)))
+
+    def _end_watches(self, exit_: Exit) -> None:
+        watching, self.watching = self.watching, None
+        for target in watching or ():
+            if target.watchers is not None:
+                target.watchers.pop(self, None)
+        watchers, self.watchers = self.watchers, None
+        if watchers:
+            from ._monitor import Down
+
+            down = Down.of(self.address, exit_)
+            for watcher in watchers:
+                if watcher.watching is not None:
+                    watcher.watching.pop(self, None)
+                watcher._deliver_down(down)
+
     def terminate(self, exit_: Exit) -> None:
         """End this actor for good: close the mailbox, dead-letter the rest, free the address.
 
@@ -686,6 +765,7 @@ class Cell:
         if self._timers is not None:
             self._timers.cancel_all()
         self.runtime.forget(self)
+        self._end_watches(exit_)
         # Drop every edge back to this cell (ref, callbacks bound to its owner): a
         # finished actor is then freed by reference counting, not by the collector.
         self._ref = None
