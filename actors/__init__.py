@@ -34,9 +34,12 @@ from ._policy import (
     BackoffState,
     Intensity,
     IntensityWindow,
+    LeaseAction,
+    LeasePolicy,
     Overflow,
     OverflowPolicy,
     decide_overflow,
+    lease_step,
 )
 from ._runtime import ALL, Delivery, Runtime, RuntimeStatistics
 from ._timers import Timers, TimerService, next_deadline
@@ -74,6 +77,8 @@ __all__ = [
     "Instrumentation",
     "Intensity",
     "IntensityWindow",
+    "LeaseAction",
+    "LeasePolicy",
     "Mailbox",
     "MailboxClosed",
     "MailboxConfig",
@@ -92,5 +97,6 @@ __all__ = [
     "Timers",
     "WsupError",
     "decide_overflow",
+    "lease_step",
     "next_deadline",
 ]

@@ -8,6 +8,12 @@ the runtime tells it which addresses have local members (``subscribe`` /
 (``publish``); messages arriving from other nodes go to ``node.deliver_remote``.
 The in-process backplane has no other nodes, so it carries nothing; the Redis
 backplane (``supervisor.redis``) maps the same calls onto Redis pub/sub.
+
+A backplane also keeps what several nodes must agree on: leases (one holder at
+a time, with an expiry and a fencing token; how a singleton runs once in a
+cluster) and counters (a number every node increments). The base class keeps
+them in this process, which is right for a single node; the Redis backplane
+keeps them in Redis.
 """
 
 from __future__ import annotations
@@ -49,6 +55,72 @@ class Backplane(abc.ABC):
     kind: str = "abstract"
     #: Whether other nodes may exist (False lets the runtime skip ``publish``).
     remote: bool = True
+
+    # Leases and counters of a single node; Redis overrides them. Created lazily so
+    # that subclasses need not call this class's __init__.
+    _local_leases: dict[str, tuple[str, int]]
+    _local_counters: dict[str, int]
+
+    def _local(self) -> tuple[dict[str, tuple[str, int]], dict[str, int]]:
+        if not hasattr(self, "_local_leases"):
+            self._local_leases = {}
+            self._local_counters = {}
+        return self._local_leases, self._local_counters
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
+        """Take lease ``name`` for ``holder`` for ``ttl`` seconds, if nobody else holds it.
+
+        Returns:
+            The fencing token (larger for every new holder of this lease), or
+            ``None`` when another holder has it.
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        leases, counters = self._local()
+        current = leases.get(name)
+        if current is not None:
+            return current[1] if current[0] == holder else None
+        token = counters[f"fence:{name}"] = counters.get(f"fence:{name}", 0) + 1
+        leases[name] = (holder, token)
+        return token
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Extend ``holder``'s lease to ``ttl`` seconds from now.
+
+        Returns:
+            False if ``holder`` does not hold it (any more).
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        current = self._local()[0].get(name)
+        return current is not None and current[0] == holder
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give lease ``name`` up, if ``holder`` holds it.
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        leases = self._local()[0]
+        current = leases.get(name)
+        if current is not None and current[0] == holder:
+            del leases[name]
+
+    async def increment(self, key: str) -> int:
+        """Add one to counter ``key`` (shared by every node) and return the new value.
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        counters = self._local()[1]
+        value = counters[key] = counters.get(key, 0) + 1
+        return value
 
     @property
     @abc.abstractmethod

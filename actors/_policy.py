@@ -1,4 +1,4 @@
-"""Pure decisions: mailbox overflow, restart intensity and restart backoff.
+"""Pure decisions: mailbox overflow, restart intensity, restart backoff, lease renewal.
 
 Theory of operation: nothing here performs I/O or reads a clock. Callers pass
 ``now`` in and act on what comes back, so every rule is tested synchronously
@@ -18,9 +18,12 @@ __all__ = [
     "BackoffState",
     "Intensity",
     "IntensityWindow",
+    "LeaseAction",
+    "LeasePolicy",
     "Overflow",
     "OverflowPolicy",
     "decide_overflow",
+    "lease_step",
 ]
 
 
@@ -197,3 +200,67 @@ class BackoffState:
         self.attempt += 1
         self.last_restart = now + delay
         return delay
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """Timing of a singleton's lease (a key with an expiry in the backplane).
+
+    The holder renews every ``renew_every`` seconds and considers the lease lost
+    ``ttl - margin`` seconds after the last renewal it *sent* that succeeded (the
+    key's expiry starts later, when Redis receives it, so the holder always
+    stops first, by at least ``margin``). A standby tries to take the lease
+    every ``retry_every`` seconds: after the holder dies, another node takes
+    over within ``ttl + retry_every`` seconds.
+
+    Raises:
+        ValueError: unless ``0 < renew_every < ttl - margin``, ``0 <= margin < ttl``
+            and ``retry_every > 0``.
+    """
+
+    ttl: float = 3.0
+    renew_every: float = 1.0
+    retry_every: float = 0.25
+    margin: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin < self.ttl:
+            raise ValueError("need 0 <= margin < ttl")
+        if not 0 < self.renew_every < self.ttl - self.margin:
+            raise ValueError("need 0 < renew_every < ttl - margin: renew before it lapses")
+        if self.retry_every <= 0:
+            raise ValueError("retry_every must be > 0")
+
+
+class LeaseAction(enum.Enum):
+    """What the holder of a lease does next."""
+
+    WAIT = "wait"
+    """Nothing until the returned time (the next renewal)."""
+    RENEW = "renew"
+    """Renew now; the returned time is when the lease counts as lost."""
+    LOST = "lost"
+    """Stop now: the lease may already belong to someone else."""
+
+
+def lease_step(now: float, policy: LeasePolicy, confirmed_at: float) -> tuple[LeaseAction, float]:
+    """Decide what the holder of a lease does at ``now``.
+
+    Args:
+        now: the current time.
+        policy: the lease timing.
+        confirmed_at: when the request that last acquired or renewed the lease
+            (successfully) was sent.
+
+    Returns:
+        The action and a time: for ``WAIT`` when to decide again, for ``RENEW``
+        the deadline of the renewal, for ``LOST`` ``now``. Never anything but
+        ``LOST`` at or after ``confirmed_at + ttl - margin``.
+    """
+    expires = confirmed_at + policy.ttl - policy.margin
+    if now >= expires:
+        return LeaseAction.LOST, now
+    renew_at = confirmed_at + policy.renew_every
+    if now >= renew_at:
+        return LeaseAction.RENEW, expires
+    return LeaseAction.WAIT, renew_at

@@ -21,7 +21,7 @@ from ._logging import configure_logging
 from ._outbound import SlowConsumerPolicy
 from ._server import Server, serve
 from ._system import ActorSystem
-from ._tree import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
+from ._tree import ChildSpec, Restart, SingletonSpec, Strategy, Supervisor, SupervisorSpec
 from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics, RedisUnavailable
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Restart",
     "RouteOptions",
     "ServerConfig",
+    "SingletonSpec",
     "Server",
     "SlowConsumerPolicy",
     "StartupError",

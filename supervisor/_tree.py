@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import sniffio
@@ -54,12 +55,16 @@ from actors import (
     ExitKind,
     Intensity,
     IntensityWindow,
+    LeasePolicy,
     MailboxConfig,
     Runtime,
 )
 from actors._backend import Waiter, primitives
 
-__all__ = ["ChildSpec", "Restart", "Strategy", "Supervisor", "SupervisorSpec"]
+if TYPE_CHECKING:
+    from ._singleton import SingletonKeeper
+
+__all__ = ["ChildSpec", "Restart", "SingletonSpec", "Strategy", "Supervisor", "SupervisorSpec"]
 
 _log = structlog.get_logger("wsup.supervisor")
 
@@ -103,6 +108,12 @@ class ChildSpec:
         prefix: the address prefix (``actor`` gives ``actor:<node>.<n>``).
         critical: when it exceeds its intensity, stop the process (readiness
             503, drain, non-zero exit) rather than only this child.
+        singleton: run it on one node of the cluster at a time, under a lease
+            in the backplane (Redis); with the in-process backplane, once per
+            process.
+        lease: the lease's timing, for a singleton.
+        lease_name: the lease's name (default: the id or factory name); nodes
+            running the same app agree on it.
     """
 
     factory: Callable[[], Actor]
@@ -116,6 +127,9 @@ class ChildSpec:
     names: tuple[str, ...] = ()
     prefix: str = "actor"
     critical: bool = False
+    singleton: bool = False
+    lease: LeasePolicy = field(default_factory=LeasePolicy)
+    lease_name: str = ""
 
     @property
     def label(self) -> str:
@@ -156,6 +170,25 @@ class SupervisorSpec:
         return self.id
 
 
+@dataclass(frozen=True, slots=True)
+class SingletonSpec(SupervisorSpec):
+    """A subtree that runs on one node of the cluster at a time (made from a
+    ``ChildSpec(singleton=True)``; rarely built by hand).
+
+    Attributes:
+        lease: the lease's name (default: the id).
+        policy: the lease's timing.
+    """
+
+    lease: str = ""
+    policy: LeasePolicy = field(default_factory=LeasePolicy)
+
+    @property
+    def lease_name(self) -> str:
+        """The name of the lease in the backplane."""
+        return self.lease or self.id
+
+
 class _Done:
     """The ``done`` of a child that is not running: already set."""
 
@@ -194,7 +227,7 @@ class _Child:
     def __init__(self, spec: ChildSpec | SupervisorSpec, cell: Cell | None, dynamic: bool) -> None:
         self.spec = spec
         self.cell = cell
-        self.sup: Supervisor | None = None
+        self.sup: Supervisor | SingletonKeeper | None = None
         self.dynamic = dynamic
         #: Fields added to this child's log lines (a connection's route and path).
         self.context: Mapping[str, Any] = _NO_CONTEXT
@@ -442,6 +475,11 @@ class Supervisor:
         factory: Callable[[], Actor] | None = None,
     ) -> _Child:
         cell = None
+        if isinstance(spec, ChildSpec) and spec.singleton:
+            from ._singleton import singleton_of
+
+            inner = dataclasses.replace(spec, singleton=False)
+            spec = singleton_of(inner, spec.label, spec.lease, spec.lease_name)
         if isinstance(spec, ChildSpec):
             cell = self.runtime.create_cell(
                 factory or spec.factory, mailbox=spec.mailbox, kind=spec.kind, prefix=spec.prefix
@@ -497,6 +535,13 @@ class Supervisor:
                 try:
                     if child.cell is not None:
                         exit_ = await child.cell.run_incarnation(error, on_started=on_started)
+                    elif isinstance(child.spec, SingletonSpec):
+                        from ._singleton import SingletonKeeper
+
+                        keeper = SingletonKeeper(self.runtime, child.spec, self.on_critical)
+                        child.sup = keeper
+                        await keeper.run(task_status=_Started(on_started))
+                        exit_ = Exit(ExitKind.STOPPED)
                     else:
                         assert isinstance(child.spec, SupervisorSpec)
                         child.sup = Supervisor(

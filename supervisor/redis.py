@@ -610,6 +610,78 @@ class RedisBackplane(Backplane):
             raise BackplaneUnavailable("nodes", "the backplane is not running")
         return await bridge.call(self._nodes())
 
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
+        """Take lease ``name`` (key ``<prefix>:lease:<name>``, expiring after ``ttl``
+        seconds) if it is free; the fencing token is ``INCR <prefix>:fence:<name>``.
+
+        One Lua script: the check, the token and the key are one atomic step.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        token = await self._command(
+            "lease",
+            "EVAL",
+            _ACQUIRE,
+            2,
+            f"{self.prefix}:lease:{name}",
+            f"{self.prefix}:fence:{name}",
+            holder,
+            max(1, int(ttl * 1000)),
+        )
+        return int(token) or None
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Extend ``holder``'s lease to ``ttl`` seconds from when Redis receives this.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        renewed = await self._command(
+            "lease",
+            "EVAL",
+            _RENEW,
+            1,
+            f"{self.prefix}:lease:{name}",
+            holder,
+            max(1, int(ttl * 1000)),
+        )
+        return bool(int(renewed))
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Delete the lease if ``holder`` holds it, so a standby takes over at once.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        await self._command("lease", "EVAL", _RELEASE, 1, f"{self.prefix}:lease:{name}", holder)
+
+    async def increment(self, key: str) -> int:
+        """``INCR <prefix>:counter:<key>``: one counter for the whole cluster.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        return int(await self._command("counter", "INCR", f"{self.prefix}:counter:{key}"))
+
+    async def _command(self, what: str, *args: Any) -> Any:
+        bridge = self._bridge
+        if bridge is None:
+            raise BackplaneUnavailable(what, "the backplane is not running")
+        return await bridge.call(self._ctl_command(what, *args))
+
+    async def _ctl_command(self, what: str, *args: Any) -> Any:
+        link = self._link
+        if link is None:
+            raise BackplaneUnavailable(what, f"Redis at {self.display_url} is unreachable")
+        try:
+            async with link.ctl_lock:
+                await link.ctl.send_command(*args, check_health=False)
+                return await link.ctl.read_response()
+        except self._link_errors() as exc:
+            link.lost(exc)
+            raise BackplaneUnavailable(what, _describe(exc)) from None
+
     async def synced(self) -> None:
         """Wait until Redis applies every subscribe and unsubscribe made so far.
 
@@ -1100,6 +1172,30 @@ class RedisBackplane(Backplane):
             self._ping_due = True
             self._writer_wake.set()
         await fut
+
+
+# Lease scripts: KEYS[1] the lease, KEYS[2] its fencing counter; ARGV holder, ttl in ms.
+_ACQUIRE: Final = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+if current then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return token
+"""
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _decode(payload: bytes) -> Any:

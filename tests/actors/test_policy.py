@@ -13,9 +13,12 @@ from actors import (
     BackoffState,
     Intensity,
     IntensityWindow,
+    LeaseAction,
+    LeasePolicy,
     Overflow,
     OverflowPolicy,
     decide_overflow,
+    lease_step,
 )
 
 policies = st.sampled_from(list(OverflowPolicy))
@@ -278,3 +281,56 @@ def test_backoff_state_uses_its_random_source() -> None:
     state = BackoffState(backoff, rand=lambda: next(draws))
     assert state.next_delay(0.0) == 1.0
     assert state.next_delay(1.0) == pytest.approx(3.0)
+
+
+# --- lease renewal ----------------------------------------------------------------------------
+
+
+@given(
+    ttl=st.floats(min_value=0.5, max_value=60),
+    margin_share=st.floats(min_value=0, max_value=0.4),
+    renew_share=st.floats(min_value=0.05, max_value=0.9),
+    confirmed=st.floats(min_value=0, max_value=1e6),
+    elapsed=st.floats(min_value=0, max_value=120),
+)
+def test_a_lease_holder_never_acts_past_its_lease(
+    ttl: float, margin_share: float, renew_share: float, confirmed: float, elapsed: float
+) -> None:
+    """Whatever the time, the holder is told LOST from ttl - margin after its last confirmed
+    renewal, and never WAITs past that point or renews after it."""
+    margin = ttl * margin_share
+    policy = LeasePolicy(ttl=ttl, margin=margin, renew_every=(ttl - margin) * renew_share)
+    now = confirmed + elapsed
+    action, at = lease_step(now, policy, confirmed)
+    expires = confirmed + ttl - margin
+    if now >= expires:
+        assert (action, at) == (LeaseAction.LOST, now)
+    elif action is LeaseAction.WAIT:
+        assert now < at <= expires
+    else:
+        assert action is LeaseAction.RENEW
+        assert at == expires
+        assert now >= confirmed + policy.renew_every
+
+
+def test_a_lease_is_renewed_on_schedule() -> None:
+    """Wait until renew_every, renew until ttl - margin, then it is lost."""
+    policy = LeasePolicy(ttl=3.0, renew_every=1.0, margin=0.3)
+    assert lease_step(10.0, policy, 10.0) == (LeaseAction.WAIT, 11.0)
+    assert lease_step(11.0, policy, 10.0) == (LeaseAction.RENEW, 12.7)
+    assert lease_step(12.7, policy, 10.0) == (LeaseAction.LOST, 12.7)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ttl": 1.0, "margin": 1.0},
+        {"ttl": 3.0, "renew_every": 2.8, "margin": 0.3},
+        {"ttl": 3.0, "renew_every": 0.0},
+        {"retry_every": 0.0},
+    ],
+)
+def test_a_lease_policy_that_would_lapse_is_refused(options: dict[str, float]) -> None:
+    """A margin as long as the lease, a renewal after it lapses, or no retry are refused."""
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own message
+        LeasePolicy(**options)
