@@ -115,6 +115,41 @@ EXPECTED_LINES: dict[str, tuple[str, ...]] = {
         "t= 33.0  crashed, restart due at t=37.0",
         "t= 37.0  restarted after RuntimeError('crash')",
     ),
+    "critical": (
+        "optional gave up: alive=False, escalations=1",
+        "the rest runs on: feed alive=True",
+        "SystemFailed: the actor system stopped: critical 'feed' exceeded its restart intensity"
+        " (2 restarts within 60 s): the process stops",
+        "  caused by RuntimeError(\"cannot handle 'z'\")",
+    ),
+    "delivery": (
+        "send user:alice     Delivery(local=1, remote=False)",
+        "publish room:lobby  Delivery(local=2, remote=False)",
+        "publish room:empty  Delivery(local=0, remote=False)",
+        "send user:nobody    Delivery(local=0, remote=False) reached: False",
+        "dead letters: no_recipient=1 (the empty room is none)",
+    ),
+    "timers": (
+        "t= 1.0  beat",
+        "t= 2.0  beat",
+        "t= 4.5  second reminder",
+        "t= 5.0  started (restarts: 1)",
+        "t= 5.0  timers left from before: []",
+        "t= 6.0  beat",
+    ),
+    "monitors": (
+        "down actor:demo.99: no_actor",
+        "down actor:demo.2: exited",
+        "down actor:demo.3: crashed (RuntimeError('crashed on purpose'))",
+        "down actor:demo.4: stopped",
+    ),
+    "singletons": (
+        "t=0.00  feed started on node a",
+        "t=5.00  node b runs a feed: False",
+        "t=5.00  feed stopped on node a",
+        "t=5.25  feed started on node b",
+        "t=5.25  ask feed -> node b",
+    ),
     "backplane": (
         "default backplane: inprocess, up=True, remote=False",
         "  backplane: subscribe room:lobby",
