@@ -62,6 +62,7 @@ from examples.server import (
     quickstart,
     restarts,
     routing,
+    services,
     slow_consumers,
     threads,
 )
@@ -669,6 +670,48 @@ async def test_crash_restarts_on_the_same_socket_until_the_intensity_then_1011()
 
         messages, code, _ = await in_thread(scenario)
     assert (messages, code) == ([], 1011)
+
+
+# --- services and supervision trees --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_services_clock_ticks_notes_answer_and_the_subtree_stops_alone() -> None:
+    """The clock reaches the room every second; a note is taken ("noted"); when the notes
+    subtree stops for good, sends say nobody was there and the server stays ready."""
+    async with running_server(services.app) as server:
+
+        def tick_and_note() -> tuple[str | bytes, str | bytes]:
+            with connect(ws_url(server, "/clock")) as ws:
+                first = ws.recv(timeout=20)
+                ws.send("remember this")
+                reply = ws.recv(timeout=20)
+                while reply != "noted":  # a tick may come first
+                    reply = ws.recv(timeout=20)
+                return first, reply
+
+        first, reply = await in_thread(tick_and_note)
+        assert isinstance(first, str)
+        assert first.isdigit()
+        assert reply == "noted"
+        assert sample(server, "wsup_supervisor_escalations_total") == 0
+        # Stop the optional subtree for good (as past its intensity): the rest runs on.
+        notebook = next(c.sup for c in server.system.root._children if c.spec.id == "notebook")
+        assert notebook is not None
+        notebook.shutdown()
+        await notebook.stopped.wait()
+        assert not await services.app.send("notes", ("get", "x"))
+
+        def note_again() -> str | bytes:
+            with connect(ws_url(server, "/clock")) as ws:
+                ws.send("remember this")
+                reply = ws.recv(timeout=20)
+                while reply not in ("noted", "notes are down"):
+                    reply = ws.recv(timeout=20)
+                return reply
+
+        assert await in_thread(note_again) == "notes are down"
+        assert server.readiness() == (True, "ready")
 
 
 # --- TLS and listening ---------------------------------------------------------------------------
