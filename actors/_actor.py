@@ -387,16 +387,20 @@ class Context:
     def watch(self, target: ActorRef | str) -> None:
         """Receive a :class:`~actors.Down` message when ``target`` ends for good.
 
-        ``target`` is a reference or an actor address on this node. A target
-        that has already ended, or that does not exist, gives a ``Down`` at once
-        (``NO_ACTOR`` when there was none). Restarts do not count as ends.
-        Watching twice is watching once. Cost: O(1).
+        ``target`` is a reference or an actor address, on this node or (through
+        the backplane) another one. A target that has already ended, or that does
+        not exist, gives a ``Down`` at once (``NO_ACTOR`` when there was none); a
+        target whose node the backplane reports lost gives ``NODE_LOST``.
+        Restarts do not count as ends. Watching twice is watching once. Cost:
+        O(1); one backplane message for a remote target.
         """
         cell = self._target(target)
         if cell is None:
             from ._monitor import Down, DownReason
 
             address = target if isinstance(target, str) else target.address
+            if self._cell.runtime.watch_remote(self._cell, address):
+                return
             self._cell._deliver_down(Down(address, DownReason.NO_ACTOR))
             return
         self._cell.watch(cell)
@@ -406,6 +410,8 @@ class Context:
         cell = self._target(target)
         if cell is not None:
             self._cell.unwatch(cell)
+        elif isinstance(target, str):
+            self._cell.runtime.unwatch_remote(self._cell, target)
 
     def _target(self, target: ActorRef | str) -> Cell | None:
         if isinstance(target, ActorRef):
@@ -472,6 +478,7 @@ class Cell:
         "mailbox",
         "memberships",
         "on_terminate",
+        "remote_watchers",
         "restarts",
         "runtime",
         "termination",
@@ -515,6 +522,8 @@ class Cell:
         self.watchers: dict[Cell, None] | None = None
         #: Cells this one watches, so that its end removes its watches.
         self.watching: dict[Cell, None] | None = None
+        #: Addresses of actors on other nodes that watch this one.
+        self.remote_watchers: set[str] | None = None
         #: Called once with the final :class:`Exit` when the actor ends for good.
         self.on_terminate: Callable[[Exit], None] | None = None
 
@@ -736,14 +745,17 @@ class Cell:
             if target.watchers is not None:
                 target.watchers.pop(self, None)
         watchers, self.watchers = self.watchers, None
-        if watchers:
-            from ._monitor import Down
+        remote, self.remote_watchers = self.remote_watchers, None
+        if watchers or remote:
+            from ._monitor import Down, wire_down
 
             down = Down.of(self.address, exit_)
-            for watcher in watchers:
+            for watcher in watchers or ():
                 if watcher.watching is not None:
                     watcher.watching.pop(self, None)
                 watcher._deliver_down(down)
+            for address in remote or ():
+                self.runtime.post(address, wire_down(address, down))
 
     def terminate(self, exit_: Exit) -> None:
         """End this actor for good: close the mailbox, dead-letter the rest, free the address.

@@ -67,6 +67,19 @@ class Backplane(abc.ABC):
             self._local_counters = {}
         return self._local_leases, self._local_counters
 
+    #: Seconds between two checks of which nodes are alive, for watches of actors on
+    #: other nodes; ``None`` when there are no other nodes to lose.
+    node_check_interval: float | None = None
+
+    async def live_nodes(self) -> set[str]:
+        """Return the ids of the nodes alive now (this one included, when known).
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        return set()
+
     async def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
         """Take lease ``name`` for ``holder`` for ``ttl`` seconds, if nobody else holds it.
 

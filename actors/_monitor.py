@@ -1,19 +1,23 @@
 """Monitors: an actor learns that another one ended, and why.
 
 Theory of operation: ``context.watch(target)`` records the watcher on the
-target's cell. When the target ends for
+target's cell, or, for an actor of another node, asks that node through the
+backplane to record the watcher's address there. When the target ends for
 good (:meth:`Cell.terminate`), every watcher gets one :class:`Down` message in
 its mailbox with the reason. Watching an actor that no longer exists (or never
-did) gets ``Down(reason=NO_ACTOR)`` at once, as Erlang's ``noproc``; so does a
-watch of an actor on another node, which this node cannot follow yet
-(``NODE_LOST`` is reserved for that). Restarts are not ends: a watched actor that is restarted
-keeps its address and its watchers.
+did) gets ``Down(reason=NO_ACTOR)`` at once, as Erlang's ``noproc``. Every
+node that watches actors elsewhere also asks the backplane which nodes are
+alive (``Backplane.live_nodes``) every ``node_check_interval`` seconds; a watch
+of an actor whose node left ends with ``Down(reason=NODE_LOST)``: the actor may
+still run, but this node will not hear from it again. Restarts are not ends: a
+watched actor that is restarted keeps its address and its watchers.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Final
 
 from ._actor import Exit
 
@@ -58,3 +62,39 @@ class Down:
     def of(cls, address: str, exit_: Exit) -> Down:
         """The ``Down`` for an actor that ended with ``exit_``."""
         return cls(address, DownReason(exit_.kind.value), exit_.error)
+
+
+WIRE_KEY: Final = "__wsup_monitor__"
+"""Marks the backplane messages of watches across nodes (JSON objects with this key)."""
+
+
+def node_of(address: str) -> str | None:
+    """The node id in an actor address (``actor:<node>.<n>``, ``conn:<node>.<n>``), or
+    ``None`` for a name or group."""
+    _, colon, rest = address.partition(":")
+    node, dot, counter = rest.rpartition(".")
+    if not colon or not dot or not node or not counter.isdigit():
+        return None
+    return node
+
+
+def wire_watch(watcher: str, target: str) -> dict[str, Any]:
+    """The message asking another node to report ``target``'s end to ``watcher``."""
+    return {WIRE_KEY: "watch", "watcher": watcher, "target": target}
+
+
+def wire_unwatch(watcher: str, target: str) -> dict[str, Any]:
+    """The message cancelling :func:`wire_watch`."""
+    return {WIRE_KEY: "unwatch", "watcher": watcher, "target": target}
+
+
+def wire_down(watcher: str, down: Down) -> dict[str, Any]:
+    """The message telling ``watcher``'s node that the actor it watches ended."""
+    error = down.error if down.error is None or isinstance(down.error, str) else repr(down.error)
+    return {
+        WIRE_KEY: "down",
+        "watcher": watcher,
+        "target": down.address,
+        "reason": down.reason.value,
+        "error": error,
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,6 +39,7 @@ from ._exceptions import (
 )
 from ._instrument import Instrumentation
 from ._mailbox import MailboxConfig
+from ._monitor import WIRE_KEY, Down, DownReason, node_of, wire_down, wire_unwatch, wire_watch
 from ._timers import TimerService
 
 __all__ = ["ALL", "Delivery", "Runtime", "RuntimeStatistics"]
@@ -118,6 +120,11 @@ class Runtime:
         self.dead_letters = DeadLetterOffice(self.clock, self.instrumentation)
         #: Fires the timers of every actor of this runtime (started by ``ActorSystem``).
         self.timers = TimerService(self.clock)
+        # Watches of actors on other nodes: target address -> local watcher cells.
+        self._remote_watches: dict[str, dict[Cell, None]] = {}
+        # Backplane messages posted from synchronous code, sent by run_monitors().
+        self._outbox: deque[tuple[str, Any]] = deque()
+        self._outbox_wake: anyio.Event | None = None
         self._members: dict[str, dict[Cell, None]] = {}
         self._cells: dict[str, Cell] = {}
         self._counter = 0
@@ -187,6 +194,9 @@ class Runtime:
         """Remove a terminated cell from every address (called by ``Cell.terminate``)."""
         for address in list(cell.memberships):
             self.remove_member(address, cell)
+        if self._remote_watches:
+            for target in [t for t, w in self._remote_watches.items() if cell in w]:
+                self.unwatch_remote(cell, target)
         if self._cells.pop(cell.address, None) is not None:
             self.instrumentation.actor_stopped(cell.kind)
 
@@ -308,8 +318,130 @@ class Runtime:
     def deliver_remote(self, address: str, message: Any) -> int:
         """Deliver a message that arrived from another node to local members only."""
         self.instrumentation.backplane_message("received")
+        if message.__class__ is dict and WIRE_KEY in message:
+            self._monitor_message(message)
+            return 1
         members = self._members.get(address)
         return self._offer(list(members), message) if members else 0
+
+    # -- watches across nodes ------------------------------------------------------
+
+    def post(self, address: str, message: Any) -> None:
+        """Send ``message`` to ``address`` soon, from synchronous code (monitor traffic).
+
+        Sent in order by :meth:`run_monitors`; a failure to reach the backplane
+        is a dead letter like any other send's.
+        """
+        self._outbox.append((address, message))
+        if self._outbox_wake is not None:
+            self._outbox_wake.set()
+
+    def watch_remote(self, watcher: Cell, target: str) -> bool:
+        """Watch ``target`` on another node for ``watcher``; False if it is not the
+        address of an actor of another node (or there are no other nodes)."""
+        node = node_of(target)
+        if not self.backplane.remote or node is None or node == self.node_id:
+            return False
+        watchers = self._remote_watches.setdefault(target, {})
+        if watcher not in watchers:
+            watchers[watcher] = None
+            self.post(target, wire_watch(watcher.address, target))
+        return True
+
+    def unwatch_remote(self, watcher: Cell, target: str) -> None:
+        """Cancel :meth:`watch_remote`."""
+        watchers = self._remote_watches.get(target)
+        if watchers is None or watchers.pop(watcher, 0) == 0:
+            return
+        if not watchers:
+            del self._remote_watches[target]
+        self.post(target, wire_unwatch(watcher.address, target))
+
+    def _monitor_message(self, message: dict[str, Any]) -> None:
+        kind, watcher, target = message[WIRE_KEY], message.get("watcher"), message.get("target")
+        if not isinstance(watcher, str) or not isinstance(target, str):
+            return
+        if kind == "watch":
+            cell = self._cells.get(target)
+            if cell is None or cell.is_terminated:
+                self.post(watcher, wire_down(watcher, Down(target, DownReason.NO_ACTOR)))
+            else:
+                if cell.remote_watchers is None:
+                    cell.remote_watchers = set()
+                cell.remote_watchers.add(watcher)
+        elif kind == "unwatch":
+            cell = self._cells.get(target)
+            if cell is not None and cell.remote_watchers is not None:
+                cell.remote_watchers.discard(watcher)
+        elif kind == "down":
+            watchers = self._remote_watches.get(target)
+            cell = self._cells.get(watcher)
+            if watchers is None or cell is None or cell not in watchers:
+                return
+            del watchers[cell]
+            if not watchers:
+                del self._remote_watches[target]
+            try:
+                reason = DownReason(str(message.get("reason")))
+            except ValueError:
+                reason = DownReason.STOPPED
+            error = message.get("error")
+            cell._deliver_down(Down(target, reason, error if isinstance(error, str) else None))
+
+    def _nodes_lost(self, live: set[str]) -> None:
+        for target in list(self._remote_watches):
+            if node_of(target) in live:
+                continue
+            down = Down(target, DownReason.NODE_LOST)
+            for cell in self._remote_watches.pop(target):
+                cell._deliver_down(down)
+
+    async def _send_monitor_message(self, address: str, message: dict[str, Any]) -> None:
+        local = self._members.get(address)
+        if local:  # a watcher on this node (a Down to it after a lost watch, say)
+            self.deliver_remote(address, message)
+            return
+        reached: bool | None
+        try:
+            reached = await self._publish_remote(address, message)
+        except Exception:  # BackplaneUnavailable: the node check settles the watch later
+            reached = None
+            _log.debug("runtime.monitor_message_lost", address=address)
+        if reached is False and message.get(WIRE_KEY) == "watch":
+            # Nobody subscribes to that address anywhere: there is no such actor.
+            watcher = message["watcher"]
+            self._monitor_message(wire_down(watcher, Down(address, DownReason.NO_ACTOR)))
+
+    async def run_monitors(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Carry watches across nodes until cancelled: send the posted monitor messages,
+        and end the watches of actors whose node the backplane no longer lists.
+
+        Started by ``ActorSystem`` next to the timers.
+        """
+        task_status.started()
+        interval = self.backplane.node_check_interval
+        next_check = self.clock.now() + (interval or 0.0)
+        while True:
+            while self._outbox:
+                address, message = self._outbox.popleft()
+                await self._send_monitor_message(address, message)
+            if interval is not None and self._remote_watches and self.clock.now() >= next_check:
+                next_check = self.clock.now() + interval
+                try:
+                    live = await self.backplane.live_nodes()
+                except Exception:  # unreachable: nothing is known to be lost
+                    live = None
+                if live is not None:
+                    self._nodes_lost(live)
+            if self._outbox:
+                continue
+            self._outbox_wake = anyio.Event()
+            wait = None if interval is None else max(0.0, next_check - self.clock.now())
+            with self.clock.move_on_after(wait):
+                await self._outbox_wake.wait()
+            self._outbox_wake = None
 
     async def publish(self, group: str, message: Any) -> Delivery:
         """Send ``message`` to every member of ``group``; same rules as :meth:`send`, except

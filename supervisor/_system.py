@@ -88,6 +88,7 @@ class ActorSystem:
         try:
             await tg.start(self.runtime.run)
             await tg.start(self.runtime.timers.run)
+            await tg.start(self.runtime.run_monitors)
             await tg.start(self._run_root)
         except BaseException as exc:
             tg.cancel_scope.cancel()

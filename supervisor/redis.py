@@ -610,6 +610,19 @@ class RedisBackplane(Backplane):
             raise BackplaneUnavailable("nodes", "the backplane is not running")
         return await bridge.call(self._nodes())
 
+    @property
+    def node_check_interval(self) -> float:  # type: ignore[override]
+        """Half the node key's expiry: a lost node is noticed within 1.5 ``node_ttl``."""
+        return self.node_ttl / 2
+
+    async def live_nodes(self) -> set[str]:
+        """The ids of the nodes whose liveness key has not expired; see :meth:`nodes`.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        return set(await self.nodes())
+
     async def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
         """Take lease ``name`` (key ``<prefix>:lease:<name>``, expiring after ``ttl``
         seconds) if it is free; the fencing token is ``INCR <prefix>:fence:<name>``.

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from actors import Actor, ActorRef, Backoff, Down, DownReason, FakeClock
+from actors._monitor import node_of
 from supervisor import ActorSystem, Restart
 from tests.helpers.tasks import settle
 
@@ -135,3 +136,20 @@ async def test_a_watcher_that_ends_first_leaves_no_watch_behind() -> None:
         await target.wait_stopped()
         await anyio.wait_all_tasks_blocked()
         assert downs == []
+
+
+@pytest.mark.parametrize(
+    ("address", "node"),
+    [
+        ("actor:3fa9c2e1.17", "3fa9c2e1"),
+        ("conn:node-a.1", "node-a"),
+        ("user:alice", None),
+        ("room:lobby", None),
+        ("actor:.3", None),
+        ("actor:n1.x", None),
+        ("all", None),
+    ],
+)
+def test_the_node_of_an_actor_address(address: str, node: str | None) -> None:
+    """Actor and connection addresses name their node; names and groups do not."""
+    assert node_of(address) == node

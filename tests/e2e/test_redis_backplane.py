@@ -25,9 +25,10 @@ from urllib.parse import urlencode
 import anyio
 import pytest
 import redis
+from anyio.streams.memory import MemoryObjectSendStream
 from websockets.sync.client import ClientConnection, connect
 
-from actors import Backoff, Delivery
+from actors import Actor, Backoff, Delivery, Down, DownReason
 from supervisor import Server
 from supervisor.redis import RedisBackplane, RedisUnavailable
 from tests.e2e.apps.cluster_app import make_app
@@ -452,3 +453,52 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
             if found is not None:
                 return found
     return None
+
+
+class Watching(Actor):
+    """Watches the addresses it is sent; puts every Down it gets on a stream."""
+
+    def __init__(self, downs: MemoryObjectSendStream[Down]) -> None:
+        self.downs = downs
+
+    async def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Down):
+            self.downs.send_nowait(message)
+        else:
+            self.context.watch(message)
+
+
+async def test_a_watch_across_nodes_reports_the_end_and_the_loss_of_the_node(
+    redis_server: RedisServer,
+) -> None:
+    """A watcher on one node learns that a connection actor on a ``wsup serve`` node ended
+    (Down with its reason, through Redis), and that a second one is gone when its node is
+    killed with SIGKILL (Down NODE_LOST once the node's key expires)."""
+    url = redis_server.url
+    sender, downs = anyio.create_memory_object_stream[Down](10)
+    async with cluster(url, nodes=1, node_ttl=1.0) as (a,), clients() as opened:
+        args = ["--redis", url, "--redis-node-ttl", "1"]
+        with ServerProcess("tests.e2e.apps.cluster_app:app", *args) as remote, sender, downs:
+            await anyio.to_thread.run_sync(remote.wait_for_event, "server.started")
+            first = await Client.open(remote.url("/node"), "first")
+            second = await Client.open(remote.url("/node"), "second")
+            opened += [first, second]
+            watcher = await a.app.spawn(lambda: Watching(sender))
+            await watcher.tell(first.ready["conn"])
+            await watcher.tell(second.ready["conn"])
+            await watcher.tell(f"conn:{first.ready['node']}.999999")  # never existed
+
+            with anyio.fail_after(TIMEOUT):
+                nobody = await downs.receive()
+            assert nobody == Down(f"conn:{first.ready['node']}.999999", DownReason.NO_ACTOR)
+
+            await anyio.to_thread.run_sync(first.ws.close)
+            with anyio.fail_after(TIMEOUT):
+                ended = await downs.receive()
+            assert ended.address == first.ready["conn"]
+            assert ended.reason in (DownReason.STOPPED, DownReason.EXITED, DownReason.DRAINED)
+
+            os.kill(remote.pid, signal.SIGKILL)
+            with anyio.fail_after(TIMEOUT):
+                lost = await downs.receive()
+            assert lost == Down(second.ready["conn"], DownReason.NODE_LOST)
