@@ -39,7 +39,7 @@ class _Counter(Actor):
         self.done = done
         self.seen = 0
 
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         self.seen += 1
         if self.seen == self.total:
             self.done.set()
@@ -81,7 +81,7 @@ async def _actor(n: int) -> float:
 
 
 class _Idle(Actor):
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         pass
 
 

@@ -63,10 +63,10 @@ class _Sink(Actor):
         self.latencies: list[int] = []
         self.last = 0
 
-    async def started(self) -> None:
+    async def on_start(self) -> None:
         self.context.register(SINK)
 
-    async def receive(self, message: Any) -> None:
+    async def on_receive(self, message: Any) -> None:
         now = time.perf_counter_ns()
         if isinstance(message, list):
             self.latencies.append(now - message[1])
