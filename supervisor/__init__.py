@@ -6,7 +6,7 @@ installed in one environment.
 
 from ._app import Accept, App, Handler, HandshakeHook, HTTPResponse, Reject, Request, RouteOptions
 from ._config import ServerConfig
-from ._connection import Connection, ConnectionState
+from ._connection import Connection, ConnectionState, ConnectionStatistics
 from ._exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -36,6 +36,7 @@ __all__ = [
     "ConnectionClosedOK",
     "ConnectionError_",
     "ConnectionState",
+    "ConnectionStatistics",
     "HTTPResponse",
     "HandshakeHook",
     "Handler",

@@ -24,6 +24,8 @@ class ServerConfig:
         backlog: the listen backlog.
         max_connections: more concurrent connections get HTTP 503.
         max_size: the largest message accepted, in bytes; bigger closes with 1009.
+        max_fragments: the most frames one message may arrive in (empty
+            continuation frames count); more closes with 1009.
         compression: negotiate permessage-deflate when the client offers it.
         handshake_timeout: seconds to complete the opening handshake (TLS included).
         close_timeout: seconds to wait for the peer's close frame.
@@ -49,6 +51,7 @@ class ServerConfig:
     backlog: int = 1024
     max_connections: int = 100_000
     max_size: int = 1 << 20
+    max_fragments: int = 1024
     compression: bool = False
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
@@ -77,6 +80,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0 seconds")
         if self.max_size < 1:
             raise ValueError("max_size must be >= 1 byte")
+        if self.max_fragments < 1:
+            raise ValueError("max_fragments must be >= 1")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         if self.readiness_grace < 0:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import enum
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -63,7 +64,7 @@ from .metrics import close_reason_for_code
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["Connection", "ConnectionState"]
+__all__ = ["Connection", "ConnectionState", "ConnectionStatistics"]
 
 _log = structlog.get_logger("wsup.connection")
 
@@ -94,6 +95,30 @@ class ConnectionState(enum.StrEnum):
     CLOSED = "closed"
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """A snapshot of one connection: its traffic, and what the server holds for it.
+
+    Attributes:
+        messages_in: complete messages received from the client.
+        messages_out: messages written to the client.
+        bytes_in: bytes read from the socket.
+        bytes_out: bytes written to the socket.
+        buffered_bytes: bytes waiting in the outbound buffer (see
+            :attr:`Connection.buffered_bytes`).
+        partial_bytes: bytes of the fragmented message being assembled.
+        partial_fragments: how many fragments of it have arrived.
+    """
+
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    buffered_bytes: int
+    partial_bytes: int
+    partial_fragments: int
+
+
 class Connection:
     """One open WebSocket connection, as its actor and the app see it.
 
@@ -119,6 +144,7 @@ class Connection:
         "_eof_sent",
         "_finished",
         "_flush_scheduled",
+        "_fragment_count",
         "_fragment_text",
         "_fragments",
         "_loop",
@@ -188,7 +214,10 @@ class Connection:
         self._close_info: tuple[int, str, str] | None = None
         self._abort_buffer = False
         self._reason_label: str | None = None
-        self._fragments: list[bytes] = []
+        # The message being assembled: its bytes in one buffer (not one object per
+        # fragment, which costs ~45 bytes each however small the fragment).
+        self._fragments: bytearray | None = None
+        self._fragment_count = 0
         self._fragment_text = False
         # Stream mode: set when the writer ends. Callback mode: made on demand by close().
         self._writer_done = anyio.Event() if self._transport is None else None
@@ -222,6 +251,19 @@ class Connection:
     def buffered_bytes(self) -> int:
         """Bytes waiting in the outbound buffer."""
         return self._outbound.bytes
+
+    def statistics(self) -> ConnectionStatistics:
+        """Return a snapshot of the connection's counters and buffers. Cost: O(1)."""
+        fragments = self._fragments
+        return ConnectionStatistics(
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            buffered_bytes=self._outbound.bytes,
+            partial_bytes=0 if fragments is None else len(fragments),
+            partial_fragments=0 if fragments is None else self._fragment_count,
+        )
 
     def _closed_error(self) -> ConnectionClosed:
         code, reason, initiator = self._close_info or (
@@ -691,14 +733,23 @@ class Connection:
             if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
                 if opcode is not _CONT:
                     self._fragment_text = opcode is _TEXT
-                data = bytes(frame.data)
-                if not frame.fin:
-                    self._fragments.append(data)
-                    continue
-                if self._fragments:
-                    self._fragments.append(data)
-                    data = b"".join(self._fragments)
-                    self._fragments = []
+                fragments = self._fragments
+                if fragments is None:
+                    if not frame.fin:
+                        self._fragments = bytearray(frame.data)
+                        self._fragment_count = 1
+                        continue
+                    data = bytes(frame.data)
+                else:
+                    fragments += frame.data
+                    self._fragment_count += 1
+                    if self._fragment_count > self.server.config.max_fragments:
+                        self._too_many_fragments()
+                        break
+                    if not frame.fin:
+                        continue
+                    data = bytes(fragments)
+                    self._fragments = None
                 delivered = self._deliver(data)
                 if delivered is False:
                     break  # the connection failed: what the peer sent after it is ignored
@@ -713,6 +764,13 @@ class Connection:
             elif opcode is _CLOSE:
                 self._record_close("client")
         return None
+
+    def _too_many_fragments(self) -> None:
+        # Empty continuation frames never reach max_size: without a count, one
+        # message could keep a connection busy and its reader fed forever.
+        limit = self.server.config.max_fragments
+        self._fragments = None
+        self._protocol.fail(1009, f"more than {limit} fragments in one message (max_fragments)")
 
     def _after_events(self) -> None:
         if self._batch_text or self._batch_binary:
@@ -989,6 +1047,7 @@ class Connection:
         discarded = self._outbound.clear()
         if discarded:
             self._dropped("disconnect", discarded)
+        self._fragments = None
         if self._writer_done is not None:
             self._writer_done.set()
         # Ends websockets' parser, a generator that refers back to its protocol (as

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import struct
+import tracemalloc
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -628,6 +629,60 @@ async def test_an_oversize_message_closes_with_1009(fragmented: bool) -> None:
         assert sample(
             server, "wsup_connections_closed_total", reason="message_too_big", initiator="server"
         )
+
+
+@pytest.mark.parametrize("size", [1, 0], ids=["one-byte", "empty"])
+async def test_too_many_fragments_close_with_1009(size: int) -> None:
+    """More than max_fragments frames in one message, empty ones too, close 1009 naming it."""
+    async with running_server(echo_app, max_fragments=8) as server:
+        async with raw_client(server, "/echo") as client:
+            continuations = [frame(Opcode.CONT.value, b"x" * size, fin=False) for _ in range(6)]
+            last = frame(Opcode.CONT.value, b"x" * size)
+            first = frame(Opcode.BINARY.value, b"x", fin=False)
+            await client.send(first + b"".join(continuations) + last)  # 8 frames: fine
+            echoed = await client.next_frame()
+            await client.send(first + b"".join(continuations) + continuations[0] + last)
+            frames, close = await client.frames_until_closed()
+        assert echoed.data == b"x" * (1 + 7 * size)
+        assert frames == []
+        assert close is not None
+        assert (close.code, close.reason) == (
+            1009,
+            "more than 8 fragments in one message (max_fragments)",
+        )
+        await all_closed(server)
+        assert sample(
+            server, "wsup_connections_closed_total", reason="message_too_big", initiator="server"
+        )
+
+
+async def test_an_unfinished_message_holds_its_bytes_not_an_object_per_fragment() -> None:
+    """20,000 two-byte fragments of an unfinished message hold about 40 kB on the server."""
+    count = 20_000
+    data = frame(Opcode.BINARY.value, b"ab", fin=False) + b"".join(
+        frame(Opcode.CONT.value, b"ab", fin=False) for _ in range(count - 1)
+    )
+    # No stall warnings: their stack walk would allocate while memory is traced.
+    async with running_server(echo_app, max_fragments=count + 1, loop_lag_threshold=3600) as server:
+        async with raw_client(server, "/echo") as client:
+            await client.send(frame(Opcode.TEXT.value, b"hi"))
+            await client.next_frame()
+            (conn,) = server.connections
+            tracemalloc.start()
+            try:
+                await client.send(data)
+                await eventually(lambda: conn.statistics().partial_fragments == count)
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            stats = conn.statistics()
+            assert (stats.partial_bytes, stats.messages_in) == (2 * count, 1)
+            # One object per fragment would be ~45 bytes each: some 900 kB.
+            assert held < 3 * 2 * count
+            await client.send(frame(Opcode.CONT.value, b"!"))
+            echoed = await client.next_frame()
+        assert echoed.data == b"ab" * count + b"!"
+        assert conn.statistics().partial_fragments == 0
 
 
 @pytest.mark.parametrize(
