@@ -591,7 +591,6 @@ class Connection:
     async def _reader(self) -> None:
         stream = self._stream
         protocol = self._protocol
-        clock = self.server.clock
         await self._handle_events()
         # Read until the peer closes TCP or the writer closes the socket: after a
         # failure the writer only half-closes (see _half_close).
@@ -604,11 +603,14 @@ class Connection:
                 break
             self.bytes_in += len(data)
             protocol.receive_data(data)
-            self.keepalive.on_data(clock.now())
             await self._handle_events()
 
     async def _handle_events(self) -> None:
-        blocked = self._consume(self._protocol.events_received())
+        events = self._protocol.events_received()
+        if events:
+            # Complete frames only: bytes of an unfinished frame are no sign of life.
+            self.keepalive.on_frame(self.server.clock.now())
+        blocked = self._consume(events)
         while blocked is not None:
             # Full under ``block``: stop reading until there is room (TCP backpressure).
             blocked = await self._wait_for_room(*blocked)
@@ -629,8 +631,11 @@ class Connection:
         self.bytes_in += len(data)
         protocol = self._protocol
         protocol.receive_data(data)
-        self.keepalive.on_data(self.server.clock.now())
-        self._process(protocol.events_received())
+        events = protocol.events_received()
+        if events:
+            # Complete frames only: bytes of an unfinished frame are no sign of life.
+            self.keepalive.on_frame(self.server.clock.now())
+        self._process(events)
 
     def _on_eof(self) -> bool:
         self._eof_received = True

@@ -2,7 +2,9 @@
 
 Theory of operation: a connection is either waiting to send its next ping
 (``ping_at``) or waiting for the pong of the ping it sent (``pong_by``). Any
-data from the peer proves it alive, so it pushes the next ping back. Separately,
+complete frame from the peer proves it alive, so it pushes the next ping back;
+bytes of a frame not yet complete do not (a peer trickling one byte at a time
+must not hold a dead connection open). Separately,
 an optional idle deadline closes a connection that sent no *message* for
 ``idle_timeout`` seconds. :meth:`Keepalive.due` says what, if anything, is due
 at ``now``; the server's single keepalive task acts on it for every connection,
@@ -120,8 +122,8 @@ class Keepalive:
             self.ping_at = now + self.config.ping_interval
         return rtt
 
-    def on_data(self, now: float) -> None:
-        """Any frame from the peer: no ping is needed for a while."""
+    def on_frame(self, now: float) -> None:
+        """A complete frame from the peer (of any kind): no ping is needed for a while."""
         if self.ping_sent_at is None and self.config.ping_interval is not None:
             self.ping_at = now + self.config.ping_interval
 

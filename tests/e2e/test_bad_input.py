@@ -31,10 +31,17 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from actors import ActorRef
+from actors import ActorRef, FakeClock
 from examples.echo import Echo
 from examples.echo import app as echo_app
-from supervisor import App, ConnectionClosed, Handler, Server, SlowConsumerPolicy
+from supervisor import (
+    App,
+    ConnectionClosed,
+    Handler,
+    KeepaliveConfig,
+    Server,
+    SlowConsumerPolicy,
+)
 from supervisor.metrics import HANDSHAKE_RESULTS
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server
@@ -83,13 +90,16 @@ class RawClient:
     stream: anyio.abc.SocketStream
     parser: ClientProtocol
     pending: list[Frame] = field(default_factory=list)
+    pings: int = 0  # pings received (never answered: the parser's output is not sent)
 
     async def send(self, data: bytes) -> None:
         """Write raw bytes."""
         await self.stream.send(data)
 
     def _parsed(self) -> None:
-        self.pending.extend(e for e in self.parser.events_received() if isinstance(e, Frame))
+        frames = [e for e in self.parser.events_received() if isinstance(e, Frame)]
+        self.pings += sum(1 for f in frames if f.opcode is Opcode.PING)
+        self.pending.extend(frames)
 
     async def next_frame(self) -> Frame:
         """Return the next data frame from the server (control frames are skipped)."""
@@ -725,6 +735,31 @@ async def test_a_character_split_across_fragments_is_reassembled() -> None:
             echoed = await client.next_frame()
         assert (echoed.opcode, echoed.data) == (Opcode.TEXT, "price: €5".encode())
         await all_closed(server)
+
+
+# --- keepalive ------------------------------------------------------------------------------------
+
+
+async def test_bytes_of_an_unfinished_frame_do_not_postpone_the_keepalive_ping() -> None:
+    """A frame trickled a byte every 5 s is no sign of life: pinged, then closed with 1011."""
+    clock = FakeClock()
+    keepalive = KeepaliveConfig(ping_interval=10, ping_timeout=10)
+    async with running_server(echo_app, clock=clock, keepalive=keepalive) as server:
+        async with raw_client(server, "/echo") as client:
+            await wait_until(lambda: len(server.connections) == 1)  # the 101 may come first
+            (conn,) = server.connections
+            data = frame(Opcode.BINARY.value, b"x" * 100)
+            for sent in range(1, 6):  # 25 s of trickling, far from a complete frame
+                await client.send(data[sent - 1 : sent])
+                await eventually(lambda sent=sent: conn.bytes_in == sent)  # type: ignore[misc]
+                await clock.step(5)
+            frames, close = await client.frames_until_closed()
+        assert frames == []
+        assert client.pings == 1
+        assert close is not None
+        assert (close.code, close.reason) == (1011, "keepalive ping timeout")
+        await all_closed(server)
+        assert sample(server, "wsup_connections_closed_total", reason="timeout", initiator="server")
 
 
 # --- disconnects ----------------------------------------------------------------------------------

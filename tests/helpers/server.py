@@ -9,24 +9,25 @@ from typing import Any
 
 import anyio
 
-from actors import Backplane
+from actors import Backplane, Clock
 from supervisor import App, Server
 from supervisor.metrics import Metrics
 
 
 @asynccontextmanager
 async def running_server(
-    app: App, *, backplane: Backplane | None = None, **config: Any
+    app: App, *, backplane: Backplane | None = None, clock: Clock | None = None, **config: Any
 ) -> AsyncIterator[Server]:
     """Serve ``app`` on 127.0.0.1 with a free port; drain and stop on exit.
 
     Keyword arguments override fields of ``app.config`` (``ServerConfig``);
-    ``backplane`` is the cross-node transport (default: in-process).
+    ``backplane`` is the cross-node transport (default: in-process); ``clock``
+    the time source (default: the real one).
     The server gets a private metrics registry. ``server.url(path)`` builds
     the ``ws://`` URL of a path.
     """
     settings = dataclasses.replace(app.config, **{"hosts": ("127.0.0.1",), "port": 0, **config})
-    server = Server(app, settings, metrics=Metrics(), backplane=backplane)
+    server = Server(app, settings, metrics=Metrics(), backplane=backplane, clock=clock)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
         try:

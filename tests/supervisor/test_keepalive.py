@@ -79,21 +79,21 @@ def test_pong_timeout_is_due_when_no_pong_comes() -> None:
     assert ka.due(50.0) is KeepaliveAction.PONG_TIMEOUT
 
 
-def test_data_from_the_peer_pushes_the_ping_back() -> None:
-    """Any data proves the peer alive: the next ping moves to now + interval."""
+def test_a_frame_from_the_peer_pushes_the_ping_back() -> None:
+    """Any complete frame proves the peer alive: the next ping moves to now + interval."""
     ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
-    ka.on_data(8.0)
+    ka.on_frame(8.0)
     assert ka.ping_at == 18.0
     assert ka.due(10.0) is NOTHING
     assert ka.next_deadline() == 18.0
     assert ka.due(18.0) is PING
 
 
-def test_data_does_not_answer_an_outstanding_ping() -> None:
-    """Data while a ping is outstanding neither clears it nor moves its timeout."""
+def test_a_frame_does_not_answer_an_outstanding_ping() -> None:
+    """A frame while a ping is outstanding neither clears it nor moves its timeout."""
     ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5), now=0.0)
     assert ka.due(10.0) is PING
-    ka.on_data(12.0)
+    ka.on_frame(12.0)
     assert ka.pong_by == 15.0
     assert ka.due(15.0) is KeepaliveAction.PONG_TIMEOUT
 
@@ -103,7 +103,7 @@ def test_idle_timeout_closes_a_connection_without_messages() -> None:
     ka = Keepalive(KeepaliveConfig(ping_interval=1, ping_timeout=100, idle_timeout=5), now=0.0)
     assert ka.due(1.0) is PING
     assert ka.on_pong(ka.ping_payload, 1.1) is not None
-    ka.on_data(3.0)  # a ping or pong is data, not a message: it does not count
+    ka.on_frame(3.0)  # a ping or pong is a frame, not a message: it does not count
     ka.on_message(4.0)
     assert ka.idle_by == 9.0
     assert ka.due(8.9) is PING
@@ -122,7 +122,7 @@ def test_disabled_keepalive_has_no_deadline() -> None:
     ka = Keepalive(KeepaliveConfig(ping_interval=None, idle_timeout=None), now=0.0)
     assert ka.next_deadline() is None
     assert ka.due(1e9) is NOTHING
-    ka.on_data(5.0)
+    ka.on_frame(5.0)
     ka.on_message(5.0)
     assert ka.next_deadline() is None
 
@@ -139,7 +139,7 @@ def test_idle_only_keepalive_never_pings() -> None:
     interval=st.floats(min_value=0.01, max_value=100),
     timeout=st.floats(min_value=0.01, max_value=100),
     steps=st.lists(
-        st.tuples(st.floats(min_value=0, max_value=50), st.sampled_from(["data", "pong", "due"])),
+        st.tuples(st.floats(min_value=0, max_value=50), st.sampled_from(["frame", "pong", "due"])),
         max_size=50,
     ),
 )
@@ -154,8 +154,8 @@ def test_nothing_is_due_before_the_next_deadline(
         deadline = ka.next_deadline()
         assert deadline is not None
         outstanding = ka.ping_sent_at is not None
-        if event == "data":
-            ka.on_data(now)
+        if event == "frame":
+            ka.on_frame(now)
         elif event == "pong":
             ka.on_pong(ka.ping_payload, now)
         else:
