@@ -5,10 +5,15 @@ Theory of operation: after the handshake, a connection runs two loops. The
 websockets' Sans-I/O ``ServerProtocol``, assembles fragmented messages, and
 puts each complete message into the actor's mailbox; when that mailbox is full
 under ``block``, the reader stops reading, which is TCP backpressure on the
-client. The *writer* is the only code that writes to the socket: it takes every
-queued outbound message at once, frames them through the protocol (or copies a
-pre-encoded frame), and writes the batch with a single ``send``. Control frames
-the protocol produces while reading (pongs, the close echo) ride along.
+client. The *writer* is the only code that writes to the socket: it takes the
+queued outbound messages, about 64 KiB of them at a time, frames them through
+the protocol (or copies a pre-encoded frame), and writes each batch with a
+single ``send``; what the socket has not taken yet stays in the buffer, where a
+slow-consumer disconnect can still drop it. Control frames the protocol
+produces while reading (pongs to the client's pings) go into the same buffer,
+ahead of the messages, and count against its limit: while the buffer is over
+its limit the reader reads nothing, or a client sending pings and reading
+nothing would grow the server without end.
 
 On asyncio (plain TCP), the socket side runs without tasks: after the
 handshake the transport is handed a small :class:`asyncio.Protocol` whose
@@ -58,7 +63,7 @@ from ._aio import enter_callback, exit_callback
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
-from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, frame_header
+from ._outbound import WRITE_BATCH, OutboundBuffer, OutboundItem, OutboundVerdict, frame_header
 from .metrics import close_reason_for_code
 
 if TYPE_CHECKING:
@@ -108,6 +113,9 @@ class ConnectionStatistics:
             :attr:`Connection.buffered_bytes`).
         partial_bytes: bytes of the fragmented message being assembled.
         partial_fragments: how many fragments of it have arrived.
+        reading_paused: whether the server has stopped reading from the client:
+            its mailbox is full under ``block``, or the outbound buffer is over
+            its limit.
     """
 
     messages_in: int
@@ -117,6 +125,7 @@ class ConnectionStatistics:
     buffered_bytes: int
     partial_bytes: int
     partial_fragments: int
+    reading_paused: bool
 
 
 class Connection:
@@ -131,7 +140,6 @@ class Connection:
     """
 
     __slots__ = (
-        "_abort_buffer",
         "_batch_binary",
         "_batch_bytes",
         "_batch_text",
@@ -142,6 +150,7 @@ class Connection:
         "_close_timer_started",
         "_eof_received",
         "_eof_sent",
+        "_failing",
         "_finished",
         "_flush_scheduled",
         "_fragment_count",
@@ -150,6 +159,7 @@ class Connection:
         "_loop",
         "_new_event",
         "_outbound",
+        "_output_paused",
         "_paused",
         "_protocol",
         "_reason_label",
@@ -204,6 +214,7 @@ class Connection:
         # asyncio, plain TCP: callbacks on the transport instead of reader/writer tasks.
         self._transport = transport
         self._paused = False  # the transport asked us to stop writing (pause_writing)
+        self._output_paused = False  # reading stopped: the outbound buffer is over its limit
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop() if self._transport is not None else None
         self._sends = 0
@@ -212,8 +223,8 @@ class Connection:
         self._finished = False
         self._close_request: tuple[int, str] | None = None
         self._close_info: tuple[int, str, str] | None = None
-        self._abort_buffer = False
         self._reason_label: str | None = None
+        self._failing = False  # fail(): nothing more is queued in front of the close frame
         # The message being assembled: its bytes in one buffer (not one object per
         # fragment, which costs ~45 bytes each however small the fragment).
         self._fragments: bytearray | None = None
@@ -249,12 +260,17 @@ class Connection:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes waiting in the outbound buffer."""
+        """Bytes waiting in the outbound buffer: messages, and control frames (pongs)."""
         return self._outbound.bytes
 
     def statistics(self) -> ConnectionStatistics:
         """Return a snapshot of the connection's counters and buffers. Cost: O(1)."""
         fragments = self._fragments
+        transport = self._transport
+        if transport is not None:
+            paused = not transport.is_reading() and not transport.is_closing()
+        else:
+            paused = self._output_paused or self._blocked is not None
         return ConnectionStatistics(
             messages_in=self.messages_in,
             messages_out=self.messages_out,
@@ -263,6 +279,7 @@ class Connection:
             buffered_bytes=self._outbound.bytes,
             partial_bytes=0 if fragments is None else len(fragments),
             partial_fragments=0 if fragments is None else self._fragment_count,
+            reading_paused=paused,
         )
 
     def _closed_error(self) -> ConnectionClosed:
@@ -404,11 +421,18 @@ class Connection:
     def fail(self, code: int, reason: str = "", *, label: str | None = None) -> None:
         """Close at once: discard the outbound buffer, then start the closing handshake.
 
-        The peer gets ``close_timeout`` seconds from now to complete it; after
-        that the socket is closed, with or without a close frame.
+        What was queued is dropped (and counted) now, so that the close frame is
+        the next thing written after the batch the socket is taking, if any
+        (about 64 KiB at most). What the kernel's socket buffer already holds
+        cannot be taken back: a peer sees the close frame only once it has read
+        that. The peer gets ``close_timeout`` seconds from now to complete the
+        closing handshake; after that the socket is closed, with or without a
+        close frame.
         """
         if self._close_request is None and self._close_info is None:
-            self._abort_buffer = True
+            self._failing = True
+            self._dropped("disconnect", self._outbound.clear())
+            self._room()
             self._reason_label = label
             self.close_nowait(code, reason)
         # A peer that stopped reading leaves the writer stuck in a send: the close
@@ -565,7 +589,7 @@ class Connection:
         self._process(self._protocol.events_received())
         if transport.is_closing():
             self._on_lost()  # the peer left while the handshake was decided
-        elif resume and self._blocked is None:
+        elif resume and self._blocked is None and not self._output_paused:
             transport.resume_reading()
 
     async def run(self) -> None:
@@ -604,6 +628,9 @@ class Connection:
             self.bytes_in += len(data)
             protocol.receive_data(data)
             await self._handle_events()
+            buffer = self._outbound
+            if buffer.bytes > buffer.limit:
+                await self._wait_for_outbound_room()
 
     async def _handle_events(self) -> None:
         events = self._protocol.events_received()
@@ -611,10 +638,27 @@ class Connection:
             # Complete frames only: bytes of an unfinished frame are no sign of life.
             self.keepalive.on_frame(self.server.clock.now())
         blocked = self._consume(events)
-        while blocked is not None:
-            # Full under ``block``: stop reading until there is room (TCP backpressure).
-            blocked = await self._wait_for_room(*blocked)
+        if blocked is not None:
+            while blocked is not None:
+                # Full under ``block``: stop reading until there is room (TCP backpressure).
+                self._blocked = blocked  # (for statistics() only)
+                blocked = await self._wait_for_room(*blocked)
+            self._blocked = None
         self._after_events()
+
+    async def _wait_for_outbound_room(self) -> None:
+        """Stream mode: read nothing more until the writer has brought the outbound
+        buffer back within its limit, or has ended (reading is what queues pongs)."""
+        buffer = self._outbound
+        done = self._writer_done
+        assert done is not None
+        self._output_paused = True
+        try:
+            while buffer.bytes > buffer.limit and not done.is_set():
+                space = self._space = self._space or anyio.Event()
+                await space.wait()
+        finally:
+            self._output_paused = False
 
     async def _wait_for_room(
         self, envelope: FromClient, rest: list[Frame]
@@ -669,6 +713,13 @@ class Connection:
             if not self.server.start_soon(self._unblock):
                 self._blocked = None
         self._after_events()
+        buffer = self._outbound
+        if buffer.bytes > buffer.limit and not self._output_paused:
+            # The socket does not take what reading queued (pongs): read nothing
+            # more until it has (_flush resumes).
+            self._output_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
 
     async def _unblock(self) -> None:
         while self._blocked is not None:
@@ -677,7 +728,7 @@ class Connection:
             self._blocked = await self._wait_for_room(*blocked)
             self._after_events()
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and not self._output_paused:
             transport.resume_reading()
 
     def _scheduled_flush(self) -> None:
@@ -692,39 +743,48 @@ class Connection:
             exit_callback(previous)
 
     def _flush(self) -> None:
-        """Callback mode's writer: frame what is queued and write it, unless paused."""
+        """Callback mode's writer: frame what is queued and write it, a batch at a
+        time, until the socket stops taking it (``pause_writing``) or all is written."""
         transport = self._transport
         assert transport is not None
-        if self._paused or self._finished or self._eof_sent:
+        buffer = self._outbound
+        while not (self._paused or self._finished or self._eof_sent):
+            chunks = self._outgoing()
+            if chunks:
+                if transport.is_closing():
+                    self._record_close("network")
+                    return
+                payload = b"".join(chunks)
+                if payload:
+                    # Calls pause_writing() at once if the socket does not take it all.
+                    transport.write(payload)
+                    self.bytes_out += len(payload)
+                if chunks[-1] == b"":
+                    self._write_eof(transport)
+                    return
+            if not buffer:
+                break
+        if self._output_paused and buffer.bytes <= buffer.limit:
+            self._output_paused = False
+            if self._blocked is None and not transport.is_closing():
+                transport.resume_reading()
+
+    def _write_eof(self, transport: asyncio.Transport) -> None:
+        self._eof_sent = True
+        if self._protocol.close_rcvd is not None or self._eof_received:
+            # The closing handshake is complete: the server closes TCP first.
+            transport.close()
             return
-        protocol = self._protocol
-        chunks = self._outgoing()
-        if not chunks:
-            return
-        eof = chunks[-1] == b""
-        payload = b"".join(chunks)
-        if transport.is_closing():
-            self._record_close("network")
-            return
-        if payload:
-            transport.write(payload)
-            self.bytes_out += len(payload)
-        if eof:
-            self._eof_sent = True
-            if protocol.close_rcvd is not None or self._eof_received:
-                # The closing handshake is complete: the server closes TCP first.
+        # After failing the connection: half-close, keep reading until the peer
+        # closes (see _half_close); the close timer bounds the wait.
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
                 transport.close()
-                return
-            # After failing the connection: half-close, keep reading until the peer
-            # closes (see _half_close); the close timer bounds the wait.
-            try:
-                if transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-            except (RuntimeError, OSError):
-                transport.abort()
-            self._start_close_timer()
+        except (RuntimeError, OSError):
+            transport.abort()
+        self._start_close_timer()
 
     def _consume(self, events: list[Any]) -> tuple[FromClient, list[Frame]] | None:
         """Handle frames from the parser, in order.
@@ -792,7 +852,25 @@ class Connection:
         if protocol.close_rcvd is not None or protocol.eof_sent:
             self._record_close("client")
         if protocol.writes:
+            if self._queue_control() is OutboundVerdict.DISCONNECT:
+                self.fail(self.route.slow_consumer_code, "slow consumer", label="slow_consumer")
             self._wake_writer()
+
+    def _queue_control(self) -> OutboundVerdict:
+        """Move the control frames the protocol produced (pongs, pings) into the
+        outbound buffer, where they count against its limit; return the verdict.
+
+        The end of the connection (a close frame, then EOF) stays with the
+        protocol: it goes out after what is queued. Once the connection is
+        failing, pongs are dropped: the close frame goes first.
+        """
+        protocol = self._protocol
+        if protocol.writes[-1] == b"":
+            return _ACCEPT
+        frames = b"".join(protocol.data_to_send())
+        if self._failing:
+            return _ACCEPT
+        return self._outbound.append_control(frames)
 
     def _deliver(self, data: bytes) -> bool | FromClient:
         """Hand one complete message to the actor.
@@ -855,6 +933,11 @@ class Connection:
             self._set_state(ConnectionState.CLOSING)
         if self.cell is not None and not self.cell.is_terminated:
             self.cell.request_drain()
+        self._room()
+
+    def _room(self) -> None:
+        """Wake whoever waits for the outbound buffer to shrink (a ``send`` under
+        ``block``, a reader paused by it) or for the connection to close."""
         space = self._space
         if space is not None:
             self._space = None
@@ -891,6 +974,7 @@ class Connection:
         finally:
             if self._writer_done is not None:
                 self._writer_done.set()
+            self._room()  # a reader waiting for the writer must not wait forever
 
     async def _half_close(self) -> None:
         """After failing the connection: send EOF but keep reading until the peer closes.
@@ -910,15 +994,29 @@ class Connection:
         self._start_close_timer()
 
     def _outgoing(self) -> list[bytes]:
-        """What is due on the wire now, in order: the queued messages, framed; the
-        close frame once a close was asked for; what the protocol produced (pongs,
-        the close echo). A final ``b""`` means: half-close the socket after these."""
+        """What is due on the wire now, in order: the queued control frames (pongs,
+        pings); the oldest queued messages, framed, about WRITE_BATCH bytes of them.
+        Once nothing is left queued: the close frame if a close was asked for, and
+        what the protocol produced (the close echo). A final ``b""`` means:
+        half-close the socket after these."""
         buffer = self._outbound
-        if self._abort_buffer:
-            self._abort_buffer = False
-            buffer.clear()
-        chunks = self._frame(buffer.take_all()) if buffer else []
         protocol = self._protocol
+        if buffer:
+            control = buffer.take_control(WRITE_BATCH) if buffer.control_bytes else b""
+            # Past OPEN, _frame drops messages: take them all at once.
+            chunks = self._frame(
+                buffer.take(WRITE_BATCH - len(control))
+                if protocol.state is _OPEN
+                else buffer.take_all()
+            )
+            if control:
+                chunks.insert(0, control)
+            if self._space is not None:
+                self._room()
+            if buffer:
+                return chunks  # the rest in the next batch
+        else:
+            chunks = []
         if self._close_pending():
             code, reason = self._close_request or (1000, "")
             try:
@@ -964,6 +1062,8 @@ class Connection:
                     text_sent += 1
                 else:
                     binary_sent += 1
+            if not plain:
+                chunks.extend(protocol.data_to_send())  # the frames send_text/binary made
         counters = self.server.counters
         if text_sent:
             counters.sent_text.inc(text_sent)
@@ -972,10 +1072,6 @@ class Connection:
         if size:
             counters.sent_bytes.inc(size)
         self.messages_out += text_sent + binary_sent
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
         return chunks
 
     def _start_close_timer(self) -> None:
@@ -1019,6 +1115,7 @@ class Connection:
         """Send a keepalive ping now (called by the server's keepalive task)."""
         if self._protocol.state is State.OPEN:
             self._protocol.send_ping(self.keepalive.ping_payload)
+            self._queue_control()  # ahead of queued messages; ours, so never refused
             self._wake_writer()
 
     def abort(self) -> None:

@@ -1,12 +1,20 @@
 """The bounded outbound buffer of one connection and its slow-consumer policy.
 
 Theory of operation: messages to the client wait here, counted in payload
-bytes, until the connection's writer turns them into frames and writes them in
-one batch. The buffer never holds more than ``limit`` bytes, except that one
-message larger than the limit is accepted into an *empty* buffer (otherwise it
-could never be sent). What happens to a message that does not fit is the pure
-:func:`decide_outbound`. :func:`frame_header` frames a message for a
-connection without extensions.
+bytes, until the connection's writer turns them into frames and writes them,
+about :data:`WRITE_BATCH` bytes at a time, so that what has not been handed to
+the socket can still be dropped. The buffer never holds more than ``limit``
+bytes, except that one message larger than the limit is accepted into an
+*empty* buffer (otherwise it could never be sent). What happens to a message
+that does not fit is the pure :func:`decide_outbound`.
+
+Control frames the protocol produces (pongs to the client's pings, keepalive
+pings) wait here too, serialized, ahead of the messages, and count against the
+same limit. They cannot be dropped or made to wait: they are always queued,
+and the connection stops reading the client while the buffer is over its
+limit (under ``disconnect``, it closes the connection instead), since reading
+is what produces them. :func:`frame_header` frames a message for a connection
+without extensions.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "WRITE_BATCH",
     "OutboundBuffer",
     "OutboundItem",
     "OutboundVerdict",
@@ -23,6 +32,12 @@ __all__ = [
     "decide_outbound",
     "frame_header",
 ]
+
+
+#: About how many bytes of messages the writer takes from the buffer per write: the
+#: most that can sit in the socket layer's own buffer, past dropping, when a
+#: slow consumer is disconnected.
+WRITE_BATCH = 1 << 16
 
 
 class SlowConsumerPolicy(enum.StrEnum):
@@ -89,16 +104,20 @@ class OutboundItem:
 
 
 class OutboundBuffer:
-    """A FIFO of outbound messages bounded in bytes.
+    """A FIFO of outbound messages bounded in bytes, with control frames ahead of them.
 
     Args:
-        limit: the high-water mark in payload bytes.
+        limit: the high-water mark in bytes (message payloads and control frames).
         policy: what to do with a message that does not fit.
+
+    Attributes:
+        bytes: what the buffer holds, messages and control frames.
+        control_bytes: the part of ``bytes`` that is control frames.
 
     Cost: O(1) per message, plus O(n) to evict from n queued messages.
     """
 
-    __slots__ = ("_items", "bytes", "dropped", "limit", "policy")
+    __slots__ = ("_control", "_items", "bytes", "control_bytes", "dropped", "limit", "policy")
 
     def __init__(self, limit: int, policy: SlowConsumerPolicy) -> None:
         if limit < 1:
@@ -108,11 +127,62 @@ class OutboundBuffer:
         # A list, not a deque: an empty deque costs 760 bytes per idle connection,
         # and the buffer is emptied whole (take_all) far more often than evicted from.
         self._items: list[OutboundItem] = []
+        # Serialized control frames, one chunk per batch the protocol produced (a
+        # pong is 2 bytes on the wire, ~40 as an object of its own); None while
+        # empty, the usual case.
+        self._control: list[bytes] | None = None
+        self.control_bytes = 0
         self.bytes = 0
         self.dropped = 0
 
     def __len__(self) -> int:
+        """The number of queued messages (control frames are not messages)."""
         return len(self._items)
+
+    def __bool__(self) -> bool:
+        """Whether anything, message or control frame, waits to be written."""
+        return bool(self._items) or self._control is not None
+
+    def append_control(self, frames: bytes) -> OutboundVerdict:
+        """Queue serialized control frames ahead of the messages, whatever the limit.
+
+        Returns:
+            The verdict a message of that size would have had (taken before
+            queueing): the caller applies ``DISCONNECT``; for the others, it
+            stops producing control frames (stops reading) while the buffer is
+            over its limit.
+        """
+        verdict = decide_outbound(self.policy, self.bytes, len(frames), self.limit)
+        if self._control is None:
+            self._control = [frames]
+        else:
+            self._control.append(frames)
+        self.control_bytes += len(frames)
+        self.bytes += len(frames)
+        return verdict
+
+    def take_control(self, budget: int) -> bytes:
+        """Remove and return the oldest queued control frames, in whole chunks (as
+        queued) until they reach ``budget`` bytes; ``b""`` if none are queued."""
+        chunks = self._control
+        if chunks is None:
+            return b""
+        count = len(chunks)
+        if self.control_bytes > budget:
+            size = count = 0
+            for chunk in chunks:
+                size += len(chunk)
+                count += 1
+                if size >= budget:
+                    break
+        taken = chunks[:count]
+        del chunks[:count]
+        if not chunks:
+            self._control = None
+        data = b"".join(taken)
+        self.control_bytes -= len(data)
+        self.bytes -= len(data)
+        return data
 
     def verdict(self, size: int) -> OutboundVerdict:
         """Return what offering a ``size``-byte message would do now."""
@@ -139,17 +209,40 @@ class OutboundBuffer:
         return evicted
 
     def take_all(self) -> list[OutboundItem]:
-        """Remove and return every queued message, oldest first."""
+        """Remove and return every queued message, oldest first (not the control frames)."""
         items = self._items
         self._items = []
-        self.bytes = 0
+        self.bytes = self.control_bytes
         return items
 
+    def take(self, budget: int) -> list[OutboundItem]:
+        """Remove and return the oldest messages, whole, until their payloads reach
+        ``budget`` bytes (every message, if they are fewer; none if ``budget <= 0``)."""
+        items = self._items
+        control = self.control_bytes
+        if self.bytes - control <= budget:
+            self._items = []
+            self.bytes = control
+            return items
+        if budget <= 0:
+            return []
+        size = count = 0
+        for item in items:
+            size += len(item.payload)
+            count += 1
+            if size >= budget:
+                break
+        taken = items[:count]
+        del items[:count]
+        self.bytes -= size
+        return taken
+
     def clear(self) -> int:
-        """Discard everything; return how many messages were discarded."""
+        """Discard everything, control frames too; return how many messages were discarded."""
         count = len(self._items)
         self._items = []
-        self.bytes = 0
+        self._control = None
+        self.bytes = self.control_bytes = 0
         return count
 
 

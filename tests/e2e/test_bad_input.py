@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
+import anyio.to_thread
 import pytest
 import structlog.testing
 from hypothesis import given, settings
@@ -133,10 +134,24 @@ class RawClient:
 
 
 @asynccontextmanager
-async def raw_client(server: Server, path: str) -> AsyncIterator[RawClient]:
-    """Open a TCP connection, do the opening handshake by hand, yield a :class:`RawClient`."""
+async def raw_client(
+    server: Server, path: str, *, receive_buffer: int | None = None
+) -> AsyncIterator[RawClient]:
+    """Open a TCP connection, do the opening handshake by hand, yield a :class:`RawClient`.
+
+    ``receive_buffer`` sets the socket's ``SO_RCVBUF`` (before connecting: a smaller
+    buffer later cannot shrink the window already offered), so that the kernel holds
+    little of what the server sends.
+    """
     host, port = server.ports[0]
-    async with await anyio.connect_tcp(host, port) as stream:
+    if receive_buffer is None:
+        stream = await anyio.connect_tcp(host, port)
+    else:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        await anyio.to_thread.run_sync(sock.connect, (host, port))
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+    async with stream:
         await stream.send(upgrade_request(path))
         buffer = b""
         with anyio.fail_after(10):
@@ -950,3 +965,103 @@ async def test_a_slow_consumer_that_never_reads_is_dropped_after_close_timeout()
         ]
         assert sum(closed) == 1
         assert sample(server, "wsup_outbound_buffer_bytes") == 0
+
+
+async def test_a_disconnected_slow_consumer_loses_what_was_queued_at_once() -> None:
+    """A slow-consumer disconnect drops and counts what was queued at once: the close is next."""
+    report: dict[str, int] = {}
+    finished = anyio.Event()
+    app = App()
+    app.add_route(
+        "/flood",
+        _Flood,
+        kwargs={"report": report, "finished": finished},
+        outbound_limit=LIMIT,
+        slow_consumer=SlowConsumerPolicy.DISCONNECT,
+    )
+    async with running_server(app) as server:
+        async with raw_client(server, "/flood") as client:
+            await client.send(frame(Opcode.TEXT.value, b"go"))
+            await wait_until(lambda: len(server.connections) == 1)
+            (conn,) = server.connections
+            with anyio.fail_after(30):
+                await finished.wait()
+            # The client has read nothing yet: nothing may wait in front of the close frame.
+            assert conn.statistics().buffered_bytes == 0
+            frames, close = await client.frames_until_closed()
+        assert close is not None
+        assert (close.code, close.reason) == (1013, "slow consumer")
+        dropped = sample(server, "wsup_messages_dropped_total", policy="disconnect")
+        # Every message sent was either written before the close frame or counted as dropped.
+        assert len(frames) + dropped == report["sent"]
+        assert len(frames) < report["sent"]
+        await all_closed(server)
+
+
+# --- clients that send pings and never read -------------------------------------------------------
+
+
+async def _ping_flood(client: RawClient, count: int) -> None:
+    """Send ``count`` pings of 125 bytes, then the text "done"."""
+    batch = frame(Opcode.PING.value, b"p" * 125) * 500
+    for _ in range(count // 500):
+        await client.send(batch)
+    await client.send(frame(Opcode.TEXT.value, b"done"))
+
+
+async def test_pongs_to_a_client_that_never_reads_stay_within_the_outbound_limit() -> None:
+    """Pongs to a client that never reads stay within outbound_limit: reading stops, none lost."""
+    count = 60_000  # 7.6 MB of pongs: far more than the limit and the sockets' buffers
+    app = App()
+    app.add_route("/echo", Echo, outbound_limit=LIMIT)
+    async with running_server(app) as server:
+        async with (
+            raw_client(server, "/echo", receive_buffer=4096) as client,
+            anyio.create_task_group() as tg,
+        ):
+            await wait_until(lambda: len(server.connections) == 1)
+            (conn,) = server.connections
+            tg.start_soon(_ping_flood, client, count)
+            # Reading stops once the pongs the socket cannot take are over the limit.
+            await eventually(lambda: conn.statistics().buffered_bytes > LIMIT)
+            assert conn.statistics().reading_paused
+            held = conn.statistics().buffered_bytes
+            # Over the limit by at most what one read (256 KiB at most) answered.
+            assert held <= LIMIT + 256 * 1024
+            assert sample(server, "wsup_outbound_buffer_bytes") == held
+            pongs = 0
+            with anyio.fail_after(30):
+                while True:
+                    client.parser.receive_data(await client.stream.receive())
+                    events = client.parser.events_received()
+                    frames = [e for e in events if isinstance(e, Frame)]
+                    pongs += sum(1 for f in frames if f.opcode is Opcode.PONG)
+                    if any(f.opcode is Opcode.TEXT for f in frames):
+                        break
+        assert pongs == count
+        await all_closed(server)
+        assert sample(server, "wsup_outbound_buffer_bytes") == 0
+
+
+async def test_a_ping_flood_meets_the_disconnect_policy() -> None:
+    """Under ``disconnect``, pongs over the limit close the client with 1013 and are released."""
+    app = App()
+    app.add_route("/echo", Echo, outbound_limit=LIMIT, slow_consumer=SlowConsumerPolicy.DISCONNECT)
+    async with running_server(app) as server:
+        async with (
+            raw_client(server, "/echo", receive_buffer=4096) as client,
+            anyio.create_task_group() as tg,
+        ):
+            await wait_until(lambda: len(server.connections) == 1)
+            (conn,) = server.connections
+            tg.start_soon(_ping_flood, client, 60_000)
+            await eventually(lambda: conn.close_info() == (1013, "slow consumer"))
+            assert conn.statistics().buffered_bytes == 0
+            _, close = await client.frames_until_closed()
+            tg.cancel_scope.cancel()
+        assert close is not None
+        assert (close.code, close.reason) == (1013, "slow consumer")
+        await all_closed(server)
+        assert sample(
+            server, "wsup_connections_closed_total", reason="slow_consumer", initiator="server"
+        )

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from supervisor._outbound import (
+    WRITE_BATCH,
     OutboundBuffer,
     OutboundItem,
     OutboundVerdict,
@@ -177,6 +178,92 @@ def test_clear_discards_and_counts() -> None:
     assert buffer.bytes == 0
     assert not buffer
     assert buffer.clear() == 0
+
+
+def test_take_hands_out_a_batch_of_whole_messages() -> None:
+    """take(budget) returns the oldest messages until they reach the budget; the rest stays."""
+    buffer = OutboundBuffer(1000, SlowConsumerPolicy.BLOCK)
+    for tag in range(10):
+        buffer.append(_item(30, tag))
+    batch = buffer.take(100)
+    assert [i.payload[0] for i in batch] == [0, 1, 2, 3]  # 120 bytes: the 4th reaches 100
+    assert (len(buffer), buffer.bytes) == (6, 180)
+    assert buffer.take(0) == []
+    assert [i.payload[0] for i in buffer.take(WRITE_BATCH)] == [4, 5, 6, 7, 8, 9]
+    assert (len(buffer), buffer.bytes) == (0, 0)
+    buffer.append(_item(500))
+    assert len(buffer.take(100)) == 1  # one message bigger than the budget goes whole
+
+
+def test_control_frames_come_out_in_whole_chunks_within_the_budget() -> None:
+    """take_control(budget) returns the oldest chunks, whole, until they reach the budget."""
+    buffer = OutboundBuffer(1000, SlowConsumerPolicy.DROP_OLDEST)
+    for tag in range(5):
+        buffer.append_control(bytes([0x8A, 2, tag, tag]))
+    assert buffer.take_control(6) == bytes([0x8A, 2, 0, 0, 0x8A, 2, 1, 1])
+    assert buffer.bytes == 12
+    assert buffer.take_control(1) == bytes([0x8A, 2, 2, 2])  # at least one chunk
+    assert buffer.take_control(WRITE_BATCH) == bytes([0x8A, 2, 3, 3, 0x8A, 2, 4, 4])
+    assert (bool(buffer), buffer.bytes) == (False, 0)
+    buffer.append_control(bytes(40))
+    buffer.append_control(bytes(40))
+    assert len(buffer.take_control(50)) == 80  # the last chunk crosses the budget
+    assert (bool(buffer), buffer.bytes, buffer.control_bytes) == (False, 0, 0)
+
+
+def test_control_frames_are_always_queued_and_count_against_the_limit() -> None:
+    """Control frames are queued over the limit too; a message offered then meets the policy."""
+    buffer = OutboundBuffer(10, SlowConsumerPolicy.DISCONNECT)
+    buffer.append(_item(4))
+    assert buffer.append_control(b"\x8a\x00") is OutboundVerdict.ACCEPT
+    assert buffer.append_control(b"\x8a\x05hello") is OutboundVerdict.DISCONNECT
+    assert (len(buffer), buffer.bytes) == (1, 13)  # queued although over the limit
+    assert buffer.verdict(1) is OutboundVerdict.DISCONNECT
+    assert buffer.take_control(WRITE_BATCH) == b"\x8a\x00\x8a\x05hello"
+    assert buffer.take_control(WRITE_BATCH) == b""
+    assert (len(buffer), buffer.bytes) == (1, 4)
+    assert buffer.append_control(b"\x8a\x00") is OutboundVerdict.ACCEPT
+    assert len(buffer.take_all()) == 1
+    assert buffer.bytes == 2  # the control frames are still there
+    assert buffer
+    assert buffer.clear() == 0
+    assert (bool(buffer), buffer.bytes) == (False, 0)
+
+
+@given(
+    policy=policies,
+    limit=st.integers(min_value=1, max_value=1_000),
+    ops=st.lists(
+        st.one_of(
+            st.integers(min_value=0, max_value=300),
+            st.tuples(st.just("control"), st.integers(min_value=2, max_value=127)),
+            st.sampled_from(["take", "take_control", "batch"]),
+        ),
+        max_size=100,
+    ),
+)
+def test_bytes_are_what_the_buffer_holds_and_control_frames_are_never_dropped(
+    policy: SlowConsumerPolicy, limit: int, ops: list[int | str | tuple[str, int]]
+) -> None:
+    """bytes is the queued payloads plus control frames; every control byte comes out once."""
+    buffer = OutboundBuffer(limit, policy)
+    control_in = control_out = 0
+    for tag, op in enumerate(ops):
+        if isinstance(op, tuple):
+            buffer.append_control(bytes(op[1]))
+            control_in += op[1]
+        elif op == "take":
+            buffer.take_all()
+        elif op == "batch":
+            buffer.take(64)
+        elif op == "take_control":
+            control_out += len(buffer.take_control(64))
+        else:
+            assert isinstance(op, int)
+            _offer(buffer, _item(op, tag))
+        control = control_in - control_out
+        assert buffer.bytes == sum(len(i.payload) for i in list(buffer._items)) + control
+        assert bool(buffer) == (len(buffer) > 0 or control > 0)
 
 
 @pytest.mark.parametrize(
