@@ -13,6 +13,7 @@ the address, its names and its groups.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import inspect
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import sniffio
 
 from ._deadletters import DeadLetter
 from ._exceptions import ActorRestarted, ActorStopped, MailboxFull
+from ._inline import Resume, Suspended, TaskRunning, step_as
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 
 if TYPE_CHECKING:
@@ -206,6 +209,7 @@ class _Signal(enum.Enum):
     STOP = "stop"  # stop at once (external); no restart
     EXIT = "exit"  # the actor stopped itself (a normal exit)
     DRAIN = "drain"  # finish the mailbox, then stop
+    RESUME = "resume"  # finish the step that began inline (Cell.step_inline) first
 
 
 class ExitKind(enum.StrEnum):
@@ -464,15 +468,17 @@ class Cell:
 
     __slots__ = (
         "__weakref__",
+        "_inline",
+        "_parked",
         "_ref",
         "_stop_requested",
         "_terminated",
         "_timers",
         "address",
         "behaviour",
-        "current",
         "direct",
         "factory",
+        "inline_steps",
         "is_terminated",
         "kind",
         "mailbox",
@@ -504,7 +510,14 @@ class Cell:
         )
         self._ref: ActorRef | None = ActorRef(self)
         self.behaviour: Actor | None = None
-        self.current: Envelope | None = None
+        #: While the actor's task waits for its next message with nothing queued
+        #: (asyncio, async ``receive`` only): that task, for :meth:`step_inline`.
+        self._parked: asyncio.Task[Any] | None = None
+        #: A step :meth:`step_inline` began and the task must finish first:
+        #: ``(envelope, when it started, the suspended rest or the exception)``.
+        self._inline: tuple[Envelope, float, Suspended | Exception] | None = None
+        #: Messages whose step began inline (see :meth:`step_inline`).
+        self.inline_steps = 0
         self.memberships: set[str] = set()
         #: Optional fast path for sends to this actor's addresses: called with the
         #: message and a per-send cache shared by all recipients of one fan-out; it
@@ -613,6 +626,7 @@ class Cell:
         """
         if self._timers is not None:
             self._timers.cancel_all()  # nothing of an earlier incarnation fires in this one
+        self._drop_inline("restarted")  # begun by an incarnation that was cancelled
         try:
             behaviour = self.factory()
             behaviour.context = Context(self)
@@ -649,6 +663,12 @@ class Cell:
         draining = False
         budget = _BATCH
         pending = mailbox.pending
+        # Steps may begin inline (step_inline) only on asyncio, for async receive.
+        task = (
+            asyncio.current_task()
+            if is_async and sniffio.current_async_library() == "asyncio"
+            else None
+        )
         while True:
             if pending():
                 item = mailbox.get_nowait()
@@ -662,10 +682,18 @@ class Cell:
                 if draining:
                     return Exit(ExitKind.DRAINED)
                 budget = _BATCH
+                self._parked = task
                 try:
                     item = await mailbox.get()
                 except anyio.EndOfStream:
                     return Exit(ExitKind.STOPPED)
+                finally:
+                    self._parked = None
+            if item is _Signal.RESUME:
+                crashed = await self._finish_inline()
+                if crashed is not None:
+                    return crashed
+                continue
             if item.__class__ is not Envelope:
                 if isinstance(item, TimerEnvelope):
                     timers = self._timers
@@ -680,7 +708,6 @@ class Cell:
                     continue
             envelope = item
             wait = mailbox.last_wait
-            self.current = envelope
             started = mailbox.last_taken
             try:
                 if is_async:
@@ -688,19 +715,86 @@ class Cell:
                 else:
                     result = await anyio.to_thread.run_sync(receive, envelope.message)
             except Exception as exc:
-                self.current = None
                 self._fail_current(envelope, exc)
                 return Exit(ExitKind.CRASHED, exc)
             except BaseException:
                 # Cancelled mid-message: whoever asked learns it now, not at timeout.
-                self.current = None
                 if envelope.reply is not None:
                     envelope.reply.fail(ActorStopped(self.address))
                 raise
-            self.current = None
             instrumentation.message_processed(kind, wait, now() - started)
             if envelope.reply is not None:
                 envelope.reply.set(result)
+
+    def step_inline(self, message: Any) -> bool:
+        """Begin the step for ``message`` now, in the caller's transport callback.
+
+        Only while the actor's task waits for its next message with nothing
+        queued (asyncio, async ``receive``); otherwise nothing happens and the
+        caller queues the message as usual. The step runs on the task's behalf
+        (see :mod:`actors._inline`): one message at a time and in order, as
+        through the mailbox. A step that finishes without suspending costs no
+        task switch; one that suspends, or raises, is handed to the task, which
+        finishes it (or crashes with it) before anything else.
+
+        Returns:
+            Whether the message was taken.
+        """
+        task = self._parked
+        if task is None or self.mailbox.pending():
+            return False
+        behaviour = self.behaviour
+        assert behaviour is not None
+        clock = self.runtime.clock
+        started = clock.now()
+        # Not parked while the step runs: a message it sends to itself is queued.
+        self._parked = None
+        rest: Suspended | Exception | None
+        try:
+            _, rest = step_as(task, behaviour._receiver()(message))
+        except TaskRunning:
+            self._parked = task
+            return False
+        except Exception as exc:
+            rest = exc
+        self.inline_steps += 1
+        if rest is None:
+            self._parked = task
+            self.runtime.instrumentation.message_processed(self.kind, 0.0, clock.now() - started)
+            return True
+        self._inline = (Envelope(message), started, rest)
+        self.mailbox.put_control(_Signal.RESUME, first=True)
+        return True
+
+    async def _finish_inline(self) -> Exit | None:
+        """Finish the step that :meth:`step_inline` began; the exit if it crashed."""
+        inline = self._inline
+        if inline is None:
+            return None  # dropped with the incarnation that began it (_drop_inline)
+        self._inline = None
+        envelope, started, rest = inline
+        try:
+            if isinstance(rest, Exception):
+                raise rest
+            await Resume(rest)
+        except Exception as exc:
+            self._fail_current(envelope, exc)
+            return Exit(ExitKind.CRASHED, exc)
+        runtime = self.runtime
+        runtime.instrumentation.message_processed(self.kind, 0.0, runtime.clock.now() - started)
+        return None
+
+    def _drop_inline(self, reason: str) -> None:
+        """Abandon a step begun inline that its incarnation will never finish."""
+        inline = self._inline
+        if inline is not None:
+            self._inline = None
+            envelope, _, rest = inline
+            if isinstance(rest, Suspended):
+                rest.coro.close()
+            self.runtime.dead_letters.post(
+                DeadLetter(self.address, envelope.message, "stopped", reason)
+            )
 
     def _fail_current(self, envelope: Envelope, exc: Exception) -> None:
         if envelope.reply is not None:
@@ -766,6 +860,8 @@ class Cell:
             return
         self.is_terminated = True
         self.termination = exit_
+        self._parked = None
+        self._drop_inline(exit_.kind)
         for item in self.mailbox.close():
             if isinstance(item, Envelope):
                 if item.reply is not None:

@@ -313,8 +313,10 @@ class Mailbox(Generic[T]):
         """The control signal :meth:`get_nowait` would return next, or ``None``."""
         return self._control[0] if self._control else None
 
-    def put_control(self, signal: T) -> None:
+    def put_control(self, signal: T, *, first: bool = False) -> None:
         """Queue a control signal ahead of every message, ignoring capacity.
+
+        ``first``: ahead of the other control signals too.
 
         Raises:
             MailboxClosed: the owner has stopped.
@@ -323,7 +325,10 @@ class Mailbox(Generic[T]):
             raise MailboxClosed(self.address)
         if self._control is None:
             self._control = deque()
-        self._control.append(signal)
+        if first:
+            self._control.appendleft(signal)
+        else:
+            self._control.append(signal)
         if self._getter is not None:
             self._getter.set()
             self._getter = None

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import inspect
 import socket
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -43,6 +43,8 @@ import anyio.abc
 import structlog
 from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
+
+from actors._inline import Resume, Suspended
 
 from ._accept import AcceptFailure, classify_accept_error
 from ._request import split_target
@@ -318,7 +320,7 @@ class HandshakeProtocol(asyncio.Protocol):
             # what arrives meanwhile waits in the socket.
             assert self._transport is not None
             self._transport.pause_reading()
-            if not self._server.start_soon(lambda: _in_task(_Resume(coro, yielded))):
+            if not self._server.start_soon(lambda: _in_task(Resume(Suspended(coro, yielded)))):
                 coro.close()
                 self._transport.abort()
 
@@ -339,33 +341,6 @@ async def _in_task(awaitable: Any) -> None:
         _start_connection(await awaitable)
     except Exception:
         _log.exception("connection.failed")
-
-
-class _Resume:
-    """Awaits the rest of a coroutine that first ran, and suspended, outside a task."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
-        value = self._yielded
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
 
 
 class _Acceptor:
