@@ -116,6 +116,9 @@ class ConnectionStatistics:
         reading_paused: whether the server has stopped reading from the client:
             its mailbox is full under ``block``, or the outbound buffer is over
             its limit.
+        inline_steps: messages whose handler step began in the read callback
+            itself, without the mailbox (asyncio, plain TCP: see
+            ``docs/architecture.md``).
     """
 
     messages_in: int
@@ -126,6 +129,7 @@ class ConnectionStatistics:
     partial_bytes: int
     partial_fragments: int
     reading_paused: bool
+    inline_steps: int
 
 
 class Connection:
@@ -162,6 +166,7 @@ class Connection:
         "_output_paused",
         "_paused",
         "_protocol",
+        "_reading",
         "_reason_label",
         "_sends",
         "_space",
@@ -216,6 +221,7 @@ class Connection:
         self._paused = False  # the transport asked us to stop writing (pause_writing)
         self._output_paused = False  # reading stopped: the outbound buffer is over its limit
         self._flush_scheduled = False
+        self._reading = False  # in a read callback (callback mode): see _on_data
         self._loop = asyncio.get_running_loop() if self._transport is not None else None
         self._sends = 0
         self._blocked: tuple[FromClient, list[Frame]] | None = None
@@ -280,6 +286,7 @@ class Connection:
             partial_bytes=0 if fragments is None else len(fragments),
             partial_fragments=0 if fragments is None else self._fragment_count,
             reading_paused=paused,
+            inline_steps=0 if self.cell is None else self.cell.inline_steps,
         )
 
     def _closed_error(self) -> ConnectionClosed:
@@ -386,9 +393,11 @@ class Connection:
         if self._transport is None:
             self._wake_writer()
         elif not self._flush_scheduled and not self._paused and self._loop is not None:
-            # Everything sent before the loop's next turn goes out in one write.
+            # Everything sent before the loop's next turn goes out in one write;
+            # during a read callback, when it returns (see _on_data).
             self._flush_scheduled = True
-            self._loop.call_soon(self._scheduled_flush)
+            if not self._reading:
+                self._loop.call_soon(self._scheduled_flush)
         return True
 
     def _dropped(self, policy: str, count: int) -> None:
@@ -679,7 +688,16 @@ class Connection:
         if events:
             # Complete frames only: bytes of an unfinished frame are no sign of life.
             self.keepalive.on_frame(self.server.clock.now())
-        self._process(events)
+        self._reading = True
+        try:
+            self._process(events)
+        finally:
+            self._reading = False
+        if self._flush_scheduled:
+            # What the handler steps of this read sent (see _deliver): written
+            # before the callback returns, not a loop turn later.
+            self._flush_scheduled = False
+            self._flush()
 
     def _on_eof(self) -> bool:
         self._eof_received = True
@@ -901,6 +919,11 @@ class Connection:
         if ref is None:
             return True
         envelope = FromClient(message)
+        cell = self.cell
+        if self._reading and cell is not None and cell.step_inline(envelope):
+            # Request/response: the idle actor's step ran here, in the read
+            # callback; no mailbox, no task switch (see actors/_inline.py).
+            return True
         try:
             # The reader already yields at every socket read: no extra checkpoint here.
             ref.tell_nowait(envelope)
