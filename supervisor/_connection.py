@@ -393,11 +393,9 @@ class Connection:
         if self._transport is None:
             self._wake_writer()
         elif not self._flush_scheduled and not self._paused and self._loop is not None:
-            # Everything sent before the loop's next turn goes out in one write;
-            # during a read callback, when it returns (see _on_data).
+            # Everything sent before the loop's next turn goes out in one write.
             self._flush_scheduled = True
-            if not self._reading:
-                self._loop.call_soon(self._scheduled_flush)
+            self._loop.call_soon(self._scheduled_flush)
         return True
 
     def _dropped(self, policy: str, count: int) -> None:
@@ -693,11 +691,6 @@ class Connection:
             self._process(events)
         finally:
             self._reading = False
-        if self._flush_scheduled:
-            # What the handler steps of this read sent (see _deliver): written
-            # before the callback returns, not a loop turn later.
-            self._flush_scheduled = False
-            self._flush()
 
     def _on_eof(self) -> bool:
         self._eof_received = True
