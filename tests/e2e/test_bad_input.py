@@ -866,9 +866,8 @@ class _Flood(Handler):
 LIMIT = 100_000
 
 
-async def test_drop_oldest_keeps_the_buffer_bounded_and_counts_drops() -> None:
-    """A client that does not read: the buffer stays under its limit, the oldest messages
-    are dropped and counted, and every message is either delivered or counted as dropped."""
+def flood_app(policy: SlowConsumerPolicy) -> tuple[App, dict[str, int], anyio.Event]:
+    """An app whose ``/flood`` route floods the client under ``policy``; its report and end."""
     report: dict[str, int] = {}
     finished = anyio.Event()
     app = App()
@@ -877,8 +876,15 @@ async def test_drop_oldest_keeps_the_buffer_bounded_and_counts_drops() -> None:
         _Flood,
         kwargs={"report": report, "finished": finished},
         outbound_limit=LIMIT,
-        slow_consumer=SlowConsumerPolicy.DROP_OLDEST,
+        slow_consumer=policy,
     )
+    return app, report, finished
+
+
+async def test_drop_oldest_keeps_the_buffer_bounded_and_counts_drops() -> None:
+    """A client that does not read: the buffer stays under its limit, the oldest messages
+    are dropped and counted, and every message is either delivered or counted as dropped."""
+    app, report, finished = flood_app(SlowConsumerPolicy.DROP_OLDEST)
     async with running_server(app) as server:
         async with raw_client(server, "/flood") as client:
             await client.send(frame(Opcode.TEXT.value, b"go"))
@@ -907,16 +913,7 @@ async def test_drop_oldest_keeps_the_buffer_bounded_and_counts_drops() -> None:
 
 async def test_disconnect_policy_closes_a_slow_consumer_with_1013() -> None:
     """Under ``disconnect``, a client that does not keep up is closed with 1013."""
-    report: dict[str, int] = {}
-    finished = anyio.Event()
-    app = App()
-    app.add_route(
-        "/flood",
-        _Flood,
-        kwargs={"report": report, "finished": finished},
-        outbound_limit=LIMIT,
-        slow_consumer=SlowConsumerPolicy.DISCONNECT,
-    )
+    app, report, finished = flood_app(SlowConsumerPolicy.DISCONNECT)
     async with running_server(app) as server:
         async with raw_client(server, "/flood") as client:
             await client.send(frame(Opcode.TEXT.value, b"go"))
@@ -940,16 +937,7 @@ async def test_disconnect_policy_closes_a_slow_consumer_with_1013() -> None:
 async def test_a_slow_consumer_that_never_reads_is_dropped_after_close_timeout() -> None:
     """Under ``disconnect``, a client that never reads again loses its socket after
     close_timeout, even though the close frame could not be written."""
-    report: dict[str, int] = {}
-    finished = anyio.Event()
-    app = App()
-    app.add_route(
-        "/flood",
-        _Flood,
-        kwargs={"report": report, "finished": finished},
-        outbound_limit=LIMIT,
-        slow_consumer=SlowConsumerPolicy.DISCONNECT,
-    )
+    app, report, finished = flood_app(SlowConsumerPolicy.DISCONNECT)
     async with running_server(app, close_timeout=0.3) as server:
         async with raw_client(server, "/flood") as client:
             await client.send(frame(Opcode.TEXT.value, b"go"))
@@ -969,16 +957,7 @@ async def test_a_slow_consumer_that_never_reads_is_dropped_after_close_timeout()
 
 async def test_a_disconnected_slow_consumer_loses_what_was_queued_at_once() -> None:
     """A slow-consumer disconnect drops and counts what was queued at once: the close is next."""
-    report: dict[str, int] = {}
-    finished = anyio.Event()
-    app = App()
-    app.add_route(
-        "/flood",
-        _Flood,
-        kwargs={"report": report, "finished": finished},
-        outbound_limit=LIMIT,
-        slow_consumer=SlowConsumerPolicy.DISCONNECT,
-    )
+    app, report, finished = flood_app(SlowConsumerPolicy.DISCONNECT)
     async with running_server(app) as server:
         async with raw_client(server, "/flood") as client:
             await client.send(frame(Opcode.TEXT.value, b"go"))
