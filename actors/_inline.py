@@ -10,7 +10,10 @@ without suspending costs no task switch at all. A step that suspends yields the
 awaitable it waits on; :class:`Resume` then lets the task itself await the rest
 of the coroutine, with that awaitable, as if it had run it from the start.
 
-This is asyncio-only: trio has no callbacks that run outside a task.
+This is asyncio-only: trio has no callbacks that run outside a task. It uses
+``asyncio.tasks._enter_task``/``_leave_task``, private functions (the switch
+of current task that asyncio's own eager tasks make since 3.12); a change
+there fails ``tests/actors/test_inline.py``.
 """
 
 from __future__ import annotations
