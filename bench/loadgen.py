@@ -56,7 +56,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import uvloop
 from picows import (
@@ -100,6 +100,9 @@ async def next_command(reader: asyncio.StreamReader) -> Command:
         return {"cmd": "quit"}
     command: Command = json.loads(line)
     return command
+
+
+ListenerT = TypeVar("ListenerT", bound=WSListener)
 
 
 async def connect_many(
@@ -231,15 +234,19 @@ class EchoClient(WSListener):
             answer_close(transport, frame)
 
 
-async def run_echo(args: argparse.Namespace, commands: asyncio.StreamReader) -> None:
-    """Echo mode (see the module docstring)."""
-    stats = EchoStats()
-    payload = bytes(range(256)) * (args.size // 256) + bytes(args.size % 256)
-    frame = masked_frame(payload)
-    clients: list[EchoClient] = []
+def echo_payload(size: int) -> bytes:
+    """The message an echo client sends: ``size`` bytes of a repeating pattern."""
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
 
-    def factory() -> EchoClient:
-        client = EchoClient(stats, frame, args.size)
+
+async def connect_echo_clients(
+    args: argparse.Namespace, make: Callable[[], ListenerT]
+) -> tuple[list[ListenerT], list[WSTransport]]:
+    """Open ``args.conns`` connections with listeners from ``make``; report ``ready``."""
+    clients: list[ListenerT] = []
+
+    def factory() -> ListenerT:
+        client = make()
         clients.append(client)
         return client
 
@@ -247,6 +254,16 @@ async def run_echo(args: argparse.Namespace, commands: asyncio.StreamReader) -> 
         args.url, args.conns, factory, concurrency=args.connect_concurrency
     )
     emit("ready", connected=len(transports), failed=args.conns - len(transports), error=error)
+    return clients, transports
+
+
+async def run_echo(args: argparse.Namespace, commands: asyncio.StreamReader) -> None:
+    """Echo mode (see the module docstring)."""
+    stats = EchoStats()
+    frame = masked_frame(echo_payload(args.size))
+    clients, transports = await connect_echo_clients(
+        args, lambda: EchoClient(stats, frame, args.size)
+    )
 
     async def run(duration: float) -> dict[str, Any]:
         stats.received = stats.errors = 0
@@ -362,19 +379,10 @@ class RoundTripClient(WSListener):
 async def run_rr(args: argparse.Namespace, commands: asyncio.StreamReader) -> None:
     """Request/response mode (see the module docstring)."""
     trips = RoundTrips()
-    payload = bytes(range(256)) * (args.size // 256) + bytes(args.size % 256)
-    frame = masked_frame(payload)
-    clients: list[RoundTripClient] = []
-
-    def factory() -> RoundTripClient:
-        client = RoundTripClient(trips, frame, args.size)
-        clients.append(client)
-        return client
-
-    transports, error = await connect_many(
-        args.url, args.conns, factory, concurrency=args.connect_concurrency
+    frame = masked_frame(echo_payload(args.size))
+    clients, transports = await connect_echo_clients(
+        args, lambda: RoundTripClient(trips, frame, args.size)
     )
-    emit("ready", connected=len(transports), failed=args.conns - len(transports), error=error)
 
     async def run(duration: float) -> dict[str, Any]:
         trips.received = trips.errors = 0
