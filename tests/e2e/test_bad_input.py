@@ -45,12 +45,11 @@ from supervisor import (
 )
 from supervisor.metrics import HANDSHAKE_RESULTS
 from tests.helpers.metrics import sample
+from tests.helpers.raw import STREAM_ENDED, exchange_bytes, read_head
 from tests.helpers.server import running_server
 from tests.helpers.waiting import eventually, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-_STREAM_ENDED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 # --- a raw client ---------------------------------------------------------------------------------
@@ -124,7 +123,7 @@ class RawClient:
                     break
                 try:
                     parser.receive_data(await self.stream.receive())
-                except _STREAM_ENDED:
+                except STREAM_ENDED:
                     parser.receive_eof()
                     self._parsed()
                     break
@@ -153,10 +152,7 @@ async def raw_client(
         stream = await anyio.abc.SocketStream.from_socket(sock)
     async with stream:
         await stream.send(upgrade_request(path))
-        buffer = b""
-        with anyio.fail_after(10):
-            while b"\r\n\r\n" not in buffer:
-                buffer += await stream.receive()
+        buffer = await read_head(stream)
         head, _, rest = buffer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 "), head
         parser = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"), state=State.OPEN)
@@ -167,15 +163,7 @@ async def raw_client(
 async def exchange(server: Server, data: bytes) -> bytes:
     """Send raw bytes and return all the server answers until it closes the socket."""
     host, port = server.ports[0]
-    answer = b""
-    async with await anyio.connect_tcp(host, port) as stream:
-        await stream.send(data)
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    answer += await stream.receive()
-                except _STREAM_ENDED:
-                    return answer
+    return await exchange_bytes(port, data, host)
 
 
 async def all_closed(server: Server) -> None:
@@ -253,7 +241,7 @@ async def send_all_and_read(server: Server, request: bytes) -> tuple[bytes, str]
     async with await anyio.connect_tcp(host, port) as stream, anyio.create_task_group() as tg:
 
         async def send() -> None:
-            with contextlib.suppress(*_STREAM_ENDED, OSError):
+            with contextlib.suppress(*STREAM_ENDED, OSError):
                 await stream.send(request)
 
         tg.start_soon(send)
@@ -327,7 +315,7 @@ async def test_slowloris_handshake_times_out() -> None:
 
             async def trickle() -> None:
                 # Never completes the request: a byte now and then, as a slowloris does.
-                with contextlib.suppress(*_STREAM_ENDED, OSError):
+                with contextlib.suppress(*STREAM_ENDED, OSError):
                     for byte in request[:-4]:
                         await stream.send(bytes([byte]))
                         await anyio.sleep(0.02)
@@ -338,7 +326,7 @@ async def test_slowloris_handshake_times_out() -> None:
                     while True:
                         try:
                             answer += await stream.receive()
-                        except _STREAM_ENDED:
+                        except STREAM_ENDED:
                             break
                 tg.cancel_scope.cancel()
         assert status(answer) == 408
@@ -390,10 +378,7 @@ async def test_connection_on_two_lines_is_upgraded(anyio_backend_name: str) -> N
             host, port = server.ports[0]
             async with await anyio.connect_tcp(host, port) as stream:
                 await stream.send(request)
-                buffer = b""
-                with anyio.fail_after(10):
-                    while b"\r\n\r\n" not in buffer:
-                        buffer += await stream.receive()
+                buffer = await read_head(stream)
                 assert status(buffer) == 101
                 await wait_until(lambda: len(server.connections) == 1)
                 (conn,) = server.connections
@@ -481,10 +466,7 @@ async def test_subprotocols_on_several_lines_are_one_list() -> None:
         host, port = server.ports[0]
         async with await anyio.connect_tcp(host, port) as stream:
             await stream.send(request)
-            buffer = b""
-            with anyio.fail_after(10):
-                while b"\r\n\r\n" not in buffer:
-                    buffer += await stream.receive()
+            buffer = await read_head(stream)
             assert status(buffer) == 101
             assert b"\r\nSec-WebSocket-Protocol: chat.v2\r\n" in buffer
             await wait_until(lambda: len(server.connections) == 1)

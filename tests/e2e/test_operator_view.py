@@ -13,7 +13,6 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import structlog
 from websockets.exceptions import InvalidStatus
@@ -21,6 +20,7 @@ from websockets.sync.client import connect
 
 from supervisor import App, Handler, HTTPResponse, Reject, Request, ServerConfig
 from tests.helpers.metrics import sample
+from tests.helpers.raw import exchange_bytes
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import in_thread
 
@@ -69,19 +69,6 @@ def _refused_status(url: str, **kwargs: Any) -> int:
     return info.value.response.status_code
 
 
-async def _http(port: int, request: bytes) -> bytes:
-    """Send raw request bytes; return the whole answer (the server closes after it)."""
-    data = b""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(request)
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    data += await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return data
-
-
 @pytest.fixture
 def server_logs_at_debug() -> Iterator[list[MutableMapping[str, Any]]]:
     """Capture structlog events with the server's logger at DEBUG, as ``--log-level debug``."""
@@ -104,12 +91,12 @@ async def test_connections_accepted_counts_every_tcp_connection() -> None:
             assert await in_thread(_open_and_echo, ws_url(server, "/echo?token=good")) == "hi"
         for _ in range(5):
             assert await in_thread(_refused_status, ws_url(server, "/echo")) == 401
-        plain = await _http(port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        plain = await exchange_bytes(port, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         assert plain.startswith(b"HTTP/1.1 426")
-        assert (await _http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+        assert (await exchange_bytes(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
             b"HTTP/1.1 200"
         )
-        assert (await _http(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
+        assert (await exchange_bytes(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(
             b"HTTP/1.1 200"
         )
         assert sample(server, "wsup_connections_accepted_total") == 11
@@ -122,7 +109,7 @@ async def test_the_metrics_port_does_not_count_as_accepted_connections() -> None
     """Scrapes on ``metrics_port`` are not client traffic: the accept counter stays put."""
     async with running_server(_app(), metrics_port=0) as server:
         metrics_port = server.metrics_ports[0][1]
-        answer = await _http(metrics_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await exchange_bytes(metrics_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200")
         assert sample(server, "wsup_connections_accepted_total") == 0
 
@@ -180,7 +167,7 @@ async def test_a_failed_handshake_is_logged_at_debug(
 ) -> None:
     """A plain GET on a WebSocket route (426) logs ``handshake.failed`` with the error."""
     async with running_server(_app()) as server:
-        answer = await _http(server.ports[0][1], b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await exchange_bytes(server.ports[0][1], b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 426")
     failed = [e for e in server_logs_at_debug if e["event"] == "handshake.failed"]
     assert len(failed) == 1

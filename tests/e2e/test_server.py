@@ -44,6 +44,7 @@ from supervisor import (
 from supervisor._accept import descriptor_usage
 from supervisor.metrics import Metrics
 from tests.helpers.metrics import sample
+from tests.helpers.raw import exchange_bytes
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import eventually, in_thread
 
@@ -73,15 +74,7 @@ class HTTPAnswer:
 async def exchange(server: Server, request: bytes) -> bytes:
     """Send raw ``request`` bytes and return everything the server answers until it closes."""
     host, port = server.ports[0]
-    data = b""
-    async with await anyio.connect_tcp(host, port) as stream:
-        await stream.send(request)
-        with anyio.fail_after(10):
-            while True:
-                try:
-                    data += await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return data
+    return await exchange_bytes(port, request, host)
 
 
 async def http_get(server: Server, path: str, headers: str = "") -> HTTPAnswer:
