@@ -994,6 +994,9 @@ class Server:
             return False, "not accepting connections"
         if not self.runtime.backplane.up:
             return False, "backplane down"
+        if len(self.connections) >= self.config.max_connections:
+            # Every further handshake would get a 503: send new clients elsewhere.
+            return False, f"at capacity: {len(self.connections)} of max_connections open"
         fraction = self.config.readiness_fd_fraction
         usage = descriptor_usage() if fraction is not None else None
         if fraction is not None and usage is not None and usage[0] >= fraction * usage[1]:

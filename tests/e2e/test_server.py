@@ -43,6 +43,7 @@ from supervisor import (
 )
 from supervisor._accept import descriptor_usage
 from supervisor.metrics import Metrics
+from tests.helpers.clients import http_get as get_on_port
 from tests.helpers.metrics import sample
 from tests.helpers.raw import exchange_bytes
 from tests.helpers.server import running_server, ws_url
@@ -358,14 +359,20 @@ async def test_max_connections_turns_the_next_one_away_with_503() -> None:
     async with running_server(echo_app, max_connections=1) as server:
         url = ws_url(server, "/echo")
 
-        def over_the_limit() -> int:
+        def over_the_limit() -> tuple[int, int, bytes]:
             with connect(url) as first:
                 first.send("hold")
                 first.recv(timeout=5)
-                return status_of(lambda: connect(url)).response.status_code
+                refused = status_of(lambda: connect(url)).response.status_code
+                status, body = get_on_port(server.ports[0][1], "/readyz")
+                return refused, status, body.encode()
 
-        assert await in_thread(over_the_limit) == 503
+        refused, ready, why = await in_thread(over_the_limit)
+        assert refused == 503
+        # At capacity the node is not ready: load balancers send new clients elsewhere.
+        assert (ready, why) == (503, b"at capacity: 1 of max_connections open\n")
         await eventually(lambda: not server.connections)
+        assert (await http_get(server, "/readyz")).status == 200
 
         def again() -> str | bytes:
             with connect(url) as ws:
