@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +18,14 @@ PACKAGES = [pytest.param(actors, id="actors"), pytest.param(supervisor, id="supe
 
 
 def _public_names(package: types.ModuleType) -> set[str]:
-    """Names a user can import from ``package``: not private, not a submodule."""
+    """Names a user can import from ``package``: not private, not a submodule.
+
+    ``dir()`` rather than ``vars()``: ``supervisor`` loads its names on first use.
+    """
     return {
         name
-        for name, value in vars(package).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(package)
+        if not name.startswith("_") and not isinstance(getattr(package, name), types.ModuleType)
     }
 
 
@@ -82,3 +88,38 @@ def test_every_exception_derives_from_wsup_error() -> None:
     assert actors.WsupError in errors
     assert len(errors) > 5
     assert all(issubclass(e, actors.WsupError) for e in errors)
+
+
+def _type_checking_imports(package: types.ModuleType) -> dict[str, str]:
+    """``name → module`` for each ``from .module import name`` in the package's
+    ``if TYPE_CHECKING:`` block (what type checkers see)."""
+    assert package.__file__ is not None
+    tree = ast.parse(Path(package.__file__).read_text(encoding="utf-8"))
+    imports: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom), ast.unparse(stmt)
+                for alias in stmt.names:
+                    imports[alias.asname or alias.name] = "." * stmt.level + (stmt.module or "")
+    return imports
+
+
+def test_supervisor_lazy_names_match_what_type_checkers_see() -> None:
+    """Each lazily loaded name comes from the module the typed imports name, and only
+    names of ``__all__`` are loaded that way."""
+    sources = supervisor._SOURCES
+    assert set(sources) == set(supervisor.__all__)
+    assert _type_checking_imports(supervisor) == sources
+    for name, module in sources.items():
+        assert getattr(supervisor, name) is getattr(
+            importlib.import_module(module, "supervisor"), name
+        )
+
+
+def test_supervisor_unknown_name_is_an_attribute_error() -> None:
+    """A name that is not public fails like on any module, naming the name."""
+    with pytest.raises(AttributeError, match="'supervisor' has no attribute 'Nope'"):
+        supervisor.Nope  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(ImportError):
+        from supervisor import decide  # type: ignore[attr-defined]  # noqa: F401
