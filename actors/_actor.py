@@ -471,7 +471,6 @@ class Cell:
         "_inline",
         "_parked",
         "_ref",
-        "_stop_requested",
         "_terminated",
         "_timers",
         "address",
@@ -529,7 +528,6 @@ class Cell:
         self._terminated: anyio.Event | None = None
         self.is_terminated = False
         self.termination: Exit | None = None
-        self._stop_requested = False
         self._timers: Timers | None = None
         #: Cells that watch this one (created at the first watch).
         self.watchers: dict[Cell, None] | None = None
@@ -569,13 +567,11 @@ class Cell:
     def request_stop(self) -> None:
         """Queue a stop signal ahead of all messages (no-op once terminated)."""
         if not self.mailbox.closed:
-            self._stop_requested = True
             self.mailbox.put_control(_Signal.STOP)
 
     def request_drain(self) -> None:
         """Queue a drain signal ahead of all messages (no-op once terminated)."""
         if not self.mailbox.closed:
-            self._stop_requested = True
             self.mailbox.put_control(_Signal.DRAIN)
 
     def idle_exit(self) -> Exit | None:
@@ -605,11 +601,6 @@ class Cell:
             if self.is_terminated:
                 self._terminated.set()
         return self._terminated
-
-    @property
-    def stop_requested(self) -> bool:
-        """Whether someone asked this actor to stop or drain."""
-        return self._stop_requested
 
     async def run_incarnation(
         self, error: Exception | None = None, *, on_started: Callable[[], None] | None = None

@@ -7,7 +7,6 @@ becomes the way to reach connections from outside (``app.send`` and friends).
 from __future__ import annotations
 
 import inspect
-import json
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -21,7 +20,7 @@ from actors._actor import _invoke
 
 from ._config import ServerConfig
 from ._exceptions import ConnectionClosed
-from ._outbound import SlowConsumerPolicy
+from ._outbound import SlowConsumerPolicy, wire_message
 from ._routing import Router
 from ._tree import ChildSpec, SupervisorSpec
 
@@ -184,7 +183,7 @@ class Handler(Actor):
         By default it is forwarded to the client: ``str`` as text, ``bytes`` as
         binary, anything else as JSON text.
         """
-        await self.conn.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
+        await self.conn.send(wire_message(message))
 
     async def on_close(self, code: int, reason: str) -> None:
         """Called once when the connection ends, with the close code and reason."""

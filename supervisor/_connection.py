@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +62,14 @@ from ._aio import enter_callback, exit_callback
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
-from ._outbound import WRITE_BATCH, OutboundBuffer, OutboundItem, OutboundVerdict, frame_header
+from ._outbound import (
+    WRITE_BATCH,
+    OutboundBuffer,
+    OutboundItem,
+    OutboundVerdict,
+    frame_header,
+    wire_message,
+)
 from .metrics import close_reason_for_code
 
 if TYPE_CHECKING:
@@ -93,7 +99,6 @@ _SEND_BATCH = 32
 class ConnectionState(enum.StrEnum):
     """Where a connection is in its life."""
 
-    HANDSHAKING = "handshaking"
     OPEN = "open"
     DRAINING = "draining"
     CLOSING = "closing"
@@ -504,12 +509,9 @@ class Connection:
         item = cache.get("item")
         if item is None:
             try:
-                item = self._encode(message)
-            except TypeError:
-                try:
-                    item = OutboundItem(json.dumps(message).encode(), True)
-                except (TypeError, ValueError):
-                    return False  # let on_receive deal with it (and fail loudly)
+                item = self._encode(wire_message(message))
+            except (TypeError, ValueError):
+                return False  # let on_receive deal with it (and fail loudly)
             cache["item"] = item
         if not self._protocol.extensions:
             framed = cache.get("frame")

@@ -20,8 +20,10 @@ without extensions.
 from __future__ import annotations
 
 import enum
+import json
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "WRITE_BATCH",
@@ -31,6 +33,7 @@ __all__ = [
     "SlowConsumerPolicy",
     "decide_outbound",
     "frame_header",
+    "wire_message",
 ]
 
 
@@ -265,3 +268,22 @@ def frame_header(text: bool, length: int) -> bytes:
     if length < 0x10000:
         return _HEAD_16(first, 126, length)
     return _HEAD_64(first, 127, length)
+
+
+def wire_message(message: Any) -> str | bytes:
+    """What a message from another actor becomes on the wire: the one rule for both
+    paths that forward such messages to a client (``Handler.on_receive`` and the
+    fan-out that skips the mailbox).
+
+    ``str`` stays text; ``bytes``, ``bytearray`` and ``memoryview`` become binary;
+    anything else becomes JSON text.
+
+    Raises:
+        TypeError: ``message`` is none of these and not JSON-serializable.
+        ValueError: ``message`` refers to itself (a circular structure).
+    """
+    if isinstance(message, (str, bytes)):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)
+    return json.dumps(message)

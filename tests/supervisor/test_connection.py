@@ -307,6 +307,26 @@ async def test_messages_from_other_actors_are_forwarded_to_the_client() -> None:
         assert json.loads(await client.recv()) == {"n": 1}
 
 
+async def test_bytes_like_messages_from_actors_are_binary_on_every_path() -> None:
+    """A bytearray or memoryview from another actor reaches the client as binary,
+    whether it skips the mailbox (a send to the address) or goes through it and
+    the default ``on_receive`` (a tell to the actor's reference)."""
+    async with probed() as (server, conns, _), peer(server, "/t") as client:
+        await client.send("hello")
+        await client.recv()
+        (conn,) = conns
+        assert conn.ref is not None
+        await server.app.send(conn.address, bytearray(b"sent"))
+        await conn.ref.tell(bytearray(b"told"))
+        await conn.ref.tell(memoryview(b"view"))
+        await conn.ref.tell({"n": 2})
+        assert await client.recv() == b"sent"
+        assert await client.recv() == b"told"
+        assert await client.recv() == b"view"
+        assert json.loads(await client.recv()) == {"n": 2}
+        assert sample(server, "wsup_actor_crashes_total", kind="connection") == 0
+
+
 # --- closing from the server side -----------------------------------------------------------------
 
 

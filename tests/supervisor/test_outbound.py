@@ -15,6 +15,7 @@ from supervisor._outbound import (
     SlowConsumerPolicy,
     decide_outbound,
     frame_header,
+    wire_message,
 )
 
 policies = st.sampled_from(list(SlowConsumerPolicy))
@@ -297,3 +298,27 @@ def test_frame_header_covers_the_64_bit_length_form() -> None:
     # Beyond 0xFFFF the length takes 8 bytes; checked without a 4 GiB payload.
     header = frame_header(False, 2**32 + 5)
     assert header == bytes([0x82, 127]) + (2**32 + 5).to_bytes(8, "big")
+
+
+# --- wire_message -----------------------------------------------------------------------
+
+
+def test_wire_message_keeps_text_and_bytes_and_makes_the_rest_json() -> None:
+    """str stays text, every bytes-like object becomes bytes, anything else JSON text."""
+    assert wire_message("hé") == "hé"
+    assert wire_message(b"\x00") == b"\x00"
+    assert wire_message(bytearray(b"ab")) == b"ab"
+    assert type(wire_message(bytearray(b"ab"))) is bytes
+    assert wire_message(memoryview(b"cd")) == b"cd"
+    assert wire_message({"n": 1}) == '{"n": 1}'
+    assert wire_message([1, "x"]) == '[1, "x"]'
+    assert wire_message(None) == "null"
+
+
+def test_wire_message_names_what_it_cannot_encode() -> None:
+    with pytest.raises(TypeError, match="object"):
+        wire_message(object())
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"[Cc]ircular"):
+        wire_message(loop)
