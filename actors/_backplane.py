@@ -135,6 +135,28 @@ class Backplane(abc.ABC):
         value = counters[key] = counters.get(key, 0) + 1
         return value
 
+    def member_joined(self, address: str, member: str) -> None:  # noqa: B027 - optional hook
+        """``member`` (an actor's own address) now answers to name or group ``address``.
+
+        For presence across nodes; the base class keeps nothing (the runtime
+        knows its own members).
+        """
+
+    def member_left(self, address: str, member: str) -> None:  # noqa: B027 - optional hook
+        """``member`` no longer answers to ``address``; see :meth:`member_joined`."""
+
+    async def presence(self, address: str) -> dict[str, str]:
+        """Return the members of ``address`` on other nodes too: member -> node id.
+
+        The base class knows no other node and answers nothing; the runtime
+        adds its local members.
+
+        Raises:
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        await anyio.lowlevel.checkpoint()
+        return {}
+
     @property
     @abc.abstractmethod
     def up(self) -> bool:

@@ -177,6 +177,8 @@ class Runtime:
                 self.backplane.subscribe(address)
         members[cell] = None
         cell.memberships.add(address)
+        if self.backplane.remote and address != cell.address and address != ALL:
+            self.backplane.member_joined(address, cell.address)
 
     def remove_member(self, address: str, cell: Cell) -> None:
         """Make ``cell`` stop answering to ``address``."""
@@ -185,6 +187,8 @@ class Runtime:
             return
         del members[cell]
         cell.memberships.discard(address)
+        if self.backplane.remote and address != cell.address and address != ALL:
+            self.backplane.member_left(address, cell.address)
         if not members:
             del self._members[address]
             if self.backplane.remote:
@@ -203,6 +207,29 @@ class Runtime:
     def members(self, address: str) -> list[ActorRef]:
         """Return the local actors that answer to ``address``."""
         return [cell.ref for cell in self._members.get(address, ())]
+
+    async def presence(self, address: str) -> list[str]:
+        """Return the own addresses of every actor that answers to name or group
+        ``address``, on this node and every other live one.
+
+        Local members come first, in the order they joined. Presence is kept for
+        names and groups, not for :data:`ALL` (which every connection joins).
+        Cost: local members O(n); with a remote backplane, one query of it.
+
+        Raises:
+            ValueError: ``address`` is :data:`ALL`.
+            BackplaneUnavailable: the backplane cannot be reached.
+        """
+        if address == ALL:
+            raise ValueError(f"presence is not kept for {ALL!r}: every connection is in it")
+        found = {cell.address: None for cell in self._members.get(address, ())}
+        if self.backplane.remote:
+            for member, node in (await self.backplane.presence(address)).items():
+                if node != self.node_id:  # this node's own entries may lag: it knows better
+                    found[member] = None
+        else:
+            await anyio.lowlevel.checkpoint()
+        return list(found)
 
     def cell(self, address: str) -> Cell | None:
         """Return the live local cell whose own address is ``address`` (for the supervisor)."""

@@ -72,10 +72,12 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
 
 __all__ = [
+    "WIRE_VERSION",
     "ClusterNode",
     "RedisBackplane",
     "RedisBackplaneStatistics",
     "RedisUnavailable",
+    "encode_payload",
     "redact_url",
 ]
 
@@ -472,6 +474,7 @@ class RedisBackplane(Backplane):
         self.max_pending = max_pending
         self._channel_prefix = f"{prefix}:addr:".encode()
         self._node_prefix = f"{prefix}:node:"
+        self._presence_prefix = f"{prefix}:presence:"
         # Node side.
         self._node: Node | None = None
         self._node_id: str | None = None
@@ -486,6 +489,10 @@ class RedisBackplane(Backplane):
         self._wanted: set[str] = set()
         self._subscribed: set[str] = set()
         self._pending_changes: dict[str, bool] = {}
+        # Presence: the local members of each name and group, as written to Redis,
+        # and the changes not written yet ((address, member) -> present).
+        self._present: dict[str, set[str]] = {}
+        self._presence_changes: dict[tuple[str, str], bool] = {}
         self._change_seq = 0
         self._confirmed_seq = 0
         self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -560,6 +567,41 @@ class RedisBackplane(Backplane):
     def unsubscribe(self, address: str) -> None:
         """Stop receiving messages for ``address`` (applied asynchronously)."""
         self._request_change(address, False)
+
+    def member_joined(self, address: str, member: str) -> None:
+        """Record ``member`` in the presence of ``address`` (written asynchronously)."""
+        self._request_presence(address, member, True)
+
+    def member_left(self, address: str, member: str) -> None:
+        """Remove ``member`` from the presence of ``address`` (written asynchronously)."""
+        self._request_presence(address, member, False)
+
+    def _request_presence(self, address: str, member: str, present: bool) -> None:
+        bridge = self._bridge
+        if bridge is None:
+            self._presence_change(address, member, present)
+        else:
+            bridge.to_redis(self._presence_change, address, member, present)
+
+    async def presence(self, address: str) -> dict[str, str]:
+        """Return the members of ``address`` on every live node: member -> node id.
+
+        Each node keeps its members of each name and group in the hash
+        ``<prefix>:presence:<address>`` (field: the member's address; value:
+        its node id). Entries of nodes that are no longer live (their liveness
+        key expired: a node killed without a goodbye) are left out and deleted.
+        Cost: one HGETALL, plus the SCAN and MGET of :meth:`nodes`.
+
+        Raises:
+            BackplaneUnavailable: Redis is unreachable.
+        """
+        bridge = self._bridge
+        if bridge is None or not self._node_up:
+            raise BackplaneUnavailable(address, f"Redis at {self.display_url} is unreachable")
+        try:
+            return await bridge.call(self._presence(address))
+        except _Failed as exc:
+            raise BackplaneUnavailable(address, exc.why) from None
 
     def _request_change(self, address: str, want: bool) -> None:
         bridge = self._bridge
@@ -750,19 +792,7 @@ class RedisBackplane(Backplane):
         return bool(sep and dot) and owner == node_id and counter.isdigit()
 
     def _encode(self, address: str, message: Any) -> bytes:
-        tag = self._tag
-        if type(message) is str:
-            return tag + b"s" + message.encode("utf-8", "surrogatepass")
-        if isinstance(message, (bytes, bytearray, memoryview)):  # a tuple: no union per call
-            return tag + b"b" + bytes(message)
-        try:
-            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"a message sent to {address!r} through the Redis backplane must be str, "
-                f"bytes or JSON-serialisable, got {type(message).__name__} ({exc})"
-            ) from None
-        return tag + b"j" + text.encode("utf-8", "surrogatepass")
+        return encode_payload(self._tag, address, message)
 
     # -- the Redis side ---------------------------------------------------------------------
 
@@ -775,6 +805,80 @@ class RedisBackplane(Backplane):
         self._change_seq += 1
         if self._writer_wake is not None:
             self._writer_wake.set()
+
+    def _presence_change(self, address: str, member: str, present: bool) -> None:
+        members = self._present.get(address)
+        if present:
+            if members is None:
+                members = self._present[address] = set()
+            members.add(member)
+        elif members is not None:
+            members.discard(member)
+            if not members:
+                del self._present[address]
+        self._presence_changes[address, member] = present
+        if self._writer_wake is not None:
+            self._writer_wake.set()
+
+    async def _write_presence(self, link: _Link) -> None:
+        """Write the presence changes made since the last call (one pipeline)."""
+        changes, self._presence_changes = self._presence_changes, {}
+        if not changes:
+            return
+        node = (self._node_id or "").encode()
+        prefix = self._presence_prefix
+        commands: list[tuple[Any, ...]] = [
+            ("HSET", prefix + address, member, node)
+            if present
+            else ("HDEL", prefix + address, member)
+            for (address, member), present in changes.items()
+        ]
+        try:
+            async with link.ctl_lock:
+                for chunk in _chunks(commands, _MAX_BATCH):
+                    await link.ctl.send_packed_command(
+                        link.ctl.pack_commands(chunk), check_health=False
+                    )
+                    for _ in chunk:
+                        await link.ctl.read_response()
+        except BaseException:
+            # Written again once the link is back (see _restore).
+            for key, present in changes.items():
+                self._presence_changes.setdefault(key, present)
+            raise
+
+    async def _presence(self, address: str) -> dict[str, str]:
+        link = self._link
+        if link is None:
+            raise _Failed(f"Redis at {self.display_url} is unreachable")
+        key = self._presence_prefix + address
+        try:
+            async with link.ctl_lock:
+                await link.ctl.send_command("HGETALL", key, check_health=False)
+                flat: list[bytes] = await link.ctl.read_response(disable_decoding=True)
+        except self._link_errors() as exc:
+            link.lost(exc)
+            raise _Failed(_describe(exc)) from None
+        if isinstance(flat, dict):  # RESP3 answers a map
+            pairs = list(flat.items())
+        else:
+            pairs = list(zip(flat[::2], flat[1::2], strict=True))
+        live = set(await self._nodes()) if pairs else set()
+        found: dict[str, str] = {}
+        dead: list[bytes] = []
+        for field, value in pairs:
+            node = value.decode(errors="replace")
+            if node in live:
+                found[field.decode(errors="replace")] = node
+            else:
+                dead.append(field)
+        if dead:
+            # Members of nodes that died without a goodbye: nobody else removes them.
+            with contextlib.suppress(*self._link_errors()):
+                async with link.ctl_lock:
+                    await link.ctl.send_command("HDEL", key, *dead, check_health=False)
+                    await link.ctl.read_response()
+        return found
 
     def _set_up(self, up: bool) -> None:
         self._up = up
@@ -905,6 +1009,12 @@ class RedisBackplane(Backplane):
             if self._dispatch(response):
                 break
         link.last_rx = time.monotonic()
+        # Members that joined or stayed while the link was down are written again;
+        # those that left meanwhile are still in the pending changes as removals.
+        for address, members in self._present.items():
+            for member in members:
+                self._presence_changes[address, member] = True
+        await self._write_presence(link)
 
     async def _run_link(self, link: _Link) -> None:
         errors = self._link_errors()
@@ -1019,6 +1129,7 @@ class RedisBackplane(Backplane):
                 # The pong comes back after Redis applied everything sent before it.
                 self._ping_due = False
                 await link.sub.send_command("PING", str(seq), check_health=False)
+            await self._write_presence(link)
 
     async def _publisher(self, link: _Link) -> None:
         wake = self._publisher_wake
@@ -1081,6 +1192,11 @@ class RedisBackplane(Backplane):
             async with link.ctl_lock:
                 await link.ctl.send_command("DEL", key, check_health=False)
                 await link.ctl.read_response()
+            # And leave every presence hash at once (other nodes would skip them anyway).
+            for address, members in self._present.items():
+                for member in members:
+                    self._presence_changes[address, member] = False
+            await self._write_presence(link)
 
     async def _publish(self, address: str, payload: bytes) -> int:
         loop = asyncio.get_running_loop()
@@ -1211,6 +1327,33 @@ return 0
 """
 
 
+WIRE_VERSION: Final = 1
+"""The version of the wire format below (documented in ``docs/messaging.md``)."""
+
+
+def encode_payload(tag: bytes, address: str, message: Any) -> bytes:
+    """Encode ``message`` as a backplane payload: ``tag`` (the sender's node id and
+    NUL, or only NUL from outside the cluster), a kind byte, then the data.
+
+    Kinds: ``s`` a ``str`` (UTF-8), ``b`` ``bytes``, ``j`` anything else as JSON.
+
+    Raises:
+        TypeError: ``message`` is not ``str``, ``bytes`` or JSON-serialisable.
+    """
+    if type(message) is str:
+        return tag + b"s" + message.encode("utf-8", "surrogatepass")
+    if isinstance(message, (bytes, bytearray, memoryview)):  # a tuple: no union per call
+        return tag + b"b" + bytes(message)
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"a message sent to {address!r} through the Redis backplane must be str, "
+            f"bytes or JSON-serialisable, got {type(message).__name__} ({exc})"
+        ) from None
+    return tag + b"j" + text.encode("utf-8", "surrogatepass")
+
+
 def _decode(payload: bytes) -> Any:
     sep = payload.find(b"\x00")
     if sep < 0 or sep + 1 >= len(payload):
@@ -1237,7 +1380,7 @@ def _pack_publish(channel: bytes, payload: bytes) -> bytes:
     )
 
 
-def _chunks(items: list[bytes], size: int) -> Iterable[list[bytes]]:
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
