@@ -47,6 +47,7 @@ from websockets.server import ServerProtocol
 from actors._inline import Resume, Suspended
 
 from ._accept import AcceptFailure, classify_accept_error
+from ._body import BodyReader, wants_body
 from ._request import split_target
 
 if TYPE_CHECKING:
@@ -125,6 +126,9 @@ class TransportStream:
         if attribute is anyio.abc.SocketAttribute.remote_address:
             peer = self.transport.get_extra_info("peername")
             return default if peer is None else peer
+        if attribute is anyio.abc.SocketAttribute.local_port:
+            local = self.transport.get_extra_info("sockname")
+            return local[1] if isinstance(local, tuple) else default
         return default
 
 
@@ -149,7 +153,9 @@ class HandshakeProtocol(asyncio.Protocol):
     """One accepted socket, from ``connection_made`` until its handshake is decided."""
 
     __slots__ = (
+        "_body",
         "_decided",
+        "_head",
         "_linger_left",
         "_ops_only",
         "_protocol",
@@ -168,6 +174,10 @@ class HandshakeProtocol(asyncio.Protocol):
         self._started = 0.0
         #: Bytes still to discard while lingering; None before.
         self._linger_left: int | None = None
+        #: What arrived of the request so far, in case it has a body (see ``_body``).
+        self._head: bytes | bytearray = b""
+        #: The request with a body being read, and its reader; None otherwise.
+        self._body: tuple[WSRequest, BodyReader] | None = None
         self._protocol = ServerProtocol(
             max_size=server.config.max_size,
             extensions=server.compression,
@@ -200,6 +210,12 @@ class HandshakeProtocol(asyncio.Protocol):
             if self._linger_left < 0 and self._transport is not None:
                 self._transport.abort()  # enough: more than an answer is worth
             return
+        if self._body is not None:
+            request, reader = self._body
+            if reader.feed(data) and not self._decided:
+                self._settle()
+                self._decide(request, reader.body)
+            return
         protocol = self._protocol
         protocol.receive_data(data)
         if self._decided:
@@ -208,9 +224,34 @@ class HandshakeProtocol(asyncio.Protocol):
         if events:
             self._settle()
             self._decide(cast(WSRequest, events[0]))
+            return
+        # Usually the whole head comes in one read and this copies nothing.
+        head = self._head
+        if not head:
+            self._head = data
+        elif isinstance(head, bytearray):
+            head += data
+        else:
+            self._head = bytearray(head) + data
+        if protocol.handshake_exc is not None and wants_body(protocol):
+            self._start_body(bytes(self._head))
         elif protocol.handshake_exc is not None:
             self._settle()
             self._run(self._server.bad_request(self._stream(), protocol))
+
+    def _start_body(self, head: bytes) -> None:
+        plan = self._server.body_plan(self._stream(), head, self._ops_only)
+        self._head = b""
+        if not isinstance(plan, tuple):
+            self._settle()
+            self._run(self._server.answer_raw(self._stream(), plan))
+            return
+        request, self._protocol, reader = plan
+        if reader.feed(b""):
+            self._settle()
+            self._decide(request, reader.body)
+        else:
+            self._body = (request, reader)  # the rest comes in later reads
 
     def eof_received(self) -> bool:
         if not self._decided:
@@ -282,14 +323,20 @@ class HandshakeProtocol(asyncio.Protocol):
             finally:
                 exit_callback(previous)
 
-    def _decide(self, request: WSRequest) -> None:
+    def _decide(self, request: WSRequest, body: bytes | bytearray = b"") -> None:
         server = self._server
         path, query = split_target(request.path)
         stream = self._stream()
-        if self._ops_only and path not in ("/healthz", "/readyz", "/metrics"):
-            self._run(server.ops_only_answer(stream, self._protocol))
-            return
-        decision = server.decide(stream, self._protocol, request, path, query, self._started)
+        decision = server.decide(
+            stream,
+            self._protocol,
+            request,
+            path,
+            query,
+            self._started,
+            ops_only=self._ops_only,
+            body=body,
+        )
         if server.sync_handshakes:
             self._run(decision, then=_take_over)
             return

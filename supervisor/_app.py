@@ -54,6 +54,8 @@ class Request:
         client_address: the real client IP (behind trusted proxies only, the
             forwarded one; otherwise the peer's).
         subprotocols: subprotocols the client offered, in its order.
+        method: the HTTP method (``GET`` for every WebSocket handshake).
+        body: the request body (plain HTTP routes that take one; else empty).
     """
 
     path: str
@@ -64,6 +66,8 @@ class Request:
     remote_address: tuple[str, int]
     client_address: str
     subprotocols: tuple[str, ...] = ()
+    method: str = "GET"
+    body: bytes = b""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), or ``default``."""
@@ -128,6 +132,36 @@ class HTTPResponse:
     status: int = 200
     content_type: str = "text/plain; charset=utf-8"
     headers: Sequence[tuple[str, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRouteOptions:
+    """What a plain HTTP route accepts.
+
+    Attributes:
+        methods: the methods it answers (``HEAD`` comes with ``GET``).
+        max_body: the largest request body, in bytes (413 above it).
+    """
+
+    methods: tuple[str, ...] = ("GET",)
+    max_body: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("an HTTP route needs at least one method")
+        for method in self.methods:
+            if not method.isascii() or not method.isalpha():
+                raise ValueError(f"not an HTTP method: {method!r}")
+        if self.max_body < 0:
+            raise ValueError("max_body must be >= 0 bytes")
+
+    @property
+    def allow(self) -> str:
+        """The ``Allow`` header: its methods, with ``HEAD`` when it takes ``GET``."""
+        methods = list(self.methods)
+        if "GET" in methods and "HEAD" not in methods:
+            methods.insert(methods.index("GET") + 1, "HEAD")
+        return ", ".join(methods)
 
 
 HandshakeResult: TypeAlias = Accept | Reject | None
@@ -343,6 +377,8 @@ class App:
         self.lifespan = lifespan
         self.router = Router()
         self.http_routes: dict[str, HTTPHandler] = {}
+        #: Per HTTP route: the methods it takes and its largest body.
+        self.http_options: dict[str, HTTPRouteOptions] = {}
         self.hooks: list[HandshakeHook] = []
         #: Services and subtrees, started in order under the root supervisor.
         self.services: list[ChildSpec | SupervisorSpec] = []
@@ -391,23 +427,33 @@ class App:
         self.hooks.append(hook)
         return hook
 
-    def http(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
-        """Answer plain HTTP ``GET path`` on the server port (decorator).
+    def http(
+        self, path: str, *, methods: Sequence[str] = ("GET",), max_body: int = 64 * 1024
+    ) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Answer plain HTTP requests for ``path`` on the server port (decorator).
 
         For a few pages beside the WebSockets (a status page, the chat demo's
-        HTML). For a full HTTP application, mount wsup in an ASGI server instead.
+        HTML) and for webhooks (``methods=("POST",)``: the handler reads
+        ``request.method`` and ``request.body``). ``HEAD`` is answered for a
+        route that takes ``GET``; other methods get 405 with ``Allow``. A body
+        must come with ``Content-Length`` (411 otherwise) and hold at most
+        ``max_body`` bytes (413 otherwise, before it is read). For a full HTTP
+        application, mount wsup in an ASGI server instead.
 
         Raises:
-            ValueError: ``path`` is reserved (``/healthz``, ``/readyz``, ``/metrics``)
-                or already taken.
+            ValueError: ``path`` is reserved (``/healthz``, ``/readyz``, ``/metrics``),
+                already taken, or a method or ``max_body`` is invalid. Paths under
+                ``/api/`` are the server API's while it is on (an API key is set).
         """
         if path in ("/healthz", "/readyz", "/metrics"):
             raise ValueError(f"{path} is served by wsup itself")
         if path in self.http_routes:
             raise ValueError(f"an HTTP route for {path} exists already")
+        options = HTTPRouteOptions(tuple(m.upper() for m in methods), max_body)
 
         def register(handler: HTTPHandler) -> HTTPHandler:
             self.http_routes[path] = handler
+            self.http_options[path] = options
             return handler
 
         return register

@@ -42,6 +42,12 @@ class ServerConfig:
             least this fraction of its descriptor limit (soft ``RLIMIT_NOFILE``), so
             a load balancer sends new clients elsewhere before ``accept()`` fails
             (``None``: never; needs Linux 6.2 or later to count cheaply).
+        api_key: turns the server API on (``/api/send``, ``/api/broadcast``,
+            ``/api/presence``): requests must carry ``Authorization: Bearer <key>``
+            (``None``: the API is off and ``/api/`` answers 404). Never logged.
+        api_port: serve the API on this port instead of under ``/api/`` on the main
+            one (for an internal network); it also answers the operational endpoints.
+        api_max_body: the largest API request body, in bytes; a bigger one gets 413.
     """
 
     hosts: Sequence[str] = ("127.0.0.1",)
@@ -63,6 +69,9 @@ class ServerConfig:
     loop_lag_threshold: float = 0.25
     metrics_port: int | None = None
     readiness_fd_fraction: float | None = 0.9
+    api_key: str | None = field(default=None, repr=False)
+    api_port: int | None = None
+    api_max_body: int = 1 << 20
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -74,6 +83,22 @@ class ServerConfig:
                 raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
             if self.metrics_port == self.port != 0:
                 raise ValueError(f"metrics_port must differ from port ({self.port})")
+        if self.api_key is not None and (
+            not self.api_key or not all(33 <= ord(c) <= 126 for c in self.api_key)
+        ):
+            # It travels in an HTTP header: visible ASCII only, no spaces.
+            raise ValueError("the API key must be non-empty visible ASCII, without spaces")
+        if self.api_port is not None:
+            if not 0 <= self.api_port <= 65535:
+                raise ValueError(f"api_port must be in 0..65535, got {self.api_port}")
+            if self.api_port in (self.port, self.metrics_port) and self.api_port != 0:
+                raise ValueError(
+                    f"api_port must differ from port and metrics_port ({self.api_port})"
+                )
+            if self.api_key is None:
+                raise ValueError("api_port needs an API key (WSUP_API_KEY or --api-key-file)")
+        if self.api_max_body < 1:
+            raise ValueError("api_max_body must be >= 1 byte")
         for name in ("handshake_timeout", "close_timeout", "drain_timeout"):
             # "not > 0" also refuses NaN, which every comparison would let through.
             if not getattr(self, name) > 0:

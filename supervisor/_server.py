@@ -39,15 +39,17 @@ import anyio.abc
 import structlog
 from anyio.streams.tls import TLSStream
 from websockets.datastructures import Headers
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.http11 import Request as WSRequest
-from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from actors import ALL, Backplane, Clock, CriticalFailure, MonotonicClock
 from actors._backend import Waiter, primitives
 
+from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
 from ._aio import HandshakeProtocol, TransportStream, hooks_are_sync, serve_sockets
 from ._app import (
@@ -60,6 +62,7 @@ from ._app import (
     RouteOptions,
     call_maybe_async,
 )
+from ._body import BodyReader, parse_head, wants_body
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState
 from ._exceptions import ListenError, StartupError, find_exception
@@ -198,6 +201,8 @@ class Server:
         self.ports: list[tuple[str, int]] = []
         #: The bound ``(host, port)`` pairs of ``config.metrics_port``, if set.
         self.metrics_ports: list[tuple[str, int]] = []
+        #: The bound ``(host, port)`` pairs of ``config.api_port``, if set.
+        self.api_ports: list[tuple[str, int]] = []
         self.draining = False
         self.accepting = False
         #: The failure of a ``critical`` service or subtree, once one gave up.
@@ -301,6 +306,11 @@ class Server:
                         "server.started",
                         listen=[f"{h}:{p}" for h, p in self.ports],
                         metrics=[f"{h}:{p}" for h, p in self.metrics_ports],
+                        api=(
+                            [f"{h}:{p}" for h, p in (self.api_ports or self.ports)]
+                            if self.config.api_key is not None
+                            else []
+                        ),
                         routes=[r.pattern for r in app.router],
                         http_routes=list(app.http_routes),
                         backend=_backend_name(),
@@ -385,12 +395,17 @@ class Server:
     async def _listen(self) -> list[tuple[anyio.abc.SocketListener, bool]]:
         """Bind every host on the main port (and the metrics port); ``(listener, ops_only)``."""
         config = self.config
-        ports = [(config.port, False)]
+        ports: list[tuple[int, list[tuple[str, int]]]] = [(config.port, self.ports)]
         if config.metrics_port is not None:
-            ports.append((config.metrics_port, True))
+            ports.append((config.metrics_port, self.metrics_ports))
+        if config.api_port is not None:
+            # Served like the metrics port (it stays open while draining); which
+            # of the two a request came to is told by its local port.
+            ports.append((config.api_port, self.api_ports))
         listeners: list[tuple[anyio.abc.SocketListener, bool]] = []
         try:
-            for port, ops_only in ports:
+            for port, bound_ports in ports:
+                ops_only = bound_ports is not self.ports
                 for host in config.hosts:
                     try:
                         multi = await anyio.create_tcp_listener(
@@ -406,7 +421,7 @@ class Server:
                         listeners.append((listener, ops_only))
                         sockname = listener.extra(anyio.abc.SocketAttribute.local_address)
                         bound = (str(sockname[0]), int(sockname[1]))
-                        (self.metrics_ports if ops_only else self.ports).append(bound)
+                        bound_ports.append(bound)
         except BaseException:
             for listener, _ in listeners:
                 await listener.aclose()
@@ -585,6 +600,8 @@ class Server:
         )
         request: WSRequest | None = None
         invalid = False
+        head = bytearray()  # the request's bytes, in case it has a body (see _body)
+        deadline = anyio.current_time() + config.handshake_timeout
         with anyio.move_on_after(config.handshake_timeout):
             if config.ssl is not None:
                 try:
@@ -603,6 +620,7 @@ class Server:
                     self.handshake_failed(stream, "connection closed before the request")
                     await _close_quietly(stream)
                     return None
+                head += data
                 protocol.receive_data(data)
                 events = protocol.events_received()
                 if events:
@@ -610,6 +628,8 @@ class Server:
                 elif protocol.handshake_exc is not None:
                     invalid = True
                     break
+        if invalid and wants_body(protocol):
+            return await self._read_body(stream, bytes(head), started, ops_only, deadline)
         if invalid:
             # Answered outside the handshake deadline: the lingering close has its own.
             await self.bad_request(stream, protocol)
@@ -619,10 +639,136 @@ class Server:
             await self.handshake_timed_out(stream, protocol)
             return None
         path, query = split_target(request.path)
-        if ops_only and path not in ("/healthz", "/readyz", "/metrics"):
-            await self.ops_only_answer(stream, protocol)
+        return await self.decide(stream, protocol, request, path, query, started, ops_only=ops_only)
+
+    async def _read_body(
+        self,
+        stream: anyio.abc.ByteStream,
+        head: bytes,
+        started: float,
+        ops_only: bool,
+        deadline: float,
+    ) -> Connection | None:
+        """Read the body of a request that has one (stream path), then decide."""
+        plan = self.body_plan(stream, head, ops_only)
+        if isinstance(plan, Response):
+            await self.answer_raw(stream, plan)
             return None
-        return await self.decide(stream, protocol, request, path, query, started)
+        request, protocol, reader = plan
+        complete = reader.feed(b"")
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            while not complete:
+                try:
+                    data = await stream.receive()
+                except _CLOSED_STREAM_ERRORS:
+                    self.handshake_failed(stream, "connection closed before the request body")
+                    await _close_quietly(stream)
+                    return None
+                complete = reader.feed(data)
+        if not complete:
+            self.handshake_failed(stream, "no request body before the handshake timeout", "timeout")
+            await self.handshake_timed_out(stream, protocol)
+            return None
+        path, query = split_target(request.path)
+        return await self.decide(
+            stream, protocol, request, path, query, started, ops_only=ops_only, body=reader.body
+        )
+
+    def body_plan(
+        self, stream: AnyStream, head: bytes, ops_only: bool
+    ) -> tuple[WSRequest, ServerProtocol, BodyReader] | Response:
+        """How to go on with a request that announces a body (both I/O paths).
+
+        Returns:
+            The request, a fresh protocol to answer with, and a reader that
+            collects the body (it already holds what came with the head); or the
+            answer to send at once: 405 when the target takes no body, 411 for a
+            chunked one, 413 when ``Content-Length`` passes the target's limit,
+            400 for a malformed head.
+        """
+        parsed = parse_head(head)
+        if parsed is None or parsed.problem:
+            problem = parsed.problem if parsed is not None else "not a valid HTTP/1.1 request"
+            self.handshake_failed(stream, f"invalid HTTP request: {problem}")
+            return _plain(400, f"bad request: {problem}\n")
+        request = parsed.request
+        path, _ = split_target(request.path)
+        limit = self._body_limit(stream, request.method, path, ops_only)
+        api = self._serves_api(stream, path, ops_only)
+        not_here = self._api_not_here(path) if limit is None and not ops_only else None
+        if not_here is not None:
+            return not_here
+        if limit is None:
+            # Not a target that takes a body: wsup reads none there.
+            self.handshake_failed(stream, f"{request.method} with a body", path=path)
+            allow = self._allow(path)
+            return _plain(
+                405,
+                f"requests with a body are not supported here: use {allow}\n",
+                headers=[("Allow", allow)],
+            )
+        if parsed.length is None:
+            text = "send the body with Content-Length: chunked bodies are not supported"
+            return self._api_error(411, text, path) if api else _plain(411, text + "\n")
+        if parsed.length > limit:
+            text = f"request body too large: {parsed.length} bytes, at most {limit}"
+            return self._api_error(413, text, path) if api else _plain(413, text + "\n")
+        protocol = ServerProtocol(
+            max_size=self.config.max_size, extensions=self.compression, logger=self.protocol_logger
+        )
+        reader = BodyReader(parsed.length)
+        reader.feed(parsed.rest)
+        return request, protocol, reader
+
+    def _body_limit(self, stream: AnyStream, method: str, path: str, ops_only: bool) -> int | None:
+        """The largest body ``method path`` takes on this listener, or None for none."""
+        if self._serves_api(stream, path, ops_only):
+            return self.config.api_max_body
+        options = None if ops_only else self.app.http_options.get(path)
+        if options is not None and method in options.methods and method not in ("GET", "HEAD"):
+            return options.max_body
+        return None
+
+    def _api_not_here(self, path: str) -> Response | None:
+        """The 404 for ``/api/`` on the main port when the API is off or elsewhere."""
+        if not _api.is_api_path(path) or path in self.app.http_routes:
+            return None
+        if self.app.router.match(path) is not None:
+            return None  # the app's own WebSocket route
+        why = (
+            "the server API is off: configure an API key (WSUP_API_KEY or --api-key-file)"
+            if self.config.api_key is None
+            else f"the server API is served on port {self.config.api_port}"
+        )
+        return _plain(404, why + "\n")
+
+    def _allow(self, path: str) -> str:
+        options = self.app.http_options.get(path)
+        return options.allow if options is not None else "GET, HEAD"
+
+    def _on_api_port(self, stream: AnyStream) -> bool:
+        if not self.api_ports:
+            return False
+        local = stream.extra(anyio.abc.SocketAttribute.local_port, None)
+        return local is not None and any(port == local for _, port in self.api_ports)
+
+    def _serves_api(self, stream: AnyStream, path: str, ops_only: bool) -> bool:
+        """Whether this request is for the server API, here (key set, right port)."""
+        if self.config.api_key is None or not _api.is_api_path(path):
+            return False
+        if self.config.api_port is None:
+            return not ops_only
+        return ops_only and self._on_api_port(stream)
+
+    def _api_error(self, status: int, text: str, path: str) -> Response:
+        answer = _api.error(status, text, _api.endpoint_of(path))
+        self.metrics.api_requests.labels(endpoint=answer.endpoint, result=answer.result).inc()
+        return _plain(status, answer.json(), "application/json")
+
+    async def answer_raw(self, stream: AnyStream, response: Response) -> None:
+        """Send ``response`` on a socket whose parser gave up, then close (lingering)."""
+        await _send_all(stream, [response.serialize()])
+        await self._linger(stream)
 
     def refused(
         self, stream: AnyStream, status: int, reason: str, path: str, client: str | None = None
@@ -682,12 +828,16 @@ class Server:
         error = protocol.handshake_exc
         cause = error.__cause__ if error is not None else None
         self.handshake_failed(stream, f"invalid HTTP request: {cause or error}")
-        writes = protocol.data_to_send()
-        if any(writes):  # websockets already answered (431, 414)
-            await _send_all(stream, writes)
-            await self._linger(stream)
-            return
-        if cause is not None and "unsupported request body" in str(cause):
+        # websockets answers these itself, worded for a WebSocket client: an HTTP
+        # answer fits any client (a browser, curl, a webhook sender).
+        if isinstance(error, RequestLineTooLong):
+            response = _plain(
+                414, f"request line too long: path and query must fit in {MAX_LINE_LENGTH} bytes\n"
+            )
+        elif isinstance(error, (HeaderLineTooLong, TooManyHeaders)):
+            limits = f"at most {MAX_NUM_HEADERS} lines of {MAX_LINE_LENGTH} bytes"
+            response = _plain(431, f"request header fields too large: {limits}\n")
+        elif cause is not None and "unsupported request body" in str(cause):
             # A request with a body (POST, PUT...): wsup never reads request bodies.
             response = _plain(
                 405,
@@ -730,6 +880,7 @@ class Server:
         path: str,
         query: dict[str, list[str]],
         params: Any,
+        body: bytes | bytearray = b"",
     ) -> Request:
         remote = stream.extra(anyio.abc.SocketAttribute.remote_address, ("", 0))
         if isinstance(remote, str):  # a UNIX socket
@@ -749,6 +900,8 @@ class Server:
             remote_address=remote_pair,
             client_address=self._proxies.client_address(remote_pair[0], headers),
             subprotocols=tuple(offered),
+            method=request.method,
+            body=bytes(body),
         )
 
     async def decide(
@@ -759,16 +912,33 @@ class Server:
         path: str,
         query: dict[str, list[str]],
         started: float,
+        *,
+        ops_only: bool = False,
+        body: bytes | bytearray = b"",
     ) -> Connection | None:
         metrics = self.metrics
         repeated = repeated_singleton(ws_request.headers)
         if repeated is not None:
             await self.repeated_header(stream, protocol, repeated, path)
             return None
-        if ws_request.method not in ("GET", "HEAD"):
-            # Request bodies are never read: only GET (and HEAD, for probes) make sense.
-            response = _plain(405, f"{ws_request.method} is not supported: use GET\n")
-            response.headers["Allow"] = "GET, HEAD"
+        if self._serves_api(stream, path, ops_only):
+            await self._respond(stream, protocol, await self._api_call(stream, ws_request, body))
+            return None
+        if ops_only and path not in ("/healthz", "/readyz", "/metrics"):
+            await self.ops_only_answer(stream, protocol)
+            return None
+        not_here = self._api_not_here(path)
+        if not_here is not None:
+            await self._respond(stream, protocol, not_here)
+            return None
+        options = self.app.http_options.get(path)
+        methods = options.methods if options is not None else ("GET",)
+        if ws_request.method not in methods and ws_request.method != "HEAD":
+            # Only GET (and HEAD, for probes), or what a plain HTTP route declares.
+            allow = self._allow(path)
+            use = allow.removesuffix(", HEAD").replace(", HEAD", "")
+            response = _plain(405, f"{ws_request.method} is not supported: use {use}\n")
+            response.headers["Allow"] = allow
             await self._respond(stream, protocol, response)
             return None
         if ws_request.method == "HEAD":
@@ -790,7 +960,7 @@ class Server:
         if match is None or not upgrade:
             http_handler = self.app.http_routes.get(path)
             if http_handler is not None and not upgrade:
-                request = self._request(stream, ws_request, path, query, {})
+                request = self._request(stream, ws_request, path, query, {}, body)
                 try:
                     answer: HTTPResponse = await call_maybe_async(http_handler, request)
                     response = _plain(
@@ -887,6 +1057,39 @@ class Server:
                 "connection.opened", conn=conn.address, path=path, client=request.client_address
             )
         return conn
+
+    async def _api_call(
+        self, stream: AnyStream, ws_request: WSRequest, body: bytes | bytearray
+    ) -> Response:
+        """Answer one server API request (see ``_api``); count and log it."""
+        assert self.config.api_key is not None
+        started = self.clock.now()
+        path, query = split_target(ws_request.path)
+        call = _api.parse(
+            ws_request.method,
+            path,
+            query,
+            list(ws_request.headers.raw_items()),
+            bytes(body),
+            self.config.api_key,
+        )
+        answer = call if isinstance(call, _api.Answer) else await _api.perform(call, self.runtime)
+        metrics = self.metrics
+        metrics.api_requests.labels(endpoint=answer.endpoint, result=answer.result).inc()
+        metrics.api_request_duration.observe(self.clock.now() - started)
+        if answer.status == 200:
+            if _std_log.isEnabledFor(logging.DEBUG):
+                _log.debug("api.called", endpoint=answer.endpoint, client=peer_host(stream))
+        else:
+            _log.log(
+                logging.WARNING if answer.status == 503 else logging.INFO,
+                "api.refused",
+                endpoint=answer.endpoint,
+                status=answer.status,
+                error=answer.body.get("error"),
+                client=peer_host(stream),
+            )
+        return _plain(answer.status, answer.json(), "application/json", answer.headers)
 
     async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
         headers: list[tuple[str, str]] = []

@@ -4,8 +4,13 @@ Every option can also come from a ``WSUP_*`` environment variable (the
 command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``WSUP_PORT``, ``WSUP_DRAIN_TIMEOUT``, ``WSUP_LOG_FORMAT``, ``WSUP_LOG_LEVEL``,
 ``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
-``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REUSE_PORT`` (flags take
-``1``/``true``/``yes`` or ``0``/``false``/``no``).
+``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REDIS_PREFIX``,
+``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE`` (flags take
+``1``/``true``/``yes`` or ``0``/``false``/``no``); ``WSUP_API_KEY`` holds the
+server API's key itself.
+
+``wsup send ADDRESS MESSAGE --redis URL`` publishes one message to an address of
+a running cluster (see :mod:`supervisor.publisher`).
 
 ``--workers N`` (N > 1) makes this process a master that runs N single-process
 servers on the same port (see :mod:`supervisor._workers`); ``--redis URL``
@@ -26,6 +31,7 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import socket
 import sys
@@ -74,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print one line naming the mistake and where help is; exit 2."""
         if "required: command" in message:
-            message = "a command is required: wsup serve MODULE:ATTR"
+            message = "a command is required: wsup serve MODULE:ATTR or wsup send ADDRESS MESSAGE"
         self.exit(2, f"wsup: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -198,10 +204,49 @@ def _parser() -> argparse.ArgumentParser:
         "(default 10; WSUP_REDIS_NODE_TTL)",
     )
     run.add_argument(
+        "--redis-prefix",
+        metavar="P",
+        default=None,
+        help="namespace of the cluster's Redis channels and keys: apps sharing one Redis "
+        "need different ones (default wsup; WSUP_REDIS_PREFIX)",
+    )
+    run.add_argument(
+        "--api-key-file",
+        metavar="F",
+        default=None,
+        help="turn the server API on with the key in this file "
+        "(WSUP_API_KEY_FILE; or the key itself in WSUP_API_KEY)",
+    )
+    run.add_argument(
+        "--api-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve the server API on this port instead of under /api/ (WSUP_API_PORT)",
+    )
+    run.add_argument(
         "--reuse-port",
         action="store_true",
         default=None,
         help="set SO_REUSEPORT so several processes share the port (WSUP_REUSE_PORT)",
+    )
+    send = commands.add_parser(
+        "send", help="send one message to an address: wsup send ADDRESS MESSAGE --redis URL"
+    )
+    send.add_argument("address", metavar="ADDRESS", help="e.g. user:42, room:lobby, all")
+    send.add_argument(
+        "message",
+        metavar="MESSAGE",
+        help="JSON: '\"hi\"' sends the text hi, '{\"a\": 1}' sends that JSON text",
+    )
+    send.add_argument(
+        "--redis", metavar="URL", default=None, help="the cluster's Redis (WSUP_REDIS)"
+    )
+    send.add_argument(
+        "--redis-prefix",
+        metavar="P",
+        default=None,
+        help="the cluster's prefix (default wsup; WSUP_REDIS_PREFIX)",
     )
     return parser
 
@@ -228,6 +273,7 @@ class _Cluster:
     redis_optional: bool
     node_ttl: float
     reuse_port: bool
+    redis_prefix: str
 
 
 def _cluster_options(args: argparse.Namespace) -> _Cluster:
@@ -250,7 +296,33 @@ def _cluster_options(args: argparse.Namespace) -> _Cluster:
         redis_optional=bool(args.redis_optional) or _env_flag("REDIS_OPTIONAL"),
         node_ttl=node_ttl,
         reuse_port=reuse_port,
+        redis_prefix=_redis_prefix(args),
     )
+
+
+def _redis_prefix(args: argparse.Namespace) -> str:
+    prefix: str = args.redis_prefix or _env("REDIS_PREFIX") or "wsup"
+    if "\x00" in prefix or not prefix.isprintable() or " " in prefix:
+        raise UsageError(f"--redis-prefix must be printable, without spaces, got {prefix!r}")
+    return prefix
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The server API's key: from --api-key-file, WSUP_API_KEY, or WSUP_API_KEY_FILE."""
+    path = args.api_key_file
+    if path is None and _env("API_KEY"):
+        return str(_env("API_KEY")).strip()
+    path = path or _env("API_KEY_FILE")
+    if not path:
+        return None
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"--api-key-file: cannot read {path}: {reason}") from None
+    if not key:
+        raise UsageError(f"--api-key-file: {path} is empty")
+    return key
 
 
 def _backplane(cluster: _Cluster) -> Backplane | None:
@@ -258,7 +330,10 @@ def _backplane(cluster: _Cluster) -> Backplane | None:
         return None
     try:
         return RedisBackplane(
-            cluster.redis, required=not cluster.redis_optional, node_ttl=cluster.node_ttl
+            cluster.redis,
+            required=not cluster.redis_optional,
+            node_ttl=cluster.node_ttl,
+            prefix=cluster.redis_prefix,
         )
     except ImportError as exc:
         raise UsageError(str(exc)) from None
@@ -339,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "send":
+        return _send(args)
     try:
         # Flags win over WSUP_* variables, which win over the app's own ServerConfig.
         overrides: dict[str, Any] = {}
@@ -354,6 +431,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["metrics_port"] = args.metrics_port
         elif _env("METRICS_PORT") is not None:
             overrides["metrics_port"] = _env_number("METRICS_PORT", "0", int)
+        if args.api_port is not None:
+            overrides["api_port"] = args.api_port
+        elif _env("API_PORT") is not None:
+            overrides["api_port"] = _env_number("API_PORT", "0", int)
+        api_key = _api_key(args)
+        if api_key is not None:
+            overrides["api_key"] = api_key
         if args.drain_timeout is not None:
             overrides["drain_timeout"] = args.drain_timeout
         elif _env("DRAIN_TIMEOUT") is not None:
@@ -498,7 +582,12 @@ def _run_workers(
         command += ["--log-format", log_format]
     if cluster.redis_optional:
         command.append("--redis-optional")
+    command += ["--redis-prefix", cluster.redis_prefix]
+    if config.api_port is not None:
+        command += ["--api-port", str(config.api_port)]
     env: dict[str, str] = {}
+    if config.api_key is not None:
+        env["WSUP_API_KEY"] = config.api_key  # a secret: never on a command line
     if cluster.redis is not None:
         # In the environment, not on the command line: a URL may hold a password.
         env["WSUP_REDIS"] = cluster.redis
@@ -511,6 +600,40 @@ def _run_workers(
         command, cluster.workers, env=env, metrics_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     )
     return master.run()
+
+
+def _send(args: argparse.Namespace) -> int:
+    """``wsup send``: publish one message through the cluster's Redis."""
+    from .publisher import Publisher
+
+    url = args.redis or _env("REDIS")
+    try:
+        if not url:
+            raise UsageError("wsup send needs the cluster's Redis: --redis URL (or WSUP_REDIS)")
+        try:
+            message = json.loads(args.message)
+        except ValueError as exc:
+            raise UsageError(f"MESSAGE must be JSON ('\"hi\"' for the text hi): {exc}") from None
+        prefix = _redis_prefix(args)
+        try:
+            publisher = Publisher(url, prefix=prefix)
+        except ImportError as exc:
+            raise UsageError(str(exc)) from None
+        except ValueError as exc:
+            raise UsageError(f"--redis: {exc}") from None
+    except UsageError as exc:
+        print(f"wsup: error: {exc}", file=sys.stderr)
+        return 2
+    from redis.exceptions import RedisError
+
+    try:
+        with publisher:
+            nodes = publisher.send(args.address, message)
+    except (RedisError, OSError) as exc:
+        print(f"wsup: error: cannot reach Redis at {publisher.display_url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"address": args.address, "nodes": nodes}))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

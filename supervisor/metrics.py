@@ -67,6 +67,8 @@ from prometheus_client.registry import Collector
 __all__ = [
     "ACCEPT_ERRORS",
     "ACTOR_KINDS",
+    "API_ENDPOINTS",
+    "API_RESULTS",
     "BACKPLANE_DIRECTIONS",
     "CLOSE_INITIATORS",
     "CLOSE_REASONS",
@@ -80,6 +82,8 @@ __all__ = [
     "METRIC_DOCS",
     "AcceptError",
     "ActorKind",
+    "ApiEndpoint",
+    "ApiResult",
     "BackplaneDirection",
     "CloseInitiator",
     "CloseReason",
@@ -158,6 +162,20 @@ AcceptError = Literal["emfile", "enfile", "enobufs", "enomem"]
 """Why ``accept()`` failed for lack of resources: the process's descriptor limit
 (``EMFILE``), the system's (``ENFILE``), or kernel memory (``ENOBUFS``, ``ENOMEM``)."""
 ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
+
+ApiEndpoint = Literal["send", "broadcast", "presence", "other"]
+"""Server API endpoint called (``other``: a path under ``/api/`` that is none of them)."""
+API_ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = get_args(ApiEndpoint)
+
+ApiResult = Literal[
+    "ok", "bad_request", "unauthorized", "not_found", "method_not_allowed", "too_large",
+    "unavailable",
+]  # fmt: skip
+"""How a server API call ended: ``ok`` (200); ``bad_request`` (400, 411: bad JSON, a
+missing field, a chunked body); ``unauthorized`` (401); ``not_found`` (404);
+``method_not_allowed`` (405); ``too_large`` (413); ``unavailable`` (503: the
+backplane is down, or a mailbox refused the message)."""
+API_RESULTS: Final[tuple[ApiResult, ...]] = get_args(ApiResult)
 
 # --- Close codes -----------------------------------------------------------------
 
@@ -244,6 +262,10 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_backplane_publish_duration_seconds": "Time to publish one message on the backplane.",
         "wsup_build_info": "Build information; the value is always 1.",
+        "wsup_api_requests_total": "Server API requests answered, by endpoint and result.",
+        "wsup_api_request_duration_seconds": (
+            "Time to answer a server API request once its body was read, sends included."
+        ),
     }
 )
 """Exposed family name (as in the ``# TYPE`` line) → one-line meaning."""
@@ -567,6 +589,12 @@ class Metrics:
             "wsup_backplane_publish_duration_seconds", _BACKPLANE_PUBLISH_BUCKETS
         )
 
+        # Server API.
+        self.api_requests: Final = counter("wsup_api_requests_total", ("endpoint", "result"))
+        self.api_request_duration: Final = histogram(
+            "wsup_api_request_duration_seconds", _BACKPLANE_PUBLISH_BUCKETS
+        )
+
         # Its label values are whatever the running build is, not a fixed set, so
         # no child exists until set_build_info() is called.
         self.build_info: Final = gauge("wsup_build_info", ("version", "python", "backend"))
@@ -583,6 +611,7 @@ class Metrics:
         _prefill(self.actor_crashes, ACTOR_KINDS)
         _prefill(self.actor_restarts, ACTOR_KINDS)
         _prefill(self.backplane_messages, BACKPLANE_DIRECTIONS)
+        _prefill(self.api_requests, API_ENDPOINTS, API_RESULTS)
 
     def set_build_info(self, version: str, python: str, backend: str) -> None:
         """Publish ``wsup_build_info{version, python, backend} 1``.

@@ -61,6 +61,8 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_backplane_messages_total": ("counter", ("direction",)),
     "wsup_backplane_publish_duration_seconds": ("histogram", ()),
     "wsup_build_info": ("gauge", ("version", "python", "backend")),
+    "wsup_api_requests_total": ("counter", ("endpoint", "result")),
+    "wsup_api_request_duration_seconds": ("histogram", ()),
 }
 
 # Label name -> every value it may take (build_info's labels are free-form).
@@ -73,6 +75,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "policy": ("drop_newest", "drop_oldest", "reject", "block_timeout", "disconnect"),
     "direction": ("sent", "received", "failed"),
     "error": ("emfile", "enfile", "enobufs", "enomem"),
+    "endpoint": ("send", "broadcast", "presence", "other"),
 }
 
 PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -105,6 +108,18 @@ PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "wsup_actor_crashes_total": {"kind": ("connection", "service", "supervisor")},
     "wsup_actor_restarts_total": {"kind": ("connection", "service", "supervisor")},
     "wsup_backplane_messages_total": {"direction": LABEL_VALUES["direction"]},
+    "wsup_api_requests_total": {
+        "endpoint": LABEL_VALUES["endpoint"],
+        "result": (
+            "ok",
+            "bad_request",
+            "unauthorized",
+            "not_found",
+            "method_not_allowed",
+            "too_large",
+            "unavailable",
+        ),
+    },
 }
 
 
