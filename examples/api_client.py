@@ -1,3 +1,4 @@
+# examples/api_client.py
 """Call a wsup server's API with the standard library only.
 
 Run a server with a key (``WSUP_API_KEY=secret wsup serve examples.chat:app``),

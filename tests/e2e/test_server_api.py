@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from websockets.sync.client import ClientConnection, connect
 from supervisor.publisher import AsyncPublisher
 from tests.e2e.apps.server_process import ROOT, ServerProcess, child_env, free_port, run_cli
 from tests.helpers.clients import http_get
+from tests.helpers.docs import assert_blocks_are_files
 from tests.helpers.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -403,6 +405,8 @@ def test_the_python_example_of_the_api_page_runs() -> None:
         "{'address': 'room:lobby', 'count': 0, 'members': []}",
     ]
     assert all(line in page for line in lines)
+    blocks = re.findall(r"```python\n(# examples/.*?)```", page, re.DOTALL)
+    assert_blocks_are_files(blocks, re.compile(r"# (examples/\S+\.py)\n"), "on the API page")
 
 
 @needs_redis
