@@ -854,22 +854,21 @@ class RedisBackplane(Backplane):
         key = self._presence_prefix + address
         try:
             async with link.ctl_lock:
-                await link.ctl.send_command("HGETALL", key, check_health=False)
-                flat: list[bytes] = await link.ctl.read_response(disable_decoding=True)
+                # One JSON string instead of 2n bulk replies: redis-py's reply parser
+                # (without hiredis) took 0.2 s for 10,000 members; json.loads, 5 ms.
+                await link.ctl.send_command("EVAL", _HGETALL_JSON, 1, key, check_health=False)
+                answer: bytes = await link.ctl.read_response(disable_decoding=True)
         except self._link_errors() as exc:
             link.lost(exc)
             raise _Failed(_describe(exc)) from None
-        if isinstance(flat, dict):  # RESP3 answers a map
-            pairs = list(flat.items())
-        else:
-            pairs = list(zip(flat[::2], flat[1::2], strict=True))
+        flat: list[str] = json.loads(answer) if answer != b"{}" else []  # cjson: {} when empty
+        pairs = list(zip(flat[::2], flat[1::2], strict=True))
         live = set(await self._nodes()) if pairs else set()
         found: dict[str, str] = {}
-        dead: list[bytes] = []
-        for field, value in pairs:
-            node = value.decode(errors="replace")
+        dead: list[str] = []
+        for field, node in pairs:
             if node in live:
-                found[field.decode(errors="replace")] = node
+                found[field] = node
             else:
                 dead.append(field)
         if dead:
@@ -1321,6 +1320,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_HGETALL_JSON: Final = "return cjson.encode(redis.call('HGETALL', KEYS[1]))"
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0

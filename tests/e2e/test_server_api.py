@@ -122,6 +122,13 @@ def metric(port: int, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels}")
 
 
+def redis_client(url: str) -> Any:
+    """A synchronous client of the test's own Redis."""
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
 def eventually(check: Callable[[], bool], what: str) -> None:
     """Poll ``check`` until true (a bounded wait for something asynchronous)."""
     deadline = time.monotonic() + TIMEOUT
@@ -384,6 +391,9 @@ def test_presence_spans_nodes_and_forgets_a_killed_one() -> None:
         two.signal(signal.SIGKILL)
         two.wait(TIMEOUT)
         eventually(lambda: presence(one.port) == [members[0].address], "bob and eve leave")
+        # The query also deleted the dead node's entries: nobody else would.
+        stored = redis_client(redis.url).hkeys("wsup:presence:room:lobby")
+        assert stored == [members[0].address.encode()]
 
 
 def test_the_python_example_of_the_api_page_runs() -> None:
