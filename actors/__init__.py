@@ -26,6 +26,16 @@ from ._exceptions import (
     SystemFailed,
     WsupError,
 )
+from ._history import (
+    HistoryRead,
+    HistorySpec,
+    MemoryHistory,
+    Position,
+    Record,
+    Recovery,
+    RecoveryResult,
+    decide_recovery,
+)
 from ._instrument import Instrumentation
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 from ._monitor import Down, DownReason
@@ -73,6 +83,8 @@ __all__ = [
     "Exit",
     "ExitKind",
     "FakeClock",
+    "HistoryRead",
+    "HistorySpec",
     "InProcessBackplane",
     "Instrumentation",
     "Intensity",
@@ -84,11 +96,16 @@ __all__ = [
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",
+    "MemoryHistory",
     "MonotonicClock",
     "NoRecipient",
     "Node",
     "Overflow",
     "OverflowPolicy",
+    "Position",
+    "Record",
+    "Recovery",
+    "RecoveryResult",
     "Runtime",
     "RuntimeStatistics",
     "SupervisionError",
@@ -97,6 +114,7 @@ __all__ = [
     "Timers",
     "WsupError",
     "decide_overflow",
+    "decide_recovery",
     "lease_step",
     "next_deadline",
 ]

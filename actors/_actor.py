@@ -31,6 +31,7 @@ from ._inline import Resume, Suspended, TaskRunning, step_as
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 
 if TYPE_CHECKING:
+    from ._history import Position, Recovery
     from ._runtime import Delivery, Runtime
     from ._timers import Timers
 
@@ -387,6 +388,28 @@ class Context:
     async def ask(self, address: str, message: Any, *, timeout: float | None = 5.0) -> Any:
         """Ask the one actor at ``address``; see :meth:`Runtime.ask`."""
         return await self._cell.runtime.ask(address, message, timeout=timeout)
+
+    async def recover(self, address: str, since: Position) -> Recovery:
+        """Join ``address``, which keeps a history, and return what this actor missed
+        after ``since`` (the position of the last record its client saw).
+
+        Call it instead of :meth:`join`. The history is read *after* joining,
+        and records that arrive meanwhile are held back, so that the returned
+        :attr:`Recovery.records` (the missed records, then the live ones that
+        arrived while recovering) are followed by the later live records with
+        no gap and no duplicate. Hand them to the client before this hook
+        returns: later live records wait in the mailbox until it does (this
+        actor's mailbox takes them from now on, even if its handler only forwards).
+
+        When the history no longer covers ``since`` (trimmed by size or age, a
+        new epoch, the backplane down), :attr:`Recovery.ok` is false and the
+        records are only the live ones: the behaviour decides what its client
+        is told. Cost: one read of the history (a round trip to Redis in a cluster).
+
+        Raises:
+            ValueError: ``address`` has no history.
+        """
+        return await self._cell.runtime.recover(self._cell, address, since)
 
     def watch(self, target: ActorRef | str) -> None:
         """Receive a :class:`~actors.Down` message when ``target`` ends for good.

@@ -14,15 +14,24 @@ a time, with an expiry and a fencing token; how a singleton runs once in a
 cluster) and counters (a number every node increments). The base class keeps
 them in this process, which is right for a single node; the Redis backplane
 keeps them in Redis.
+
+History (see :mod:`actors._history`) is kept by the runtime in this process
+unless the backplane says it keeps it itself (:attr:`Backplane.keeps_history`),
+for every node at once: then the backplane stamps each message sent to an
+address with history, and delivers it to that address's members on every node,
+this one included, in offset order.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
+
+if TYPE_CHECKING:
+    from ._history import HistoryRead, HistorySpec, Position
 
 __all__ = ["Backplane", "InProcessBackplane", "Node"]
 
@@ -156,6 +165,38 @@ class Backplane(abc.ABC):
         """
         await anyio.lowlevel.checkpoint()
         return {}
+
+    #: Whether this backplane keeps the history of addresses for every node (else the
+    #: runtime keeps it in this process, which only a single node may do).
+    keeps_history: bool = False
+
+    async def append_history(self, address: str, message: Any, spec: HistorySpec) -> int:
+        """Stamp ``message`` with the next offset of ``address`` and deliver the
+        :class:`~actors.Record` to the members of ``address`` on every node, this
+        one included (through ``node.deliver_remote``), in offset order.
+
+        Only called when :attr:`keeps_history` is true.
+
+        Returns:
+            How many other nodes received it.
+
+        Raises:
+            BackplaneUnavailable: the history store cannot be reached; nobody got it.
+        """
+        raise NotImplementedError(f"the {self.kind} backplane keeps no history")
+
+    async def read_history(self, address: str, since: Position, spec: HistorySpec) -> HistoryRead:
+        """Return the records of ``address`` after ``since``, or why they cannot be.
+
+        Only called when :attr:`keeps_history` is true, after this node became
+        a member of ``address``: it waits until the backplane delivers the
+        address's new records here, so that none falls between the read and
+        the live records.
+
+        Raises:
+            BackplaneUnavailable: the history store cannot be reached.
+        """
+        raise NotImplementedError(f"the {self.kind} backplane keeps no history")
 
     @property
     @abc.abstractmethod

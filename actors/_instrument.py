@@ -48,3 +48,9 @@ class Instrumentation:
 
     def backplane_state(self, up: bool) -> None:
         """The backplane went up or down."""
+
+    def history_appended(self) -> None:
+        """A message was stamped and added to an address's history."""
+
+    def history_recovered(self, result: str, records: int) -> None:
+        """A recovery ended with ``result`` (a ``RecoveryResult`` value), replaying ``records``."""

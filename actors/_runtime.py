@@ -10,10 +10,21 @@ local actors took the message and whether other nodes were reached. A send to
 an address nobody answers to is a dead letter (``no_recipient``); a publish to
 a group with no members is not (a group may well be empty): it is counted apart
 and logged at DEBUG.
+
+Addresses that match a history pattern (:meth:`Runtime.add_history`) take a
+different path: each send is stamped with the next offset of the address (in
+this process's :class:`~actors._history.MemoryHistory`, or by a backplane
+that keeps history for every node) and members receive a
+:class:`~actors.Record`. :meth:`Runtime.recover` closes the race between
+joining an address and reading its history: it joins first and holds the
+records that arrive for the recovering actor meanwhile, reads the history,
+then hands over the missed records followed by the held ones that came after
+them; a record that was read and still arrives later is dropped once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 from collections import deque
@@ -37,6 +48,7 @@ from ._exceptions import (
     MailboxFull,
     NoRecipient,
 )
+from ._history import HistorySpec, MemoryHistory, Position, Record, Recovery, RecoveryResult
 from ._instrument import Instrumentation
 from ._mailbox import MailboxConfig
 from ._monitor import WIRE_KEY, Down, DownReason, node_of, wire_down, wire_unwatch, wire_watch
@@ -48,6 +60,10 @@ ALL = "all"
 """The group every broadcast reaches. Connection actors join it automatically."""
 
 _log = structlog.get_logger("wsup.actors")
+
+_HISTORY_CACHE = 4096
+"""Addresses whose history spec (or lack of one) is remembered at once."""
+_NO_SPEC = HistorySpec("\x00")  # "not looked up yet" in the cache (no address matches it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,12 @@ class Runtime:
         self._members: dict[str, dict[Cell, None]] = {}
         self._cells: dict[str, Cell] = {}
         self._counter = 0
+        self._histories: list[HistorySpec] = []
+        self._history_cache: dict[str, HistorySpec | None] = {}
+        #: The history of this node's addresses, when the backplane keeps none.
+        self.memory_history = MemoryHistory()
+        # Actors catching up on an address: address -> cell -> its catch-up state.
+        self._catchup: dict[str, dict[Cell, _CatchUp]] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -189,6 +211,8 @@ class Runtime:
         cell.memberships.discard(address)
         if self.backplane.remote and address != cell.address and address != ALL:
             self.backplane.member_left(address, cell.address)
+        if self._catchup:
+            self._end_catchup(address, cell)
         if not members:
             del self._members[address]
             if self.backplane.remote:
@@ -244,6 +268,8 @@ class Runtime:
 
     def _offer(self, members: Iterable[Cell], message: Any) -> int:
         delivered = 0
+        if self._catchup and message.__class__ is Record:
+            members, delivered = self._catching_up(members, message)
         # Shared by every recipient of this one send: lets connections encode once.
         cache: dict[str, Any] | None = None
         for cell in members:
@@ -277,6 +303,12 @@ class Runtime:
             How many local actors took the message. Zero on a single-node
             backplane makes it a dead letter (``no_recipient``).
         """
+        if self._histories:
+            spec = self.history_of(address)
+            if spec is not None:
+                if self.backplane.keeps_history:
+                    raise ValueError(f"{address!r} has history in the backplane: use send()")
+                message = self._append_locally(address, message, spec)
         members = self._members.get(address)
         delivered = self._offer(list(members), message) if members else 0
         if not members and not self.backplane.remote:
@@ -304,6 +336,10 @@ class Runtime:
     async def _send(
         self, address: str, message: Any, timeout: float | None, *, group: bool
     ) -> Delivery:
+        if self._histories:
+            spec = self.history_of(address)
+            if spec is not None:
+                return await self._send_recorded(address, message, spec, group)
         members = self._members.get(address)
         if members and len(members) == 1 and not self.backplane.remote:
             (cell,) = members
@@ -342,6 +378,43 @@ class Runtime:
         self.instrumentation.backplane_message("sent")
         return reached > 0
 
+    async def _send_recorded(
+        self, address: str, message: Any, spec: HistorySpec, group: bool
+    ) -> Delivery:
+        backplane = self.backplane
+        members = self._members.get(address)
+        if not backplane.keeps_history:
+            record = self._append_locally(address, message, spec)
+            delivered = self._offer(list(members), record) if members else 0
+            await anyio.lowlevel.checkpoint()
+            if not delivered:
+                self._reached_nobody(address, record, group)
+                return _NOBODY
+            return Delivery(delivered, False)
+        # The backplane delivers the record here too, in offset order with everyone
+        # else's: local members count as reached if they are members now.
+        local = len(members) if members else 0
+        clock = self.clock
+        started = clock.now()
+        try:
+            others = await backplane.append_history(address, message, spec)
+        except BackplaneUnavailable:
+            self.instrumentation.backplane_message("failed")
+            self.dead_letters.post(DeadLetter(address, message, "backplane_down"))
+            raise
+        self.instrumentation.history_appended()
+        self.instrumentation.backplane_published(clock.now() - started)
+        self.instrumentation.backplane_message("sent")
+        if not local and not others:
+            self._reached_nobody(address, message, group)
+            return _NOBODY
+        return Delivery(local, others > 0)
+
+    def _append_locally(self, address: str, message: Any, spec: HistorySpec) -> Record:
+        record = self.memory_history.append(address, message, spec, self.clock.now())
+        self.instrumentation.history_appended()
+        return record
+
     def deliver_remote(self, address: str, message: Any) -> int:
         """Deliver a message that arrived from another node to local members only."""
         self.instrumentation.backplane_message("received")
@@ -350,6 +423,131 @@ class Runtime:
             return 1
         members = self._members.get(address)
         return self._offer(list(members), message) if members else 0
+
+    # -- history -------------------------------------------------------------------
+
+    def add_history(self, spec: HistorySpec) -> None:
+        """Keep a history for every address that matches ``spec.pattern``.
+
+        Where several specs match an address, the first one added wins.
+
+        Raises:
+            ValueError: the backplane reaches other nodes but keeps no history
+                (each node would number the messages on its own).
+        """
+        backplane = self.backplane
+        if backplane.remote and not backplane.keeps_history:
+            raise ValueError(
+                f"the {backplane.kind} backplane keeps no history: history needs the "
+                "in-process backplane or one that keeps it for every node (Redis)"
+            )
+        self._histories.append(spec)
+        self._history_cache.clear()
+
+    def history_of(self, address: str) -> HistorySpec | None:
+        """Return the history spec of ``address``, or ``None`` if it keeps none.
+
+        O(1) for an address seen recently, else O(specs).
+        """
+        cache = self._history_cache
+        spec = cache.get(address, _NO_SPEC)
+        if spec is not _NO_SPEC:
+            return spec
+        spec = next((s for s in self._histories if s.matches(address)), None)
+        if len(cache) >= _HISTORY_CACHE:
+            cache.clear()
+        cache[address] = spec
+        return spec
+
+    async def recover(self, cell: Cell, address: str, since: Position) -> Recovery:
+        """Make ``cell`` a member of ``address`` and return the records it missed after
+        ``since``, with no gap and no duplicate before the live ones.
+
+        See :meth:`actors.Context.recover`.
+
+        Raises:
+            ValueError: ``address`` has no history.
+            RuntimeError: ``cell`` is already recovering ``address``.
+        """
+        spec = self.history_of(address)
+        if spec is None:
+            raise ValueError(f"{address!r} has no history: see add_history()")
+        catching = self._catchup.setdefault(address, {})
+        if cell in catching and catching[cell].held is not None:
+            raise RuntimeError(f"{cell.address} is already recovering {address!r}")
+        # Live records must not overtake the missed ones on their way to the client:
+        # from now on they go through the mailbox, behind what the handler sends.
+        cell.direct = None
+        state = catching[cell] = _CatchUp()
+        self.add_member(address, cell)
+        backplane = self.backplane
+        read = None
+        try:
+            if backplane.keeps_history:
+                with contextlib.suppress(BackplaneUnavailable):
+                    read = await backplane.read_history(address, since, spec)
+            else:
+                read = self.memory_history.read(address, since, spec, self.clock.now())
+                await anyio.lowlevel.checkpoint()
+        except BaseException:
+            self._end_catchup(address, cell)
+            raise
+        held = state.held or []
+        state.held = None
+        missed: tuple[Record, ...] = ()
+        if read is None:
+            result, position = RecoveryResult.UNAVAILABLE, None
+        else:
+            result, missed = read.result, read.records
+            position = Position(read.epoch, read.offset) if read.epoch else None
+        if read is not None and result is RecoveryResult.RECOVERED:
+            # What the read covered: a held or late copy of it is dropped.
+            held = [r for r in held if r.epoch != read.epoch or r.offset > read.offset]
+            state.epoch, state.offset = read.epoch, read.offset
+        records = missed + tuple(held)
+        if records:
+            position = records[-1].position
+        if state.epoch is None or not backplane.keeps_history:
+            self._end_catchup(address, cell)
+        self.instrumentation.history_recovered(result.value, len(missed))
+        if result is RecoveryResult.RECOVERED:
+            _log.debug("history.recovered", address=address, since=str(since), records=len(missed))
+        else:
+            _log.info(
+                "history.recovery_failed",
+                address=address,
+                since=str(since),
+                result=result.value,
+                position=str(position) if position else None,
+            )
+        return Recovery(address, result, records, position)
+
+    def _catching_up(self, members: Iterable[Cell], record: Record) -> tuple[list[Cell], int]:
+        """Split ``members`` into those that take ``record`` now and those catching up."""
+        catching = self._catchup.get(record.address)
+        if not catching:
+            return list(members), 0
+        rest: list[Cell] = []
+        taken = 0
+        for cell in members:
+            state = catching.get(cell)
+            if state is None:
+                rest.append(cell)
+            elif state.held is not None:
+                state.held.append(record)  # recovering: handed over with the missed ones
+                taken += 1
+            elif record.epoch == state.epoch and record.offset <= state.offset:
+                taken += 1  # read from the history already: a late copy
+            else:
+                # Records arrive in offset order: nothing older can follow.
+                self._end_catchup(record.address, cell)
+                rest.append(cell)
+        return rest, taken
+
+    def _end_catchup(self, address: str, cell: Cell) -> None:
+        catching = self._catchup.get(address)
+        if catching is not None and catching.pop(cell, None) is not None and not catching:
+            del self._catchup[address]
 
     # -- watches across nodes ------------------------------------------------------
 
@@ -528,3 +726,17 @@ class Runtime:
             mailbox_messages=queued,
             dead_letters=self.dead_letters.statistics(),
         )
+
+
+class _CatchUp:
+    """An actor catching up on an address (see :meth:`Runtime.recover`)."""
+
+    __slots__ = ("epoch", "held", "offset")
+
+    def __init__(self) -> None:
+        #: Records that arrived while recovering (``None`` once recovered).
+        self.held: list[Record] | None = []
+        #: The last record read from the history: a later copy of it or of an older one
+        #: is dropped, until a newer record arrives.
+        self.epoch: str | None = None
+        self.offset = 0
