@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 import anyio
 
-from actors import Actor, ActorRef, Backoff, Delivery, Intensity, MailboxConfig
+from actors import (
+    Actor,
+    ActorRef,
+    Backoff,
+    Delivery,
+    HistorySpec,
+    Intensity,
+    MailboxConfig,
+)
 from actors._actor import _invoke
 
 from ._config import ServerConfig
@@ -215,7 +223,9 @@ class Handler(Actor):
         """Called for each message other actors send to this connection's addresses.
 
         By default it is forwarded to the client: ``str`` as text, ``bytes`` as
-        binary, anything else as JSON text.
+        binary, anything else as JSON text. A message sent to an address with
+        history arrives as an :class:`actors.Record`; by default its ``message``
+        is forwarded, without its position.
         """
         await self.conn.send(wire_message(message))
 
@@ -384,6 +394,8 @@ class App:
         self.services: list[ChildSpec | SupervisorSpec] = []
         self.on_startup: list[Callable[[App], Any]] = []
         self.on_shutdown: list[Callable[[App], Any]] = []
+        #: The addresses that keep a history (see :meth:`history`).
+        self.histories: list[HistorySpec] = []
         self.server: Server | None = None
 
     # -- configuration -----------------------------------------------------------------
@@ -457,6 +469,34 @@ class App:
             return handler
 
         return register
+
+    def history(
+        self, pattern: str, *, size: int = 1000, ttl: float = 300.0, meta_ttl: float = 7 * 86400.0
+    ) -> HistorySpec:
+        """Keep a history for every address that matches ``pattern`` (``room:*``).
+
+        Each message sent to such an address gets the next offset of that
+        address within an epoch, and its members receive it as an
+        :class:`actors.Record`; a reconnecting client's handler gets what it
+        missed with ``self.context.recover(address, since)``. Kept in this
+        process, or in Redis Streams with the Redis backplane (shared by every
+        node). See the history guide in the docs.
+
+        Args:
+            pattern: a shell-style pattern matched against the whole address.
+            size: the most messages kept per address.
+            ttl: seconds a message is kept.
+            meta_ttl: seconds an address's epoch and last offset outlive its last message.
+
+        Returns:
+            The spec it added.
+
+        Raises:
+            ValueError: an empty pattern or a bound out of range.
+        """
+        spec = HistorySpec(pattern, size, ttl, meta_ttl)
+        self.histories.append(spec)
+        return spec
 
     def service(
         self,

@@ -198,3 +198,13 @@ class MetricsInstrumentation(Instrumentation):
     def backplane_state(self, up: bool) -> None:
         """Record backplane health."""
         self.metrics.backplane_up.set(1 if up else 0)
+
+    def history_appended(self) -> None:
+        """Count a message added to a history."""
+        self.metrics.history_appends.inc()
+
+    def history_recovered(self, result: str, records: int) -> None:
+        """Count a recovery and the messages it handed back."""
+        self.metrics.history_recoveries.labels(result=result).inc()
+        if records:
+            self.metrics.history_recovered_messages.inc(records)

@@ -25,6 +25,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from actors import Record
+
 __all__ = [
     "WRITE_BATCH",
     "OutboundBuffer",
@@ -276,7 +278,8 @@ def wire_message(message: Any) -> str | bytes:
     fan-out that skips the mailbox).
 
     ``str`` stays text; ``bytes``, ``bytearray`` and ``memoryview`` become binary;
-    anything else becomes JSON text.
+    a :class:`actors.Record` (a message to an address with history) becomes what
+    its ``message`` becomes, without its position; anything else becomes JSON text.
 
     Raises:
         TypeError: ``message`` is none of these and not JSON-serializable.
@@ -284,6 +287,10 @@ def wire_message(message: Any) -> str | bytes:
     """
     if isinstance(message, (str, bytes)):
         return message
+    if message.__class__ is Record:
+        message = message.message
+        if isinstance(message, (str, bytes)):
+            return message
     if isinstance(message, (bytearray, memoryview)):
         return bytes(message)
     return json.dumps(message)

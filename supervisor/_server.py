@@ -197,6 +197,8 @@ class Server:
             on_critical=self._critical_failed,
         )
         self.runtime = self.system.runtime
+        for history in app.histories:
+            self.runtime.add_history(history)
         self.connections: set[Connection] = set()
         self.ports: list[tuple[str, int]] = []
         #: The bound ``(host, port)`` pairs of ``config.metrics_port``, if set.

@@ -93,6 +93,8 @@ __all__ = [
     "HandshakeResult",
     "MessageKind",
     "Metrics",
+    "RECOVERY_RESULTS",
+    "RecoveryResult",
     "close_reason_for_code",
     "multiprocess_directory",
 ]
@@ -176,6 +178,9 @@ missing field, a chunked body); ``unauthorized`` (401); ``not_found`` (404);
 ``method_not_allowed`` (405); ``too_large`` (413); ``unavailable`` (503: the
 backplane is down, or a mailbox refused the message)."""
 API_RESULTS: Final[tuple[ApiResult, ...]] = get_args(ApiResult)
+RecoveryResult = Literal["recovered", "epoch_changed", "trimmed", "unavailable", "invalid"]
+"""How a recovery from an address's history ended (see ``actors.RecoveryResult``)."""
+RECOVERY_RESULTS: Final[tuple[RecoveryResult, ...]] = get_args(RecoveryResult)
 
 # --- Close codes -----------------------------------------------------------------
 
@@ -261,6 +266,15 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
             "Messages sent to, received from or failed to reach other nodes (0 in-process)."
         ),
         "wsup_backplane_publish_duration_seconds": "Time to publish one message on the backplane.",
+        "wsup_history_appends_total": (
+            "Messages stamped with an offset and added to an address's history by this process."
+        ),
+        "wsup_history_recoveries_total": (
+            "Recoveries of missed messages from an address's history, by result."
+        ),
+        "wsup_history_recovered_messages_total": (
+            "Messages handed back from history by successful recoveries."
+        ),
         "wsup_build_info": "Build information; the value is always 1.",
         "wsup_api_requests_total": "Server API requests answered, by endpoint and result.",
         "wsup_api_request_duration_seconds": (
@@ -595,6 +609,11 @@ class Metrics:
             "wsup_api_request_duration_seconds", _BACKPLANE_PUBLISH_BUCKETS
         )
 
+        # History.
+        self.history_appends: Final = counter("wsup_history_appends_total")
+        self.history_recoveries: Final = counter("wsup_history_recoveries_total", ("result",))
+        self.history_recovered_messages: Final = counter("wsup_history_recovered_messages_total")
+
         # Its label values are whatever the running build is, not a fixed set, so
         # no child exists until set_build_info() is called.
         self.build_info: Final = gauge("wsup_build_info", ("version", "python", "backend"))
@@ -612,6 +631,7 @@ class Metrics:
         _prefill(self.actor_restarts, ACTOR_KINDS)
         _prefill(self.backplane_messages, BACKPLANE_DIRECTIONS)
         _prefill(self.api_requests, API_ENDPOINTS, API_RESULTS)
+        _prefill(self.history_recoveries, RECOVERY_RESULTS)
 
     def set_build_info(self, version: str, python: str, backend: str) -> None:
         """Publish ``wsup_build_info{version, python, backend} 1``.

@@ -63,6 +63,9 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_build_info": ("gauge", ("version", "python", "backend")),
     "wsup_api_requests_total": ("counter", ("endpoint", "result")),
     "wsup_api_request_duration_seconds": ("histogram", ()),
+    "wsup_history_appends_total": ("counter", ()),
+    "wsup_history_recoveries_total": ("counter", ("result",)),
+    "wsup_history_recovered_messages_total": ("counter", ()),
 }
 
 # Label name -> every value it may take (build_info's labels are free-form).
@@ -119,6 +122,9 @@ PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
             "too_large",
             "unavailable",
         ),
+    },
+    "wsup_history_recoveries_total": {
+        "result": ("recovered", "epoch_changed", "trimmed", "unavailable", "invalid")
     },
 }
 
