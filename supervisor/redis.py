@@ -25,7 +25,16 @@ Theory of operation:
     once, and leaves the node set once its key expires.
 
     Delivery is at-most-once: Redis pub/sub keeps nothing for a subscriber that
-    is not connected. When Redis cannot be reached, :attr:`RedisBackplane.up` is
+    is not connected, except for addresses with history. Those keep their
+    records in a Redis Stream, ``<prefix>:history:<address>`` (the entry id is
+    ``<offset>-<ms>``, the message in field ``m``), next to a hash
+    ``<prefix>:history-meta:<address>`` holding the epoch and the last offset.
+    One Lua script (:data:`_HISTORY_APPEND`) stamps a message with the next
+    offset, adds it to the stream, trims the stream by length and age, and
+    publishes it, so every node (the sender included, which does not drop its
+    own records) receives an address's records in offset order. When the hash
+    is gone (Redis lost its data, or the address was idle past ``meta_ttl``) the
+    next append starts a new epoch. When Redis cannot be reached, :attr:`RedisBackplane.up` is
     False (readiness turns 503), publishes fail at once with
     ``BackplaneUnavailable`` and nothing is buffered; the backplane reconnects
     with exponential backoff and re-subscribes every address that has local
@@ -65,7 +74,21 @@ import anyio.lowlevel
 import sniffio
 import structlog
 
-from actors import Backoff, BackoffState, Backplane, BackplaneError, BackplaneUnavailable, Node
+from actors import (
+    Backoff,
+    BackoffState,
+    Backplane,
+    BackplaneError,
+    BackplaneUnavailable,
+    HistoryRead,
+    HistorySpec,
+    Node,
+    Position,
+    Record,
+    RecoveryResult,
+    decide_recovery,
+)
+from actors._history import new_epoch
 
 if TYPE_CHECKING:
     import trio
@@ -635,6 +658,133 @@ class RedisBackplane(Backplane):
         except _Failed as exc:
             raise BackplaneUnavailable(address, exc.why) from None
 
+    # -- history (Redis Streams) ------------------------------------------------------------
+
+    keeps_history = True
+
+    async def append_history(self, address: str, message: Any, spec: HistorySpec) -> int:
+        """Stamp ``message`` with the next offset of ``address``, keep it in the
+        address's stream and publish it to every node, this one included.
+
+        Returns:
+            How many other nodes received it.
+
+        Raises:
+            TypeError: the message is not ``str``, ``bytes`` or JSON-serialisable.
+            BackplaneUnavailable: Redis is down or did not answer; nobody got it.
+        """
+        body = self._encode(address, message)[len(self._tag) :]
+        bridge = self._bridge
+        if bridge is None or not self._node_up:
+            self._failed += 1
+            raise BackplaneUnavailable(address, f"Redis at {self.display_url} is unreachable")
+        try:
+            return await bridge.call(self._history_append(address, body, spec))
+        except _Failed as exc:
+            self._failed += 1
+            raise BackplaneUnavailable(address, exc.why) from None
+
+    async def read_history(self, address: str, since: Position, spec: HistorySpec) -> HistoryRead:
+        """Read the records of ``address`` after ``since`` from its stream, once this
+        node's subscription to the address is confirmed.
+
+        Raises:
+            BackplaneUnavailable: Redis is down or did not answer.
+        """
+        bridge = self._bridge
+        if bridge is None or not self._node_up:
+            raise BackplaneUnavailable(address, f"Redis at {self.display_url} is unreachable")
+        try:
+            return await bridge.call(self._history_read(address, since, spec))
+        except _Failed as exc:
+            raise BackplaneUnavailable(address, exc.why) from None
+
+    def _history_keys(self, address: str) -> tuple[str, str]:
+        return f"{self.prefix}:history-meta:{address}", f"{self.prefix}:history:{address}"
+
+    async def _history_synced(self) -> None:
+        """Wait until Redis applied this node's subscriptions (within ``publish_timeout``)."""
+        if self._confirmed_seq >= self._change_seq:
+            return
+        try:
+            await asyncio.wait_for(self._synced(), self.publish_timeout)
+        except TimeoutError:
+            raise _Failed(
+                f"Redis did not confirm a subscription within {self.publish_timeout:g} s"
+            ) from None
+
+    async def _history_append(self, address: str, body: bytes, spec: HistorySpec) -> int:
+        # A local member that joined just before this send gets it too.
+        await self._history_synced()
+        meta, stream = self._history_keys(address)
+        reply = await self._history_script(
+            _HISTORY_APPEND,
+            (meta, stream, self._channel_prefix + address.encode()),
+            (
+                new_epoch(),
+                body,
+                spec.size,
+                max(1, int(spec.ttl * 1000)),
+                max(1, int(spec.meta_ttl * 1000)),
+            ),
+        )
+        self._published += 1
+        # This node's own subscription counts among the receivers when it has members.
+        return max(0, int(reply) - (1 if address in self._subscribed else 0))
+
+    async def _history_read(self, address: str, since: Position, spec: HistorySpec) -> HistoryRead:
+        await self._history_synced()
+        meta, stream = self._history_keys(address)
+        epoch_raw, last_raw, entries = await self._history_script(
+            _HISTORY_READ,
+            (meta, stream),
+            (since.offset + 1, max(1, int(spec.ttl * 1000)), spec.size),
+        )
+        epoch = epoch_raw.decode() if epoch_raw else None
+        last = int(last_raw)
+        first_kept = int(entries[0][0]) if entries else None
+        result = decide_recovery(since, epoch, last, first_kept)
+        if result is RecoveryResult.RECOVERED and len(entries) != last - since.offset:
+            result = RecoveryResult.TRIMMED  # a hole the age limit left (the clock jumped)
+        if epoch is None:
+            return HistoryRead(result, "", 0)
+        records: tuple[Record, ...] = ()
+        if result is RecoveryResult.RECOVERED:
+            try:
+                records = tuple(
+                    Record(address, epoch, int(offset), _decode(b"\x00" + body))
+                    for offset, body in entries
+                )
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise _Failed(f"a record of {address!r} cannot be read: {exc}") from None
+        return HistoryRead(result, epoch, last, records)
+
+    async def _history_script(
+        self, script: _Script, keys: tuple[Any, ...], args: tuple[Any, ...]
+    ) -> Any:
+        """Run ``script`` on the control connection (loading it when Redis lacks it)."""
+        from redis.exceptions import NoScriptError, ResponseError
+
+        link = self._link
+        if link is None or not self._up:
+            raise _Failed(f"Redis at {self.display_url} is unreachable")
+        try:
+            async with link.ctl_lock:
+                for command in ("EVALSHA", "EVAL"):
+                    code = script.sha if command == "EVALSHA" else script.source
+                    await link.ctl.send_command(
+                        command, code, len(keys), *keys, *args, check_health=False
+                    )
+                    try:
+                        return await link.ctl.read_response(disable_decoding=True)
+                    except ResponseError as exc:
+                        if command == "EVAL" or not isinstance(exc, NoScriptError):
+                            raise _Failed(f"Redis refused the history script: {exc}") from None
+        except self._link_errors() as exc:
+            link.lost(exc)
+            raise _Failed(_describe(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- more of the node side ----------------------------------------------------------
 
     async def nodes(self) -> dict[str, ClusterNode]:
@@ -1081,7 +1231,10 @@ class RedisBackplane(Backplane):
             return
         try:
             address = channel[len(prefix) :].decode()
-            message = _decode(payload)
+            if payload.startswith(_RECORD_TAG):
+                message = _decode_record(address, payload)
+            else:
+                message = _decode(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             _log.warning(
                 "redis.message_dropped", channel=channel[:200].decode("replace"), error=str(exc)
@@ -1302,6 +1455,74 @@ class RedisBackplane(Backplane):
         await fut
 
 
+@dataclass(frozen=True, slots=True)
+class _Script:
+    """A Lua script and its SHA1 digest (for ``EVALSHA``)."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> _Script:
+        import hashlib
+
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+_RECORD_TAG: Final = b"\x00r"
+"""How a record's payload begins: no sender tag (every node delivers it, the
+sender too), kind ``r``, then ``<epoch>:<offset>``, NUL, and the message as a
+plain payload's kind and data."""
+
+# KEYS[1] the meta hash, KEYS[2] the stream, KEYS[3] the channel.
+# ARGV: a new epoch (used when the hash is gone), the message (kind + data), size,
+# ttl in ms, meta_ttl in ms. Returns how many subscribers received it.
+_HISTORY_APPEND: Final = _Script.of("""
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local now = redis.call('TIME')
+local ms = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-' .. ms, 'm', ARGV[2])
+local cutoff = tonumber(ms) - tonumber(ARGV[4])
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 8)
+local keep = nil
+for _, entry in ipairs(head) do
+  local o, t = string.match(entry[1], '^(%d+)-(%d+)$')
+  if tonumber(t) >= cutoff then keep = o break end
+  keep = tostring(tonumber(o) + 1)
+end
+if keep then redis.call('XTRIM', KEYS[2], 'MINID', keep) end
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return redis.call('PUBLISH', KEYS[3], '\0r' .. epoch .. ':' .. offset .. '\0' .. ARGV[2])
+""")
+
+# KEYS[1] the meta hash, KEYS[2] the stream. ARGV: the first offset wanted, ttl in
+# ms, the most entries. Returns {epoch or '', last offset, {{offset, message}...}}
+# with the entries not older than ttl.
+_HISTORY_READ: Final = _Script.of("""
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[1] then return {'', 0, {}} end
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2])
+local entries = {}
+if tonumber(ARGV[1]) <= tonumber(meta[2]) then
+  local raw = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[3])
+  for _, entry in ipairs(raw) do
+    local o, t = string.match(entry[1], '^(%d+)-(%d+)$')
+    if tonumber(t) >= cutoff then
+      table.insert(entries, {tonumber(o), entry[2][2]})
+    end
+  end
+end
+return {meta[1], tonumber(meta[2]), entries}
+""")
+
 # Lease scripts: KEYS[1] the lease, KEYS[2] its fencing counter; ARGV holder, ttl in ms.
 _ACQUIRE: Final = """
 local current = redis.call('GET', KEYS[1])
@@ -1367,6 +1588,16 @@ def _decode(payload: bytes) -> Any:
     if kind == _KIND_JSON:
         return json.loads(data.decode("utf-8", "surrogatepass"))
     raise ValueError(f"unknown message kind {kind!r}")
+
+
+def _decode_record(address: str, payload: bytes) -> Record:
+    """Read a record's payload (see :data:`_RECORD_TAG`)."""
+    sep = payload.find(b"\x00", len(_RECORD_TAG))
+    if sep < 0:
+        raise ValueError("a history record without its message")
+    position = Position.parse(payload[len(_RECORD_TAG) : sep].decode("ascii"))
+    message = _decode(b"\x00" + payload[sep + 1 :])
+    return Record(address, position.epoch, position.offset, message)
 
 
 def _pack_publish(channel: bytes, payload: bytes) -> bytes:
