@@ -3,10 +3,18 @@
 Run it with ``wsup serve examples.chat:app`` (or ``make demo``) and open
 http://127.0.0.1:8765/ in two browser windows.
 
-Protocol, on ``ws://HOST/chat/{room}?user=NAME`` (no ``user`` → HTTP 400):
+Protocol, on ``ws://HOST/chat/{room}?user=NAME[&since=EPOCH:OFFSET]`` (no
+``user`` → HTTP 400; a ``since`` that is not ``EPOCH:OFFSET`` → HTTP 400):
 
 * ``{"type": "say", "text": T}`` reaches every connection in the room, the
-  sender included, as ``{"type": "said", "room": R, "from": NAME, "text": T}``;
+  sender included, as ``{"type": "said", "room": R, "from": NAME, "text": T,
+  "epoch": E, "offset": N}``: each room keeps a history of its last 1,000
+  messages of the last 5 minutes, and ``N`` numbers them within epoch ``E``;
+* with ``since=E:N`` (the position of the last ``said`` a client saw), the
+  connection first receives, in order, every ``said`` of the room after it,
+  then the live ones; if the history no longer has them (too old, or a new
+  epoch because the server restarted or Redis lost its data), it first receives
+  ``{"type": "recovery_failed", "room": R}``, then the live ones;
 * ``{"type": "dm", "to": NAME2, "text": T}`` reaches every connection of
   NAME2, in any room and on any node, as ``{"type": "dm", "from": NAME, "text": T}``;
 * anything else gets ``{"type": "error", "error": "..."}`` and the connection stays open.
@@ -14,9 +22,11 @@ Protocol, on ``ws://HOST/chat/{room}?user=NAME`` (no ``user`` → HTTP 400):
 Each connection answers to ``user:NAME`` (a user may have several tabs open)
 and is a member of ``room:R``; wsup removes both when the connection ends.
 
-In a cluster (``wsup serve --redis URL``), a ``say`` or ``dm`` sent while Redis
-is unreachable still reaches the connections of this node, and the sender gets
-an ``error`` saying the other nodes could not be reached; nothing is retried.
+In a cluster (``wsup serve --redis URL``), room histories live in Redis, shared
+by every node. A ``dm`` sent while Redis is unreachable still reaches the
+connections of this node, and the sender gets an ``error`` saying the other
+nodes could not be reached; a ``say`` reaches nobody (it could not get its
+offset) and the sender gets an ``error``. Nothing is retried.
 """
 
 from __future__ import annotations
@@ -25,12 +35,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actors import BackplaneUnavailable
+from actors import BackplaneUnavailable, Position, Record
 from supervisor import App, Handler, HTTPResponse, Reject, Request
 
 MAX_NAME = 32
 
 app = App()
+app.history("room:*", size=1000, ttl=300)
 
 
 def check_user(request: Request) -> Reject | None:
@@ -40,6 +51,12 @@ def check_user(request: Request) -> Reject | None:
         return Reject(400, "missing ?user=NAME\n")
     if len(user) > MAX_NAME or not user.isprintable():
         return Reject(400, f"user must be 1-{MAX_NAME} printable characters\n")
+    since = request.query_param("since")
+    if since:
+        try:
+            Position.parse(since)
+        except ValueError as exc:
+            return Reject(400, f"since: {exc}\n")
     return None
 
 
@@ -51,7 +68,25 @@ class ChatConnection(Handler):
         self.user = self.conn.request.query_param("user") or ""
         self.room = self.params["room"]
         self.context.register(f"user:{self.user}")
-        self.context.join(f"room:{self.room}")
+        since = self.conn.request.query_param("since")
+        if not since or self.context.restarts:
+            # (A restart runs on_connect again: what was recovered is sent already.)
+            self.context.join(f"room:{self.room}")
+            return
+        # Joins the room, then reads what this client missed.
+        recovery = await self.context.recover(f"room:{self.room}", Position.parse(since))
+        if not recovery:
+            await self.conn.send(json.dumps({"type": "recovery_failed", "room": self.room}))
+        for record in recovery.records:
+            await self.on_receive(record)
+
+    async def on_receive(self, message: Any) -> None:
+        """Forward what other connections sent; a room's ``said`` gets its position."""
+        if isinstance(message, Record) and isinstance(message.message, dict):
+            said = {**message.message, "epoch": message.epoch, "offset": message.offset}
+            await self.conn.send(json.dumps(said))
+        else:
+            await super().on_receive(message)
 
     async def on_message(self, message: str | bytes) -> None:
         try:
@@ -84,17 +119,24 @@ class ChatConnection(Handler):
         """Send ``event`` to every member of ``address``, on every node.
 
         When the cluster backplane is down, the members on this node still get
-        it and the others cannot: the sender is told, and its connection stays
-        open (an exception here would crash the handler, and a few crashes
-        would close the connection with 1011).
+        a ``dm`` and the others cannot; a room message reaches nobody, since
+        its history (in Redis) cannot give it an offset. The sender is told,
+        and its connection stays open (an exception here would crash the
+        handler, and a few crashes would close the connection with 1011).
         """
         try:
-            await self.context.send(address, json.dumps(event))
+            if address.startswith("room:"):
+                await self.context.send(address, event)  # a Record: on_receive adds its position
+            else:
+                await self.context.send(address, json.dumps(event))
         except BackplaneUnavailable:
-            await self.error(
-                f"{recipient} could not be reached on other nodes (cluster unavailable): "
-                "try again later"
-            )
+            if address.startswith("room:"):
+                await self.error(f"not sent to {recipient}: cluster unavailable, try again later")
+            else:
+                await self.error(
+                    f"{recipient} could not be reached on other nodes (cluster unavailable): "
+                    "try again later"
+                )
 
     async def error(self, text: str) -> None:
         """Tell this client what was wrong with its message."""

@@ -77,8 +77,20 @@ def dm(to: str, text: str) -> str:
 
 
 def said(room: str, sender: str, text: str) -> dict[str, Any]:
-    """What every member of ``room`` receives when ``sender`` says ``text``."""
+    """What every member of ``room`` receives when ``sender`` says ``text`` (without the
+    position: see :func:`positionless`)."""
     return {"type": "said", "room": room, "from": sender, "text": text}
+
+
+def positionless(message: Any) -> Any:
+    """``message`` without the ``epoch`` and ``offset`` of a ``said``, which must be a
+    string and an int; other messages as they are."""
+    if isinstance(message, dict) and message.get("type") == "said":
+        message = dict(message)
+        assert isinstance(message.pop("epoch"), str), message
+        offset = message.pop("offset")
+        assert type(offset) is int, message
+    return message
 
 
 def dm_from(sender: str, text: str) -> dict[str, Any]:
@@ -131,11 +143,16 @@ def wait_joined(server: Server, members: dict[str, int]) -> None:
 # --- the websockets client --------------------------------------------------------------
 
 
-def recv_json(ws: ClientConnection) -> Any:
-    """Return the next message, which must be JSON text."""
+def recv_raw(ws: ClientConnection) -> Any:
+    """Return the next message, which must be JSON text, as it is."""
     message = ws.recv(timeout=TIMEOUT)
     assert isinstance(message, str), message
     return json.loads(message)
+
+
+def recv_json(ws: ClientConnection) -> Any:
+    """Return the next message, which must be JSON text; a ``said`` without its position."""
+    return positionless(recv_raw(ws))
 
 
 def open_chat(stack: ExitStack, server: Server, room: str, user: str) -> ClientConnection:
@@ -232,6 +249,158 @@ async def test_bad_messages_get_an_error_and_the_connection_stays_open() -> None
         ) in (None, 0.0)
 
 
+# --- history and recovery ----------------------------------------------------------------
+
+
+def since_path(room: str, user: str, since: str) -> str:
+    """The path of ``room`` for ``user``, coming back from position ``since``."""
+    return f"{chat_path(room, user)}&{urlencode({'since': since})}"
+
+
+async def test_said_carries_the_epoch_and_an_offset_one_more_each_time() -> None:
+    """Each room numbers its ``said`` messages 1, 2, 3 in one epoch (a string); rooms
+    are numbered apart."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> list[Any]:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                bob = open_chat(stack, server, "kitchen", "bob")
+                wait_joined(server, {"room:lobby": 1, "room:kitchen": 1})
+                got = []
+                for text in ("one", "two", "three"):
+                    ada.send(say(text))
+                    got.append(recv_raw(ada))
+                bob.send(say("elsewhere"))
+                got.append(recv_raw(bob))
+                return got
+
+        one, two, three, elsewhere = await in_thread(scenario)
+    assert isinstance(one["epoch"], str)
+    assert one["epoch"] != ""
+    assert [(m["epoch"], m["offset"]) for m in (one, two, three)] == [
+        (one["epoch"], 1),
+        (one["epoch"], 2),
+        (one["epoch"], 3),
+    ]
+    assert positionless(three) == said("lobby", "ada", "three")
+    assert elsewhere["offset"] == 1
+
+
+async def test_since_replays_the_later_said_messages_in_order_then_live_ones() -> None:
+    """Back with ``since=EPOCH:2`` after four messages: the third and fourth come first,
+    exactly as they were sent the first time, then what is said from then on."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> None:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                wait_joined(server, {"room:lobby": 1})
+                first = []
+                for number in range(1, 5):
+                    ada.send(say(f"m{number}"))
+                    first.append(recv_raw(ada))
+                since = f"{first[1]['epoch']}:{first[1]['offset']}"
+                url = ws_url(server, since_path("lobby", "bob", since))
+                bob = stack.enter_context(connect(url, open_timeout=TIMEOUT))
+                assert [recv_raw(bob), recv_raw(bob)] == first[2:]
+                wait_joined(server, {"room:lobby": 2})
+                ada.send(say("live"))
+                live = recv_raw(bob)
+                assert positionless(live) == said("lobby", "ada", "live")
+                assert (live["epoch"], live["offset"]) == (first[0]["epoch"], 5)
+
+        await in_thread(scenario)
+        assert (
+            server.metrics.registry.get_sample_value(
+                "wsup_history_recoveries_total", {"result": "recovered"}
+            )
+            == 1.0
+        )
+        assert (
+            server.metrics.registry.get_sample_value("wsup_history_recovered_messages_total") == 2.0
+        )
+
+
+async def test_since_that_cannot_be_recovered_first_sends_recovery_failed() -> None:
+    """An epoch the room never had (a restarted server's): ``recovery_failed`` comes first,
+    then the live messages."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> None:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                wait_joined(server, {"room:lobby": 1})
+                ada.send(say("before"))
+                recv_json(ada)
+                url = ws_url(server, since_path("lobby", "bob", "0ld3p0ch:1"))
+                bob = stack.enter_context(connect(url, open_timeout=TIMEOUT))
+                assert recv_raw(bob) == {"type": "recovery_failed", "room": "lobby"}
+                wait_joined(server, {"room:lobby": 2})
+                ada.send(say("after"))
+                assert recv_json(bob) == said("lobby", "ada", "after")
+
+        await in_thread(scenario)
+
+
+@pytest.mark.parametrize("since", ["nocolon", "epoch:", "epoch:-1", "epoch:1.5", ":3"])
+async def test_a_malformed_since_is_refused_with_400(since: str) -> None:
+    """``since`` must be ``EPOCH:OFFSET``: anything else gets HTTP 400 saying so."""
+    async with running_server(chat.app) as server:
+
+        def scenario() -> InvalidStatus:
+            url = ws_url(server, since_path("lobby", "ada", since))
+            with pytest.raises(InvalidStatus) as refused, connect(url, open_timeout=TIMEOUT):
+                pass
+            return refused.value
+
+        refusal = await in_thread(scenario)
+        assert refusal.response.status_code == 400
+        assert b"since" in refusal.response.body
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_redis_losing_its_data_makes_a_returning_client_get_recovery_failed(
+    redis_server: RedisServer,
+) -> None:
+    """The room's history is in Redis; Redis restarted empty: a client back with its old
+    position gets ``recovery_failed``, and the room starts a new epoch at offset 1."""
+    fast = Backoff(minimum=0.01, maximum=0.1, jitter=0.1)
+    backplane = RedisBackplane(redis_server.url, reconnect=fast)
+    async with running_server(chat.app, backplane=backplane) as server:
+
+        def before() -> Any:
+            with ExitStack() as stack:
+                ada = open_chat(stack, server, "lobby", "ada")
+                wait_joined(server, {"room:lobby": 1})
+                anyio.from_thread.run(backplane.synced)
+                ada.send(say("before"))
+                return recv_raw(ada)
+
+        old = await in_thread(before)
+        await in_thread(redis_server.kill)
+        await backplane.wait_for_state(up=False)
+        await in_thread(redis_server.start)
+        await backplane.wait_for_state(up=True)
+
+        def after() -> tuple[Any, Any]:
+            with ExitStack() as stack:
+                since = f"{old['epoch']}:{old['offset']}"
+                url = ws_url(server, since_path("lobby", "bob", since))
+                bob = stack.enter_context(connect(url, open_timeout=TIMEOUT))
+                failed = recv_raw(bob)
+                wait_joined(server, {"room:lobby": 1})
+                bob.send(say("after"))
+                return failed, recv_raw(bob)
+
+        failed, new = await in_thread(after)
+    assert old["offset"] == 1
+    assert failed == {"type": "recovery_failed", "room": "lobby"}
+    assert positionless(new) == said("lobby", "bob", "after")
+    assert new["offset"] == 1
+    assert new["epoch"] != old["epoch"]
+
+
 # --- Node's ws client ---------------------------------------------------------------------
 
 
@@ -276,9 +445,8 @@ async def run_chat_client(
 
 
 def received(report: dict[str, Any], client: str) -> list[Any]:
-    """The messages ``client`` received, in order."""
-    messages: list[Any] = report["clients"][client]["received"]
-    return messages
+    """The messages ``client`` received, in order (a ``said`` without its position)."""
+    return [positionless(m) for m in report["clients"][client]["received"]]
 
 
 async def test_node_without_a_user_is_refused_with_400() -> None:
@@ -443,9 +611,8 @@ async def test_a_redis_outage_answers_remote_sends_with_an_error_and_closes_noth
                         assert is_error(recv_json(ada))
                         carol.send(dm("ada", f"lost {number}"))
                         assert is_error(recv_json(carol))
-                    ada.send(say("to this node only"))
-                    for ws in (ada, bob):
-                        assert recv_json(ws) == said("lobby", "ada", "to this node only")
+                    # A room message gets its offset in Redis: now it reaches nobody.
+                    ada.send(say("not sent"))
                     assert is_error(recv_json(ada))
 
                     redis_server.start()

@@ -11,6 +11,7 @@ the server's loop through ``anyio.from_thread`` and the server's loop token.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -23,11 +24,12 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from websockets.sync.client import connect
 
 from examples import chat
 from supervisor import App, Server
 from supervisor.metrics import Metrics
-from tests.helpers.server import http_url
+from tests.helpers.server import http_url, ws_url
 
 pytestmark = pytest.mark.e2e
 
@@ -190,3 +192,41 @@ def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
         data = screenshot.read_bytes()
         assert len(data) > len(PNG_SIGNATURE)
         assert data.startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_page_that_goes_offline_comes_back_and_shows_what_it_missed(
+    backend: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The browser goes offline (network emulation) while ada keeps talking: back
+    online, the page reconnects by itself with ``since`` and shows every message it
+    missed, in order, then the live ones."""
+    with served_in_thread(chat.app, backend) as server, chromium(tmp_path / "profile") as browser:
+        bob = browser.pages[0] if browser.pages else browser.new_page()
+        join(bob, http_url(server, "/"), "bob", "lobby")
+        wait_joined(server, {"room:lobby": 1})
+        with connect(ws_url(server, "/chat/lobby?user=ada"), open_timeout=TIMEOUT) as ada:
+            wait_joined(server, {"room:lobby": 2})
+            ada.send(json.dumps({"type": "say", "text": "m1"}))
+            expect(log_of(bob).last).to_have_text("[#lobby] ada: m1")
+
+            browser.set_offline(True)
+            expect(bob.locator("#status")).to_contain_text("reconnecting")
+            for text in ("m2", "m3"):
+                ada.send(json.dumps({"type": "say", "text": text}))
+            # ada's own copies came back: m2 and m3 are in the room's history
+            for text in ("m1", "m2", "m3"):
+                assert json.loads(ada.recv(TIMEOUT))["text"] == text
+            browser.set_offline(False)
+            expect(bob.locator("#status")).to_have_text("bob in #lobby")
+            ada.send(json.dumps({"type": "say", "text": "m4"}))
+            expect(log_of(bob)).to_have_text(
+                [
+                    "joined #lobby as bob",
+                    "[#lobby] ada: m1",
+                    "back in #lobby",
+                    "[#lobby] ada: m2",
+                    "[#lobby] ada: m3",
+                    "[#lobby] ada: m4",
+                ]
+            )
