@@ -1,0 +1,1 @@
+"""Examples of the history guide (docs/history.md)."""
