@@ -7,6 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
+from actors import Record
 from supervisor._outbound import (
     WRITE_BATCH,
     OutboundBuffer,
@@ -313,6 +314,13 @@ def test_wire_message_keeps_text_and_bytes_and_makes_the_rest_json() -> None:
     assert wire_message({"n": 1}) == '{"n": 1}'
     assert wire_message([1, "x"]) == '[1, "x"]'
     assert wire_message(None) == "null"
+
+
+def test_wire_message_forwards_a_records_message_without_its_position() -> None:
+    """A message to an address with history goes out as its message alone."""
+    assert wire_message(Record("room:a", "e", 3, "hi")) == "hi"
+    assert wire_message(Record("room:a", "e", 4, bytearray(b"ab"))) == b"ab"
+    assert wire_message(Record("room:a", "e", 5, {"n": 1})) == '{"n": 1}'
 
 
 def test_wire_message_names_what_it_cannot_encode() -> None:
