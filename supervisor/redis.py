@@ -735,13 +735,14 @@ class RedisBackplane(Backplane):
     async def _history_read(self, address: str, since: Position, spec: HistorySpec) -> HistoryRead:
         await self._history_synced()
         meta, stream = self._history_keys(address)
-        epoch_raw, last_raw, entries = await self._history_script(
+        epoch_raw, last_raw, blob = await self._history_script(
             _HISTORY_READ,
             (meta, stream),
             (since.offset + 1, max(1, int(spec.ttl * 1000)), spec.size),
         )
         epoch = epoch_raw.decode() if epoch_raw else None
         last = int(last_raw)
+        entries = _history_entries(blob)
         first_kept = int(entries[0][0]) if entries else None
         result = decide_recovery(since, epoch, last, first_kept)
         if result is RecoveryResult.RECOVERED and len(entries) != last - since.offset:
@@ -1503,8 +1504,9 @@ return redis.call('PUBLISH', KEYS[3], '\0r' .. epoch .. ':' .. offset .. '\0' ..
 """)
 
 # KEYS[1] the meta hash, KEYS[2] the stream. ARGV: the first offset wanted, ttl in
-# ms, the most entries. Returns {epoch or '', last offset, {{offset, message}...}}
-# with the entries not older than ttl.
+# ms, the most entries. Returns {epoch or '', last offset, entries} where entries is
+# one string, "<offset>:<length>:<message>" for each entry not older than ttl (one
+# reply to parse instead of three per entry: the parser, not Redis, was the cost).
 _HISTORY_READ: Final = _Script.of("""
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
 if not meta[1] then return {'', 0, {}} end
@@ -1516,11 +1518,12 @@ if tonumber(ARGV[1]) <= tonumber(meta[2]) then
   for _, entry in ipairs(raw) do
     local o, t = string.match(entry[1], '^(%d+)-(%d+)$')
     if tonumber(t) >= cutoff then
-      table.insert(entries, {tonumber(o), entry[2][2]})
+      local body = entry[2][2]
+      entries[#entries + 1] = o .. ':' .. #body .. ':' .. body
     end
   end
 end
-return {meta[1], tonumber(meta[2]), entries}
+return {meta[1], tonumber(meta[2]), table.concat(entries)}
 """)
 
 # Lease scripts: KEYS[1] the lease, KEYS[2] its fencing counter; ARGV holder, ttl in ms.
@@ -1588,6 +1591,20 @@ def _decode(payload: bytes) -> Any:
     if kind == _KIND_JSON:
         return json.loads(data.decode("utf-8", "surrogatepass"))
     raise ValueError(f"unknown message kind {kind!r}")
+
+
+def _history_entries(blob: bytes) -> list[tuple[int, bytes]]:
+    """Split :data:`_HISTORY_READ`'s entries: ``<offset>:<length>:<message>``, repeated."""
+    entries: list[tuple[int, bytes]] = []
+    position, end = 0, len(blob)
+    while position < end:
+        first = blob.index(b":", position)
+        second = blob.index(b":", first + 1)
+        start = second + 1
+        stop = start + int(blob[first + 1 : second])
+        entries.append((int(blob[position:first]), blob[start:stop]))
+        position = stop
+    return entries
 
 
 def _decode_record(address: str, payload: bytes) -> Record:
