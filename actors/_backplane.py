@@ -48,6 +48,11 @@ class Node(Protocol):
         """Deliver a message that came from another node; return local recipients."""
         ...
 
+    def deliver_own(self, address: str, message: Any) -> int:
+        """Deliver a record this node sent that the backplane brought back (see
+        :meth:`Backplane.append_history`); return local recipients."""
+        ...
+
     def backplane_state_changed(self, up: bool) -> None:
         """Report that the backplane went up or down."""
         ...

@@ -424,6 +424,12 @@ class Runtime:
         members = self._members.get(address)
         return self._offer(list(members), message) if members else 0
 
+    def deliver_own(self, address: str, message: Any) -> int:
+        """Deliver to local members a record of this node's own send, brought back by a
+        backplane that keeps history (not counted as received from another node)."""
+        members = self._members.get(address)
+        return self._offer(list(members), message) if members else 0
+
     # -- history -------------------------------------------------------------------
 
     def add_history(self, spec: HistorySpec) -> None:

@@ -726,6 +726,7 @@ class RedisBackplane(Backplane):
                 spec.size,
                 max(1, int(spec.ttl * 1000)),
                 max(1, int(spec.meta_ttl * 1000)),
+                self._tag,
             ),
         )
         self._published += 1
@@ -931,6 +932,10 @@ class RedisBackplane(Backplane):
         if self._node is not None:
             self._received += 1
             self._node.deliver_remote(address, message)
+
+    def _deliver_own(self, address: str, message: Any) -> None:
+        if self._node is not None:
+            self._node.deliver_own(address, message)
 
     def _is_own(self, address: str) -> bool:
         # Runtime-made addresses look like "<prefix>:<node id>.<counter>". A name an
@@ -1225,15 +1230,17 @@ class RedisBackplane(Backplane):
         return False
 
     def _incoming(self, channel: bytes, payload: bytes) -> None:
-        if payload.startswith(self._tag):
+        own = payload.startswith(self._tag)
+        if own and payload[len(self._tag) : len(self._tag) + 1] != b"r":
             return  # our own publish: the local members already have it
         prefix = self._channel_prefix
         if not channel.startswith(prefix):
             return
         try:
             address = channel[len(prefix) :].decode()
-            if payload.startswith(_RECORD_TAG):
-                message = _decode_record(address, payload)
+            sep = payload.find(b"\x00")
+            if payload[sep + 1 : sep + 2] == b"r":
+                message = _decode_record(address, payload[sep + 2 :])
             else:
                 message = _decode(payload)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -1242,7 +1249,8 @@ class RedisBackplane(Backplane):
             )
             return
         assert self._bridge is not None
-        self._bridge.to_node(self._deliver, address, message)
+        # A record of our own comes back like everyone's: that is how it is ordered.
+        self._bridge.to_node(self._deliver_own if own else self._deliver, address, message)
 
     def _confirm(self, seq: int) -> None:
         if seq > self._confirmed_seq:
@@ -1470,14 +1478,12 @@ class _Script:
         return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
 
-_RECORD_TAG: Final = b"\x00r"
-"""How a record's payload begins: no sender tag (every node delivers it, the
-sender too), kind ``r``, then ``<epoch>:<offset>``, NUL, and the message as a
-plain payload's kind and data."""
-
 # KEYS[1] the meta hash, KEYS[2] the stream, KEYS[3] the channel.
 # ARGV: a new epoch (used when the hash is gone), the message (kind + data), size,
-# ttl in ms, meta_ttl in ms. Returns how many subscribers received it.
+# ttl in ms, meta_ttl in ms, the sender tag (node id + NUL). Returns how many
+# subscribers received it. The payload published is a record: the sender tag, kind
+# "r", "<epoch>:<offset>", NUL, then the message's own kind and data. Every node
+# delivers it, the sender too (its local members get it in the same order).
 _HISTORY_APPEND: Final = _Script.of("""
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -1500,7 +1506,7 @@ end
 if keep then redis.call('XTRIM', KEYS[2], 'MINID', keep) end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return redis.call('PUBLISH', KEYS[3], '\0r' .. epoch .. ':' .. offset .. '\0' .. ARGV[2])
+return redis.call('PUBLISH', KEYS[3], ARGV[6] .. 'r' .. epoch .. ':' .. offset .. '\0' .. ARGV[2])
 """)
 
 # KEYS[1] the meta hash, KEYS[2] the stream. ARGV: the first offset wanted, ttl in
@@ -1607,13 +1613,13 @@ def _history_entries(blob: bytes) -> list[tuple[int, bytes]]:
     return entries
 
 
-def _decode_record(address: str, payload: bytes) -> Record:
-    """Read a record's payload (see :data:`_RECORD_TAG`)."""
-    sep = payload.find(b"\x00", len(_RECORD_TAG))
+def _decode_record(address: str, data: bytes) -> Record:
+    """Read a record's data (after its kind ``r``; see :data:`_HISTORY_APPEND`)."""
+    sep = data.find(b"\x00")
     if sep < 0:
         raise ValueError("a history record without its message")
-    position = Position.parse(payload[len(_RECORD_TAG) : sep].decode("ascii"))
-    message = _decode(b"\x00" + payload[sep + 1 :])
+    position = Position.parse(data[:sep].decode("ascii"))
+    message = _decode(b"\x00" + data[sep + 1 :])
     return Record(address, position.epoch, position.offset, message)
 
 

@@ -172,6 +172,10 @@ async def test_offsets_are_one_sequence_per_address_across_nodes(prefix: str) ->
         assert mine == [f"{source}{n}" for n in range(count)]
     metrics = a.metrics.registry
     assert metrics.get_sample_value("wsup_history_appends_total") == count
+    # Its own records came back through Redis too, but only b's came from another node.
+    assert metrics.get_sample_value("wsup_backplane_messages_total", {"direction": "received"}) == (
+        count
+    )
 
 
 # --- recovery ------------------------------------------------------------------------------------
