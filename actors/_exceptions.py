@@ -1,4 +1,4 @@
-"""The one exception tree of wsup.
+"""Every public exception of :mod:`actors`, in one module: the root of wsup's tree.
 
 Every error wsup raises derives from :class:`WsupError` and carries structured
 fields (address, close code, reason) besides its text::
@@ -17,12 +17,13 @@ fields (address, close code, reason) besides its text::
     │   ├── Escalation                  a supervisor exceeded its restart intensity
     │   │   └── CriticalFailure         a critical child gave up: the process must stop
     │   └── SystemFailed                the root supervisor failed: the system stopped
-    ├── BackplaneError
-    │   └── BackplaneUnavailable        the cluster backplane is down; remote sends fail fast
-    └── ConnectionError_ (supervisor)   see ``supervisor.ConnectionClosed`` and friends
+    └── BackplaneError
+        └── BackplaneUnavailable        the cluster backplane is down; remote sends fail fast
 
-WebSocket-specific errors live in :mod:`supervisor` and derive from ``WsupError``
-too. Third-party exceptions are translated where wsup meets them.
+The server's errors (``ConnectionClosed`` and friends, ``ListenError``,
+``StartupError``, ``RedisUnavailable``) join this tree in
+:mod:`supervisor._exceptions`, which draws the whole of it. Third-party
+exceptions are translated where wsup meets them.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ if typing.TYPE_CHECKING:
         ConnectionError_,
         ListenError,
         OutboundFull,
+        RedisUnavailable,
         StartupError,
     )
     from ._keepalive import KeepaliveConfig
@@ -40,7 +41,7 @@ if typing.TYPE_CHECKING:
     from ._server import Server, serve
     from ._system import ActorSystem
     from ._tree import ChildSpec, Restart, SingletonSpec, Strategy, Supervisor, SupervisorSpec
-    from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics, RedisUnavailable
+    from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics
 
 # Where each public name is defined: the module is imported when the name is first used.
 _SOURCES: dict[str, str] = {
@@ -62,6 +63,7 @@ _SOURCES: dict[str, str] = {
     "ConnectionError_": "._exceptions",
     "ListenError": "._exceptions",
     "OutboundFull": "._exceptions",
+    "RedisUnavailable": "._exceptions",
     "StartupError": "._exceptions",
     "KeepaliveConfig": "._keepalive",
     "configure_logging": "._logging",
@@ -78,7 +80,6 @@ _SOURCES: dict[str, str] = {
     "ClusterNode": ".redis",
     "RedisBackplane": ".redis",
     "RedisBackplaneStatistics": ".redis",
-    "RedisUnavailable": ".redis",
 }
 
 __all__ = [

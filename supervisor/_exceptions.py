@@ -1,18 +1,43 @@
-"""WebSocket-side errors; they join the tree drawn in :mod:`actors._exceptions`::
+"""Every public exception of :mod:`supervisor`, in one module.
 
-WsupError
-├── ConnectionError_
-│   ├── ConnectionClosed        the connection is closed or closing: nothing more can be sent
-│   │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
-│   │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
-│   └── OutboundFull            the outbound buffer is full and the call could not wait
-├── ListenError                 the server could not listen on an address
-└── StartupError                an ``on_startup`` hook or the ``lifespan`` of the app raised
+They join the tree whose root, :class:`~actors.WsupError`, and runtime part are
+defined in :mod:`actors._exceptions`. The whole tree (``docs/exceptions.md``
+draws the same one, and ``tests/test_public_api.py`` checks both drawings
+against the classes)::
+
+    WsupError
+    ├── ActorError                      (actors) an actor could not take or answer a message
+    │   ├── MailboxFull
+    │   ├── MailboxClosed
+    │   ├── NoRecipient
+    │   ├── AmbiguousAddress
+    │   └── AskFailed
+    │       ├── AskTimeout
+    │       ├── ActorStopped
+    │       └── ActorRestarted
+    ├── SupervisionError                (actors)
+    │   ├── Escalation
+    │   │   └── CriticalFailure
+    │   └── SystemFailed
+    ├── BackplaneError                  (actors)
+    │   ├── BackplaneUnavailable        the cluster backplane is down; remote sends fail fast
+    │   └── RedisUnavailable            Redis could not be reached when the backplane started
+    ├── ConnectionError_                a WebSocket connection could not do what was asked
+    │   ├── ConnectionClosed            the connection is closed or closing: nothing can be sent
+    │   │   ├── ConnectionClosedOK      ... cleanly (1000/1001), by either side
+    │   │   └── ConnectionClosedError   ... with an error code, or the peer broke the TCP connection
+    │   └── OutboundFull                the outbound buffer is full and the call could not wait
+    ├── ListenError                     the server could not listen on an address
+    └── StartupError                    an ``on_startup`` hook or the ``lifespan`` of the app raised
+
+Exceptions that never leave wsup (the command line's usage error, the Redis
+link's internal signals, :class:`actors._inline.TaskRunning`) stay private
+beside the code that raises and catches them.
 """
 
 from __future__ import annotations
 
-from actors import WsupError
+from actors import BackplaneError, WsupError
 
 __all__ = [
     "ConnectionClosed",
@@ -21,7 +46,9 @@ __all__ = [
     "ConnectionError_",
     "ListenError",
     "OutboundFull",
+    "RedisUnavailable",
     "StartupError",
+    "find_exception",
 ]
 
 
@@ -122,3 +149,17 @@ class StartupError(WsupError):
     def __init__(self, step: str, error: BaseException) -> None:
         super().__init__(f"app startup failed: {step} raised {type(error).__name__}: {error}")
         self.step = step
+
+
+class RedisUnavailable(BackplaneError):
+    """Redis could not be reached when the backplane started (and it was required).
+
+    Attributes:
+        url: the Redis URL, password removed.
+        detail: what went wrong, as the client reported it.
+    """
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"cannot connect to Redis at {url}: {detail}")
+        self.url = url
+        self.detail = detail

@@ -49,11 +49,11 @@ from actors import Backplane, CriticalFailure
 
 from ._app import App
 from ._config import ServerConfig
-from ._exceptions import ListenError, StartupError, find_exception
+from ._exceptions import ListenError, RedisUnavailable, StartupError, find_exception
 from ._logging import configure_logging
 from ._server import VERSION, Server, serve
 from ._workers import Master, worker_channel
-from .redis import RedisBackplane, RedisUnavailable
+from .redis import RedisBackplane
 
 __all__ = ["CRITICAL_EXIT_STATUS", "load_app", "main"]
 

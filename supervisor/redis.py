@@ -78,7 +78,6 @@ from actors import (
     Backoff,
     BackoffState,
     Backplane,
-    BackplaneError,
     BackplaneUnavailable,
     HistoryRead,
     HistorySpec,
@@ -89,6 +88,8 @@ from actors import (
     decide_recovery,
 )
 from actors._history import new_epoch
+
+from ._exceptions import RedisUnavailable
 
 if TYPE_CHECKING:
     import trio
@@ -122,20 +123,6 @@ _STOP_TIMEOUT: Final = 2.0
 _KIND_STR: Final = ord("s")
 _KIND_BYTES: Final = ord("b")
 _KIND_JSON: Final = ord("j")
-
-
-class RedisUnavailable(BackplaneError):
-    """Redis could not be reached when the backplane started (and it was required).
-
-    Attributes:
-        url: the Redis URL, password removed.
-        detail: what went wrong, as the client reported it.
-    """
-
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(f"cannot connect to Redis at {url}: {detail}")
-        self.url = url
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,19 +77,6 @@ def test_private_modules_are_not_exported(package: types.ModuleType) -> None:
     assert not [name for name in package.__all__ if name.startswith("_")]
 
 
-def test_every_exception_derives_from_wsup_error() -> None:
-    """All exceptions that ``actors`` exports share the one base ``WsupError``."""
-    errors = [
-        getattr(actors, name)
-        for name in actors.__all__
-        if inspect.isclass(getattr(actors, name))
-        and issubclass(getattr(actors, name), BaseException)
-    ]
-    assert actors.WsupError in errors
-    assert len(errors) > 5
-    assert all(issubclass(e, actors.WsupError) for e in errors)
-
-
 def _type_checking_imports(package: types.ModuleType) -> dict[str, str]:
     """``name → module`` for each ``from .module import name`` in the package's
     ``if TYPE_CHECKING:`` block (what type checkers see)."""
@@ -123,3 +110,63 @@ def test_supervisor_unknown_name_is_an_attribute_error() -> None:
         supervisor.Nope  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(ImportError):
         from supervisor import decide  # type: ignore[attr-defined]  # noqa: F401
+
+
+def _exported_exceptions(package: types.ModuleType) -> dict[str, type[BaseException]]:
+    found: dict[str, type[BaseException]] = {}
+    for name in package.__all__:
+        obj = getattr(package, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            found[name] = obj
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exceptions_are_defined_in_one_module_and_derive_from_wsup_error(
+    package: types.ModuleType,
+) -> None:
+    """Every exception a package exports lives in its ``_exceptions`` module."""
+    errors = _exported_exceptions(package)
+    assert len(errors) > 5
+    assert all(issubclass(e, actors.WsupError) for e in errors.values())
+    home = f"{package.__name__}._exceptions"
+    assert {name: e.__module__ for name, e in errors.items()} == dict.fromkeys(errors, home)
+
+
+def _drawn_tree(text: str) -> dict[str, str]:
+    """``class → parent`` from a tree drawn with box characters (first drawing in ``text``)."""
+    start = text.index("WsupError\n")
+    indent = start - (text.rfind("\n", 0, start) + 1)
+    lines = [line[indent:] for line in text[start:].splitlines()]
+    parents: dict[str, str] = {}
+    stack = ["WsupError"]
+    for line in lines[1:]:
+        body = line.lstrip("│├└─ ")
+        if not body or not body[0].isalpha():
+            break
+        depth = (len(line) - len(body)) // 4
+        name = body.split()[0]
+        del stack[depth:]
+        parents[name] = stack[-1]
+        stack.append(name)
+    return parents
+
+
+def _real_tree(errors: dict[str, type[BaseException]]) -> dict[str, str]:
+    return {
+        name: error.__bases__[0].__name__ for name, error in errors.items() if name != "WsupError"
+    }
+
+
+def test_the_drawn_exception_trees_are_the_real_one() -> None:
+    """docs/exceptions.md and supervisor._exceptions draw the whole tree as the classes
+    define it; actors._exceptions draws the runtime's part."""
+    everything = {**_exported_exceptions(actors), **_exported_exceptions(supervisor)}
+    docs = Path(__file__).parents[1] / "docs" / "exceptions.md"
+    assert _drawn_tree(docs.read_text(encoding="utf-8")) == _real_tree(everything)
+    whole = importlib.import_module("supervisor._exceptions").__doc__
+    assert whole is not None
+    assert _drawn_tree(whole) == _real_tree(everything)
+    runtime = importlib.import_module("actors._exceptions").__doc__
+    assert runtime is not None
+    assert _drawn_tree(runtime) == _real_tree(_exported_exceptions(actors))
