@@ -7,7 +7,7 @@ tree and the server on top of it.
 from ._actor import Actor, ActorRef, Cell, Context, Exit, ExitKind
 from ._backplane import Backplane, InProcessBackplane, Node
 from ._clock import Clock, FakeClock, MonotonicClock
-from ._deadletters import DEAD_LETTER_REASONS, DeadLetter, DeadLetterOffice
+from ._deadletters import DEAD_LETTER_REASONS, DeadLetter, DeadLetterOffice, DeadLetterReason
 from ._exceptions import (
     ActorError,
     ActorRestarted,
@@ -76,6 +76,7 @@ __all__ = [
     "CriticalFailure",
     "DeadLetter",
     "DeadLetterOffice",
+    "DeadLetterReason",
     "Delivery",
     "Down",
     "DownReason",

@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import structlog
 
 from ._clock import Clock
 from ._instrument import Instrumentation
 
-__all__ = ["DEAD_LETTER_REASONS", "DeadLetter", "DeadLetterOffice"]
+__all__ = ["DEAD_LETTER_REASONS", "DeadLetter", "DeadLetterOffice", "DeadLetterReason"]
 
-DEAD_LETTER_REASONS = ("dropped", "no_recipient", "failed", "stopped", "backplane_down")
-"""Every reason a message can become a dead letter."""
+DeadLetterReason = Literal["dropped", "no_recipient", "failed", "stopped", "backplane_down"]
+"""Why a message became a dead letter: ``dropped`` by an overflow policy,
+``no_recipient`` for an address nobody holds, ``failed`` when processing it
+crashed the actor, ``stopped`` when its actor stopped first, ``backplane_down``
+when a remote send could not be published. Also the ``reason`` label of
+``wsup_dead_letters_total``."""
+
+DEAD_LETTER_REASONS: Final[tuple[DeadLetterReason, ...]] = get_args(DeadLetterReason)
+"""Every reason a message can become a dead letter, in a fixed order."""
 
 _log = structlog.get_logger("wsup.actors")
 
@@ -33,7 +40,7 @@ class DeadLetter:
 
     address: str
     message: Any
-    reason: str
+    reason: DeadLetterReason
     detail: str = ""
 
 

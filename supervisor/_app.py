@@ -27,6 +27,7 @@ from actors import (
 from actors._actor import _invoke
 
 from ._config import ServerConfig
+from ._constants import OPS_PATHS, CloseCode, sendable_close_code
 from ._exceptions import ConnectionClosed
 from ._outbound import SlowConsumerPolicy, wire_message
 from ._routing import Router
@@ -325,7 +326,7 @@ class RouteOptions:
     mailbox: MailboxConfig = field(default_factory=lambda: MailboxConfig(capacity=256))
     outbound_limit: int = 1 << 20
     slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST
-    slow_consumer_code: int = 1013
+    slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER
     intensity: Intensity = field(default_factory=lambda: Intensity(3, 10.0))
     backoff: Backoff = field(default_factory=lambda: Backoff(minimum=0.0, maximum=0.0))
 
@@ -335,7 +336,7 @@ class RouteOptions:
         if self.outbound_limit < 1:
             raise ValueError(f"outbound limit must be >= 1 byte, got {self.outbound_limit}")
         code = self.slow_consumer_code
-        if not (1000 <= code <= 4999) or code in (1004, 1005, 1006, 1015):
+        if not sendable_close_code(code):
             raise ValueError(
                 f"slow_consumer_code {code} cannot be sent in a close frame: "
                 "use 1008, 1013 or an application code 3000-4999"
@@ -457,7 +458,7 @@ class App:
                 already taken, or a method or ``max_body`` is invalid. Paths under
                 ``/api/`` are the server API's while it is on (an API key is set).
         """
-        if path in ("/healthz", "/readyz", "/metrics"):
+        if path in OPS_PATHS:
             raise ValueError(f"{path} is served by wsup itself")
         if path in self.http_routes:
             raise ValueError(f"an HTTP route for {path} exists already")

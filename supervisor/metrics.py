@@ -64,6 +64,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from actors import DEAD_LETTER_REASONS
+
+from ._constants import CloseCode
+
 __all__ = [
     "ACCEPT_ERRORS",
     "ACTOR_KINDS",
@@ -73,7 +77,6 @@ __all__ = [
     "CLOSE_INITIATORS",
     "CLOSE_REASONS",
     "CONNECTION_STATES",
-    "DEAD_LETTER_REASONS",
     "DROP_POLICIES",
     "GAUGE_MODES",
     "GaugeMode",
@@ -88,7 +91,6 @@ __all__ = [
     "CloseInitiator",
     "CloseReason",
     "ConnectionState",
-    "DeadLetterReason",
     "DropPolicy",
     "HandshakeResult",
     "MessageKind",
@@ -144,12 +146,7 @@ DropPolicy = Literal["drop_newest", "drop_oldest", "reject", "block_timeout", "d
 sender that gave up, ``disconnect`` a slow consumer's outbound buffer."""
 DROP_POLICIES: Final[tuple[DropPolicy, ...]] = get_args(DropPolicy)
 
-DeadLetterReason = Literal["dropped", "no_recipient", "failed", "stopped", "backplane_down"]
-"""Why a message became a dead letter: ``dropped`` by an overflow policy,
-``no_recipient`` for an address nobody holds, ``failed`` when processing it
-crashed the actor, ``stopped`` when its actor stopped first, ``backplane_down``
-when a remote send could not be published."""
-DEAD_LETTER_REASONS: Final[tuple[DeadLetterReason, ...]] = get_args(DeadLetterReason)
+# The ``reason`` label of wsup_dead_letters_total takes actors.DEAD_LETTER_REASONS.
 
 ActorKind = Literal["connection", "service", "supervisor"]
 """Kind of actor: one per WebSocket connection, an application service actor, or
@@ -186,16 +183,16 @@ RECOVERY_RESULTS: Final[tuple[RecoveryResult, ...]] = get_args(RecoveryResult)
 
 _CLOSE_REASON_BY_CODE: Final[Mapping[int, CloseReason]] = MappingProxyType(
     {
-        1000: "normal",
-        1001: "going_away",
-        1002: "protocol_error",
-        1003: "invalid_data",  # unsupported data type
-        1006: "abnormal",  # never on the wire: the connection broke without a close frame
-        1007: "invalid_data",  # payload inconsistent with the message type (bad UTF-8)
-        1008: "policy",
-        1009: "message_too_big",
-        1011: "internal_error",
-        1013: "slow_consumer",  # "try again later": what the disconnect policy sends
+        CloseCode.NORMAL_CLOSURE: "normal",
+        CloseCode.GOING_AWAY: "going_away",
+        CloseCode.PROTOCOL_ERROR: "protocol_error",
+        CloseCode.UNSUPPORTED_DATA: "invalid_data",
+        CloseCode.ABNORMAL_CLOSURE: "abnormal",
+        CloseCode.INVALID_DATA: "invalid_data",  # payload inconsistent with its type (bad UTF-8)
+        CloseCode.POLICY_VIOLATION: "policy",
+        CloseCode.MESSAGE_TOO_BIG: "message_too_big",
+        CloseCode.INTERNAL_ERROR: "internal_error",
+        CloseCode.TRY_AGAIN_LATER: "slow_consumer",  # what the disconnect policy sends
     }
 )
 

@@ -94,6 +94,23 @@ def test_a_route_with_an_outbound_limit_below_one_byte_is_refused() -> None:
         app.add_route("/echo", Echo, outbound_limit=0)
 
 
+@pytest.mark.parametrize("code", [999, 1005, 1006, 1015, 1016, 2000, 2999, 5000])
+def test_a_slow_consumer_code_no_close_frame_can_carry_is_refused(code: int) -> None:
+    """A code outside RFC 6455's sendable ones and 3000-4999 is refused when the route is
+    added (2000 passed before, and the close frame then failed to serialize)."""
+    app = App()
+    with pytest.raises(ValueError, match=f"slow_consumer_code {code} cannot be sent"):
+        app.add_route("/echo", Echo, slow_consumer_code=code)
+
+
+@pytest.mark.parametrize("code", [1000, 1008, 1011, 1013, 3000, 4999])
+def test_a_sendable_slow_consumer_code_is_kept(code: int) -> None:
+    """Protocol codes a close frame may carry and application codes are accepted."""
+    app = App()
+    app.add_route("/echo", Echo, slow_consumer_code=code)
+    assert route_options(app, "/echo").slow_consumer_code == code
+
+
 def test_the_route_decorator_returns_the_handler_and_keeps_its_options() -> None:
     """``@app.route`` hands the class back unchanged; options and kwargs reach the route."""
     app = App()

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import DEAD_LETTER_REASONS
 from supervisor import metrics as metrics_module
 from supervisor.metrics import (
     ACCEPT_ERRORS,
@@ -20,7 +21,6 @@ from supervisor.metrics import (
     CLOSE_INITIATORS,
     CLOSE_REASONS,
     CONNECTION_STATES,
-    DEAD_LETTER_REASONS,
     DROP_POLICIES,
     HANDSHAKE_RESULTS,
     MESSAGE_KINDS,
