@@ -29,6 +29,7 @@ REFERENCE_PAGES = {
     "actors": "reference/actors/index.html",
     "supervisor": "reference/supervisor/index.html",
     "supervisor.metrics": "reference/metrics/index.html",
+    "supervisor.lowlevel": "reference/lowlevel/index.html",
 }
 
 

@@ -109,3 +109,16 @@ def test_a_server_name_loads_the_server() -> None:
     loaded = result["loaded"]
     assert isinstance(loaded, list)
     assert "websockets" in loaded
+
+
+def test_the_extension_points_load_only_the_runtime() -> None:
+    """``supervisor.lowlevel`` is for code that plugs into the runtime: it loads no server."""
+    result = run_child(
+        "import json, sys; import supervisor.lowlevel; "
+        "print(json.dumps({'loaded': sorted({n.split('.')[0] for n in sys.modules}), "
+        "'supervisor': sorted(n for n in sys.modules if n.startswith('supervisor.'))}))"
+    )
+    loaded = result["loaded"]
+    assert isinstance(loaded, list)
+    assert [name for name in SERVER_ONLY if name in loaded] == []
+    assert result["supervisor"] == ["supervisor.lowlevel"]
