@@ -86,7 +86,7 @@ test-lowest: lock-check $(LOWEST_VENV)/.installed
 # fails it. About ten seconds.
 docs: lock-check $(VENV)/.installed-dev
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m tests.helpers.docs_site site
+	$(BIN)/python docs/_tools/docs_site.py site
 	@echo "docs: site/index.html"
 
 test: lock-check check docs test-suite test-lowest

@@ -1,5 +1,9 @@
 """The docs site's own tooling: a docstring cleaner for the build, a check of its output.
 
+It lives beside the pages it builds, not in the test suite: ``mkdocs.yml``
+loads the extension and ``make docs`` runs the check; no test imports it.
+``mkdocs.yml`` keeps this directory out of the site (``exclude_docs``).
+
 :class:`SphinxRoles` is a griffe extension (``mkdocs.yml`` loads it): the
 docstrings cross-reference with Sphinx roles (``:class:`App```), which Markdown
 would show as written; it turns each into plain code (``App``).
@@ -7,7 +11,7 @@ would show as written; it turns each into plain code (``App``).
 Run by ``make docs`` after ``mkdocs build --strict``, :func:`main` checks that
 every public name has its entry in the API reference::
 
-    python -m tests.helpers.docs_site site
+    python docs/_tools/docs_site.py site
 
 mkdocstrings gives each documented object an HTML ``id`` equal to its full
 dotted path; a name of ``__all__`` without one was left out of the reference
