@@ -14,8 +14,10 @@ prometheus_client.
   ``Server(app, backplane=...)`` and ``serve(app, backplane=...)``. A subclass
   implements ``up``, ``run``, ``subscribe``, ``unsubscribe`` and ``publish``,
   and overrides ``acquire_lease``, ``renew_lease``, ``release_lease``,
-  ``increment`` and ``live_nodes`` (with ``node_check_interval``) for state
-  shared between nodes, which the base class keeps in this process. Its
+  ``increment``, ``live_nodes`` (with ``node_check_interval``),
+  ``member_joined``, ``member_left``, ``presence``, ``append_history`` and
+  ``read_history`` for state shared between nodes, which the base class keeps
+  in this process. Its
   contract: ``run(node, task_status=...)`` calls ``task_status.started()``
   once sends can go out (or once degraded, if it may start without its
   broker) and carries messages until cancelled; what arrives from another
@@ -27,7 +29,8 @@ prometheus_client.
   :class:`InProcessBackplane` is the default (one node, nothing on a wire),
   :class:`supervisor.RedisBackplane` the cluster one.
 - :class:`Node` is what a backplane sees of the local runtime: ``node_id``,
-  ``deliver_remote`` and ``backplane_state_changed``.
+  ``deliver_remote``, ``deliver_own`` (a history record of this node's that
+  the backplane brought back) and ``backplane_state_changed``.
 - :class:`Clock` is where wsup reads time, sleeps and sets timeouts. It plugs
   into ``ActorSystem(clock=...)``, ``Runtime(clock=...)`` and
   ``Server(app, clock=...)``. :class:`MonotonicClock` is the default;
