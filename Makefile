@@ -23,7 +23,7 @@ LOWEST_VENV := .venv-lowest
 LOWEST_REQS := tests/lowest-direct.txt
 
 .PHONY: demo test test-suite test-lowest lint typecheck check bench test-deps \
-	lock lock-check clean docs
+	lock lock-check clean docs fuzz soak
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -93,6 +93,15 @@ test: lock-check check docs test-suite test-lowest
 
 bench: lock-check $(VENV)/.installed-dev
 	$(BIN)/python -m bench
+
+# Property-based fuzzing of the handshake and frame paths (tests/fuzz) under the
+# `fuzz` hypothesis profile: FUZZ_SECONDS in all, shared by the fuzz tests, then a
+# table of the examples each ran. `make test` runs the same tests, a few dozen
+# examples each. The per-test timeout only guards against a hang.
+FUZZ_SECONDS ?= 300
+fuzz: lock-check $(VENV)/.installed-dev
+	WSUP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/fuzz -q -p no:cacheprovider \
+	  --timeout=$$(( $(FUZZ_SECONDS) + 600 ))
 
 # Re-resolve on purpose; uv prints each package that moved. `make lock UPGRADE=1`
 # also takes newer releases of everything already locked.

@@ -341,6 +341,43 @@ async def test_a_silent_socket_times_out_too() -> None:
         assert sample(server, "wsup_handshakes_total", result="timeout") == 1
 
 
+# Found by tests/fuzz: bytes that arrive in the same read as the request head are
+# consumed by the WebSocket parser and dropped with the rest of its events. Strict:
+# once fixed, these pass and the marker must go (and tests/fuzz may then send them).
+_BYTES_AFTER_THE_HEAD = pytest.mark.xfail(
+    strict=True, reason="bytes after the request head are lost (pipelining, early frames)"
+)
+
+
+@_BYTES_AFTER_THE_HEAD
+async def test_a_pipelined_request_still_gets_its_answer() -> None:
+    """A request followed at once by another one is answered (then the server closes)."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with running_server(echo_app) as server:
+        answer = await exchange(server, request + request)
+        assert status(answer) == 200
+
+
+@_BYTES_AFTER_THE_HEAD
+async def test_a_frame_sent_with_the_upgrade_request_is_not_lost() -> None:
+    """A frame written right behind the upgrade request, before the 101, is echoed."""
+    async with running_server(echo_app) as server:
+        host, port = server.ports[0]
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(upgrade_request("/echo") + frame(Opcode.TEXT.value, b"early"))
+            buffer = await read_head(stream)
+            assert status(buffer) == 101
+            parser = ClientProtocol(parse_uri(f"ws://{host}:{port}/echo"), state=State.OPEN)
+            parser.receive_data(buffer.partition(b"\r\n\r\n")[2])
+            client = RawClient(stream, parser)
+            # Three seconds, not next_frame's ten: this fails today, on every run.
+            with anyio.move_on_after(3):
+                echoed = await client.next_frame()
+                assert echoed.data == b"early"
+                return
+            pytest.fail("the frame sent with the upgrade request was never echoed")
+
+
 # --- repeated headers ---------------------------------------------------------------------------
 
 
