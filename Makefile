@@ -103,6 +103,13 @@ fuzz: lock-check $(VENV)/.installed-dev
 	WSUP_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest tests/fuzz -q -p no:cacheprovider \
 	  --timeout=$$(( $(FUZZ_SECONDS) + 600 ))
 
+# A bounded soak of `wsup serve` under churn, slow readers, floods, ping floods and
+# idle holders together (bench/soak.py): prints RSS, descriptors, CPU and loop lag
+# over time, and fails when memory grows under steady load or descriptors stay open.
+SOAK_SECONDS ?= 300
+soak: lock-check $(VENV)/.installed-dev
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
 # Re-resolve on purpose; uv prints each package that moved. `make lock UPGRADE=1`
 # also takes newer releases of everything already locked.
 lock: | $(UV)

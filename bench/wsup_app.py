@@ -3,12 +3,16 @@
 * ``fanout``: ``/fanout``; every connection joins the group ``bench``; a message
   from any connection is published to the group (the sender included).
 * ``echo_deflate``: the echo example with permessage-deflate enabled.
+* ``soak``: the echo handler under each slow-consumer policy, for ``python -m
+  bench.soak``: ``/echo`` (the defaults), ``/echo-drop`` (``drop_oldest``),
+  ``/echo-block`` (``block``) and ``/echo-disconnect`` (``disconnect``), the last
+  three with a 64 KiB outbound limit so that clients that never read reach it soon.
 """
 
 from __future__ import annotations
 
 from examples.echo import Echo
-from supervisor import App, Handler, ServerConfig
+from supervisor import App, Handler, ServerConfig, SlowConsumerPolicy
 
 
 class Subscriber(Handler):
@@ -26,3 +30,12 @@ fanout.add_route("/fanout", Subscriber)
 
 echo_deflate = App(config=ServerConfig(compression=True))
 echo_deflate.add_route("/echo", Echo)
+
+soak = App()
+soak.add_route("/echo", Echo)
+for _path, _policy in (
+    ("/echo-drop", SlowConsumerPolicy.DROP_OLDEST),
+    ("/echo-block", SlowConsumerPolicy.BLOCK),
+    ("/echo-disconnect", SlowConsumerPolicy.DISCONNECT),
+):
+    soak.add_route(_path, Echo, outbound_limit=64 << 10, slow_consumer=_policy)
