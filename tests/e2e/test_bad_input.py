@@ -572,8 +572,9 @@ def test_any_repetition_of_headers_gets_an_http_answer(
     with (
         structlog.testing.capture_logs() as logs,
         anyio.from_thread.start_blocking_portal(backend, options) as portal,
+        # No stall warnings: on a busy machine they are load, not the bad input sought.
         portal.wrap_async_context_manager(
-            running_server(echo_app, trusted_proxies=["127.0.0.0/8"])
+            running_server(echo_app, trusted_proxies=["127.0.0.0/8"], loop_lag_threshold=3600)
         ) as server,
     ):
 
