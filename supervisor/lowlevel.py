@@ -15,9 +15,8 @@ prometheus_client.
   implements ``up``, ``run``, ``subscribe``, ``unsubscribe`` and ``publish``,
   and overrides ``acquire_lease``, ``renew_lease``, ``release_lease``,
   ``increment``, ``live_nodes`` (with ``node_check_interval``),
-  ``member_joined``, ``member_left``, ``presence``, ``append_history`` and
-  ``read_history`` for state shared between nodes, which the base class keeps
-  in this process. Its
+  ``member_joined``, ``member_left`` and ``presence`` for state shared between
+  nodes, which the base class keeps in this process. Its
   contract: ``run(node, task_status=...)`` calls ``task_status.started()``
   once sends can go out (or once degraded, if it may start without its
   broker) and carries messages until cancelled; what arrives from another
@@ -27,7 +26,11 @@ prometheus_client.
   :class:`~actors.BackplaneUnavailable` at once (the runtime counts a
   ``backplane_down`` dead letter; local members got the message already).
   :class:`InProcessBackplane` is the default (one node, nothing on a wire),
-  :class:`supervisor.RedisBackplane` the cluster one.
+  :class:`supervisor.RedisBackplane` the cluster one. A backplane that keeps
+  history for the whole cluster sets ``keeps_history`` and answers
+  ``read_history`` with a :class:`HistoryRead`, whose verdict comes from
+  :func:`decide_recovery` (the one rule for a gap); without it each process
+  keeps its own history.
 - :class:`Node` is what a backplane sees of the local runtime: ``node_id``,
   ``deliver_remote``, ``deliver_own`` (a history record of this node's that
   the backplane brought back) and ``backplane_state_changed``.
@@ -61,10 +64,12 @@ from actors import (
     DeadLetter,
     DeadLetterOffice,
     FakeClock,
+    HistoryRead,
     InProcessBackplane,
     Instrumentation,
     MonotonicClock,
     Node,
+    decide_recovery,
 )
 
 __all__ = [
@@ -73,8 +78,10 @@ __all__ = [
     "DeadLetter",
     "DeadLetterOffice",
     "FakeClock",
+    "HistoryRead",
     "InProcessBackplane",
     "Instrumentation",
     "MonotonicClock",
     "Node",
+    "decide_recovery",
 ]
