@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
@@ -89,6 +89,9 @@ from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
 from .metrics import ACCEPT_ERRORS, CONNECTION_STATES, HANDSHAKE_RESULTS, AcceptError, Metrics
+
+if TYPE_CHECKING:
+    from .asgi import ASGIConnection
 
 __all__ = ["Server", "serve"]
 
@@ -199,7 +202,8 @@ class Server:
         self.runtime = self.system.runtime
         for history in app.histories:
             self.runtime.add_history(history)
-        self.connections: set[Connection] = set()
+        #: Open connections: wsup's own, and those an ASGI server brought (``supervisor.asgi``).
+        self.connections: set[Connection | ASGIConnection] = set()
         self.ports: list[tuple[str, int]] = []
         #: The bound ``(host, port)`` pairs of ``config.metrics_port``, if set.
         self.metrics_ports: list[tuple[str, int]] = []
@@ -225,7 +229,7 @@ class Server:
         self._keepalive_heap: list[tuple[float, int, Connection]] = []
         self._keepalive_seq = itertools.count()
         # The one live heap entry of each connection; other entries of it are stale.
-        self._keepalive_due: dict[Connection, tuple[float, int]] = {}
+        self._keepalive_due: dict[Connection | ASGIConnection, tuple[float, int]] = {}
         self._keepalive_wake: Waiter | None = None
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
@@ -267,9 +271,17 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def serve(
-        self, *, task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED
+        self,
+        *,
+        listen: bool = True,
+        task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Start services, listen, and serve until :meth:`shutdown` completes.
+
+        Args:
+            listen: bind the configured addresses; False when another server
+                brings the connections (:mod:`supervisor.asgi`).
+            task_status: set once serving (anyio's ``TaskGroup.start``).
 
         Raises:
             ListenError: a listen address could not be bound (one clear line).
@@ -288,7 +300,7 @@ class Server:
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
         try:
             # Bind first: a bad address fails before anything else has started.
-            listeners = await self._listen()
+            listeners = await self._listen() if listen else []
             async with self.system:
                 sup = await self.system.root.start_child(
                     SupervisorSpec(id="connections", intensity=None)
@@ -1112,14 +1124,21 @@ class Server:
                 subprotocol = result.subprotocol or subprotocol
         return Accept(headers=headers, subprotocol=subprotocol, values=values)
 
-    def _spawn(self, conn: Connection, route: RouteOptions, accept: Accept, pattern: str) -> None:
+    def _spawn(
+        self,
+        conn: Connection | ASGIConnection,
+        route: RouteOptions,
+        accept: Accept,
+        pattern: str,
+    ) -> None:
         app = self.app
         params = conn.request.params
         values = accept.values
 
         def factory() -> Any:
             handler = route.handler(**route.kwargs)
-            handler.conn = conn
+            # An ASGIConnection offers handlers the same interface as a Connection.
+            handler.conn = cast(Connection, conn)
             handler.app = app
             handler.params = params
             handler.values = values
@@ -1152,7 +1171,12 @@ class Server:
         conn.attach(ref, cell)
 
     def connection_closed(
-        self, conn: Connection, code: int, reason: str, initiator: str, label: str
+        self,
+        conn: Connection | ASGIConnection,
+        code: int,
+        reason: str,
+        initiator: str,
+        label: str,
     ) -> None:
         """Account for a finished connection (called once by the connection)."""
         self.connections.discard(conn)
@@ -1239,7 +1263,7 @@ class Server:
         if deadline < self._keepalive_next and self._keepalive_wake is not None:
             self._keepalive_wake.set()
 
-    def _forget_keepalive(self, conn: Connection) -> None:
+    def _forget_keepalive(self, conn: Connection | ASGIConnection) -> None:
         # A closed connection's heap entry would keep it alive until its deadline (a
         # ping interval): drop stale entries once they outnumber the live ones.
         due = self._keepalive_due

@@ -44,6 +44,7 @@ async def echo_of(client: RawClient, message: str) -> str:
 
 def only_connection(server: Server) -> Connection:
     (conn,) = server.connections
+    assert isinstance(conn, Connection)
     return conn
 
 

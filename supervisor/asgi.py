@@ -1,0 +1,1110 @@
+"""Serve a wsup :class:`~supervisor.App`'s WebSocket routes from any ASGI server.
+
+Theory of operation:
+    :class:`ASGIApp` is an ASGI application. Its ``lifespan`` (the ASGI
+    ``lifespan`` scope, or :meth:`ASGIApp.lifespan` entered by a host
+    framework) runs a :class:`~supervisor.Server` that binds no socket: the
+    actor system, the ``connections`` supervisor, the app's services, startup
+    hooks and ``lifespan``, the backplane, the loop watchdog and the metrics
+    flush, exactly as ``wsup serve`` runs them. Its ``shutdown`` is wsup's
+    drain.
+
+    A ``websocket`` scope whose path matches a route is decided like a
+    handshake on wsup's own port (readiness, ``max_connections``, ``Origin``,
+    subprotocols, the hooks), then accepted or refused with an HTTP status
+    (the ``websocket.http.response`` extension) or, where the server lacks
+    it, with a close before accept, which ASGI servers answer with HTTP 403.
+    An accepted scope becomes an :class:`ASGIConnection`: a connection actor
+    spawned by the server's own spawn logic under the ``connections``
+    supervisor, and two loops in the scope's task. The *reader* awaits
+    ``receive()`` and tells the actor each message; under a full ``block``
+    mailbox it stops calling ``receive()``, so the ASGI server's own bounded
+    queue fills and it stops reading the socket. The *writer* is the only
+    caller of ``send()``: it takes the outbound buffer's oldest message and
+    awaits ``send()`` for it, one message at a time. What the ASGI server has
+    not taken yet stays in wsup's outbound buffer, where the route's
+    slow-consumer policy applies to it as on wsup's own server.
+
+    Not available under ASGI, since the ASGI server owns the socket and the
+    framing: write batching, wsup's keepalive pings and idle timeout (use the
+    server's, e.g. uvicorn's ``--ws-ping-interval``), permessage-deflate
+    settings, the inline request/response step and encode-once frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import anyio
+import anyio.abc
+import sniffio
+import structlog
+
+from actors import ActorRef, Backplane, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
+
+from ._app import (
+    App,
+    FromClient,
+    Handler,
+    HTTPResponse,
+    Reject,
+    Request,
+    RouteOptions,
+    call_maybe_async,
+)
+from ._config import ServerConfig
+from ._connection import ConnectionState, ConnectionStatistics
+from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
+from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
+from ._proxy import TrustedProxies
+from ._request import OriginPolicy, parse_cookies
+from ._routing import RouteMatch
+from ._server import Server
+from .metrics import Metrics, close_reason_for_code
+
+__all__ = ["ASGIApp", "ASGIConnection"]
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApplication: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = structlog.get_logger("wsup.asgi")
+_std_log = logging.getLogger("wsup.asgi")
+_OPS_PATHS = ("/healthz", "/readyz", "/metrics")
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Codes a peer's close frame can never carry: the ASGI server reports a vanished
+# peer with them, so the close is the network's doing, not the client's.
+_NO_CLOSE_FRAME = (1005, 1006)
+
+
+class ASGIApp:
+    """An ASGI application serving ``app``'s WebSocket routes.
+
+    ::
+
+        from supervisor.asgi import ASGIApp
+        from examples.echo import app as echo
+
+        application = ASGIApp(echo)   # uvicorn module:application
+
+    Args:
+        app: the wsup app whose routes, hooks, services and ``lifespan`` to run.
+        fallback: an ASGI app for every other request (unknown paths, plain
+            HTTP): wsup wraps it, and forwards its ``lifespan`` too.
+        config: server settings (default ``app.config``); host, port, TLS and
+            keepalive settings do not apply (the ASGI server owns the socket).
+        metrics: where to count (default: a registry of its own, served at
+            ``/metrics``).
+        backplane: the cross-node transport (e.g. a :class:`~supervisor.RedisBackplane`).
+        ops_endpoints: answer ``GET /healthz``, ``/readyz`` and ``/metrics``
+            (relative to where the app is mounted) before the fallback sees them.
+        handle_signals: on the first SIGTERM or SIGINT, drain wsup's
+            connections first (as ``wsup serve`` does), then hand the signal to
+            the ASGI server's own handler; a second signal forces it at once.
+            Only where the server handles signals with :func:`signal.signal`
+            (uvicorn does) in the main thread; elsewhere the drain runs at
+            the lifespan shutdown.
+
+    Attributes:
+        server: the running :class:`~supervisor.Server` (``None`` outside the lifespan).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fallback: ASGIApplication | None = None,
+        *,
+        config: ServerConfig | None = None,
+        metrics: Metrics | None = None,
+        backplane: Backplane | None = None,
+        ops_endpoints: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        self.app = app
+        self.fallback = fallback
+        self.config = config or app.config
+        self.ops_endpoints = ops_endpoints
+        self.handle_signals = handle_signals
+        self._metrics = metrics
+        self._backplane = backplane
+        self._origins = OriginPolicy(self.config.origins)
+        self._proxies = TrustedProxies(self.config.trusted_proxies)
+        self.server: Server | None = None
+
+    # -- the ASGI entry point ------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI scope (``websocket``, ``http`` or ``lifespan``)."""
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan_scope(scope, receive, send)
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)
+        else:
+            raise RuntimeError(f"wsup's ASGI app does not handle {kind!r} scopes")
+
+    # -- lifespan ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _host: object = None) -> AsyncIterator[None]:
+        """Run wsup (actor system, services, backplane) while the context is open.
+
+        For a host framework that does not run a mounted app's lifespan
+        (Starlette and FastAPI do not): ``FastAPI(lifespan=ws.lifespan)``.
+        Leaving it drains every connection (1001) within ``drain_timeout``.
+
+        Raises:
+            StartupError: an ``on_startup`` hook or the app's ``lifespan`` raised.
+            RuntimeError: it is already running.
+        """
+        if self.server is not None:
+            raise RuntimeError("this ASGIApp's lifespan is already running")
+        server = Server(self.app, self.config, metrics=self._metrics, backplane=self._backplane)
+        async with anyio.create_task_group() as tg:
+            await tg.start(_serve_without_listeners, server)
+            self.server = server
+            restore = self._take_signals(server, tg) if self.handle_signals else None
+            try:
+                yield
+            finally:
+                if restore is not None:
+                    restore()
+                with anyio.CancelScope(shield=True):
+                    await server.shutdown()
+                self.server = None
+
+    async def shutdown(self) -> None:
+        """Drain wsup's connections now, as ``wsup serve`` does on SIGTERM.
+
+        For an ASGI server that tells the app nothing before it closes its
+        sockets: call it from the server's shutdown hook (hypercorn's
+        ``shutdown_trigger``) so connections close with 1001 after finishing
+        their mailboxes. Returns when every connection is closed or the drain
+        deadline passed; does nothing when wsup is not running.
+        """
+        server = self.server
+        if server is not None:
+            await server.shutdown()
+
+    async def _lifespan_scope(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.lifespan())
+                if self.fallback is not None:
+                    await stack.enter_async_context(_forwarded_lifespan(self.fallback, scope))
+            except Exception as exc:
+                _log.exception("asgi.startup_failed")
+                await send({"type": "lifespan.startup.failed", "message": _describe(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+            while (await receive())["type"] != "lifespan.shutdown":
+                pass
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _take_signals(self, server: Server, tg: anyio.abc.TaskGroup) -> Callable[[], None] | None:
+        """Drain on SIGTERM/SIGINT before the ASGI server's own handler sees them.
+
+        Returns what puts the server's handlers back, or None if they were not
+        taken (not the main thread, or signals that a loop dispatches itself).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+        if not all(
+            callable(h) and getattr(h, "__name__", "") != "_sighandler_noop"
+            for h in previous.values()
+        ):
+            # The loop dispatches these signals (add_signal_handler): the server
+            # sees them whatever Python handler is set, so taking them would not help.
+            _log.debug("asgi.signals_not_taken")
+            return None
+        soon = _signal_safe_scheduler()
+        received: list[int] = []
+        first, second = anyio.Event(), anyio.Event()
+
+        def forward(sig: int) -> None:
+            handler = previous[signal.Signals(sig)]
+            if callable(handler):
+                handler(sig, None)
+
+        watching = anyio.CancelScope()
+
+        async def force() -> None:
+            await second.wait()
+            server.force_stop()
+
+        async def watch() -> None:
+            with watching:
+                await first.wait()
+                sig = received[0]
+                _log.info("server.signal_received", signal=signal.Signals(sig).name)
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(force)
+                    await server.shutdown()
+                    inner.cancel_scope.cancel()
+                forward(sig)
+
+        def on_signal(sig: int, frame: object) -> None:
+            received.append(sig)
+            if len(received) == 1:
+                soon(first.set)
+            else:
+                soon(second.set)
+                forward(sig)
+
+        tg.start_soon(watch)
+        for sig in _SIGNALS:
+            signal.signal(sig, on_signal)
+
+        def restore() -> None:
+            watching.cancel()
+            for sig, handler in previous.items():
+                if signal.getsignal(sig) is on_signal:
+                    signal.signal(sig, handler)
+
+        return restore
+
+    # -- plain HTTP ------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        method = scope.get("method", "GET")
+        if self.ops_endpoints and path in _OPS_PATHS and method in ("GET", "HEAD"):
+            status, body, content_type = self._ops_answer(path, scope)
+            await _respond(send, status, b"" if method == "HEAD" else body, content_type)
+        elif path in self.app.http_routes and method in ("GET", "HEAD"):
+            await self._app_http(scope, send, path, method)
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)
+        elif self.app.router.match(_raw_route_path(scope, path)) is not None:
+            await _respond(send, 426, b"this path is a WebSocket endpoint\n", upgrade=True)
+        else:
+            await _respond(send, 404, f"no route for {path}\n".encode())
+
+    async def _app_http(self, scope: Scope, send: Send, path: str, method: str) -> None:
+        """Answer one of the app's own plain HTTP routes (``App.http``)."""
+        handler = self.app.http_routes[path]
+        try:
+            answer: HTTPResponse = await call_maybe_async(handler, self._request(scope, path, None))
+        except Exception:
+            _log.exception("http.handler_failed", path=path)
+            await _respond(send, 500, b"internal server error\n")
+            return
+        body = answer.body.encode() if isinstance(answer.body, str) else answer.body
+        await _respond(
+            send,
+            answer.status,
+            b"" if method == "HEAD" else body,
+            answer.content_type,
+            headers=answer.headers,
+        )
+
+    def _ops_answer(self, path: str, scope: Scope) -> tuple[int, bytes, str]:
+        server = self.server
+        text = "text/plain; charset=utf-8"
+        if server is None:
+            return 503, b"wsup is not running: see docs/asgi.md (lifespan)\n", text
+        if path == "/healthz":
+            return 200, b"ok\n", text
+        if path == "/readyz":
+            ready, why = server.readiness()
+            return (200 if ready else 503), (why + "\n").encode(), text
+        accept = _header(scope, b"accept")
+        body, content_type = server.metrics.render_for(accept)
+        return 200, body, content_type
+
+    # -- WebSocket handshakes ------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        match: RouteMatch | None = self.app.router.match(_raw_route_path(scope, path))
+        if match is None and self.fallback is not None:
+            await self.fallback(scope, receive, send)
+            return
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client left before the handshake
+        server = self.server
+        if server is None:
+            _log.error("asgi.not_running", path=path)
+            await _refuse(scope, send, 503, "wsup is not running (see docs/asgi.md: lifespan)\n")
+            return
+        started = server.clock.now()
+        server.states["handshaking"].inc()
+        try:
+            conn = await self._handshake(server, scope, send, path, match, started)
+        finally:
+            server.states["handshaking"].dec()
+        if conn is not None:
+            await conn.run(receive, send)
+
+    async def _handshake(
+        self,
+        server: Server,
+        scope: Scope,
+        send: Send,
+        path: str,
+        match: RouteMatch | None,
+        started: float,
+    ) -> ASGIConnection | None:
+        request = self._request(scope, path, match)
+        if match is None:
+            return await self._refused(server, scope, send, request, 404, "no_route")
+        route: RouteOptions = match.target  # type: ignore[assignment]
+        if not server.accepting:
+            why = "server is shutting down" if server.draining else "not accepting new connections"
+            return await self._refused(server, scope, send, request, 503, "not_accepting", why)
+        if len(server.connections) >= self.config.max_connections:
+            return await self._refused(
+                server, scope, send, request, 503, "max_connections", "too many connections"
+            )
+        origins = self._origins
+        if not origins.allows_all and not origins.allows(request.header("origin")):
+            return await self._refused(
+                server, scope, send, request, 403, "origin", "origin not allowed"
+            )
+        subprotocol, problem = _select_subprotocol(route.subprotocols, request.subprotocols)
+        if problem is not None:
+            server.handshakes["failed"].inc()
+            await _refuse(scope, send, 400, f"bad request: {problem}\n")
+            return None
+        verdict = await server._run_hooks(request, route)
+        if isinstance(verdict, Reject):
+            server.handshakes["rejected"].inc()
+            _log_rejected(verdict.status, "hook", request)
+            await _refuse(
+                scope, send, verdict.status, verdict.body or "rejected\n", verdict.headers
+            )
+            return None
+        if verdict.subprotocol is not None:
+            if verdict.subprotocol not in request.subprotocols:
+                _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
+                server.handshakes["failed"].inc()
+                await _refuse(scope, send, 500, "internal server error\n")
+                return None
+            subprotocol = verdict.subprotocol
+        accept: Message = {
+            "type": "websocket.accept",
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers],
+        }
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        try:
+            await send(accept)
+        except OSError:
+            server.handshakes["failed"].inc()
+            return None
+        conn = ASGIConnection(server, request, route, subprotocol)
+        server._spawn(conn, route, verdict, match.route.pattern)
+        server.connections.add(conn)
+        server.states["open"].inc()
+        server.handshakes["accepted"].inc()
+        server.counters.handshake_duration.observe(server.clock.now() - started)
+        if _std_log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "connection.opened", conn=conn.address, path=path, client=request.client_address
+            )
+        return conn
+
+    async def _refused(
+        self,
+        server: Server,
+        scope: Scope,
+        send: Send,
+        request: Request,
+        status: int,
+        reason: str,
+        body: str | None = None,
+    ) -> ASGIConnection | None:
+        """Count and log a handshake the server turned away, and answer it; returns None."""
+        server.handshakes["rejected"].inc()
+        _log_rejected(status, reason, request)
+        await _refuse(scope, send, status, (body or f"no route for {request.path}") + "\n")
+        return None
+
+    def _request(self, scope: Scope, path: str, match: RouteMatch | None) -> Request:
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope.get("headers", ())
+        ]
+        client = scope.get("client")
+        remote = (str(client[0]), int(client[1])) if client else ("", 0)
+        query = urllib.parse.parse_qs(
+            scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True
+        )
+        return Request(
+            path=path,
+            params=match.params if match is not None else {},
+            query=query,
+            headers=headers,
+            cookies=parse_cookies(v for k, v in headers if k.lower() == "cookie"),
+            remote_address=remote,
+            client_address=self._proxies.client_address(remote[0], headers),
+            subprotocols=tuple(scope.get("subprotocols", ())),
+        )
+
+
+def _signal_safe_scheduler() -> Callable[[Callable[[], object]], None]:
+    """What a signal handler may call to run a function on the event loop soon."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    loop = asyncio.get_running_loop()
+
+    def soon(fn: Callable[[], object]) -> None:
+        loop.call_soon_threadsafe(fn)
+
+    return soon
+
+
+async def _serve_without_listeners(
+    server: Server, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    async def started(*, task_status: anyio.abc.TaskStatus[Server]) -> None:
+        await server.serve(listen=False, task_status=task_status)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(started)
+        task_status.started()
+
+
+@contextlib.asynccontextmanager
+async def _forwarded_lifespan(app: ASGIApplication, scope: Scope) -> AsyncIterator[None]:
+    """Run a wrapped app's ASGI lifespan: startup on entry, shutdown on exit.
+
+    An app that does not speak the lifespan protocol (it raises or returns at
+    once) is run without one, as ASGI servers do.
+
+    Raises:
+        RuntimeError: the app reported ``lifespan.startup.failed``.
+    """
+    inbox_send, inbox = anyio.create_memory_object_stream[Message](2)
+    outbox_send, outbox = anyio.create_memory_object_stream[Message](2)
+
+    async def run() -> None:
+        with outbox_send, inbox:
+            try:
+                await app(scope, inbox.receive, outbox_send.send)
+            except Exception as exc:
+                _log.debug("asgi.fallback_lifespan_unsupported", error=repr(exc))
+
+    async with anyio.create_task_group() as tg, inbox_send, outbox:
+        tg.start_soon(run)
+        await inbox_send.send({"type": "lifespan.startup"})
+        try:
+            reply: Message | None = await outbox.receive()
+        except anyio.EndOfStream:
+            reply = None
+        if reply is not None and reply["type"] == "lifespan.startup.failed":
+            raise RuntimeError(f"the wrapped app failed to start: {reply.get('message', '')}")
+        try:
+            yield
+        finally:
+            if reply is not None:
+                with anyio.CancelScope(shield=True):
+                    await inbox_send.send({"type": "lifespan.shutdown"})
+                    with contextlib.suppress(anyio.EndOfStream):
+                        await outbox.receive()
+
+
+def _describe(exc: BaseException) -> str:
+    """The message of ``exc``, looking inside task groups' exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc)
+
+
+# -- scope helpers ----------------------------------------------------------------------------
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below where the app is mounted (decoded), as Starlette computes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def _raw_route_path(scope: Scope, path: str) -> str:
+    """The percent-encoded form of ``path`` (wsup routes match the raw path)."""
+    raw = scope.get("raw_path")
+    if raw:
+        text = bytes(raw).decode("latin-1").partition("?")[0]
+        depth = scope.get("root_path", "").rstrip("/").count("/")
+        if depth:
+            text = "/" + "/".join(text.split("/")[1 + depth :])
+        if urllib.parse.unquote(text) == path:
+            return text
+    return urllib.parse.quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _select_subprotocol(
+    available: tuple[str, ...], offered: tuple[str, ...]
+) -> tuple[str | None, str | None]:
+    """The route's first subprotocol that the client offered, as websockets chooses.
+
+    Returns:
+        ``(subprotocol, None)``, or ``(None, problem)`` when the route needs one
+        and the client offered none of them.
+    """
+    if not available:
+        return None, None
+    if not offered:
+        return None, "missing subprotocol"
+    for subprotocol in available:
+        if subprotocol in offered:
+            return subprotocol, None
+    return None, "invalid subprotocol; expected one of " + ", ".join(available)
+
+
+def _log_rejected(status: int, reason: str, request: Request) -> None:
+    level = logging.WARNING if reason == "max_connections" else logging.INFO
+    if _std_log.isEnabledFor(level):
+        _log.log(
+            level,
+            "handshake.rejected",
+            reason=reason,
+            status=status,
+            path=request.path,
+            client=request.client_address,
+        )
+
+
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    status: int,
+    body: str,
+    headers: Any = (),
+) -> None:
+    """Refuse a WebSocket handshake: an HTTP answer where the server can send one
+    (the ``websocket.http.response`` extension), else a close before accept (the
+    server answers 403)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        data = body.encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(data)).encode()),
+                    *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": data})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": body.strip()[:120]})
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    *,
+    upgrade: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    head = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+    ]
+    if upgrade:
+        head.append((b"upgrade", b"websocket"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- one connection -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Closing:
+    """How the connection ended: code, reason, who started it."""
+
+    code: int
+    reason: str
+    initiator: str
+
+
+class ASGIConnection:
+    """One WebSocket connection over ASGI, as its actor and the app see it.
+
+    The same interface as :class:`~supervisor.Connection` for handlers
+    (``send``, ``send_nowait``, ``close``, ``close_nowait``, ``fail``, ``recv``,
+    async iteration, ``address``, ``params``, ``remote_address``,
+    ``client_address``, ``statistics()``, ``buffered_bytes``, ``close_info()``).
+
+    Attributes:
+        request: the handshake request (path, params, query, headers, cookies,
+            client address) as the ASGI scope gave it.
+        subprotocol: the negotiated subprotocol, if any.
+        address: the connection actor's address (``conn:<node>.<n>``).
+        state: the :class:`~supervisor.ConnectionState`.
+    """
+
+    def __init__(
+        self, server: Server, request: Request, route: RouteOptions, subprotocol: str | None
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.route = route
+        self.subprotocol = subprotocol
+        self.address = ""
+        self.state = ConnectionState.OPEN
+        self.opened_at = server.clock.now()
+        self.cell: Cell | None = None
+        self.ref: ActorRef | None = None
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self._outbound = OutboundBuffer(route.outbound_limit, route.slow_consumer)
+        self._wake = anyio.Event()
+        self._space: anyio.Event | None = None
+        self._done = anyio.Event()
+        self._close_request: tuple[int, str] | None = None
+        self._closing: _Closing | None = None
+        self._close_sent = False
+        self._reason_label: str | None = None
+        self._blocked = False
+        self._finished = False
+        self._close_timer_started = False
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- what handlers call ------------------------------------------------------------
+
+    @property
+    def params(self) -> Any:
+        """The route parameters (``/chat/{room}`` → ``conn.params["room"]``)."""
+        return self.request.params
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """The peer's address as the ASGI server reports it (``scope["client"]``)."""
+        return self.request.remote_address
+
+    @property
+    def client_address(self) -> str:
+        """The real client IP (the forwarded one behind trusted proxies)."""
+        return self.request.client_address
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of messages not yet handed to the ASGI server."""
+        return self._outbound.bytes
+
+    @property
+    def uses_callbacks(self) -> bool:
+        """Always False: the connection runs in the ASGI scope's task."""
+        return False
+
+    def statistics(self) -> ConnectionStatistics:
+        """Return a snapshot of the connection's counters and buffers. Cost: O(1).
+
+        ``bytes_in``/``bytes_out`` count message payloads (the ASGI server
+        does the framing); ``partial_*`` and ``inline_steps`` are always 0.
+        """
+        return ConnectionStatistics(
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            buffered_bytes=self._outbound.bytes,
+            partial_bytes=0,
+            partial_fragments=0,
+            reading_paused=self._blocked,
+            inline_steps=0,
+        )
+
+    def close_info(self) -> tuple[int, str]:
+        """Return the close code and reason, as known now (``(1000, "")`` if not closing)."""
+        if self._closing is not None:
+            return self._closing.code, self._closing.reason
+        if self._close_request is not None:
+            return self._close_request
+        if self.state is ConnectionState.DRAINING:
+            return 1001, "server shutting down"
+        return 1000, ""
+
+    def send_nowait(self, message: str | bytes) -> None:
+        """Queue ``message`` for the client without waiting (str → text, bytes → binary).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            OutboundFull: the buffer is full and the policy is ``block``.
+            TypeError: ``message`` is neither str nor bytes.
+        """
+        self._check_open()
+        self._enqueue(_encode(message), wait_ok=False)
+
+    async def send(self, message: str | bytes) -> None:
+        """Queue ``message`` for the client; under ``block``, wait for room. A checkpoint.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: ``message`` is neither str nor bytes.
+        """
+        self._check_open()
+        item = _encode(message)
+        while not self._enqueue(item, wait_ok=True):
+            space = self._space = self._space or anyio.Event()
+            await space.wait()
+            self._check_open()
+        await anyio.lowlevel.checkpoint()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after flushing what is queued; returns when the connection has ended."""
+        self.close_nowait(code, reason)
+        await self._done.wait()
+
+    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+        """Start closing after what is queued has been handed to the ASGI server."""
+        if self._close_request is None and self._closing is None:
+            self._close_request = (code, reason)
+            self._set_state(ConnectionState.CLOSING)
+            self._wake.set()
+
+    def fail(self, code: int, reason: str = "", *, label: str | None = None) -> None:
+        """Close at once: drop (and count) what is queued, then close."""
+        if self._close_request is None and self._closing is None:
+            self._dropped("disconnect", self._outbound.clear())
+            self._room()
+            self._reason_label = label
+            self.close_nowait(code, reason)
+        # A client that stopped reading leaves the writer stuck in send(): bound the wait.
+        self._start_close_timer()
+
+    async def recv(self) -> str | bytes:
+        """Return the next message from the client (websockets-style handlers only).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+        """
+        behaviour = self.cell.behaviour if self.cell is not None else None
+        if behaviour is None:
+            raise self._closed_error()
+        while True:
+            try:
+                message = await behaviour.context.next_message()
+            except anyio.EndOfStream:
+                raise self._closed_error() from None
+            if message.__class__ is FromClient:
+                data: str | bytes = message.data
+                return data
+            await behaviour._receiver()(message)
+
+    def __aiter__(self) -> ASGIConnection:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    # -- the server's side -------------------------------------------------------------
+
+    def attach(self, ref: ActorRef, cell: Cell) -> None:
+        """Bind the connection actor (called once, right after it is spawned)."""
+        self.ref = ref
+        self.cell = cell
+        self.address = ref.address
+        cell.on_terminate = self._actor_ended
+        if getattr(self.route.handler, "on_receive", None) is Handler.on_receive:
+            # The handler only forwards what other actors send: skip its mailbox.
+            cell.direct = self._deliver_direct
+
+    def drain(self) -> None:
+        """Server shutdown: let the actor finish its mailbox, then close with 1001."""
+        if self.state is ConnectionState.OPEN:
+            self._set_state(ConnectionState.DRAINING)
+            if self.cell is not None and not self.cell.is_terminated:
+                self.cell.request_drain()
+            else:
+                self.close_nowait(1001, "server shutting down")
+
+    def abort(self) -> None:
+        """Stop at once (drain deadline passed, forced stop): the scope's task returns."""
+        self._record_lost()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        else:
+            self._finalize()
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """Serve the accepted scope until the connection ends. Never raises for I/O."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer, send)
+                await self._reader(receive)
+                tg.cancel_scope.cancel()  # the client is gone: nothing more can be sent
+        finally:
+            self._tg = None
+            self._finalize()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._close_request is not None or self._closing is not None:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosed:
+        if self._closing is not None:
+            code, reason, initiator = (
+                self._closing.code,
+                self._closing.reason,
+                self._closing.initiator,
+            )
+        else:
+            code, reason = self._close_request or (1006, "")
+            initiator = "server"
+        cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+        return cls(self.address, code=code, reason=reason, initiator=initiator)
+
+    def _enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
+        """Apply the slow-consumer policy to ``item``; False if the caller must wait."""
+        buffer = self._outbound
+        verdict = buffer.verdict(len(item.payload))
+        if verdict is OutboundVerdict.EVICT_OLDEST:
+            self._dropped("drop_oldest", buffer.evict_for(len(item.payload)))
+        elif verdict is OutboundVerdict.DROP_NEWEST:
+            self._dropped("drop_newest", 1)
+            return True
+        elif verdict is OutboundVerdict.DISCONNECT:
+            self._dropped("disconnect", 1)
+            self.fail(self.route.slow_consumer_code, "slow consumer", label="slow_consumer")
+            return True
+        elif verdict is OutboundVerdict.WAIT:
+            if wait_ok:
+                return False
+            raise OutboundFull(self.address, limit=buffer.limit)
+        buffer.append(item)
+        self._wake.set()
+        return True
+
+    def _deliver_direct(self, message: Any, cache: dict[str, Any]) -> bool:
+        """Queue a message from another actor straight into the outbound buffer
+        (encoded once per fan-out: the first recipient stores it in ``cache``)."""
+        if self._close_request is not None or self._closing is not None:
+            self.server.runtime.dead_letters.post(
+                DeadLetter(self.address, message, "stopped", "connection closing")
+            )
+            return True
+        item = cache.get("item")
+        if item is None:
+            try:
+                item = _encode(message)
+            except TypeError:
+                try:
+                    item = OutboundItem(json.dumps(message).encode(), True)
+                except (TypeError, ValueError):
+                    return False  # let on_receive deal with it (and fail loudly)
+            cache["item"] = item
+        try:
+            self._enqueue(item, wait_ok=False)
+        except OutboundFull:
+            self._dropped("block_timeout", 1)
+        return True
+
+    def _dropped(self, policy: str, count: int) -> None:
+        if count:
+            self.server.metrics.messages_dropped.labels(policy=policy).inc(count)
+            for _ in range(count):
+                self.server.runtime.dead_letters.post(
+                    DeadLetter(self.address, None, "dropped", f"outbound {policy}")
+                )
+
+    def _room(self) -> None:
+        space = self._space
+        if space is not None:
+            self._space = None
+            space.set()
+
+    def _actor_ended(self, exit_: Exit) -> None:
+        if exit_.kind is ExitKind.CRASHED:
+            self.close_nowait(1011, "internal error")
+        elif self.state is ConnectionState.DRAINING:
+            self.close_nowait(1001, "server shutting down")
+        else:
+            self.close_nowait(1000, "")
+
+    def _set_state(self, state: ConnectionState) -> None:
+        gauges = self.server.states
+        gauges[self.state].dec()
+        self.state = state
+        if state is not ConnectionState.CLOSED:
+            gauges[state].inc()
+
+    def _record_lost(self) -> None:
+        """The connection ended without a close frame from the client."""
+        if self._close_request is not None:
+            # We were closing (a slow consumer, a drain...): ours is the close that counts.
+            self._record_close(*self._close_request, "server")
+        else:
+            self._record_close(1006, "", "network")
+
+    def _record_close(self, code: int, reason: str, initiator: str) -> None:
+        if self._closing is not None:
+            return
+        self._closing = _Closing(code, reason, initiator)
+        if self.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            self._set_state(ConnectionState.CLOSING)
+        if self.cell is not None and not self.cell.is_terminated:
+            self.cell.request_drain()
+        self._room()
+
+    async def _reader(self, receive: Receive) -> None:
+        counters = self.server.counters
+        max_size = self.server.config.max_size
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                data: str | bytes = text if text is not None else bytes(message.get("bytes") or b"")
+                size = len(text.encode()) if text is not None else len(data)
+                self.bytes_in += size
+                self.messages_in += 1
+                (counters.received_text if text is not None else counters.received_binary).inc(1)
+                counters.received_bytes.inc(size)
+                if size > max_size:
+                    self._reason_label = "message_too_big"
+                    self.fail(1009, f"message of {size} bytes is over max_size ({max_size})")
+                    continue
+                if self._closing is None and self._close_request is None:
+                    await self._deliver(FromClient(data))
+            elif kind == "websocket.disconnect":
+                code = int(message.get("code", 1005))
+                reason = str(message.get("reason") or "")
+                if self._close_sent and self._close_request is not None:
+                    self._record_close(*self._close_request, "server")
+                elif code in _NO_CLOSE_FRAME:
+                    self._record_lost()
+                else:
+                    self._record_close(code, reason, "client")
+                return
+
+    async def _deliver(self, envelope: FromClient) -> None:
+        ref = self.ref
+        if ref is None:
+            return
+        try:
+            ref.tell_nowait(envelope)
+        except MailboxFull:
+            # Full under ``block``: stop calling receive() until there is room; the
+            # ASGI server's bounded queue fills and it stops reading the socket.
+            self._blocked = True
+            try:
+                with contextlib.suppress(MailboxFull, MailboxClosed):
+                    await ref.tell(envelope)
+            finally:
+                self._blocked = False
+        except MailboxClosed:
+            pass  # the actor ended and the connection is closing: nobody will read it
+
+    async def _writer(self, send: Send) -> None:
+        buffer = self._outbound
+        counters = self.server.counters
+        try:
+            while True:
+                if not buffer:
+                    if self._close_request is not None:
+                        break
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                for item in buffer.take(1):  # one message in flight: the rest can be dropped
+                    self._room()
+                    if item.text:
+                        await send({"type": "websocket.send", "text": item.payload.decode()})
+                        counters.sent_text.inc(1)
+                    else:
+                        await send({"type": "websocket.send", "bytes": item.payload})
+                        counters.sent_binary.inc(1)
+                    counters.sent_bytes.inc(len(item.payload))
+                    self.messages_out += 1
+                    self.bytes_out += len(item.payload)
+            code, reason = self._close_request
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+            self._close_sent = True
+        except OSError:
+            # The ASGI server says the client is gone (uvicorn's ClientDisconnected).
+            self._record_lost()
+            return
+        self._start_close_timer()
+
+    def _start_close_timer(self) -> None:
+        if not self._close_timer_started and self._tg is not None:
+            self._close_timer_started = True
+            self._tg.start_soon(self._close_timer)
+
+    async def _close_timer(self) -> None:
+        # The client has close_timeout seconds to complete the closing handshake.
+        await self.server.clock.sleep(self.server.config.close_timeout)
+        self._record_lost()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def _finalize(self) -> None:
+        """Account for the end of the connection (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        self._record_lost()
+        closing = self._closing
+        assert closing is not None
+        label = self._reason_label or close_reason_for_code(closing.code)
+        if self.state is not ConnectionState.CLOSED:
+            self._set_state(ConnectionState.CLOSED)
+        if self.cell is not None and not self.cell.is_terminated:
+            self.cell.request_drain()
+        discarded = self._outbound.clear()
+        if discarded:
+            self._dropped("disconnect", discarded)
+        self._done.set()
+        self.server.connection_closed(
+            self,
+            closing.code,
+            closing.reason,
+            closing.initiator,
+            label,
+        )
+
+
+def _encode(message: str | bytes | bytearray | memoryview) -> OutboundItem:
+    if isinstance(message, str):
+        return OutboundItem(message.encode(), True)
+    if isinstance(message, bytes):
+        return OutboundItem(message, False)
+    if isinstance(message, (bytearray, memoryview)):
+        return OutboundItem(bytes(message), False)
+    raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")

@@ -1,0 +1,302 @@
+"""supervisor.asgi driven message by message, as an ASGI server would drive it.
+
+An :class:`ASGIPeer` plays the server's side of one scope over in-memory
+streams: the test sees every message the app sends, and chooses what
+``receive()`` returns and which ASGI extensions the scope offers. The real
+servers (uvicorn, hypercorn) are in ``tests/e2e/test_asgi.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from supervisor import App, Handler, Reject, Request, ServerConfig
+from supervisor.asgi import ASGIApp, ASGIApplication, Message, Scope
+
+pytestmark = pytest.mark.anyio
+
+HTTP_RESPONSE: dict[str, Any] = {"websocket.http.response": {}}
+_PEERS: list[ASGIPeer] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_peers() -> Iterator[None]:
+    """Close every peer's streams after the test (unclosed streams warn)."""
+    yield
+    while _PEERS:
+        _PEERS.pop().close()
+
+
+class ASGIPeer:
+    """The server's side of one ASGI scope: queue what the app receives, read what it sends."""
+
+    def __init__(self) -> None:
+        self._to_app, self._app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+        self._app_outbox, self._from_app = anyio.create_memory_object_stream[Message](math.inf)
+        #: Set when the app has returned from the scope.
+        self.done = anyio.Event()
+        _PEERS.append(self)
+
+    def close(self) -> None:
+        """Close the four stream ends."""
+        for stream in (self._to_app, self._app_inbox, self._app_outbox, self._from_app):
+            stream.close()
+
+    async def receive(self) -> Message:
+        """The app's ``receive``."""
+        return await self._app_inbox.receive()
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``."""
+        await self._app_outbox.send(message)
+
+    def put(self, message: Message) -> None:
+        """Make ``message`` the next thing the app receives."""
+        self._to_app.send_nowait(message)
+
+    async def next(self) -> Message:
+        """The next message the app sent."""
+        with anyio.fail_after(10):
+            return await self._from_app.receive()
+
+
+def ws_scope(path: str, query: bytes = b"", extensions: Any = None, **more: Any) -> Scope:
+    """A ``websocket`` scope as uvicorn builds one."""
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "subprotocols": [],
+        "extensions": HTTP_RESPONSE if extensions is None else extensions,
+        **more,
+    }
+
+
+def http_scope(path: str, **more: Any) -> Scope:
+    """An ``http`` GET scope."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        **more,
+    }
+
+
+def make_app() -> App:
+    """An echo route, a route with a parameter, and a hook that wants ``?user=``."""
+    app = App(config=ServerConfig(max_size=64))
+
+    def needs_user(request: Request) -> Reject | None:
+        return None if request.query_param("user") else Reject(400, "missing user\n")
+
+    @app.route("/echo")
+    class Echo(Handler):
+        async def on_message(self, message: str | bytes) -> None:
+            await self.conn.send(message)
+
+    @app.route("/files/{name}")
+    class Name(Handler):
+        async def on_connect(self) -> None:
+            await self.conn.send(self.params["name"])
+
+    @app.route("/private", hook=needs_user)
+    class Private(Handler):
+        pass
+
+    return app
+
+
+@asynccontextmanager
+async def running(asgi: ASGIApp) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """Run the adapter's lifespan; yield a task group for the scopes."""
+    async with asgi.lifespan(), anyio.create_task_group() as tg:
+        yield tg
+
+
+def start(tg: anyio.abc.TaskGroup, app: ASGIApplication, scope: Scope) -> ASGIPeer:
+    """Run ``app`` on ``scope`` in ``tg``; return the peer that drives it."""
+    peer = ASGIPeer()
+
+    async def run() -> None:
+        try:
+            await app(scope, peer.receive, peer.send)
+        finally:
+            peer.done.set()
+
+    tg.start_soon(run)
+    return peer
+
+
+async def accepted(tg: anyio.abc.TaskGroup, asgi: ASGIApp, scope: Scope) -> ASGIPeer:
+    """Open a WebSocket scope and check that the app accepts it."""
+    peer = start(tg, asgi, scope)
+    peer.put({"type": "websocket.connect"})
+    assert (await peer.next())["type"] == "websocket.accept"
+    return peer
+
+
+async def test_echo_keeps_the_message_type_and_a_client_close_is_recorded() -> None:
+    """Text stays text, binary stays binary; the client's close code reaches the metrics."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = await accepted(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.receive", "text": "hi"})
+        assert await peer.next() == {"type": "websocket.send", "text": "hi"}
+        peer.put({"type": "websocket.receive", "bytes": b"\x00"})
+        assert await peer.next() == {"type": "websocket.send", "bytes": b"\x00"}
+        peer.put({"type": "websocket.disconnect", "code": 4000})
+        server = asgi.server
+        assert server is not None
+        await peer.done.wait()
+        assert not server.connections
+        body, _ = server.metrics.render_for(None)
+    text = body.decode()
+    assert 'wsup_connections_closed_total{initiator="client",reason="other"} 1.0' in text
+    assert 'wsup_messages_received_total{kind="binary"} 1.0' in text
+
+
+async def test_a_mounted_path_routes_on_the_raw_path_below_the_mount() -> None:
+    """Below ``root_path``, an encoded slash stays inside its parameter."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        scope = ws_scope("/ws/files/a/b", raw_path=b"/ws/files/a%2Fb", root_path="/ws")
+        peer = await accepted(tg, asgi, scope)
+        assert await peer.next() == {"type": "websocket.send", "text": "a/b"}
+        peer.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_a_rejection_is_an_http_answer_where_the_server_offers_one() -> None:
+    """With ``websocket.http.response``, the hook's status and body reach the client."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, ws_scope("/private"))
+        peer.put({"type": "websocket.connect"})
+        start_message = await peer.next()
+        assert (start_message["type"], start_message["status"]) == (
+            "websocket.http.response.start",
+            400,
+        )
+        assert (await peer.next())["body"] == b"missing user\n"
+
+
+async def test_a_rejection_is_a_close_before_accept_without_the_extension() -> None:
+    """Without ``websocket.http.response``: close 1008 before accept (servers answer 403)."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, ws_scope("/private", extensions={}))
+        peer.put({"type": "websocket.connect"})
+        assert await peer.next() == {
+            "type": "websocket.close",
+            "code": 1008,
+            "reason": "missing user",
+        }
+
+
+async def test_unknown_paths_get_404_without_a_fallback() -> None:
+    """No route and no wrapped app: 404 for a handshake and for plain HTTP."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, ws_scope("/nowhere"))
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["status"] == 404
+        http = start(tg, asgi, http_scope("/nowhere"))
+        assert (await http.next())["status"] == 404
+        http = start(tg, asgi, http_scope("/echo"))
+        assert (await http.next())["status"] == 426
+
+
+async def test_a_handshake_before_the_lifespan_is_refused_with_503() -> None:
+    """Mounted without running its lifespan: 503 and a reason, never a crash."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        peer = start(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["status"] == 503
+        assert b"lifespan" in (await peer.next())["body"]
+        http = start(tg, asgi, http_scope("/readyz"))
+        assert (await http.next())["status"] == 503
+
+
+async def test_a_message_over_max_size_closes_with_1009() -> None:
+    """``max_size`` applies to what the ASGI server delivers."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = await accepted(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.receive", "text": "x" * 65})
+        closing = await peer.next()
+        assert (closing["type"], closing["code"]) == ("websocket.close", 1009)
+        peer.put({"type": "websocket.disconnect", "code": 1009})
+
+
+async def test_shutdown_drains_with_1001() -> None:
+    """Leaving the lifespan drains: each connection is closed with 1001."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        async with asgi.lifespan():
+            peer = await accepted(tg, asgi, ws_scope("/echo"))
+            server = asgi.server
+            assert server is not None
+            tg.start_soon(server.shutdown)
+            closing = await peer.next()
+            assert (closing["type"], closing["code"]) == ("websocket.close", 1001)
+            peer.put({"type": "websocket.disconnect", "code": 1001})
+        assert asgi.server is None
+
+
+async def test_the_lifespan_scope_starts_wsup_and_the_wrapped_app() -> None:
+    """The ASGI lifespan runs wsup's and forwards startup and shutdown to the wrapped app."""
+    seen: list[str] = []
+
+    async def fallback(scope: Scope, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+    asgi = ASGIApp(make_app(), fallback, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        peer = start(tg, asgi, {"type": "lifespan", "asgi": {"version": "3.0"}})
+        peer.put({"type": "lifespan.startup"})
+        assert await peer.next() == {"type": "lifespan.startup.complete"}
+        assert asgi.server is not None
+        peer.put({"type": "lifespan.shutdown"})
+        assert await peer.next() == {"type": "lifespan.shutdown.complete"}
+    assert seen == ["lifespan.startup", "lifespan.shutdown"]
+    assert asgi.server is None
+
+
+async def test_a_wrapped_app_that_fails_to_start_fails_the_startup() -> None:
+    """``lifespan.startup.failed`` from the wrapped app is reported, and wsup stops again."""
+
+    async def fallback(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    asgi = ASGIApp(make_app(), fallback, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        peer = start(tg, asgi, {"type": "lifespan", "asgi": {"version": "3.0"}})
+        peer.put({"type": "lifespan.startup"})
+        failed = await peer.next()
+    assert failed["type"] == "lifespan.startup.failed"
+    assert "no database" in failed["message"]
+    assert asgi.server is None
