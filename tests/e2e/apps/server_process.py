@@ -77,6 +77,9 @@ class ServerProcess(StopsOnExit):
         log_format: passed as ``--log-format`` unless None.
         open_files: the child's soft limit of open file descriptors (``RLIMIT_NOFILE``),
             if given.
+        command: run this instead of ``python -m supervisor serve TARGET ARGS``
+            (an ASGI server, for instance); ``target``, ``args`` and the options
+            above that build the command line are then ignored.
     """
 
     def __init__(
@@ -88,14 +91,16 @@ class ServerProcess(StopsOnExit):
         env: Mapping[str, str] | None = None,
         log_format: str | None = "json",
         open_files: int | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.port = free_port() if port is None else port
-        command = [sys.executable, "-m", "supervisor", "serve", target, *args]
-        if port_option:
-            command += ["--port", str(self.port)]
-        if log_format is not None:
-            command += ["--log-format", log_format]
-        self.command = command
+        if command is None:
+            command = [sys.executable, "-m", "supervisor", "serve", target, *args]
+            if port_option:
+                command += ["--port", str(self.port)]
+            if log_format is not None:
+                command += ["--log-format", log_format]
+        self.command = list(command)
         self.lines: list[str] = []
         self.records: list[dict[str, Any]] = []
         self._changed = threading.Condition()

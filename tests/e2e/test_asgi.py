@@ -1,0 +1,264 @@
+"""wsup's routes served by real ASGI servers (uvicorn, hypercorn) through supervisor.asgi.
+
+Each test starts the ASGI server as a child process on a free loopback port
+and talks to it with the websockets client, Node's ``ws`` or a raw socket:
+``examples/fastapi_app.py`` (wsup mounted in FastAPI under ``/ws``) for the
+chat protocol of the SPEC, and ``tests/e2e/apps/asgi_app.py`` (wsup wrapping a
+Starlette app, JSON logs) for echo, restarts, the slow-consumer policy and
+the wrapped app.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection
+
+from tests.e2e.apps.server_process import ServerProcess, free_port
+from tests.helpers.clients import TIMEOUT, get_url, open_ws, recv_until_closed
+from tests.helpers.node import node
+
+pytestmark = pytest.mark.e2e
+
+SERVERS = ("uvicorn", "hypercorn")
+E2E = Path(__file__).resolve().parent
+TEST_APP = "tests.e2e.apps.asgi_app:application"
+EXAMPLE = "examples.fastapi_app:app"
+
+
+def asgi_server(server: str, target: str) -> ServerProcess:
+    """Start ``server`` (uvicorn or hypercorn) serving ``target``; wait until it listens."""
+    port = free_port()
+    if server == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
+        command += ["--host", "127.0.0.1"]
+        ready = "Uvicorn running on"
+    else:
+        # --workers 0: serve in this process (no worker child left behind by a kill).
+        command = [sys.executable, "-m", "hypercorn", target, "--workers", "0"]
+        command += ["--bind", f"127.0.0.1:{port}"]
+        ready = "Running on"
+    process = ServerProcess(target, port=port, command=command)
+    try:
+        process.wait_for_line(ready, timeout=30)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+@pytest.fixture(params=SERVERS)
+def example(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``examples/fastapi_app.py`` under each ASGI server."""
+    with asgi_server(request.param, EXAMPLE) as process:
+        yield process
+
+
+@pytest.fixture(params=SERVERS)
+def wrapped(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``tests/e2e/apps/asgi_app.py`` (wsup wrapping Starlette) under each ASGI server."""
+    with asgi_server(request.param, TEST_APP) as process:
+        yield process
+
+
+def client_close(process: ServerProcess, code: int, reason: str) -> tuple[int, str, str]:
+    """How wsup sees a client's close frame ``(code, reason)`` under ``process``'s server.
+
+    hypercorn does not pass the client's close code on to the app: its
+    ``websocket.disconnect`` says 1006 for every close of an open connection.
+    """
+    if "hypercorn" in process.command:
+        return 1006, "", "network"
+    return code, reason, "client"
+
+
+def http(process: ServerProcess, path: str) -> tuple[int, str, str]:
+    """GET ``path``; the status, ``Content-Type`` and body."""
+    return get_url(f"http://127.0.0.1:{process.port}{path}")
+
+
+def metric(process: ServerProcess, path: str, name: str, **labels: str) -> float:
+    """One sample of wsup's ``/metrics`` as the adapter serves it at ``path``."""
+    status, _, body = http(process, path)
+    assert status == 200, body
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", body, re.MULTILINE)
+    assert found is not None, f"{name}{labels} not in /metrics"
+    return float(found.group(1))
+
+
+def chat(process: ServerProcess, room: str, user: str) -> ClientConnection:
+    """A chat client of the FastAPI example."""
+    return open_ws(process.url(f"/ws/chat/{room}?user={user}"))
+
+
+def said(ws: ClientConnection) -> dict[str, Any]:
+    """The next event a chat client receives."""
+    event: dict[str, Any] = json.loads(ws.recv(timeout=TIMEOUT))
+    return event
+
+
+def test_fastapi_example_serves_http_and_the_chat_protocol(example: ServerProcess) -> None:
+    """FastAPI answers /hello; wsup under /ws speaks the chat protocol (say, dm, error)."""
+    status, content_type, body = http(example, "/hello")
+    assert (status, content_type, json.loads(body)) == (200, "application/json", {"hello": "world"})
+    with (
+        chat(example, "lobby", "ann") as ann,
+        chat(example, "lobby", "bob") as bob,
+        chat(example, "kitchen", "cy") as cy,
+    ):
+        ann.send(json.dumps({"type": "say", "text": "hi"}))
+        for client in (ann, bob):
+            event = said(client)
+            assert {k: event[k] for k in ("type", "room", "from", "text")} == {
+                "type": "said",
+                "room": "lobby",
+                "from": "ann",
+                "text": "hi",
+            }
+        bob.send(json.dumps({"type": "dm", "to": "cy", "text": "psst"}))
+        assert said(cy) == {"type": "dm", "from": "bob", "text": "psst"}
+        cy.send("not json")
+        assert said(cy)["type"] == "error"
+        cy.send(json.dumps({"type": "shout", "text": "x"}))
+        assert said(cy)["type"] == "error"
+        cy.send(json.dumps({"type": "say", "text": "still open"}))
+        assert said(cy)["text"] == "still open"
+    assert metric(example, "/ws/metrics", "wsup_handshakes_total", result="accepted") == 3
+
+
+def test_missing_user_is_rejected_with_http_400(example: ServerProcess) -> None:
+    """The chat's hook rejects a handshake without ?user= with HTTP 400 and its reason."""
+    with pytest.raises(InvalidStatus) as caught:
+        open_ws(example.url("/ws/chat/lobby"))
+    assert caught.value.response.status_code == 400
+    assert b"missing ?user=NAME" in caught.value.response.body
+    assert metric(example, "/ws/metrics", "wsup_handshakes_total", result="rejected") == 1
+
+
+def test_ops_endpoints_under_the_mount(example: ServerProcess) -> None:
+    """/ws/healthz, /ws/readyz and /ws/metrics are wsup's; other paths stay FastAPI's."""
+    assert http(example, "/ws/healthz")[0] == 200
+    assert http(example, "/ws/readyz")[:1] == (200,)
+    status, content_type, body = http(example, "/ws/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    assert "wsup_build_info" in body
+    assert http(example, "/nowhere")[0] == 404
+
+
+def test_echo_and_the_wrapped_app(wrapped: ServerProcess) -> None:
+    """Text stays text, binary stays binary; /plain is answered by the wrapped Starlette app."""
+    with open_ws(wrapped.url("/echo")) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=TIMEOUT) == "hello"
+        ws.send(b"\x00\xff")
+        assert ws.recv(timeout=TIMEOUT) == b"\x00\xff"
+    assert http(wrapped, "/plain")[::2] == (200, "plain")
+    event = wrapped.wait_for_event("connection.closed", where=lambda r: r["path"] == "/echo")
+    assert (event["code"], event["reason"], event["initiator"]) == client_close(wrapped, 1000, "")
+    assert event["messages_in"] == event["messages_out"] == 2
+    assert metric(wrapped, "/metrics", "wsup_messages_received_total", kind="binary") == 1
+
+
+def test_node_ws_client_echo(wrapped: ServerProcess) -> None:
+    """Node's ws client: text and binary messages come back unchanged, close code kept."""
+    spec = {
+        "messages": [
+            {"type": "text", "data": "héllo"},
+            {"type": "binary", "base64": base64.b64encode(b"\x01\x02").decode()},
+        ],
+        "close": {"code": 4000, "reason": "bye"},
+    }
+    result = subprocess.run(
+        [node(), str(E2E / "node" / "echo_client.js"), wrapped.url("/echo")],
+        cwd=E2E,
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert [(m["binary"], base64.b64decode(m["base64"])) for m in report["received"]] == [
+        (False, "héllo".encode()),
+        (True, b"\x01\x02"),
+    ]
+    assert report["close"]["code"] == 4000
+    event = wrapped.wait_for_event("connection.closed", where=lambda r: r["path"] == "/echo")
+    assert (event["code"], event["reason"], event["initiator"]) == client_close(
+        wrapped, 4000, "bye"
+    )
+
+
+def test_a_crash_restarts_the_handler_on_the_same_connection(wrapped: ServerProcess) -> None:
+    """A handler that raises is restarted; the client keeps its connection."""
+    with open_ws(wrapped.url("/crash")) as ws:
+        assert ws.recv(timeout=TIMEOUT) == "connected"
+        ws.send("before")
+        assert ws.recv(timeout=TIMEOUT) == "before"
+        ws.send("crash")
+        assert ws.recv(timeout=TIMEOUT) == "connected"  # the new handler's on_connect
+        ws.send("after")
+        assert ws.recv(timeout=TIMEOUT) == "after"
+    wrapped.wait_for_event("actor.restarted")
+    assert metric(wrapped, "/metrics", "wsup_actor_restarts_total", kind="connection") == 1
+
+
+def test_a_client_that_reads_nothing_is_disconnected_as_a_slow_consumer(
+    wrapped: ServerProcess,
+) -> None:
+    """Once the ASGI server stops taking messages, wsup's outbound buffer fills and the
+    ``disconnect`` policy ends the connection."""
+    with socket.create_connection(("127.0.0.1", wrapped.port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        key = base64.b64encode(b"0123456789abcdef").decode()
+        sock.sendall(
+            (
+                "GET /flood HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        event = wrapped.wait_for_event(
+            "connection.closed", where=lambda r: r["path"] == "/flood", timeout=60
+        )
+    assert event["code"] == 1013
+    assert metric(wrapped, "/metrics", "wsup_messages_dropped_total", policy="disconnect") >= 1
+    closed = metric(
+        wrapped,
+        "/metrics",
+        "wsup_connections_closed_total",
+        reason="slow_consumer",
+        initiator="server",
+    )
+    assert closed == 1
+
+
+def test_sigterm_drains_wsup_connections_before_uvicorn_stops() -> None:
+    """uvicorn + SIGTERM: wsup's drain closes each chat connection with 1001 (not
+    uvicorn's 1012), then uvicorn shuts down and the process exits."""
+    with asgi_server("uvicorn", EXAMPLE) as process:
+        with chat(process, "lobby", "ann") as ann:
+            ann.send(json.dumps({"type": "say", "text": "hi"}))
+            assert said(ann)["text"] == "hi"
+            process.signal(signal.SIGTERM)
+            _, code, reason = recv_until_closed(ann)
+        assert (code, reason) == (1001, "server shutting down")
+        process.wait(30)
+        assert "server.drain_completed" in process.log()
+        assert "Application shutdown complete" in process.log()
