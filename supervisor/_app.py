@@ -451,7 +451,8 @@ class App:
         route that takes ``GET``; other methods get 405 with ``Allow``. A body
         must come with ``Content-Length`` (411 otherwise) and hold at most
         ``max_body`` bytes (413 otherwise, before it is read). For a full HTTP
-        application, mount wsup in an ASGI server instead.
+        application, serve wsup's routes from an ASGI app (FastAPI,
+        Starlette) with :class:`supervisor.asgi.ASGIApp`.
 
         Raises:
             ValueError: ``path`` is reserved (``/healthz``, ``/readyz``, ``/metrics``),
