@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import threading
@@ -56,6 +55,7 @@ from ._app import (
     FromClient,
     Handler,
     HTTPResponse,
+    HTTPRouteOptions,
     Reject,
     Request,
     RouteOptions,
@@ -64,7 +64,7 @@ from ._app import (
 from ._config import ServerConfig
 from ._connection import ConnectionState, ConnectionStatistics
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
-from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict
+from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, wire_message
 from ._proxy import TrustedProxies
 from ._request import OriginPolicy, parse_cookies
 from ._routing import RouteMatch
@@ -290,8 +290,8 @@ class ASGIApp:
         if self.ops_endpoints and path in _OPS_PATHS and method in ("GET", "HEAD"):
             status, body, content_type = self._ops_answer(path, scope)
             await _respond(send, status, b"" if method == "HEAD" else body, content_type)
-        elif path in self.app.http_routes and method in ("GET", "HEAD"):
-            await self._app_http(scope, send, path, method)
+        elif path in self.app.http_routes:
+            await self._app_http(scope, receive, send, path, method)
         elif self.fallback is not None:
             await self.fallback(scope, receive, send)
         elif self.app.router.match(_raw_route_path(scope, path)) is not None:
@@ -299,20 +299,42 @@ class ASGIApp:
         else:
             await _respond(send, 404, f"no route for {path}\n".encode())
 
-    async def _app_http(self, scope: Scope, send: Send, path: str, method: str) -> None:
-        """Answer one of the app's own plain HTTP routes (``App.http``)."""
-        handler = self.app.http_routes[path]
+    async def _app_http(
+        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
+    ) -> None:
+        """Answer one of the app's own plain HTTP routes (``App.http``): its methods
+        (405 with ``Allow`` for others) and its ``max_body`` (413 past it)."""
+        options = self.app.http_options.get(path, HTTPRouteOptions())
+        allow = options.allow
+        if method not in [m.strip() for m in allow.split(",")]:
+            await _respond(
+                send, 405, f"{method} is not supported\n".encode(), headers=[("Allow", allow)]
+            )
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(body) > options.max_body:
+                text = f"request body over {options.max_body} bytes\n"
+                await _respond(send, 413, text.encode())
+                return
+        request = self._request(scope, path, None, method=method, body=bytes(body))
         try:
-            answer: HTTPResponse = await call_maybe_async(handler, self._request(scope, path, None))
+            answer: HTTPResponse = await call_maybe_async(self.app.http_routes[path], request)
         except Exception:
             _log.exception("http.handler_failed", path=path)
             await _respond(send, 500, b"internal server error\n")
             return
-        body = answer.body.encode() if isinstance(answer.body, str) else answer.body
+        data = answer.body.encode() if isinstance(answer.body, str) else answer.body
         await _respond(
             send,
             answer.status,
-            b"" if method == "HEAD" else body,
+            b"" if method == "HEAD" else data,
             answer.content_type,
             headers=answer.headers,
         )
@@ -402,7 +424,9 @@ class ASGIApp:
             subprotocol = verdict.subprotocol
         accept: Message = {
             "type": "websocket.accept",
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers],
+            "headers": [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers
+            ],
         }
         if subprotocol is not None:
             accept["subprotocol"] = subprotocol
@@ -439,7 +463,15 @@ class ASGIApp:
         await _refuse(scope, send, status, (body or f"no route for {request.path}") + "\n")
         return None
 
-    def _request(self, scope: Scope, path: str, match: RouteMatch | None) -> Request:
+    def _request(
+        self,
+        scope: Scope,
+        path: str,
+        match: RouteMatch | None,
+        *,
+        method: str = "GET",
+        body: bytes = b"",
+    ) -> Request:
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope.get("headers", ())
@@ -458,6 +490,8 @@ class ASGIApp:
             remote_address=remote,
             client_address=self._proxies.client_address(remote[0], headers),
             subprotocols=tuple(scope.get("subprotocols", ())),
+            method=method,
+            body=body,
         )
 
 
@@ -615,7 +649,7 @@ async def _refuse(
                 "headers": [
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"content-length", str(len(data)).encode()),
-                    *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+                    *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers),
                 ],
             }
         )
@@ -637,7 +671,7 @@ async def _respond(
         (b"content-type", content_type.encode("latin-1")),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
-        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers),
     ]
     if upgrade:
         head.append((b"upgrade", b"websocket"))
@@ -922,12 +956,9 @@ class ASGIConnection:
         item = cache.get("item")
         if item is None:
             try:
-                item = _encode(message)
-            except TypeError:
-                try:
-                    item = OutboundItem(json.dumps(message).encode(), True)
-                except (TypeError, ValueError):
-                    return False  # let on_receive deal with it (and fail loudly)
+                item = _encode(wire_message(message))
+            except (TypeError, ValueError):
+                return False  # let on_receive deal with it (and fail loudly)
             cache["item"] = item
         try:
             self._enqueue(item, wait_ok=False)

@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from supervisor import App, Handler, Reject, Request, ServerConfig
+from supervisor import App, Handler, HTTPResponse, Reject, Request, ServerConfig
 from supervisor.asgi import ASGIApp, ASGIApplication, Message, Scope
 
 pytestmark = pytest.mark.anyio
@@ -119,6 +119,10 @@ def make_app() -> App:
     @app.route("/private", hook=needs_user)
     class Private(Handler):
         pass
+
+    @app.http("/hook", methods=("POST",), max_body=8)
+    def hook(request: Request) -> HTTPResponse:
+        return HTTPResponse(f"{request.method} {request.body.decode()}")
 
     return app
 
@@ -300,3 +304,20 @@ async def test_a_wrapped_app_that_fails_to_start_fails_the_startup() -> None:
     assert failed["type"] == "lifespan.startup.failed"
     assert "no database" in failed["message"]
     assert asgi.server is None
+
+
+async def test_the_apps_own_http_routes_take_their_methods_and_bodies() -> None:
+    """``App.http`` routes: the body in parts, 405 with ``Allow``, 413 past ``max_body``."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, http_scope("/hook", method="POST"))
+        peer.put({"type": "http.request", "body": b"ab", "more_body": True})
+        peer.put({"type": "http.request", "body": b"cd"})
+        assert (await peer.next())["status"] == 200
+        assert (await peer.next())["body"] == b"POST abcd"
+        peer = start(tg, asgi, http_scope("/hook"))
+        answer = await peer.next()
+        assert (answer["status"], dict(answer["headers"])[b"allow"]) == (405, b"POST")
+        peer = start(tg, asgi, http_scope("/hook", method="POST"))
+        peer.put({"type": "http.request", "body": b"123456789"})
+        assert (await peer.next())["status"] == 413
