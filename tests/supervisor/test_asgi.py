@@ -3,7 +3,7 @@
 An :class:`ASGIPeer` plays the server's side of one scope over in-memory
 streams: the test sees every message the app sends, and chooses what
 ``receive()`` returns and which ASGI extensions the scope offers. The real
-servers (uvicorn, hypercorn) are in ``tests/e2e/test_asgi.py``.
+servers (uvicorn, hypercorn) are in ``tests/e2e/test_asgi_servers.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A wsup app served through :mod:`supervisor.asgi`, wrapping a Starlette app.
 
-For ``tests/e2e/test_asgi.py``: ``uvicorn tests.e2e.apps.asgi_app:application``
+For ``tests/e2e/test_asgi_servers.py``: ``uvicorn tests.e2e.apps.asgi_app:application``
 (or hypercorn). wsup's log lines are JSON on stderr, as under ``wsup serve
 --log-format json``.
 
