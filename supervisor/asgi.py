@@ -63,6 +63,7 @@ from ._app import (
 )
 from ._config import ServerConfig
 from ._connection import ConnectionState, ConnectionStatistics
+from ._constants import HEALTHZ, OPS_PATHS, READYZ, CloseCode
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, wire_message
 from ._proxy import TrustedProxies
@@ -81,7 +82,6 @@ ASGIApplication: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = structlog.get_logger("wsup.asgi")
 _std_log = logging.getLogger("wsup.asgi")
-_OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Codes a peer's close frame can never carry: the ASGI server reports a vanished
 # peer with them, so the close is the network's doing, not the client's.
@@ -287,7 +287,7 @@ class ASGIApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope)
         method = scope.get("method", "GET")
-        if self.ops_endpoints and path in _OPS_PATHS and method in ("GET", "HEAD"):
+        if self.ops_endpoints and path in OPS_PATHS and method in ("GET", "HEAD"):
             status, body, content_type = self._ops_answer(path, scope)
             await _respond(send, status, b"" if method == "HEAD" else body, content_type)
         elif path in self.app.http_routes:
@@ -344,9 +344,9 @@ class ASGIApp:
         text = "text/plain; charset=utf-8"
         if server is None:
             return 503, b"wsup is not running: see docs/asgi.md (lifespan)\n", text
-        if path == "/healthz":
+        if path == HEALTHZ:
             return 200, b"ok\n", text
-        if path == "/readyz":
+        if path == READYZ:
             ready, why = server.readiness()
             return (200 if ready else 503), (why + "\n").encode(), text
         accept = _header(scope, b"accept")
@@ -655,7 +655,8 @@ async def _refuse(
         )
         await send({"type": "websocket.http.response.body", "body": data})
     else:
-        await send({"type": "websocket.close", "code": 1008, "reason": body.strip()[:120]})
+        code = CloseCode.POLICY_VIOLATION
+        await send({"type": "websocket.close", "code": int(code), "reason": body.strip()[:120]})
 
 
 async def _respond(
@@ -883,7 +884,7 @@ class ASGIConnection:
             if self.cell is not None and not self.cell.is_terminated:
                 self.cell.request_drain()
             else:
-                self.close_nowait(1001, "server shutting down")
+                self.close_nowait(CloseCode.GOING_AWAY, "server shutting down")
 
     def abort(self) -> None:
         """Stop at once (drain deadline passed, forced stop): the scope's task returns."""
@@ -982,9 +983,9 @@ class ASGIConnection:
 
     def _actor_ended(self, exit_: Exit) -> None:
         if exit_.kind is ExitKind.CRASHED:
-            self.close_nowait(1011, "internal error")
+            self.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
         elif self.state is ConnectionState.DRAINING:
-            self.close_nowait(1001, "server shutting down")
+            self.close_nowait(CloseCode.GOING_AWAY, "server shutting down")
         else:
             self.close_nowait(1000, "")
 
@@ -1029,7 +1030,10 @@ class ASGIConnection:
                 counters.received_bytes.inc(size)
                 if size > max_size:
                     self._reason_label = "message_too_big"
-                    self.fail(1009, f"message of {size} bytes is over max_size ({max_size})")
+                    self.fail(
+                        CloseCode.MESSAGE_TOO_BIG,
+                        f"message of {size} bytes is over max_size ({max_size})",
+                    )
                     continue
                 if self._closing is None and self._close_request is None:
                     await self._deliver(FromClient(data))
