@@ -1,4 +1,4 @@
-"""Plain HTTP on the server port: GET and HEAD are answered, other methods get 405."""
+"""Plain HTTP on the server port: GET and HEAD, routes that take a body, other methods 405."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import http.client
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from examples.chat import app
+from tests.e2e.apps.api_app import app as api_app
+from tests.helpers.raw import STREAM_ENDED, exchange_bytes
 from tests.helpers.server import running_server
 
 pytestmark = pytest.mark.anyio
@@ -43,3 +46,46 @@ async def test_head_answers_the_status_of_a_get_without_a_body(anyio_backend: An
         for path, expected in (("/", 200), ("/readyz", 200), ("/chat/lobby", 426), ("/x", 404)):
             status, _, body = await anyio.to_thread.run_sync(_request, port, "HEAD", path)
             assert (path, status, body) == (path, expected, b"")
+
+
+async def _chunked_exchange(port: int, chunks: list[bytes]) -> bytes:
+    """Send ``chunks`` as separate writes (each a checkpoint apart); return the answer."""
+    answer = b""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        for chunk in chunks:
+            await stream.send(chunk)
+            await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    answer += await stream.receive()
+                except STREAM_ENDED:
+                    return answer
+
+
+async def test_a_post_route_reads_a_body_that_comes_in_pieces(anyio_backend: Any) -> None:
+    """Head and body in several writes (both I/O paths): the handler gets the whole body;
+    a body over the route's limit is 413 without being read."""
+    async with running_server(api_app) as server:
+        port = server.ports[0][1]
+        head = b"POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+        answer = await _chunked_exchange(port, [head, b"\r\n01234", b"567", b"89"])
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert answer.endswith(b"\r\n\r\nPOST 0123456789")
+        answer = await exchange_bytes(port, b"POST /hook HTTP/1.1\r\nContent-Length: 65\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_the_server_api_on_both_io_paths(anyio_backend: Any) -> None:
+    """The API answers a send (body in two writes) and refuses a wrong key, on both paths."""
+    async with running_server(api_app, api_key="k") as server:
+        port = server.ports[0][1]
+        body = b'{"address": "user:nobody", "message": "hi"}'
+        head = b"POST /api/send HTTP/1.1\r\nAuthorization: Bearer k\r\n"
+        head += b"Content-Length: %d\r\n\r\n" % len(body)
+        answer = await _chunked_exchange(port, [head + body[:5], body[5:]])
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        expected = b'{"address":"user:nobody","reached":false,"local":0,"remote":false}\n'
+        assert answer.endswith(expected)
+        answer = await exchange_bytes(port, head.replace(b"Bearer k", b"Bearer x") + body)
+        assert answer.startswith(b"HTTP/1.1 401 ")
