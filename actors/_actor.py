@@ -357,17 +357,25 @@ class Context:
         cancelled when it stops, crashes or restarts."""
         return self._cell.timers
 
-    def register(self, name: str) -> None:
-        """Answer to ``name`` too (several actors may share one name)."""
-        self._cell.runtime.add_member(name, self._cell)
+    def register(self, name: str, *, meta: Any = None) -> None:
+        """Answer to ``name`` too (several actors may share one name).
+
+        ``meta`` (JSON-serialisable with a Redis backplane) is what presence
+        reports for this actor under ``name`` (see ``Runtime.presence``).
+        """
+        self._cell.runtime.add_member(name, self._cell, meta)
 
     def unregister(self, name: str) -> None:
         """Stop answering to ``name``."""
         self._cell.runtime.remove_member(name, self._cell)
 
-    def join(self, group: str) -> None:
-        """Join ``group``; a ``publish`` to it reaches this actor."""
-        self._cell.runtime.add_member(group, self._cell)
+    def join(self, group: str, *, meta: Any = None) -> None:
+        """Join ``group``; a ``publish`` to it reaches this actor.
+
+        ``meta``: what presence reports for this actor in ``group`` (a display
+        name, a device...); JSON-serialisable with a Redis backplane.
+        """
+        self._cell.runtime.add_member(group, self._cell, meta)
 
     def leave(self, group: str) -> None:
         """Leave ``group``."""

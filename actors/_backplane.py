@@ -149,8 +149,9 @@ class Backplane(abc.ABC):
         value = counters[key] = counters.get(key, 0) + 1
         return value
 
-    def member_joined(self, address: str, member: str) -> None:  # noqa: B027 - optional hook
-        """``member`` (an actor's own address) now answers to name or group ``address``.
+    def member_joined(self, address: str, member: str, meta: Any = None) -> None:  # noqa: B027
+        """``member`` (an actor's own address) now answers to name or group ``address``,
+        with presence metadata ``meta`` (called again when only ``meta`` changed).
 
         For presence across nodes; the base class keeps nothing (the runtime
         knows its own members).
@@ -159,8 +160,8 @@ class Backplane(abc.ABC):
     def member_left(self, address: str, member: str) -> None:  # noqa: B027 - optional hook
         """``member`` no longer answers to ``address``; see :meth:`member_joined`."""
 
-    async def presence(self, address: str) -> dict[str, str]:
-        """Return the members of ``address`` on other nodes too: member -> node id.
+    async def presence(self, address: str) -> dict[str, tuple[str, Any]]:
+        """Return the members of ``address`` on other nodes too: member -> (node id, meta).
 
         The base class knows no other node and answers nothing; the runtime
         adds its local members.

@@ -141,7 +141,8 @@ class Runtime:
         # Backplane messages posted from synchronous code, sent by run_monitors().
         self._outbox: deque[tuple[str, Any]] = deque()
         self._outbox_wake: anyio.Event | None = None
-        self._members: dict[str, dict[Cell, None]] = {}
+        # Address -> its local members (in joining order) and their presence metadata.
+        self._members: dict[str, dict[Cell, Any]] = {}
         self._cells: dict[str, Cell] = {}
         self._counter = 0
         self._histories: list[HistorySpec] = []
@@ -188,8 +189,12 @@ class Runtime:
         self.instrumentation.actor_started(kind)
         return cell
 
-    def add_member(self, address: str, cell: Cell) -> None:
-        """Make ``cell`` answer to ``address`` (a name or group)."""
+    def add_member(self, address: str, cell: Cell, meta: Any = None) -> None:
+        """Make ``cell`` answer to ``address`` (a name or group), with presence ``meta``.
+
+        Raises:
+            TypeError: ``meta`` is not JSON-serialisable and other nodes may exist.
+        """
         if cell.is_terminated:
             return
         members = self._members.get(address)
@@ -197,10 +202,11 @@ class Runtime:
             members = self._members[address] = {}
             if self.backplane.remote:
                 self.backplane.subscribe(address)
-        members[cell] = None
+        changed = cell not in members or members[cell] != meta
+        members[cell] = meta
         cell.memberships.add(address)
-        if self.backplane.remote and address != cell.address and address != ALL:
-            self.backplane.member_joined(address, cell.address)
+        if changed and self.backplane.remote and address != cell.address and address != ALL:
+            self.backplane.member_joined(address, cell.address, meta)
 
     def remove_member(self, address: str, cell: Cell) -> None:
         """Make ``cell`` stop answering to ``address``."""
@@ -232,9 +238,9 @@ class Runtime:
         """Return the local actors that answer to ``address``."""
         return [cell.ref for cell in self._members.get(address, ())]
 
-    async def presence(self, address: str) -> list[str]:
-        """Return the own addresses of every actor that answers to name or group
-        ``address``, on this node and every other live one.
+    async def presence(self, address: str) -> dict[str, Any]:
+        """Return every actor that answers to name or group ``address``, on this node
+        and every other live one: its own address -> the ``meta`` it joined with.
 
         Local members come first, in the order they joined. Presence is kept for
         names and groups, not for :data:`ALL` (which every connection joins).
@@ -246,14 +252,14 @@ class Runtime:
         """
         if address == ALL:
             raise ValueError(f"presence is not kept for {ALL!r}: every connection is in it")
-        found = {cell.address: None for cell in self._members.get(address, ())}
+        found = {cell.address: meta for cell, meta in self._members.get(address, {}).items()}
         if self.backplane.remote:
-            for member, node in (await self.backplane.presence(address)).items():
+            for member, (node, meta) in (await self.backplane.presence(address)).items():
                 if node != self.node_id:  # this node's own entries may lag: it knows better
-                    found[member] = None
+                    found[member] = meta
         else:
             await anyio.lowlevel.checkpoint()
-        return list(found)
+        return found
 
     def cell(self, address: str) -> Cell | None:
         """Return the live local cell whose own address is ``address`` (for the supervisor)."""

@@ -225,10 +225,10 @@ async def perform(call: Call, runtime: Runtime) -> Answer:
     try:
         if endpoint == "presence":
             (address,) = call.addresses
-            members = await runtime.presence(address)
-            return Answer(
-                200, {"address": address, "count": len(members), "members": members}, endpoint
-            )
+            found = await runtime.presence(address)
+            meta = {member: value for member, value in found.items() if value is not None}
+            body = {"address": address, "count": len(found), "members": list(found), "meta": meta}
+            return Answer(200, body, endpoint)
         if endpoint == "broadcast":
             return Answer(200, _reached(await runtime.broadcast(call.message)), endpoint)
         results = []

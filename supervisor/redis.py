@@ -501,8 +501,10 @@ class RedisBackplane(Backplane):
         self._pending_changes: dict[str, bool] = {}
         # Presence: the local members of each name and group, as written to Redis,
         # and the changes not written yet ((address, member) -> present).
-        self._present: dict[str, set[str]] = {}
-        self._presence_changes: dict[tuple[str, str], bool] = {}
+        # Values: the member's metadata as JSON text ("" without); a change to None
+        # removes the member.
+        self._present: dict[str, dict[str, str]] = {}
+        self._presence_changes: dict[tuple[str, str], str | None] = {}
         self._change_seq = 0
         self._confirmed_seq = 0
         self._sync_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -578,29 +580,44 @@ class RedisBackplane(Backplane):
         """Stop receiving messages for ``address`` (applied asynchronously)."""
         self._request_change(address, False)
 
-    def member_joined(self, address: str, member: str) -> None:
-        """Record ``member`` in the presence of ``address`` (written asynchronously)."""
-        self._request_presence(address, member, True)
+    def member_joined(self, address: str, member: str, meta: Any = None) -> None:
+        """Record ``member`` (and its ``meta``) in the presence of ``address``
+        (written asynchronously).
+
+        Raises:
+            TypeError: ``meta`` is not JSON-serialisable.
+        """
+        if meta is None:
+            text = ""
+        else:
+            try:
+                text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"presence metadata for {address!r} must be JSON-serialisable ({exc})"
+                ) from None
+        self._request_presence(address, member, text)
 
     def member_left(self, address: str, member: str) -> None:
         """Remove ``member`` from the presence of ``address`` (written asynchronously)."""
-        self._request_presence(address, member, False)
+        self._request_presence(address, member, None)
 
-    def _request_presence(self, address: str, member: str, present: bool) -> None:
+    def _request_presence(self, address: str, member: str, meta: str | None) -> None:
         bridge = self._bridge
         if bridge is None:
-            self._presence_change(address, member, present)
+            self._presence_change(address, member, meta)
         else:
-            bridge.to_redis(self._presence_change, address, member, present)
+            bridge.to_redis(self._presence_change, address, member, meta)
 
-    async def presence(self, address: str) -> dict[str, str]:
-        """Return the members of ``address`` on every live node: member -> node id.
+    async def presence(self, address: str) -> dict[str, tuple[str, Any]]:
+        """Return the members of ``address`` on every live node: member -> (node id, meta).
 
         Each node keeps its members of each name and group in the hash
         ``<prefix>:presence:<address>`` (field: the member's address; value:
-        its node id). Entries of nodes that are no longer live (their liveness
-        key expired: a node killed without a goodbye) are left out and deleted.
-        Cost: one HGETALL, plus the SCAN and MGET of :meth:`nodes`.
+        its node id, then NUL and its metadata as JSON if it has any). Entries
+        of nodes that are no longer live (their liveness key expired: a node
+        killed without a goodbye) are left out and deleted. Cost: one HGETALL,
+        plus the SCAN and MGET of :meth:`nodes`.
 
         Raises:
             BackplaneUnavailable: Redis is unreachable.
@@ -949,17 +966,17 @@ class RedisBackplane(Backplane):
         if self._writer_wake is not None:
             self._writer_wake.set()
 
-    def _presence_change(self, address: str, member: str, present: bool) -> None:
+    def _presence_change(self, address: str, member: str, meta: str | None) -> None:
         members = self._present.get(address)
-        if present:
+        if meta is not None:
             if members is None:
-                members = self._present[address] = set()
-            members.add(member)
+                members = self._present[address] = {}
+            members[member] = meta
         elif members is not None:
-            members.discard(member)
+            members.pop(member, None)
             if not members:
                 del self._present[address]
-        self._presence_changes[address, member] = present
+        self._presence_changes[address, member] = meta
         if self._writer_wake is not None:
             self._writer_wake.set()
 
@@ -968,13 +985,13 @@ class RedisBackplane(Backplane):
         changes, self._presence_changes = self._presence_changes, {}
         if not changes:
             return
-        node = (self._node_id or "").encode()
+        node = self._node_id or ""
         prefix = self._presence_prefix
         commands: list[tuple[Any, ...]] = [
-            ("HSET", prefix + address, member, node)
-            if present
-            else ("HDEL", prefix + address, member)
-            for (address, member), present in changes.items()
+            ("HDEL", prefix + address, member)
+            if meta is None
+            else ("HSET", prefix + address, member, f"{node}\x00{meta}" if meta else node)
+            for (address, member), meta in changes.items()
         ]
         try:
             async with link.ctl_lock:
@@ -986,11 +1003,11 @@ class RedisBackplane(Backplane):
                         await link.ctl.read_response()
         except BaseException:
             # Written again once the link is back (see _restore).
-            for key, present in changes.items():
-                self._presence_changes.setdefault(key, present)
+            for key, meta in changes.items():
+                self._presence_changes.setdefault(key, meta)
             raise
 
-    async def _presence(self, address: str) -> dict[str, str]:
+    async def _presence(self, address: str) -> dict[str, tuple[str, Any]]:
         link = self._link
         if link is None:
             raise _Failed(f"Redis at {self.display_url} is unreachable")
@@ -1007,13 +1024,17 @@ class RedisBackplane(Backplane):
         flat: list[str] = json.loads(answer) if answer != b"{}" else []  # cjson: {} when empty
         pairs = list(zip(flat[::2], flat[1::2], strict=True))
         live = set(await self._nodes()) if pairs else set()
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, Any]] = {}
         dead: list[str] = []
-        for field, node in pairs:
-            if node in live:
-                found[field] = node
-            else:
+        for field, value in pairs:
+            node, sep, meta = value.partition("\x00")
+            if node not in live:
                 dead.append(field)
+                continue
+            try:
+                found[field] = (node, json.loads(meta) if sep else None)
+            except ValueError:
+                found[field] = (node, None)  # written by something else than wsup
         if dead:
             # Members of nodes that died without a goodbye: nobody else removes them.
             with contextlib.suppress(*self._link_errors()):
@@ -1154,8 +1175,8 @@ class RedisBackplane(Backplane):
         # Members that joined or stayed while the link was down are written again;
         # those that left meanwhile are still in the pending changes as removals.
         for address, members in self._present.items():
-            for member in members:
-                self._presence_changes[address, member] = True
+            for member, meta in members.items():
+                self._presence_changes[address, member] = meta
         await self._write_presence(link)
 
     async def _run_link(self, link: _Link) -> None:
@@ -1343,7 +1364,7 @@ class RedisBackplane(Backplane):
             # And leave every presence hash at once (other nodes would skip them anyway).
             for address, members in self._present.items():
                 for member in members:
-                    self._presence_changes[address, member] = False
+                    self._presence_changes[address, member] = None
             await self._write_presence(link)
 
     async def _publish(self, address: str, payload: bytes) -> int:

@@ -80,6 +80,7 @@ class Client:
         self.ws: ClientConnection = connect(
             f"ws://127.0.0.1:{port}/u?{query}", open_timeout=TIMEOUT, ping_interval=None
         ).__enter__()
+        self.user = user
         self.address: str = json.loads(self.ws.recv(timeout=TIMEOUT))["ready"]
 
     def recv(self) -> str | bytes:
@@ -201,6 +202,7 @@ def test_batch_send_broadcast_and_presence() -> None:
         assert answer["address"] == "room:lobby"
         assert answer["count"] == 2
         assert sorted(answer["members"]) == sorted([ada.address, bob.address])
+        assert answer["meta"] == {ada.address: {"user": "ada"}, bob.address: {"user": "bob"}}
         assert api(server.port, "GET", "/api/presence?address=room:empty")[1]["count"] == 0
 
 
@@ -385,6 +387,9 @@ def test_presence_spans_nodes_and_forgets_a_killed_one() -> None:
             status, answer = api(port, "GET", "/api/presence?address=room:lobby")
             assert status == 200
             assert answer["count"] == len(answer["members"])
+            # The metadata given at join comes back from every node.
+            users = {member: meta["user"] for member, meta in answer["meta"].items()}
+            assert users == {m.address: m.user for m in members if m.address in users}
             return sorted(answer["members"])
 
         eventually(lambda: presence(one.port) == presence(two.port) == expected, "both see 3")
@@ -412,7 +417,7 @@ def test_the_python_example_of_the_api_page_runs() -> None:
     lines = result.stdout.splitlines()
     assert lines == [
         "{'address': 'user:42', 'reached': False, 'local': 0, 'remote': False}",
-        "{'address': 'room:lobby', 'count': 0, 'members': []}",
+        "{'address': 'room:lobby', 'count': 0, 'members': [], 'meta': {}}",
     ]
     assert all(line in page for line in lines)
     blocks = re.findall(r"```python\n(# examples/.*?)```", page, re.DOTALL)

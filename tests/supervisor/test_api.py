@@ -13,6 +13,7 @@ from actors import Runtime
 from supervisor import ServerConfig, _api
 from supervisor._body import BodyReader, parse_head
 from supervisor.metrics import API_RESULTS
+from supervisor.redis import RedisBackplane
 
 KEY = "k3y"
 AUTH = [("Authorization", f"Bearer {KEY}")]
@@ -144,7 +145,7 @@ async def test_perform_sends_and_reports_what_was_reached() -> None:
         {"address": "user:x", "reached": False, "local": 0, "remote": False},
     )
     answer = await _api.perform(_api.Call("presence", ("room:x",)), runtime)
-    assert dict(answer.body) == {"address": "room:x", "count": 0, "members": []}
+    assert dict(answer.body) == {"address": "room:x", "count": 0, "members": [], "meta": {}}
     answer = await _api.perform(_api.Call("send", ("a", "b"), 1, batch=True), runtime)
     assert [r["address"] for r in answer.body["results"]] == ["a", "b"]
 
@@ -219,3 +220,11 @@ def test_server_config_checks_the_api_settings(options: dict[str, Any], problem:
 def test_the_api_key_is_never_in_the_config_repr() -> None:
     """The key is a secret: ``repr(config)`` (in tracebacks, logs) leaves it out."""
     assert "hunter2" not in repr(ServerConfig(api_key="hunter2"))
+
+
+def test_presence_metadata_must_be_json_with_redis() -> None:
+    """``join(..., meta=...)`` with a Redis backplane refuses metadata JSON cannot carry."""
+    backplane = RedisBackplane("redis://127.0.0.1:1/0")
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        backplane.member_joined("room:x", "conn:n.1", object())
+    backplane.member_joined("room:x", "conn:n.1", {"user": "ada"})  # queued until it runs

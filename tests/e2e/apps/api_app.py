@@ -1,8 +1,9 @@
 """A test app for the server API tests: connections with a name and groups, and a webhook.
 
 ``ws://HOST/u?user=NAME[&group=G]...``: the connection answers to ``user:NAME``
-and joins ``G`` for each ``group``, waits until the backplane has applied those
-subscriptions, then sends ``{"ready": ADDRESS}``. Messages from other actors
+and joins ``G`` for each ``group`` (presence metadata ``{"user": NAME}``), waits
+until the backplane has applied those subscriptions, then sends
+``{"ready": ADDRESS}``. Messages from other actors
 reach the client as wsup forwards them by default (``str`` as text, anything
 else as JSON text).
 
@@ -31,7 +32,7 @@ class Member(Handler):
         request = self.conn.request
         self.context.register(f"user:{request.query_param('user')}")
         for group in request.query.get("group", []):
-            self.context.join(group)
+            self.context.join(group, meta={"user": request.query_param("user")})
         server = self.app.server
         assert server is not None
         synced = getattr(server.runtime.backplane, "synced", None)
