@@ -120,6 +120,34 @@ def _wsup(launch: Launch) -> list[str]:
     ]
 
 
+def _wsup_asgi(launch: Launch) -> list[str]:
+    # The ASGI server owns compression and keepalive: uvicorn's switches.
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"bench.wsup_app:asgi_{launch.app}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(launch.port),
+        "--loop",
+        "uvloop",
+        "--ws",
+        "websockets-sansio",
+        "--ws-per-message-deflate",
+        "true" if launch.compression else "false",
+        "--ws-ping-interval",
+        str(launch.ping_interval),
+        "--ws-ping-timeout",
+        str(launch.ping_interval),
+        "--backlog",
+        "1024",
+        "--log-level",
+        "warning",
+    ]
+
+
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec(
         name="websockets",
@@ -148,6 +176,20 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_wsup,
         compression=Compression.SWITCHABLE,
         drains=True,
+    ),
+    ServerSpec(
+        name="wsup-asgi",
+        description="wsup's routes through supervisor.asgi.ASGIApp under uvicorn (uvloop)",
+        command=_wsup_asgi,
+        compression=Compression.SWITCHABLE,
+        drains=True,
+    ),
+    ServerSpec(
+        name="fastapi",
+        description="FastAPI's own WebSocket endpoints under uvicorn (uvloop; SIGTERM: 1012)",
+        command=_peer("fastapi_server.py"),
+        compression=Compression.SWITCHABLE,
+        drains=False,
     ),
 )
 

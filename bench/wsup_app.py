@@ -3,6 +3,8 @@
 * ``fanout``: ``/fanout``; every connection joins the group ``bench``; a message
   from any connection is published to the group (the sender included).
 * ``echo_deflate``: the echo example with permessage-deflate enabled.
+* ``asgi_echo``, ``asgi_fanout``: the echo example and ``fanout`` served through
+  :class:`supervisor.asgi.ASGIApp`, for uvicorn (the ``wsup-asgi`` server).
 * ``soak``: the echo handler under each slow-consumer policy, for ``python -m
   bench.soak``: ``/echo`` (the defaults), ``/echo-drop`` (``drop_oldest``),
   ``/echo-block`` (``block``) and ``/echo-disconnect`` (``disconnect``), the last
@@ -12,7 +14,9 @@
 from __future__ import annotations
 
 from examples.echo import Echo
+from examples.echo import app as echo_app
 from supervisor import App, Handler, ServerConfig, SlowConsumerPolicy
+from supervisor.asgi import ASGIApp
 
 
 class Subscriber(Handler):
@@ -27,6 +31,9 @@ class Subscriber(Handler):
 
 fanout = App()
 fanout.add_route("/fanout", Subscriber)
+
+asgi_echo = ASGIApp(echo_app)
+asgi_fanout = ASGIApp(fanout)
 
 echo_deflate = App(config=ServerConfig(compression=True))
 echo_deflate.add_route("/echo", Echo)
