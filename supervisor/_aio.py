@@ -375,12 +375,12 @@ class HandshakeProtocol(asyncio.Protocol):
 def _take_over(conn: Connection | None) -> None:
     # Decided within the callback that read the request: reading never paused.
     if conn is not None:
-        conn.start(resume=False)
+        conn._start(resume=False)
 
 
 def _start_connection(conn: Connection | None) -> None:
     if conn is not None:
-        conn.start()
+        conn._start()
 
 
 async def _in_task(awaitable: Any) -> None:

@@ -46,7 +46,7 @@ from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from actors import ALL, Backplane, Clock, CriticalFailure, MonotonicClock
+from actors import ALL, Backplane, Clock, CriticalFailure, DeadLetter, MonotonicClock
 from actors._backend import Waiter, primitives
 
 from . import _api
@@ -64,7 +64,8 @@ from ._app import (
 )
 from ._body import BodyReader, parse_head, wants_body
 from ._config import ServerConfig
-from ._connection import Connection, ConnectionState
+from ._connection import Connection, ConnectionState, Driver
+from ._drivers import StreamDriver, TransportDriver
 from ._exceptions import ListenError, StartupError, find_exception
 from ._instrumentation import (
     BatchedCounter,
@@ -593,7 +594,7 @@ class Server:
         finally:
             self.states["handshaking"].dec()
         if conn is not None:
-            await conn.run()
+            await conn._run()
 
     async def _handle_safely(self, stream: anyio.abc.ByteStream, ops_only: bool) -> None:
         # One socket's unexpected error must never take the server down.
@@ -1047,19 +1048,12 @@ class Server:
             self.handshake_failed(stream, "connection closed before the 101 was sent", path=path)
             await _close_quietly(stream)
             return None
-        if isinstance(stream, TransportStream):
-            # Callback mode never reads or writes through ``stream``.
-            conn = Connection(
-                self,
-                cast(anyio.abc.ByteStream, stream),
-                protocol,
-                request,
-                route,
-                subprotocol,
-                transport=stream.transport,
-            )
-        else:
-            conn = Connection(self, stream, protocol, request, route, subprotocol)
+        driver: Driver = (
+            TransportDriver(stream.transport)
+            if isinstance(stream, TransportStream)
+            else StreamDriver(stream)
+        )
+        conn = Connection(self, protocol, request, route, subprotocol, driver)
         self._spawn(conn, route, verdict, match.route.pattern)
         self.connections.add(conn)
         self.states["open"].inc()
@@ -1168,7 +1162,19 @@ class Server:
         )
         cell = self.runtime.cell(ref.address)
         assert cell is not None
-        conn.attach(ref, cell)
+        conn._attach(ref, cell)
+
+    def outbound_dropped(self, address: str, policy: str, count: int) -> None:
+        """Count ``count`` messages to ``address`` that will never be written, and
+        post them as dead letters (for connections: see ``ConnectionHost``)."""
+        self.metrics.messages_dropped.labels(policy=policy).inc(count)
+        post = self.runtime.dead_letters.post
+        for _ in range(count):
+            post(DeadLetter(address, None, "dropped", f"outbound {policy}"))
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Post a message nobody will handle (for connections: see ``ConnectionHost``)."""
+        self.runtime.dead_letters.post(letter)
 
     def connection_closed(
         self,

@@ -867,7 +867,7 @@ class ASGIConnection:
 
     # -- the server's side -------------------------------------------------------------
 
-    def attach(self, ref: ActorRef, cell: Cell) -> None:
+    def _attach(self, ref: ActorRef, cell: Cell) -> None:
         """Bind the connection actor (called once, right after it is spawned)."""
         self.ref = ref
         self.cell = cell

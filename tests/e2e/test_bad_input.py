@@ -857,7 +857,8 @@ class _Flood(Handler):
 
     async def on_message(self, message: str | bytes) -> None:
         conn = self.conn
-        registry = conn.server.metrics.registry
+        assert self.app.server is not None
+        registry = self.app.server.metrics.registry
         sent = peak = 0
         try:
             for _ in range(20_000):

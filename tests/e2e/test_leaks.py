@@ -89,7 +89,7 @@ def run_cycles(port: int, start: int, count: int, step: int) -> int:
 def live_connections(server: Server) -> int:
     """How many of ``server``'s Connection objects are alive after a full garbage collection."""
     gc.collect()
-    return sum(isinstance(o, Connection) and o.server is server for o in gc.get_objects())
+    return sum(isinstance(o, Connection) and o._host is server for o in gc.get_objects())
 
 
 def open_fds() -> int:

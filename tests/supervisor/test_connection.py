@@ -487,7 +487,8 @@ async def test_drop_newest_drops_what_does_not_fit() -> None:
     report: dict[str, int] = {}
 
     def dropping(conn: Connection) -> bool:
-        return sample(conn.server, "wsup_messages_dropped_total", policy="drop_newest") > 0
+        assert app.server is not None
+        return sample(app.server, "wsup_messages_dropped_total", policy="drop_newest") > 0
 
     app = serve_handler(
         Flood,

@@ -1,0 +1,603 @@
+"""The Sans-I/O core of one WebSocket connection: bytes and clock readings in,
+messages, events and bytes to write out.
+
+Theory of operation: a :class:`ConnectionCore` owns everything about a
+connection that does not need a socket, a task or a clock: websockets'
+``ServerProtocol`` (the parser and the closing handshake), the assembly of
+fragmented messages and its bound (``max_fragments``, then 1009), UTF-8
+checks (1007), the outbound buffer and its slow-consumer verdicts, the control
+frames the protocol produces (pongs, keepalive pings; they count against the
+outbound limit), the keepalive deadlines, and the close bookkeeping (who
+closed, with which code). A *driver* (``_drivers.py``: asyncio transport
+callbacks, or anyio streams) moves bytes between it and a socket, and the
+:class:`~supervisor._connection.Connection` around it hands messages to the
+actor. Everything here runs synchronously and is tested with bytes alone.
+
+What goes in:
+
+* :meth:`~ConnectionCore.receive_data` / :meth:`~ConnectionCore.receive_eof`:
+  bytes read, or the end of the peer's stream; they return the complete
+  messages, in order (``str`` for text, ``bytes`` for binary). Then
+  :meth:`~ConnectionCore.after_read`, once what was returned has been handed
+  on: it settles the read (counters, the idle deadline, the close, the pongs).
+* :meth:`~ConnectionCore.offer` (a message under the slow-consumer policy),
+  :meth:`~ConnectionCore.close`, :meth:`~ConnectionCore.fail`,
+  :meth:`~ConnectionCore.ping`, :meth:`~ConnectionCore.lost` (the socket is
+  gone).
+
+What comes out:
+
+* :meth:`~ConnectionCore.data_to_send`: the next bytes to write, a batch at a
+  time; a final ``b""`` means: end the stream (half-close) after them.
+* :attr:`~ConnectionCore.events`: what the driver or the connection must act on
+  (rare, so ``None`` while empty): :class:`CloseRecorded`,
+  :class:`MessagesDropped`, :class:`PongReceived`, :data:`ARM_CLOSE_TIMER`,
+  :data:`FAILED`.
+  :meth:`~ConnectionCore.take_events` empties it.
+* :meth:`~ConnectionCore.over_limit`: the outbound buffer holds more than its
+  limit; stop reading (reading is what queues pongs) until it does not.
+* :meth:`~ConnectionCore.wants_write`: something is due on the wire.
+
+Per-message counters go to a :class:`TrafficCounters` sink given at
+construction (numbers only: the server batches them into its metrics).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from ._keepalive import Keepalive, KeepaliveConfig
+from ._outbound import (
+    WRITE_BATCH,
+    OutboundBuffer,
+    OutboundItem,
+    OutboundVerdict,
+    SlowConsumerPolicy,
+    frame_header,
+)
+from .metrics import close_reason_for_code
+
+__all__ = [
+    "ARM_CLOSE_TIMER",
+    "FAILED",
+    "CloseRecorded",
+    "ConnectionCore",
+    "CoreEvent",
+    "CoreSignal",
+    "Counter",
+    "MessagesDropped",
+    "PongReceived",
+    "TrafficCounters",
+]
+
+# Enum members as module constants: on Python 3.11 each ``Opcode.TEXT`` costs a
+# lookup of about 0.2 µs, and the per-frame paths below make several.
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_PONG, _CLOSE = Opcode.PONG, Opcode.CLOSE
+_OPEN = State.OPEN
+_ACCEPT = OutboundVerdict.ACCEPT
+
+
+class Counter(Protocol):
+    """Something that counts (a batched Prometheus counter, in the server)."""
+
+    def inc(self, amount: int = 1) -> None: ...
+
+
+class TrafficCounters(Protocol):
+    """Where a core counts the messages and bytes it receives and sends."""
+
+    @property
+    def received_text(self) -> Counter: ...
+    @property
+    def received_binary(self) -> Counter: ...
+    @property
+    def received_bytes(self) -> Counter: ...
+    @property
+    def sent_text(self) -> Counter: ...
+    @property
+    def sent_binary(self) -> Counter: ...
+    @property
+    def sent_bytes(self) -> Counter: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRecorded:
+    """The connection's end is known from now on (see :attr:`ConnectionCore.close_info`):
+    the actor should drain, and whoever waits for the buffer or the close should look again."""
+
+    code: int
+    reason: str
+    initiator: str
+    """``client``, ``server`` or ``network``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesDropped:
+    """Messages that will never be written (dead letters, metrics)."""
+
+    policy: str
+    """``drop_oldest``, ``drop_newest`` or ``disconnect``."""
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """The peer answered our keepalive ping after ``rtt`` seconds; its next
+    deadline moved (the server reschedules it)."""
+
+    rtt: float
+
+
+class CoreSignal(enum.Enum):
+    """Events without data."""
+
+    ARM_CLOSE_TIMER = "arm_close_timer"
+    """The peer has ``close_timeout`` seconds from now to end the connection; then
+    the driver drops the socket. Emitted whenever a reason to wait appears (our
+    close frame went out, the connection failed): the first one counts."""
+    FAILED = "failed"
+    """The connection fails: what was queued is dropped and the close frame is
+    due. The connection is closing from now on (wake whoever waits to send)."""
+
+
+ARM_CLOSE_TIMER = CoreSignal.ARM_CLOSE_TIMER
+FAILED = CoreSignal.FAILED
+
+CoreEvent: TypeAlias = CloseRecorded | MessagesDropped | PongReceived | CoreSignal
+
+
+class ConnectionCore:
+    """Everything about one WebSocket connection that is not I/O.
+
+    Args:
+        protocol: websockets' protocol, past the handshake (what it already
+            parsed beyond the request is processed at the first read).
+        counters: where messages and bytes are counted.
+        keepalive: the keepalive settings; ``now`` starts its deadlines.
+        outbound_limit: the outbound buffer's limit in bytes.
+        slow_consumer: what to do with a message that does not fit.
+        slow_consumer_code: the close code when that is a disconnect.
+        max_fragments: the most frames one message may arrive in.
+        now: the clock reading at the start.
+
+    Attributes:
+        protocol: websockets' ``ServerProtocol``.
+        outbound: the outbound buffer (messages and control frames).
+        keepalive: the keepalive and idle deadlines.
+        close_request: ``(code, reason)`` once the server asked to close.
+        close_info: ``(code, reason, initiator)`` once the end is known.
+        reason_label: the ``reason`` label of the close metric, if not the code's.
+        events: what happened that the driver must act on, oldest first; ``None``
+            while nothing did.
+        messages_in, messages_out, bytes_in, bytes_out: traffic so far.
+    """
+
+    __slots__ = (
+        "_counters",
+        "_failing",
+        "_fragment_count",
+        "_fragment_text",
+        "_fragments",
+        "_max_fragments",
+        "_received_binary",
+        "_received_bytes",
+        "_received_text",
+        "_slow_consumer_code",
+        "bytes_in",
+        "bytes_out",
+        "close_info",
+        "close_request",
+        "events",
+        "keepalive",
+        "messages_in",
+        "messages_out",
+        "outbound",
+        "protocol",
+        "reason_label",
+    )
+
+    def __init__(
+        self,
+        protocol: ServerProtocol,
+        counters: TrafficCounters,
+        *,
+        keepalive: KeepaliveConfig,
+        now: float,
+        outbound_limit: int,
+        slow_consumer: SlowConsumerPolicy,
+        slow_consumer_code: int = 1013,
+        max_fragments: int = 1024,
+    ) -> None:
+        self.protocol = protocol
+        self._counters = counters
+        self.outbound = OutboundBuffer(outbound_limit, slow_consumer)
+        self.keepalive = Keepalive(keepalive, now)
+        self._slow_consumer_code = slow_consumer_code
+        self._max_fragments = max_fragments
+        self.close_request: tuple[int, str] | None = None
+        self.close_info: tuple[int, str, str] | None = None
+        self.reason_label: str | None = None
+        self.events: list[CoreEvent] | None = None
+        self._failing = False  # fail(): nothing more is queued in front of the close frame
+        # The message being assembled: its bytes in one buffer (not one object per
+        # fragment, which costs ~45 bytes each however small the fragment).
+        self._fragments: bytearray | None = None
+        self._fragment_count = 0
+        self._fragment_text = False
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        # Received since the last after_read: counted once per read, not per message.
+        self._received_text = self._received_binary = self._received_bytes = 0
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing or closed: nothing more may be sent."""
+        return self.close_request is not None or self.close_info is not None
+
+    @property
+    def partial(self) -> tuple[int, int]:
+        """The fragmented message being assembled: ``(bytes, fragments)``."""
+        fragments = self._fragments
+        return (0, 0) if fragments is None else (len(fragments), self._fragment_count)
+
+    def over_limit(self) -> bool:
+        """Whether the outbound buffer holds more than its limit (stop reading)."""
+        outbound = self.outbound
+        return outbound.bytes > outbound.limit
+
+    def wants_write(self) -> bool:
+        """Whether :meth:`data_to_send` has something now."""
+        return bool(self.outbound) or bool(self.protocol.writes) or self._close_pending()
+
+    def take_events(self) -> list[CoreEvent]:
+        """Return and forget the pending :attr:`events`."""
+        events = self.events
+        self.events = None
+        return events or []
+
+    def _emit(self, event: CoreEvent) -> None:
+        if self.events is None:
+            self.events = [event]
+        else:
+            self.events.append(event)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[str | bytes]:
+        """Feed bytes read from the socket; return the complete messages they finish.
+
+        Call :meth:`after_read` once these messages have been handed on. With
+        ``b""``: the messages of what the protocol parsed already (bytes past
+        the handshake request, read with it).
+        """
+        protocol = self.protocol
+        if data:
+            self.bytes_in += len(data)
+            protocol.receive_data(data)
+        events: Sequence[object] = protocol.events_received()
+        messages: list[str | bytes] = []
+        if not events:
+            return messages
+        # Complete frames only: bytes of an unfinished frame are no sign of life.
+        self.keepalive.on_frame(now)
+        for event in events:
+            frame: Frame = event  # type: ignore[assignment]  # after the handshake, frames
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY or opcode is _CONT:
+                if opcode is not _CONT:
+                    self._fragment_text = opcode is _TEXT
+                fragments = self._fragments
+                if fragments is None:
+                    if not frame.fin:
+                        self._fragments = bytearray(frame.data)
+                        self._fragment_count = 1
+                        continue
+                    data = bytes(frame.data)
+                else:
+                    fragments += frame.data
+                    self._fragment_count += 1
+                    if self._fragment_count > self._max_fragments:
+                        self._too_many_fragments()
+                        break
+                    if not frame.fin:
+                        continue
+                    data = bytes(fragments)
+                    self._fragments = None
+                message: str | bytes
+                if self._fragment_text:
+                    try:
+                        message = data.decode()
+                    except UnicodeDecodeError as exc:
+                        self.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
+                        self.reason_label = "invalid_data"
+                        break  # what the peer sent after it is ignored
+                    self._received_text += 1
+                else:
+                    message = data
+                    self._received_binary += 1
+                self._received_bytes += len(data)
+                messages.append(message)
+            elif opcode is _PONG:
+                rtt = self.keepalive.on_pong(bytes(frame.data), now)
+                if rtt is not None:
+                    self._emit(PongReceived(rtt))
+            # A close frame is recorded by after_read, once the messages before it
+            # have been handed on.
+        self.messages_in += len(messages)
+        return messages
+
+    def receive_eof(self, now: float) -> list[str | bytes]:
+        """The peer ended its stream; return the messages still complete before it."""
+        self.protocol.receive_eof()
+        return self.receive_data(b"", now)
+
+    def _too_many_fragments(self) -> None:
+        # Empty continuation frames never reach max_size: without a count, one
+        # message could keep a connection busy and its reader fed forever.
+        self._fragments = None
+        self.protocol.fail(
+            1009, f"more than {self._max_fragments} fragments in one message (max_fragments)"
+        )
+
+    def after_read(self, now: float) -> bool:
+        """Settle a read once its messages were handed on: count them, push the idle
+        deadline back, record a close from the peer, queue the control frames the
+        protocol produced (pongs) against the outbound limit.
+
+        Returns:
+            Whether something is now due on the wire (write it soon: a pong, the
+            echo of a close, a close frame after a failure).
+        """
+        if self._received_text or self._received_binary:
+            counters = self._counters
+            if self._received_text:
+                counters.received_text.inc(self._received_text)
+            if self._received_binary:
+                counters.received_binary.inc(self._received_binary)
+            counters.received_bytes.inc(self._received_bytes)
+            self._received_text = self._received_binary = self._received_bytes = 0
+            # Once per read, not per message: the idle deadline moves all the same.
+            self.keepalive.on_message(now)
+        protocol = self.protocol
+        if protocol.close_rcvd is not None or protocol.eof_sent:
+            self._record_close("client")
+        if not protocol.writes:
+            return False
+        if self._queue_control() is OutboundVerdict.DISCONNECT:
+            self.fail(self._slow_consumer_code, "slow consumer", label="slow_consumer")
+        return True
+
+    def _queue_control(self) -> OutboundVerdict:
+        """Move the control frames the protocol produced (pongs, pings) into the
+        outbound buffer, where they count against its limit; return the verdict.
+
+        The end of the connection (a close frame, then EOF) stays with the
+        protocol: it goes out after what is queued. Once the connection is
+        failing, pongs are dropped: the close frame goes first.
+        """
+        protocol = self.protocol
+        if protocol.writes[-1] == b"":
+            return _ACCEPT
+        frames = b"".join(protocol.data_to_send())
+        if self._failing:
+            return _ACCEPT
+        return self.outbound.append_control(frames)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def offer(self, item: OutboundItem) -> OutboundVerdict:
+        """Apply the slow-consumer policy to ``item`` and queue it if it may be.
+
+        Returns:
+            ``ACCEPT`` (queued), ``EVICT_OLDEST`` (older messages were dropped,
+            then it was queued), ``DROP_NEWEST`` (dropped), ``DISCONNECT``
+            (dropped, and the connection fails) or ``WAIT`` (nothing done: the
+            caller waits for room or refuses).
+        """
+        outbound = self.outbound
+        size = len(item.payload)
+        verdict = _ACCEPT if outbound.bytes + size <= outbound.limit else outbound.verdict(size)
+        if verdict is _ACCEPT:
+            outbound.append(item)
+        elif verdict is OutboundVerdict.EVICT_OLDEST:
+            self._dropped("drop_oldest", outbound.evict_for(size))
+            outbound.append(item)
+        elif verdict is OutboundVerdict.DROP_NEWEST:
+            self._dropped("drop_newest", 1)
+        elif verdict is OutboundVerdict.DISCONNECT:
+            self._dropped("disconnect", 1)
+            self.fail(self._slow_consumer_code, "slow consumer", label="slow_consumer")
+        return verdict
+
+    def send_now(self, item: OutboundItem) -> bytes | None:
+        """The bytes of a pre-encoded frame that may go to the wire ahead of the
+        buffer, counted as written; ``None`` unless nothing is queued and the
+        connection is open (then :meth:`offer` it)."""
+        if self.outbound or self.protocol.state is not _OPEN or not item.frame:
+            return None
+        self.messages_out += 1
+        self.bytes_out += len(item.payload)
+        counters = self._counters
+        (counters.sent_text if item.text else counters.sent_binary).inc(1)
+        counters.sent_bytes.inc(item.size)
+        return item.payload
+
+    def _dropped(self, policy: str, count: int) -> None:
+        if count:
+            self._emit(MessagesDropped(policy, count))
+
+    def ping(self, payload: bytes) -> bool:
+        """Queue a keepalive ping ahead of the messages; False if the connection is
+        not open (nothing queued)."""
+        protocol = self.protocol
+        if protocol.state is not _OPEN:
+            return False
+        protocol.send_ping(payload)
+        self._queue_control()  # ahead of queued messages; ours, so never refused
+        return True
+
+    def close(self, code: int, reason: str) -> bool:
+        """Ask for the closing handshake once what is queued has been written.
+
+        Returns:
+            True if this started closing (False: it was closing already).
+        """
+        if self.close_request is not None or self.close_info is not None:
+            return False
+        self.close_request = (code, reason)
+        return True
+
+    def fail(self, code: int, reason: str = "", *, label: str | None = None) -> bool:
+        """Close at once: drop what is queued, then the closing handshake.
+
+        Emits :data:`FAILED` if this started closing, and :data:`ARM_CLOSE_TIMER`
+        in any case: a peer that stopped reading leaves the close frame
+        unwritten, and nothing else would end the wait.
+
+        Returns:
+            True if this started closing.
+        """
+        started = False
+        if self.close_request is None and self.close_info is None:
+            self._failing = True
+            self._dropped("disconnect", self.outbound.clear())
+            self.reason_label = label
+            self.close_request = (code, reason)
+            started = True
+            self._emit(FAILED)
+        self._emit(ARM_CLOSE_TIMER)
+        return started
+
+    def data_to_send(self) -> list[bytes]:
+        """What is due on the wire now, in order: the queued control frames (pongs,
+        pings); the oldest queued messages, framed, about ``WRITE_BATCH`` bytes of
+        them. Once nothing is left queued: the close frame if a close was asked
+        for, and what the protocol produced (the close echo). A final ``b""``
+        means: half-close the socket after these. Call again while
+        :attr:`outbound` is not empty."""
+        outbound = self.outbound
+        protocol = self.protocol
+        if outbound:
+            control = outbound.take_control(WRITE_BATCH) if outbound.control_bytes else b""
+            # Past OPEN, _frame drops messages: take them all at once.
+            chunks = self._frame(
+                outbound.take(WRITE_BATCH - len(control))
+                if protocol.state is _OPEN
+                else outbound.take_all()
+            )
+            if control:
+                chunks.insert(0, control)
+            if outbound:
+                return chunks  # the rest in the next batch
+        else:
+            chunks = []
+        if self._close_pending():
+            code, reason = self.close_request or (1000, "")
+            try:
+                protocol.send_close(code, reason)
+            except InvalidState:
+                pass
+            else:
+                self._record_close("server")
+                self._emit(ARM_CLOSE_TIMER)
+        if protocol.writes:
+            chunks.extend(protocol.data_to_send())
+        return chunks
+
+    def _close_pending(self) -> bool:
+        return self.close_request is not None and self.protocol.close_sent is None
+
+    def _frame(self, items: list[OutboundItem]) -> list[bytes]:
+        if not items:
+            return []
+        protocol = self.protocol
+        chunks: list[bytes] = []
+        text_sent = binary_sent = size = 0
+        if protocol.state is not _OPEN:
+            self._dropped("disconnect", len(items))
+        else:
+            # Without extensions a frame is a header and the payload: no need
+            # for the protocol's serializer (see frame_header).
+            plain = not protocol.extensions
+            for item in items:
+                size += item.size if item.frame else len(item.payload)
+                if item.frame or plain:
+                    if protocol.writes:
+                        # Control frames the protocol queued first go first.
+                        chunks.extend(protocol.data_to_send())
+                    if not item.frame:
+                        chunks.append(frame_header(item.text, len(item.payload)))
+                    if item.payload:  # never b"": a final b"" means end of stream
+                        chunks.append(item.payload)
+                elif item.text:
+                    protocol.send_text(item.payload)
+                else:
+                    protocol.send_binary(item.payload)
+                if item.text:
+                    text_sent += 1
+                else:
+                    binary_sent += 1
+            if not plain:
+                chunks.extend(protocol.data_to_send())  # the frames send_text/binary made
+        counters = self._counters
+        if text_sent:
+            counters.sent_text.inc(text_sent)
+        if binary_sent:
+            counters.sent_binary.inc(binary_sent)
+        if size:
+            counters.sent_bytes.inc(size)
+        self.messages_out += text_sent + binary_sent
+        return chunks
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _record_close(self, initiator: str) -> None:
+        if self.close_info is not None:
+            return
+        protocol = self.protocol
+        if protocol.close_sent is not None and (
+            protocol.close_rcvd is None or not protocol.close_rcvd_then_sent
+        ):
+            sent = protocol.close_sent
+            self.close_info = (sent.code, sent.reason, "server")
+        elif protocol.close_rcvd is not None:
+            rcvd = protocol.close_rcvd
+            self.close_info = (rcvd.code, rcvd.reason, initiator)
+        elif self.close_request is not None and initiator == "network":
+            # We were closing (e.g. a slow consumer) but our close frame never got out.
+            self.close_info = (*self.close_request, "server")
+        elif protocol.eof_sent or initiator == "network":
+            self.close_info = (1006, "", "network")
+        else:
+            return
+        self._emit(CloseRecorded(*self.close_info))
+
+    def lost(self) -> None:
+        """The socket is gone (or being dropped): the end is known now, if it was not."""
+        self._record_close("network")
+
+    def finish(self) -> tuple[int, str, str, str]:
+        """The connection is over: drop what is still queued, end the parser.
+
+        Returns:
+            ``(code, reason, initiator, label)``, the label being the ``reason``
+            of the close metric.
+        """
+        self._record_close("network")
+        code, reason, initiator = self.close_info or (1006, "", "network")
+        self._dropped("disconnect", self.outbound.clear())
+        self._fragments = None
+        # Ends websockets' parser, a generator that refers back to its protocol (as
+        # websockets' own connections do when the socket goes): no cycle is left.
+        self.protocol.receive_eof()
+        return code, reason, initiator, self.reason_label or close_reason_for_code(code)

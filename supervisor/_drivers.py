@@ -1,0 +1,556 @@
+"""The two drivers of a connection: how bytes move between its core and a socket.
+
+Theory of operation: a :class:`~supervisor._connection.Connection` holds a
+:class:`~supervisor._core.ConnectionCore` (no I/O) and one driver, which reads
+bytes into the core, hands the messages it returns to the connection, and
+writes what the core has to send. Both drivers follow the same steps; they
+differ in what runs them.
+
+* :class:`TransportDriver` (asyncio over plain TCP, the default) is the
+  transport's ``asyncio.Protocol``: no task of its own. ``data_received`` feeds
+  the core and hands the messages on, beginning an idle actor's step right
+  there (``Cell.step_inline``). Messages sent during a turn of the loop leave
+  in one write at its end (``call_soon``); the transport's flow control
+  (``pause_writing``/``resume_writing``, with a high-water mark of zero)
+  decides when they wait in the outbound buffer instead. A full ``block``
+  mailbox pauses reading and hands the rest of the batch to a short-lived task
+  that waits for room; the close timeout is a loop timer.
+* :class:`StreamDriver` (trio, and TLS on asyncio) runs over an anyio
+  ``ByteStream``: a reader loop in the connection's task, a writer task beside
+  it, which writes up to about 64 KiB per ``send`` and sleeps until woken; the
+  close timeout is a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.abc import ByteStream
+
+from actors import MonotonicClock
+from actors._backend import Waiter, primitives
+
+from ._aio import enter_callback, exit_callback
+from ._outbound import OutboundItem
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._core import ConnectionCore
+
+__all__ = ["StreamDriver", "TransportDriver"]
+
+_log = structlog.get_logger("wsup.connection")
+
+_CLOSED_STREAM_ERRORS = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+_READ_SIZE = 1 << 16
+#: With transport callbacks, send() yields once per this many calls (not per call: cheaper).
+_SEND_BATCH = 32
+
+
+class TransportDriver(asyncio.Protocol):
+    """Drives a connection from an asyncio transport's callbacks (asyncio, plain TCP).
+
+    An unexpected error in a callback is logged and aborts that connection only.
+    """
+
+    uses_callbacks = True
+    send_batch = _SEND_BATCH
+
+    __slots__ = (
+        "_blocked",
+        "_conn",
+        "_core",
+        "_done",
+        "_eof_received",
+        "_eof_sent",
+        "_flush_scheduled",
+        "_loop",
+        "_output_paused",
+        "_paused",
+        "_timer",
+        "_timer_armed",
+        "_transport",
+    )
+
+    _conn: Connection
+    _core: ConnectionCore
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._paused = False  # the transport asked us to stop writing (pause_writing)
+        self._output_paused = False  # reading stopped: the outbound buffer is over its limit
+        self._flush_scheduled = False
+        #: Messages read but not handed on yet: the mailbox is full under ``block``.
+        self._blocked: list[str | bytes] | None = None
+        self._timer: anyio.CancelScope | asyncio.TimerHandle | None = None
+        self._timer_armed = False
+        self._eof_sent = self._eof_received = False
+        self._done: anyio.Event | None = None  # made on demand by closed()
+
+    def bind(self, conn: Connection) -> None:
+        self._conn = conn
+        self._core = conn._core
+
+    def start(self, resume: bool) -> None:
+        """Take the transport over from the handshake's protocol.
+
+        What arrived past the request is already in the parser. ``resume``:
+        reading was paused while the handshake was decided in a task.
+        """
+        transport = self._transport
+        transport.set_protocol(self)
+        now = self._conn._host.clock.now()
+        self._process(self._core.receive_data(b"", now), now, inline=False)
+        if transport.is_closing():
+            self.connection_lost(None)  # the peer left while the handshake was decided
+        elif resume and self._blocked is None and not self._output_paused:
+            transport.resume_reading()
+
+    async def run(self) -> None:
+        """Serve the connection from a task: start, then wait until it is closed."""
+        self.start(resume=True)
+        await self.closed()
+
+    # -- the transport's callbacks ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        previous = enter_callback()
+        try:
+            now = self._conn._host.clock.now()
+            self._process(self._core.receive_data(data, now), now, inline=True)
+        except Exception:
+            self._failed()
+        finally:
+            exit_callback(previous)
+
+    def eof_received(self) -> bool:
+        previous = enter_callback()
+        try:
+            self._eof_received = True
+            now = self._conn._host.clock.now()
+            self._process(self._core.receive_eof(now), now, inline=False)
+            transport = self._transport
+            if not transport.is_closing():
+                if self._eof_sent:
+                    transport.close()  # both sides are done
+                else:
+                    # Keep the transport for writing (a close frame may still be due),
+                    # but only for close_timeout.
+                    self.arm_close_timer()
+            return True
+        except Exception:
+            self._failed()
+            return False
+        finally:
+            exit_callback(previous)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = enter_callback()
+        try:
+            self._conn._lost()
+            self._end()
+        finally:
+            exit_callback(previous)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._scheduled_flush()
+
+    def _failed(self) -> None:
+        _log.exception("connection.failed", conn=self._conn.address)
+        self._conn.abort()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _process(self, messages: list[str | bytes], now: float, *, inline: bool) -> None:
+        if self._blocked is not None:
+            # Reading is paused but this batch was already read: keep the order.
+            self._blocked.extend(messages)
+            return
+        conn = self._conn
+        if messages:
+            blocked = conn._deliver(messages, inline)
+            if blocked is not None:
+                self._blocked = messages[blocked:]
+                self._transport.pause_reading()
+                if not conn._host.start_soon(self._unblock):
+                    self._blocked = None
+        if conn._settle(now) and not self._output_paused:
+            # The socket does not take what reading queued (pongs): read nothing
+            # more until it has (_flush resumes).
+            self._output_paused = True
+            self._transport.pause_reading()
+
+    async def _unblock(self) -> None:
+        conn = self._conn
+        blocked = self._blocked
+        while blocked:
+            # Still in _blocked meanwhile: what the transport delivers goes behind.
+            await conn._deliver_waiting(blocked[0])
+            del blocked[0]
+            stopped = conn._deliver(blocked, False)
+            del blocked[: len(blocked) if stopped is None else stopped]
+            conn._settle(conn._host.clock.now())
+        self._blocked = None
+        transport = self._transport
+        if not transport.is_closing() and not self._output_paused:
+            transport.resume_reading()
+
+    def reading_paused(self) -> bool:
+        transport = self._transport
+        return not transport.is_reading() and not transport.is_closing()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        if not self._flush_scheduled and not self._paused:
+            # Everything sent before the loop's next turn goes out in one write.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def flush_now(self) -> None:
+        self._flush()
+
+    def flush_pending(self) -> None:
+        if self._flush_scheduled and not self._paused:
+            self._flush()
+
+    def write_direct(self, item: OutboundItem) -> bool:
+        """Fan-out: one write per member, nothing queued in between (a later send
+        in the same turn coalesces as usual)."""
+        transport = self._transport
+        if self._paused or self._flush_scheduled or transport.is_closing():
+            return False
+        data = self._core.send_now(item)
+        if data is None:
+            return False
+        transport.write(data)
+        return True
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        previous = enter_callback()
+        try:
+            self._flush()
+        except Exception:
+            _log.exception("connection.failed", conn=self._conn.address)
+            self._conn.abort()
+        finally:
+            exit_callback(previous)
+
+    def _flush(self) -> None:
+        """Frame what is queued and write it, a batch at a time, until the socket
+        stops taking it (``pause_writing``) or all is written."""
+        transport = self._transport
+        conn = self._conn
+        core = self._core
+        buffer = core.outbound
+        while not (self._paused or conn._finished or self._eof_sent):
+            chunks = core.data_to_send()
+            if core.events is not None or conn._space is not None:
+                conn._after_output()
+            if chunks:
+                if transport.is_closing():
+                    conn._lost()
+                    return
+                payload = b"".join(chunks)
+                if payload:
+                    # Calls pause_writing() at once if the socket does not take it all.
+                    transport.write(payload)
+                    core.bytes_out += len(payload)
+                if chunks[-1] == b"":
+                    self._write_eof()
+                    return
+            if not buffer:
+                break
+        if self._output_paused and buffer.bytes <= buffer.limit:
+            self._output_paused = False
+            if self._blocked is None and not transport.is_closing():
+                transport.resume_reading()
+
+    def _write_eof(self) -> None:
+        transport = self._transport
+        self._eof_sent = True
+        if self._core.protocol.close_rcvd is not None or self._eof_received:
+            # The closing handshake is complete: the server closes TCP first.
+            transport.close()
+            return
+        # After failing the connection: half-close, keep reading until the peer
+        # closes (see StreamDriver._half_close); the close timer bounds the wait.
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        except (RuntimeError, OSError):
+            transport.abort()
+        self.arm_close_timer()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def arm_close_timer(self) -> None:
+        conn = self._conn
+        if self._timer_armed or conn._finished:
+            return
+        self._timer_armed = True
+        host = conn._host
+        if isinstance(host.clock, MonotonicClock):
+            # A loop timer, not a task: a drain starts one per connection.
+            self._timer = self._loop.call_later(host.config.close_timeout, self._timed_out)
+        elif not host.start_soon(self._close_timer):
+            conn.abort()  # the server is stopping: no time left to wait
+
+    def _timed_out(self) -> None:
+        previous = enter_callback()
+        try:
+            self._timer = None
+            self._conn.abort()
+        finally:
+            exit_callback(previous)
+
+    async def _close_timer(self) -> None:
+        # The peer has close_timeout seconds to answer our close frame (a test's clock).
+        conn = self._conn
+        with anyio.CancelScope() as scope:
+            if conn._finished:
+                return
+            self._timer = scope
+            await conn._host.clock.sleep(conn._host.config.close_timeout)
+            conn.abort()
+
+    def abort(self) -> None:
+        self._transport.abort()
+        self._end()
+
+    def _end(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        self._conn._finalize()
+        if self._done is not None:
+            self._done.set()
+
+    async def closed(self) -> None:
+        if self._conn._finished:
+            return
+        done = self._done = self._done or anyio.Event()
+        await done.wait()
+
+
+class StreamDriver:
+    """Drives a connection over an anyio ``ByteStream`` (trio, TLS): a reader loop in
+    the caller's task and a writer task beside it."""
+
+    uses_callbacks = False
+    #: send() lets the writer task run after every call.
+    send_batch = 1
+
+    __slots__ = (
+        "_blocked",
+        "_conn",
+        "_core",
+        "_new_event",
+        "_output_paused",
+        "_stream",
+        "_tg",
+        "_timer_armed",
+        "_writer_done",
+        "_writer_wake",
+    )
+
+    _conn: Connection
+    _core: ConnectionCore
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._writer_wake: Waiter | None = None
+        self._writer_done = anyio.Event()
+        self._new_event = primitives().event
+        self._blocked = False  # the mailbox is full under ``block`` (statistics only)
+        self._output_paused = False  # reading waits for the outbound buffer to drain
+        self._timer_armed = False
+
+    def bind(self, conn: Connection) -> None:
+        self._conn = conn
+        self._core = conn._core
+
+    def start(self, resume: bool) -> None:
+        """Serve the connection in a task of the server."""
+        if not self._conn._host.start_soon(self.run):
+            self._conn.abort()
+
+    async def run(self) -> None:
+        """Read until the connection ends; the writer runs beside. Never raises for I/O."""
+        conn = self._conn
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                await self._reader()
+                # The peer is gone or closing: give the writer close_timeout to finish.
+                with anyio.move_on_after(conn._host.config.close_timeout):
+                    await self._writer_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            self._writer_done.set()  # the writer may have been cancelled before it began
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+                conn._finalize()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        stream = self._stream
+        core = self._core
+        clock = self._conn._host.clock
+        now = clock.now()
+        await self._hand_on(core.receive_data(b"", now), now)
+        # Read until the peer closes TCP or the writer closes the socket: after a
+        # failure the writer only half-closes (see _half_close).
+        while True:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except _CLOSED_STREAM_ERRORS:
+                now = clock.now()
+                await self._hand_on(core.receive_eof(now), now)
+                break
+            now = clock.now()
+            await self._hand_on(core.receive_data(data, now), now)
+            if core.over_limit():
+                await self._wait_for_outbound_room()
+
+    async def _hand_on(self, messages: list[str | bytes], now: float) -> None:
+        conn = self._conn
+        while messages:
+            blocked = conn._deliver(messages, False)
+            if blocked is None:
+                break
+            # Full under ``block``: stop reading until there is room (TCP backpressure).
+            self._blocked = True
+            await conn._deliver_waiting(messages[blocked])
+            messages = messages[blocked + 1 :]
+            now = conn._host.clock.now()
+        self._blocked = False
+        conn._settle(now)
+
+    async def _wait_for_outbound_room(self) -> None:
+        """Read nothing more until the writer has brought the outbound buffer back
+        within its limit, or has ended (reading is what queues pongs)."""
+        core = self._core
+        done = self._writer_done
+        self._output_paused = True
+        try:
+            while core.over_limit() and not done.is_set():
+                await self._conn._wait_for_room()
+        finally:
+            self._output_paused = False
+
+    def reading_paused(self) -> bool:
+        return self._output_paused or self._blocked
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        wake = self._writer_wake
+        if wake is not None:
+            self._writer_wake = None
+            wake.set()
+
+    flush_now = flush_soon
+
+    def flush_pending(self) -> None:
+        """Nothing to do: the writer never holds a write back."""
+
+    def write_direct(self, item: OutboundItem) -> bool:
+        """Never: only the writer task writes."""
+        return False
+
+    async def _writer(self) -> None:
+        conn = self._conn
+        core = self._core
+        protocol = core.protocol
+        stream = self._stream
+        try:
+            while True:
+                if not core.wants_write():
+                    wake = self._writer_wake = self._new_event()
+                    await wake.wait()
+                    continue
+                chunks = core.data_to_send()
+                if core.events is not None or conn._space is not None:
+                    conn._after_output()
+                eof = bool(chunks) and chunks[-1] == b""
+                payload = b"".join(chunks)
+                if payload:
+                    await stream.send(payload)
+                    core.bytes_out += len(payload)
+                if eof:
+                    if protocol.close_rcvd is not None:
+                        # The closing handshake is complete: the server closes TCP first.
+                        with anyio.CancelScope(shield=True):
+                            await stream.aclose()
+                    else:
+                        await self._half_close()
+                    break
+        except _CLOSED_STREAM_ERRORS:
+            conn._lost()
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+        finally:
+            self._writer_done.set()
+            conn._room()  # a reader waiting for the writer must not wait forever
+
+    async def _half_close(self) -> None:
+        """After failing the connection: send EOF but keep reading until the peer closes.
+
+        Closing with unread input makes the kernel reset the connection, and a
+        peer still sending could lose our close frame (e.g. its 1009). The close
+        timer bounds the wait.
+        """
+        try:
+            await self._stream.send_eof()
+        except (NotImplementedError, TypeError, RuntimeError, *_CLOSED_STREAM_ERRORS):
+            # anyio cannot half-close TLS (NotImplementedError, or TypeError once the
+            # TLS session is gone), and uvloop raises RuntimeError on a transport the
+            # peer already reset: close outright.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+        self.arm_close_timer()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def arm_close_timer(self) -> None:
+        if self._timer_armed or self._conn._finished or self._tg is None:
+            return
+        self._timer_armed = True
+        self._tg.start_soon(self._close_timer)
+
+    async def _close_timer(self) -> None:
+        # The peer has close_timeout seconds to answer our close frame.
+        host = self._conn._host
+        await host.clock.sleep(host.config.close_timeout)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def abort(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def closed(self) -> None:
+        await self._writer_done.wait()
