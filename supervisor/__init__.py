@@ -36,6 +36,7 @@ if typing.TYPE_CHECKING:
         StartupError,
     )
     from ._keepalive import KeepaliveConfig
+    from ._limits import InboundPolicy, Rate
     from ._logging import configure_logging
     from ._outbound import SlowConsumerPolicy
     from ._server import Server, serve
@@ -66,6 +67,8 @@ _SOURCES: dict[str, str] = {
     "RedisUnavailable": "._exceptions",
     "StartupError": "._exceptions",
     "KeepaliveConfig": "._keepalive",
+    "InboundPolicy": "._limits",
+    "Rate": "._limits",
     "configure_logging": "._logging",
     "SlowConsumerPolicy": "._outbound",
     "Server": "._server",
@@ -98,11 +101,13 @@ __all__ = [
     "HTTPResponse",
     "HandshakeHook",
     "Handler",
+    "InboundPolicy",
     "KeepaliveConfig",
     "ListenError",
     "OutboundFull",
     "RedisBackplane",
     "RedisBackplaneStatistics",
+    "Rate",
     "RedisUnavailable",
     "Reject",
     "Request",

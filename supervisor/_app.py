@@ -29,6 +29,7 @@ from actors._actor import _invoke
 from ._config import ServerConfig
 from ._constants import OPS_PATHS, CloseCode, sendable_close_code
 from ._exceptions import ConnectionClosed
+from ._limits import InboundPolicy, Rate
 from ._outbound import SlowConsumerPolicy, wire_message
 from ._routing import Router
 from ._tree import ChildSpec, SupervisorSpec
@@ -317,6 +318,12 @@ class RouteOptions:
         slow_consumer_code: the close code of the ``disconnect`` policy.
         intensity: restarts allowed before the connection closes with 1011.
         backoff: delay between restarts.
+        inbound_rate: the most messages a second a client may send, with bursts
+            (``Rate(per_second, burst)``); ``None``: no limit.
+        inbound_byte_rate: the same in bytes of message payload.
+        inbound_policy: over either rate, ``delay`` stops reading from the socket
+            until the rate allows more (TCP backpressure on that client alone);
+            ``close`` closes with 1008.
     """
 
     handler: Callable[..., Handler]
@@ -329,6 +336,9 @@ class RouteOptions:
     slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER
     intensity: Intensity = field(default_factory=lambda: Intensity(3, 10.0))
     backoff: Backoff = field(default_factory=lambda: Backoff(minimum=0.0, maximum=0.0))
+    inbound_rate: Rate | None = None
+    inbound_byte_rate: Rate | None = None
+    inbound_policy: InboundPolicy = InboundPolicy.DELAY
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
@@ -342,6 +352,11 @@ class RouteOptions:
                 "use 1008, 1013 or an application code 3000-4999"
             )
         object.__setattr__(self, "slow_consumer", SlowConsumerPolicy(self.slow_consumer))
+        object.__setattr__(self, "inbound_policy", InboundPolicy(self.inbound_policy))
+        for name in ("inbound_rate", "inbound_byte_rate"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Rate):
+                raise TypeError(f"{name} must be a Rate or None, got {value!r}")
 
 
 class App:

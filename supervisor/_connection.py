@@ -56,16 +56,19 @@ from ._core import (
     FAILED,
     CloseRecorded,
     ConnectionCore,
+    InboundLimited,
     MessagesDropped,
     PongReceived,
     TrafficCounters,
 )
 from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
+from ._limits import InboundLimiter
 from ._outbound import OutboundItem, OutboundVerdict, frame_header, wire_message
 
 if TYPE_CHECKING:
     from ._config import ServerConfig
+    from .metrics import LimitName
 
 __all__ = [
     "Connection",
@@ -102,8 +105,8 @@ class ConnectionStatistics:
         partial_bytes: bytes of the fragmented message being assembled.
         partial_fragments: how many fragments of it have arrived.
         reading_paused: whether the server has stopped reading from the client:
-            its mailbox is full under ``block``, or the outbound buffer is over
-            its limit.
+            its mailbox is full under ``block``, the outbound buffer is over
+            its limit, or the client is over its route's inbound rate.
         inline_steps: messages whose handler step began in the read callback
             itself, without the mailbox (asyncio, plain TCP: see
             ``docs/architecture.md``).
@@ -161,6 +164,9 @@ class ConnectionHost(Protocol):
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """A message to the connection that nobody will handle."""
+
+    def limited(self, limit: LimitName, conn: Connection) -> None:
+        """A limit acted on ``conn`` (counted, and logged at a bounded rate)."""
 
     def connection_closed(
         self, conn: Connection, code: int, reason: str, initiator: str, label: str
@@ -277,6 +283,16 @@ class Connection:
             slow_consumer=route.slow_consumer,
             slow_consumer_code=route.slow_consumer_code,
             max_fragments=config.max_fragments,
+            inbound=(
+                None
+                if route.inbound_rate is None and route.inbound_byte_rate is None
+                else InboundLimiter(
+                    now,
+                    messages=route.inbound_rate,
+                    bytes_=route.inbound_byte_rate,
+                    policy=route.inbound_policy,
+                )
+            ),
         )
         #: The keepalive deadlines (the server's keepalive task reads them).
         self.keepalive: Keepalive = core.keepalive
@@ -692,6 +708,9 @@ class Connection:
                 self._host.counters.ping_rtt.observe(event.rtt)
                 # The next ping is now due before the pong deadline the server waits for.
                 self._host.schedule_keepalive(self)
+            elif event.__class__ is InboundLimited:
+                assert isinstance(event, InboundLimited)
+                self._host.limited("inbound_close" if event.closed else "inbound_delay", self)
             elif event is FAILED:
                 self._room()
                 if self.state is not ConnectionState.CLOSING:

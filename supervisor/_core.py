@@ -55,6 +55,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ._keepalive import Keepalive, KeepaliveConfig
+from ._limits import InboundLimiter
 from ._outbound import (
     WRITE_BATCH,
     OutboundBuffer,
@@ -69,6 +70,7 @@ __all__ = [
     "ARM_CLOSE_TIMER",
     "FAILED",
     "CloseRecorded",
+    "InboundLimited",
     "ConnectionCore",
     "CoreEvent",
     "CoreSignal",
@@ -107,6 +109,14 @@ class TrafficCounters(Protocol):
     def sent_binary(self) -> Counter: ...
     @property
     def sent_bytes(self) -> Counter: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboundLimited:
+    """The client went over the route's inbound rate: reading pauses for
+    :attr:`ConnectionCore.read_pause`, or (``closed``) the connection fails with 1008."""
+
+    closed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +162,7 @@ class CoreSignal(enum.Enum):
 ARM_CLOSE_TIMER = CoreSignal.ARM_CLOSE_TIMER
 FAILED = CoreSignal.FAILED
 
-CoreEvent: TypeAlias = CloseRecorded | MessagesDropped | PongReceived | CoreSignal
+CoreEvent: TypeAlias = CloseRecorded | MessagesDropped | PongReceived | InboundLimited | CoreSignal
 
 
 class ConnectionCore:
@@ -187,6 +197,7 @@ class ConnectionCore:
         "_fragment_count",
         "_fragment_text",
         "_fragments",
+        "_inbound",
         "_max_fragments",
         "_received_binary",
         "_received_bytes",
@@ -202,6 +213,7 @@ class ConnectionCore:
         "messages_out",
         "outbound",
         "protocol",
+        "read_pause",
         "reason_label",
     )
 
@@ -216,6 +228,7 @@ class ConnectionCore:
         slow_consumer: SlowConsumerPolicy,
         slow_consumer_code: int = 1013,
         max_fragments: int = 1024,
+        inbound: InboundLimiter | None = None,
     ) -> None:
         self.protocol = protocol
         self._counters = counters
@@ -223,6 +236,10 @@ class ConnectionCore:
         self.keepalive = Keepalive(keepalive, now)
         self._slow_consumer_code = slow_consumer_code
         self._max_fragments = max_fragments
+        self._inbound = inbound
+        #: Seconds to read nothing more (the inbound rate's ``delay``); the driver
+        #: takes it (sets it back to 0.0) after :meth:`after_read`.
+        self.read_pause = 0.0
         self.close_request: tuple[int, str] | None = None
         self.close_info: tuple[int, str, str] | None = None
         self.reason_label: str | None = None
@@ -365,6 +382,17 @@ class ConnectionCore:
             if self._received_binary:
                 counters.received_binary.inc(self._received_binary)
             counters.received_bytes.inc(self._received_bytes)
+            inbound = self._inbound
+            if inbound is not None:
+                verdict = inbound.received(
+                    now, self._received_text + self._received_binary, self._received_bytes
+                )
+                if verdict.close:
+                    self._emit(InboundLimited(closed=True))
+                    self.fail(1008, "inbound rate exceeded")
+                elif verdict.pause:
+                    self._emit(InboundLimited(closed=False))
+                    self.read_pause = verdict.pause
             self._received_text = self._received_binary = self._received_bytes = 0
             # Once per read, not per message: the idle deadline moves all the same.
             self.keepalive.on_message(now)

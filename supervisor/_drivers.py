@@ -76,6 +76,7 @@ class TransportDriver(asyncio.Protocol):
         "_loop",
         "_output_paused",
         "_paused",
+        "_rate_paused",
         "_timer",
         "_timer_armed",
         "_transport",
@@ -89,6 +90,7 @@ class TransportDriver(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._paused = False  # the transport asked us to stop writing (pause_writing)
         self._output_paused = False  # reading stopped: the outbound buffer is over its limit
+        self._rate_paused = False  # reading stopped: the client is over its inbound rate
         self._flush_scheduled = False
         #: Messages read but not handed on yet: the mailbox is full under ``block``.
         self._blocked: list[str | bytes] | None = None
@@ -113,7 +115,7 @@ class TransportDriver(asyncio.Protocol):
         self._process(self._core.receive_data(b"", now), now, inline=False)
         if transport.is_closing():
             self.connection_lost(None)  # the peer left while the handshake was decided
-        elif resume and self._blocked is None and not self._output_paused:
+        elif resume and self._may_read():
             transport.resume_reading()
 
     async def run(self) -> None:
@@ -193,6 +195,25 @@ class TransportDriver(asyncio.Protocol):
             # more until it has (_flush resumes).
             self._output_paused = True
             self._transport.pause_reading()
+        core = self._core
+        if core.read_pause:
+            # Over the route's inbound rate: read nothing more for that long.
+            pause, core.read_pause = core.read_pause, 0.0
+            if not self._rate_paused and conn._host.start_soon(lambda: self._rate_wait(pause)):
+                self._rate_paused = True
+                self._transport.pause_reading()
+
+    async def _rate_wait(self, pause: float) -> None:
+        try:
+            await self._conn._host.clock.sleep(pause)
+        finally:
+            self._rate_paused = False
+            if self._may_read() and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def _may_read(self) -> bool:
+        """Whether nothing holds reading paused (mailbox, outbound buffer, inbound rate)."""
+        return self._blocked is None and not self._output_paused and not self._rate_paused
 
     async def _unblock(self) -> None:
         conn = self._conn
@@ -206,7 +227,7 @@ class TransportDriver(asyncio.Protocol):
             conn._settle(conn._host.clock.now())
         self._blocked = None
         transport = self._transport
-        if not transport.is_closing() and not self._output_paused:
+        if not transport.is_closing() and self._may_read():
             transport.resume_reading()
 
     def reading_paused(self) -> bool:
@@ -278,7 +299,7 @@ class TransportDriver(asyncio.Protocol):
                 break
         if self._output_paused and buffer.bytes <= buffer.limit:
             self._output_paused = False
-            if self._blocked is None and not transport.is_closing():
+            if self._may_read() and not transport.is_closing():
                 transport.resume_reading()
 
     def _write_eof(self) -> None:
@@ -365,6 +386,7 @@ class StreamDriver:
         "_core",
         "_new_event",
         "_output_paused",
+        "_rate_paused",
         "_stream",
         "_tg",
         "_timer_armed",
@@ -383,6 +405,7 @@ class StreamDriver:
         self._new_event = primitives().event
         self._blocked = False  # the mailbox is full under ``block`` (statistics only)
         self._output_paused = False  # reading waits for the outbound buffer to drain
+        self._rate_paused = False  # reading waits: the client is over its inbound rate
         self._timer_armed = False
 
     def bind(self, conn: Connection) -> None:
@@ -434,6 +457,14 @@ class StreamDriver:
             await self._hand_on(core.receive_data(data, now), now)
             if core.over_limit():
                 await self._wait_for_outbound_room()
+            if core.read_pause:
+                # Over the route's inbound rate: read nothing more for that long.
+                pause, core.read_pause = core.read_pause, 0.0
+                self._rate_paused = True
+                try:
+                    await clock.sleep(pause)
+                finally:
+                    self._rate_paused = False
 
     async def _hand_on(self, messages: list[str | bytes], now: float) -> None:
         conn = self._conn
@@ -462,7 +493,7 @@ class StreamDriver:
             self._output_paused = False
 
     def reading_paused(self) -> bool:
-        return self._output_paused or self._blocked
+        return self._output_paused or self._blocked or self._rate_paused
 
     # -- writing ------------------------------------------------------------------------------
 

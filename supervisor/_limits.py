@@ -31,9 +31,11 @@ from typing import Final
 
 __all__ = [
     "AddressCounter",
+    "EveryInterval",
     "InboundLimiter",
     "InboundPolicy",
     "InboundVerdict",
+    "MAX_PAUSE",
     "PerKeyBuckets",
     "Rate",
     "TokenBucket",
@@ -180,6 +182,26 @@ class AddressCounter:
             self._counts[key] = held - 1
 
 
+class EveryInterval:
+    """At most one log line per key every ``interval`` seconds, counting the rest."""
+
+    __slots__ = ("_interval", "_last")
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval: Final = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """Return how many were suppressed since ``key``'s last line, if one may
+        be logged now; else None (and this one is counted as suppressed)."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
 class InboundPolicy(enum.StrEnum):
     """What a connection over its inbound rate gets."""
 
@@ -198,6 +220,9 @@ class InboundVerdict:
 
 
 _GO_ON: Final = InboundVerdict()
+
+#: The longest a single ``delay`` verdict pauses reading, in seconds.
+MAX_PAUSE: Final = 1.0
 
 
 class InboundLimiter:
@@ -231,4 +256,6 @@ class InboundLimiter:
             return _GO_ON
         if self._policy is InboundPolicy.CLOSE:
             return InboundVerdict(close=True)
-        return InboundVerdict(pause=wait)
+        # At most a second at a time: the next read is judged again (the debt
+        # stays), and pongs in between are read, so keepalive does not time out.
+        return InboundVerdict(pause=min(wait, MAX_PAUSE))

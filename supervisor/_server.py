@@ -75,6 +75,7 @@ from ._instrumentation import (
     hot_gauge,
 )
 from ._keepalive import KeepaliveAction, wake_time
+from ._limits import EveryInterval
 from ._proxy import TrustedProxies
 from ._request import (
     OriginPolicy,
@@ -89,7 +90,15 @@ from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
-from .metrics import ACCEPT_ERRORS, CONNECTION_STATES, HANDSHAKE_RESULTS, AcceptError, Metrics
+from .metrics import (
+    ACCEPT_ERRORS,
+    CONNECTION_STATES,
+    HANDSHAKE_RESULTS,
+    LIMIT_NAMES,
+    AcceptError,
+    LimitName,
+    Metrics,
+)
 
 if TYPE_CHECKING:
     from .asgi import ASGIConnection
@@ -258,6 +267,8 @@ class Server:
         self.states = counters.states
         #: Paces accepting when descriptors run out (shared by every listener).
         self.accept_throttle = AcceptThrottle()
+        self._limited = {name: self.metrics.limited.labels(limit=name) for name in LIMIT_NAMES}
+        self._limit_lines = EveryInterval(10.0)
         self._accept_failures = {
             error: self.metrics.accept_failures.labels(error=error) for error in ACCEPT_ERRORS
         }
@@ -1175,6 +1186,20 @@ class Server:
     def dead_letter(self, letter: DeadLetter) -> None:
         """Post a message nobody will handle (for connections: see ``ConnectionHost``)."""
         self.runtime.dead_letters.post(letter)
+
+    def limited(self, limit: LimitName, conn: Connection) -> None:
+        """Count a limit that acted on ``conn``; log it at most once every 10 s per limit."""
+        self._limited[limit].inc()
+        suppressed = self._limit_lines.allow(limit, self.clock.now())
+        if suppressed is not None:
+            _log.warning(
+                "server.limited",
+                limit=limit,
+                conn=conn.address,
+                client=conn.client_address,
+                path=conn.request.path,
+                suppressed=suppressed,
+            )
 
     def connection_closed(
         self,

@@ -70,6 +70,7 @@ from ._constants import CloseCode
 
 __all__ = [
     "ACCEPT_ERRORS",
+    "LIMIT_NAMES",
     "ACTOR_KINDS",
     "API_ENDPOINTS",
     "API_RESULTS",
@@ -84,6 +85,7 @@ __all__ = [
     "MESSAGE_KINDS",
     "METRIC_DOCS",
     "AcceptError",
+    "LimitName",
     "ActorKind",
     "ApiEndpoint",
     "ApiResult",
@@ -162,6 +164,11 @@ AcceptError = Literal["emfile", "enfile", "enobufs", "enomem"]
 (``EMFILE``), the system's (``ENFILE``), or kernel memory (``ENOBUFS``, ``ENOMEM``)."""
 ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
 
+LimitName = Literal["inbound_delay", "inbound_close"]
+"""Which limit acted: a connection over its route's inbound rate had its reading
+paused (``inbound_delay``) or was closed with 1008 (``inbound_close``)."""
+LIMIT_NAMES: Final[tuple[LimitName, ...]] = get_args(LimitName)
+
 ApiEndpoint = Literal["send", "broadcast", "presence", "other"]
 """Server API endpoint called (``other``: a path under ``/api/`` that is none of them)."""
 API_ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = get_args(ApiEndpoint)
@@ -227,6 +234,10 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         "wsup_accept_failures_total": (
             "accept() calls that failed for lack of descriptors or memory, by error; "
             "accepting pauses after each (0.1 s to 1 s)."
+        ),
+        "wsup_limited_total": (
+            "Times a limit acted on a client, by limit: reading paused or a close "
+            "for going over a route's inbound rate."
         ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (
@@ -551,6 +562,7 @@ class Metrics:
         self.connections: Final = gauge("wsup_connections", ("state",))
         self.connections_accepted: Final = counter("wsup_connections_accepted_total")
         self.accept_failures: Final = counter("wsup_accept_failures_total", ("error",))
+        self.limited: Final = counter("wsup_limited_total", ("limit",))
         self.handshakes: Final = counter("wsup_handshakes_total", ("result",))
         self.handshake_duration: Final = histogram(
             "wsup_handshake_duration_seconds", _HANDSHAKE_BUCKETS
@@ -618,6 +630,7 @@ class Metrics:
         _prefill(self.connections, CONNECTION_STATES)
         _prefill(self.handshakes, HANDSHAKE_RESULTS)
         _prefill(self.accept_failures, ACCEPT_ERRORS)
+        _prefill(self.limited, LIMIT_NAMES)
         _prefill(self.connections_closed, CLOSE_REASONS, CLOSE_INITIATORS)
         _prefill(self.messages_received, MESSAGE_KINDS)
         _prefill(self.messages_sent, MESSAGE_KINDS)

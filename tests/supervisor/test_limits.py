@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor._limits import (
+    MAX_PAUSE,
     AddressCounter,
+    EveryInterval,
     InboundLimiter,
     InboundPolicy,
     InboundVerdict,
@@ -111,7 +113,8 @@ def test_per_key_buckets_refuse_a_table_of_no_keys() -> None:
 
 def test_address_counter_caps_each_address_and_forgets_released_ones() -> None:
     counter = AddressCounter(2)
-    assert counter.acquire("a") and counter.acquire("a")
+    assert counter.acquire("a")
+    assert counter.acquire("a")
     assert not counter.acquire("a")
     assert counter.acquire("b")
     assert counter.count("a") == 2
@@ -130,9 +133,12 @@ def test_inbound_limiter_delays_reading_by_the_debt() -> None:
     assert limiter.received(0.0, 10, 100) == InboundVerdict()
     # 5 messages over: half a second at 10 a second.
     assert limiter.received(0.0, 5, 10).pause == pytest.approx(0.5)
-    # Bytes: 3,000 more with 890 left at 1,000 a second: 2.11 s of debt.
-    assert limiter.received(0.0, 0, 3000).pause == pytest.approx(2.11)
-    assert limiter.received(3.0, 1, 1) == InboundVerdict()
+    # Bytes: 3,000 more with 890 left at 1,000 a second: 2.11 s of debt, paid a
+    # second at a time (reads in between are judged again).
+    assert limiter.received(0.0, 0, 3000).pause == MAX_PAUSE
+    assert limiter.received(1.0, 0, 1).pause == MAX_PAUSE  # 1.111 s still owed
+    assert limiter.received(2.0, 0, 1).pause == pytest.approx(0.112)
+    assert limiter.received(3.2, 1, 1) == InboundVerdict()
 
 
 def test_inbound_limiter_closes_under_the_close_policy() -> None:
@@ -144,3 +150,12 @@ def test_inbound_limiter_closes_under_the_close_policy() -> None:
 def test_inbound_limiter_without_rates_never_objects() -> None:
     limiter = InboundLimiter(0.0)
     assert limiter.received(10**6, 10**6, 10**9) == InboundVerdict()
+
+
+def test_every_interval_lets_one_line_through_per_key_and_counts_the_rest() -> None:
+    lines = EveryInterval(10.0)
+    assert lines.allow("inbound_delay", 0.0) == 0
+    assert [lines.allow("inbound_delay", t) for t in (1.0, 2.0, 9.9)] == [None, None, None]
+    assert lines.allow("inbound_close", 5.0) == 0  # another key, its own interval
+    assert lines.allow("inbound_delay", 10.0) == 3
+    assert lines.allow("inbound_delay", 30.0) == 0

@@ -35,6 +35,7 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_connections": ("gauge", ("state",)),
     "wsup_connections_accepted_total": ("counter", ()),
     "wsup_accept_failures_total": ("counter", ("error",)),
+    "wsup_limited_total": ("counter", ("limit",)),
     "wsup_handshakes_total": ("counter", ("result",)),
     "wsup_handshake_duration_seconds": ("histogram", ()),
     "wsup_connections_closed_total": ("counter", ("reason", "initiator")),
@@ -79,12 +80,14 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "direction": ("sent", "received", "failed"),
     "error": ("emfile", "enfile", "enobufs", "enomem"),
     "endpoint": ("send", "broadcast", "presence", "other"),
+    "limit": ("inbound_delay", "inbound_close"),
 }
 
 PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "wsup_connections": {"state": LABEL_VALUES["state"]},
     "wsup_handshakes_total": {"result": LABEL_VALUES["result"]},
     "wsup_accept_failures_total": {"error": LABEL_VALUES["error"]},
+    "wsup_limited_total": {"limit": LABEL_VALUES["limit"]},
     "wsup_connections_closed_total": {
         "reason": (
             "normal",

@@ -1,0 +1,29 @@
+# examples/hardening/limited_chat.py
+"""A public endpoint with every limit set: sizes, counts, rates, buffers."""
+
+from supervisor import App, Handler, InboundPolicy, Rate, ServerConfig, SlowConsumerPolicy
+
+app = App(
+    config=ServerConfig(
+        max_size=16 * 1024,  # one message: 16 KiB at most (1009 past it)
+        max_fragments=64,  # in at most 64 frames (1009 past it)
+        max_connections=20_000,  # 503 past it; /readyz says "at capacity"
+        handshake_timeout=5.0,  # 408 for a client that does not finish its request
+        readiness_fd_fraction=0.8,  # /readyz 503 at 80 % of the descriptor limit
+    )
+)
+
+
+@app.route(
+    "/room",
+    inbound_rate=Rate(20, burst=40),  # 20 messages a second, bursts of 40
+    inbound_byte_rate=Rate(64 * 1024),  # and 64 KiB a second
+    inbound_policy=InboundPolicy.DELAY,  # over it: stop reading that client
+    outbound_limit=256 * 1024,  # what the server may queue for a client
+    slow_consumer=SlowConsumerPolicy.DISCONNECT,  # past it: close with 1013
+)
+class Room(Handler):
+    """Echoes what it is sent: the limits are the point here, not the behaviour."""
+
+    async def on_message(self, message: str | bytes) -> None:
+        await self.conn.send(message)

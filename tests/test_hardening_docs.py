@@ -1,0 +1,46 @@
+"""The hardening page (docs/hardening.md): its example is the file, and it serves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from examples.hardening import limited_chat
+from supervisor import InboundPolicy, Rate, RouteOptions
+from tests.helpers.docs import assert_blocks_are_files
+from tests.helpers.server import running_server, ws_url
+from tests.helpers.waiting import in_thread
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "hardening.md"
+_FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
+_HEADER = re.compile(r"# (examples/hardening/(\w+)\.py)\n")
+
+
+def test_the_page_quotes_its_example_verbatim() -> None:
+    assert_blocks_are_files(_FENCE.findall(PAGE.read_text()), _HEADER, "on the hardening page")
+
+
+@pytest.mark.anyio
+async def test_the_example_serves_with_the_limits_it_declares() -> None:
+    """The route carries the rates the page shows, and a client within them is served."""
+    app = limited_chat.app
+    found = app.router.match("/room")
+    assert found is not None
+    options = found.target
+    assert isinstance(options, RouteOptions)
+    assert options.inbound_rate == Rate(20, burst=40)
+    assert options.inbound_byte_rate == Rate(64 * 1024)
+    assert options.inbound_policy is InboundPolicy.DELAY
+    async with running_server(app) as server:
+        url = ws_url(server, "/room")
+
+        def within_the_rates() -> list[str | bytes]:
+            with connect(url) as ws:
+                for n in range(10):
+                    ws.send(f"hello {n}")
+                return [ws.recv(timeout=5) for _ in range(10)]
+
+        assert await in_thread(within_the_rates) == [f"hello {n}" for n in range(10)]
