@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ class ServerConfig:
         drain_timeout: seconds a graceful shutdown waits before cancelling.
         readiness_grace: seconds between ``/readyz`` turning 503 and the
             listeners closing, for load balancers to notice.
+        drain_window: seconds over which a graceful shutdown spreads the
+            closing of connections, in shuffled batches, so that clients do not
+            all reconnect at once (clamped to ``drain_timeout``; 0: all at once).
+        drain_batch_size: connections closed per batch of a paced drain; a
+            server with at most this many connections closes them all at once.
         loop_lag_threshold: seconds of event-loop stall worth a WARNING.
         metrics_port: also serve ``/metrics`` on this port (``None``: only on the main one).
         readiness_fd_fraction: ``/readyz`` answers 503 while the process holds at
@@ -66,6 +72,8 @@ class ServerConfig:
     trusted_proxies: Sequence[str] = ()
     drain_timeout: float = 30.0
     readiness_grace: float = 0.0
+    drain_window: float = 10.0
+    drain_batch_size: int = 1000
     loop_lag_threshold: float = 0.25
     metrics_port: int | None = None
     readiness_fd_fraction: float | None = 0.9
@@ -111,5 +119,9 @@ class ServerConfig:
             raise ValueError("max_connections must be >= 1")
         if self.readiness_grace < 0:
             raise ValueError("readiness_grace must be >= 0")
+        if not 0 <= self.drain_window < math.inf:
+            raise ValueError("drain_window must be >= 0 seconds")
+        if self.drain_batch_size < 1:
+            raise ValueError("drain_batch_size must be >= 1")
         if self.readiness_fd_fraction is not None and not 0 < self.readiness_fd_fraction <= 1:
             raise ValueError("readiness_fd_fraction must be in (0, 1] or None")

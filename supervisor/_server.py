@@ -11,8 +11,9 @@ asyncio without TLS the same steps run in transport callbacks instead of a
 task per socket (see ``_aio``).
 
 Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
-handshakes in flight get 503 → each connection drains (its actor finishes its
-mailbox, the outbound buffer is flushed, close 1001) → after the drain deadline
+handshakes in flight get 503 → the connections drain in shuffled batches
+spread over ``drain_window`` (see ``_drain``; each actor finishes its mailbox,
+the outbound buffer is flushed, close 1001) → after the drain deadline
 whatever is left is aborted and counted → service actors stop.
 """
 
@@ -65,6 +66,7 @@ from ._app import (
 from ._body import BodyReader, parse_head, wants_body
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState, Driver
+from ._drain import drain_paced
 from ._drivers import StreamDriver, TransportDriver
 from ._exceptions import ListenError, StartupError, find_exception
 from ._instrumentation import (
@@ -558,20 +560,32 @@ class Server:
         started = self.clock.now()
         self.draining = True
         self.metrics.draining.set(1)
-        _log.info("server.drain_started", connections=len(self.connections), timeout=timeout)
+        _log.info(
+            "server.drain_started",
+            connections=len(self.connections),
+            timeout=timeout,
+            window=min(self.config.drain_window, timeout),
+        )
         if self.config.readiness_grace > 0 and self.accepting:
             await self.clock.sleep(self.config.readiness_grace)
             if self._stop.is_set():
                 return  # forced (second signal) during the grace: nothing left to drain
         self.stop_accepting()
         await self._close_listeners()
-        for conn in list(self.connections):
-            conn.drain()
-        cancelled = 0
+        connections = len(self.connections)
+        batches = cancelled = 0
         if self.connections:
-            self._all_closed = anyio.Event()
+            self._all_closed = all_closed = anyio.Event()
             with self.clock.move_on_after(timeout):
-                await self._all_closed.wait()
+                batches, _ = await drain_paced(
+                    self.connections,
+                    clock=self.clock,
+                    window=self.config.drain_window,
+                    batch_size=self.config.drain_batch_size,
+                    timeout=timeout,
+                    all_closed=all_closed,
+                )
+                await all_closed.wait()
             cancelled = len(self.connections)
             for conn in list(self.connections):
                 conn.abort()
@@ -579,6 +593,8 @@ class Server:
         _log.info(
             "server.drain_completed",
             duration=round(self.clock.now() - started, 3),
+            connections=connections,
+            batches=batches,
             cancelled=cancelled,
         )
         self._stop.set()

@@ -160,6 +160,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to drain on SIGTERM before cancelling (default 30; WSUP_DRAIN_TIMEOUT)",
     )
     run.add_argument(
+        "--drain-window",
+        type=float,
+        default=None,
+        help="seconds over which the drain spreads closing connections in batches "
+        "(default 10, 0: all at once; WSUP_DRAIN_WINDOW)",
+    )
+    run.add_argument(
+        "--drain-batch-size",
+        type=int,
+        default=None,
+        help="connections closed per batch of the drain (default 1000; WSUP_DRAIN_BATCH_SIZE)",
+    )
+    run.add_argument(
         "--log-format",
         choices=("json", "console"),
         default=None,
@@ -442,6 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["drain_timeout"] = args.drain_timeout
         elif _env("DRAIN_TIMEOUT") is not None:
             overrides["drain_timeout"] = _env_number("DRAIN_TIMEOUT", "30", float)
+        if args.drain_window is not None:
+            overrides["drain_window"] = args.drain_window
+        elif _env("DRAIN_WINDOW") is not None:
+            overrides["drain_window"] = _env_number("DRAIN_WINDOW", "10", float)
+        if args.drain_batch_size is not None:
+            overrides["drain_batch_size"] = args.drain_batch_size
+        elif _env("DRAIN_BATCH_SIZE") is not None:
+            overrides["drain_batch_size"] = _env_number("DRAIN_BATCH_SIZE", "1000", int)
         log_format = args.log_format or _env("LOG_FORMAT")
         if log_format not in (None, "json", "console"):
             raise UsageError(f"WSUP_LOG_FORMAT must be json or console, got {log_format!r}")
@@ -573,6 +594,8 @@ def _run_workers(
     command = [sys.executable, "-m", "supervisor", "serve", target, "--workers", "1"]
     command += ["--reuse-port", "--port", str(config.port)]
     command += ["--drain-timeout", repr(config.drain_timeout), "--log-level", level]
+    command += ["--drain-window", repr(config.drain_window)]
+    command += ["--drain-batch-size", str(config.drain_batch_size)]
     command += ["--backend", backend, "--redis-node-ttl", repr(cluster.node_ttl)]
     for host in config.hosts:
         command += ["--host", host]

@@ -304,6 +304,63 @@ def test_sigint_drains_like_sigterm() -> None:
         assert server.wait_for_event("server.drain_completed")["cancelled"] == 0
 
 
+async def _drained_clients(url: str, clients: int, opened: threading.Event) -> list[int | None]:
+    """Open ``clients`` connections, set ``opened``, and return each one's close code."""
+    connections: list[ClientConnection] = []
+    try:
+        for _ in range(clients):
+            connections.append(await ws_connect(url, open_timeout=30, ping_interval=None))
+    finally:
+        opened.set()
+
+    async def closed(ws: ClientConnection) -> int | None:
+        await ws.wait_closed()
+        return ws.close_code
+
+    return await asyncio.gather(*(closed(ws) for ws in connections))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_paced_drain_closes_in_batches_with_1001(backend: str) -> None:
+    """``wsup serve --drain-window 2 --drain-batch-size 5``: SIGTERM closes 20 real
+    clients in four logged batches, each client with 1001, none cut at the deadline."""
+    clients = 20
+    with (
+        ThreadPoolExecutor(1) as pool,
+        ServerProcess(
+            "examples.echo:app",
+            *("--backend", backend, "--log-level", "debug"),
+            *("--drain-window", "2", "--drain-batch-size", "5", "--drain-timeout", "20"),
+        ) as server,
+    ):
+        server.wait_for_event("server.started")
+        opened = threading.Event()
+        codes = pool.submit(asyncio.run, _drained_clients(server.url("/echo"), clients, opened))
+        assert opened.wait(45), "the clients did not connect within 45 s"
+        if codes.done():
+            codes.result()  # raises why opening failed
+        server.signal(signal.SIGTERM)
+        assert codes.result(timeout=45) == [1001] * clients
+        assert server.wait(30) == 0
+        batches = server.events("server.drain_batch")
+        assert [(b["batch"], b["batches"], b["connections"]) for b in batches] == [
+            (1, 4, 5),
+            (2, 4, 5),
+            (3, 4, 5),
+            (4, 4, 5),
+        ]
+        # Real time here: only the order of the batches is checked, never a duration.
+        elapsed = [b["elapsed"] for b in batches]
+        assert elapsed == sorted(elapsed)
+        completed = server.wait_for_event("server.drain_completed")
+        assert (completed["connections"], completed["batches"]) == (clients, 4)
+        assert completed["cancelled"] == 0
+        closed = server.events("connection.closed")
+        assert [(c["code"], c["reason"]) for c in closed] == [
+            (1001, "server shutting down")
+        ] * clients
+
+
 def test_sigusr1_stops_accepting_and_keeps_serving() -> None:
     """After SIGUSR1 new connections are refused, open ones keep working; SIGTERM still drains."""
     with ServerProcess(SLOW_APP, "--drain-timeout", "20") as server:

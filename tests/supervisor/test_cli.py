@@ -73,12 +73,21 @@ def test_serve_help_lists_every_option() -> None:
         "--host",
         "--port",
         "--drain-timeout",
+        "--drain-window",
+        "--drain-batch-size",
         "--log-format",
         "--log-level",
         "--backend",
     ):
         assert option in result.stdout
-    for variable in ("WSUP_HOST", "WSUP_PORT", "WSUP_DRAIN_TIMEOUT", "WSUP_LOG_FORMAT"):
+    for variable in (
+        "WSUP_HOST",
+        "WSUP_PORT",
+        "WSUP_DRAIN_TIMEOUT",
+        "WSUP_DRAIN_WINDOW",
+        "WSUP_DRAIN_BATCH_SIZE",
+        "WSUP_LOG_FORMAT",
+    ):
         assert variable in result.stdout
 
 
@@ -159,8 +168,10 @@ def test_port_in_use_is_one_line_naming_address_and_fix() -> None:
         ({"WSUP_LOG_LEVEL": "loud"}, "unknown log level 'loud'"),
         ({"WSUP_BACKEND": "curio"}, "WSUP_BACKEND must be asyncio or trio, got 'curio'"),
         ({"WSUP_DRAIN_TIMEOUT": "0"}, "drain_timeout must be > 0"),
+        ({"WSUP_DRAIN_WINDOW": "-1"}, "drain_window must be >= 0 seconds"),
+        ({"WSUP_DRAIN_BATCH_SIZE": "0"}, "drain_batch_size must be >= 1"),
     ],
-    ids=["log-format", "log-level", "backend", "drain-timeout"],
+    ids=["log-format", "log-level", "backend", "drain-timeout", "drain-window", "drain-batch"],
 )
 def test_invalid_environment_value_is_exit_2(env: dict[str, str], expected: str) -> None:
     """An invalid WSUP_* value: one clear line, exit 2, nothing served."""
@@ -169,9 +180,11 @@ def test_invalid_environment_value_is_exit_2(env: dict[str, str], expected: str)
     assert expected in one_error_line(result.stderr)
 
 
-@pytest.mark.parametrize("variable", ["WSUP_PORT", "WSUP_DRAIN_TIMEOUT"])
+@pytest.mark.parametrize(
+    "variable", ["WSUP_PORT", "WSUP_DRAIN_TIMEOUT", "WSUP_DRAIN_WINDOW", "WSUP_DRAIN_BATCH_SIZE"]
+)
 def test_non_numeric_environment_value_names_the_variable(variable: str) -> None:
-    """A non-numeric WSUP_PORT or WSUP_DRAIN_TIMEOUT is reported with the variable's name."""
+    """A non-numeric number variable (WSUP_PORT, WSUP_DRAIN_*) is reported by its name."""
     result = run_cli("serve", ECHO, env={variable: "abc"})
     assert result.returncode == 2
     line = one_error_line(result.stderr)
@@ -193,12 +206,14 @@ def test_invalid_option_value_is_a_usage_error() -> None:
 
 
 def test_wsup_environment_variables_are_honoured() -> None:
-    """WSUP_PORT, WSUP_HOST, WSUP_DRAIN_TIMEOUT, WSUP_BACKEND and WSUP_LOG_FORMAT apply."""
+    """WSUP_PORT, WSUP_HOST, WSUP_DRAIN_TIMEOUT, WSUP_DRAIN_WINDOW, WSUP_BACKEND and
+    WSUP_LOG_FORMAT apply."""
     port = free_port()
     env = {
         "WSUP_PORT": str(port),
         "WSUP_HOST": "127.0.0.1",
         "WSUP_DRAIN_TIMEOUT": "7.5",
+        "WSUP_DRAIN_WINDOW": "2.5",
         "WSUP_BACKEND": "trio",
         "WSUP_LOG_FORMAT": "json",
     }
@@ -208,7 +223,8 @@ def test_wsup_environment_variables_are_honoured() -> None:
         assert started["backend"] == "trio"
         assert healthz(port) == 200
         server.signal(signal.SIGTERM)
-        assert server.wait_for_event("server.drain_started")["timeout"] == 7.5
+        started = server.wait_for_event("server.drain_started")
+        assert (started["timeout"], started["window"]) == (7.5, 2.5)
         assert server.wait(20) == 0
 
 
@@ -219,19 +235,21 @@ def test_command_line_wins_over_the_environment() -> None:
         "WSUP_PORT": str(env_port),
         "WSUP_HOST": "::1",
         "WSUP_DRAIN_TIMEOUT": "7.5",
+        "WSUP_DRAIN_WINDOW": "2.5",
         "WSUP_BACKEND": "trio",
         "WSUP_LOG_FORMAT": "console",
         "WSUP_LOG_LEVEL": "error",
     }
     args = ["--host", "127.0.0.1", "--drain-timeout", "3", "--backend", "asyncio"]
-    args += ["--log-level", "info"]
+    args += ["--log-level", "info", "--drain-window", "0"]
     with ServerProcess(ECHO, *args, port=port, env=env) as server:
         started = server.wait_for_event("server.started")
         assert started["listen"] == [f"127.0.0.1:{port}"]
         assert started["backend"].startswith("asyncio")
         assert healthz(port) == 200
         server.signal(signal.SIGTERM)
-        assert server.wait_for_event("server.drain_started")["timeout"] == 3.0
+        started = server.wait_for_event("server.drain_started")
+        assert (started["timeout"], started["window"]) == (3.0, 0.0)
         assert server.wait(20) == 0
 
 
