@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -54,13 +55,16 @@ BACKENDS = [
 
 
 @contextmanager
-def served_in_thread(app: App, backend: tuple[str, dict[str, Any]]) -> Iterator[Server]:
-    """Serve ``app`` on a free loopback port from a thread running its own event loop.
+def served_in_thread(
+    app: App, backend: tuple[str, dict[str, Any]], port: int = 0
+) -> Iterator[Server]:
+    """Serve ``app`` on a loopback port (0: a free one) from a thread running its own
+    event loop.
 
     On exit the server drains through ``Server.shutdown`` on its own loop and the
     thread is joined; an error in the server thread is raised here.
     """
-    config = dataclasses.replace(app.config, hosts=("127.0.0.1",), port=0)
+    config = dataclasses.replace(app.config, hosts=("127.0.0.1",), port=port)
     server = Server(app, config, metrics=Metrics())
     started = threading.Event()
     failure: list[BaseException] = []
@@ -230,3 +234,35 @@ def test_a_page_that_goes_offline_comes_back_and_shows_what_it_missed(
                     "[#lobby] ada: m4",
                 ]
             )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_drained_page_reconnects_with_jittered_backoff(
+    backend: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The page's retry delays are drawn between 0 and min(10 s, 0.5 s x 2^n); when the
+    server drains, the page shows the 1001 it got and comes back by itself to the
+    server started again on the same port."""
+    with chromium(tmp_path / "profile") as browser:
+        bob = browser.pages[0] if browser.pages else browser.new_page()
+        with served_in_thread(chat.app, backend) as first:
+            port = first.ports[0][1]
+            join(bob, http_url(first, "/"), "bob", "lobby")
+            wait_joined(first, {"room:lobby": 1})
+            delays = bob.evaluate(
+                "() => Array.from({length: 12}, (_, n) => "
+                "Array.from({length: 50}, () => retryDelay(n)))"
+            )
+            for n, drawn in enumerate(delays):
+                bound = min(10_000, 500 * 2**n)
+                assert all(0 <= d <= bound for d in drawn), (n, drawn)
+                # Full jitter: spread over the interval, not bunched at its end.
+                assert min(drawn) < bound / 2 < max(drawn), (n, drawn)
+        # The server drained: the page says how it was closed and that it retries.
+        expect(log_of(bob).last).to_have_text(
+            re.compile(r"^disconnected \(1001\), reconnecting in \d+\.\d s…$")
+        )
+        with served_in_thread(chat.app, backend, port=port) as second:
+            expect(bob.locator("#status")).to_have_text("bob in #lobby", timeout=60_000)
+            wait_joined(second, {"room:lobby": 1})
+            expect(log_of(bob).last).to_have_text("back in #lobby")
