@@ -1,0 +1,498 @@
+"""The handshake decision with requests alone: no sockets, no event loop, no clock.
+
+Requests are bytes fed to the real ``RequestReader``; the server is a
+:class:`Host` that answers the decision's few questions from plain fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from websockets.server import ServerProtocol
+
+from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
+from supervisor._handshake import (
+    Answer,
+    Handshake,
+    HookCall,
+    HTTPRequest,
+    RequestReader,
+    Upgrade,
+    answer_bytes,
+    remote_pair,
+)
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+PEER = ("10.1.2.3", 40000)
+
+
+class Host:
+    """The server as a decision sees it, with every answer set by the test."""
+
+    def __init__(self) -> None:
+        self.accepting = True
+        self.draining = False
+        self.ready: tuple[bool, str] = (True, "ready")
+        self.connections = 0
+        self.metrics_asked: list[str | None] = []
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.ready
+
+    def open_connections(self) -> int:
+        return self.connections
+
+    def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
+        self.metrics_asked.append(accept)
+        return b"wsup_up 1\n", "text/plain; version=0.0.4"
+
+
+class Echo(Handler):
+    pass
+
+
+def make(app: App | None = None, **config: Any) -> tuple[Handshake, Host]:
+    if app is None:
+        app = App()
+        app.add_route("/chat/{room}", Echo)
+    host = Host()
+    return Handshake(app, ServerConfig(**config), host, "wsup/test"), host
+
+
+def raw(
+    target: str = "/chat/lobby",
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
+    upgrade: bool = True,
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: example.com"]
+    if upgrade:
+        lines += [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {KEY}",
+            "Sec-WebSocket-Version: 13",
+        ]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def parse(data: bytes) -> tuple[HTTPRequest, ServerProtocol]:
+    protocol = ServerProtocol()
+    parsed = RequestReader(protocol, "wsup/test").feed(data)
+    assert isinstance(parsed, HTTPRequest)
+    return parsed, protocol
+
+
+def decide(handshake: Handshake, data: bytes, *, ops_only: bool = False) -> Any:
+    request, protocol = parse(data)
+    return handshake.decide(request, protocol, PEER, ops_only=ops_only)
+
+
+def answer(handshake: Handshake, data: bytes, **kwargs: Any) -> Answer:
+    decision = decide(handshake, data, **kwargs)
+    if isinstance(decision, HookCall):
+        decision = decision.run()
+    assert isinstance(decision, Answer), decision
+    return decision
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def test_the_reader_waits_for_the_whole_head() -> None:
+    """Part of a request is not a request yet; the rest completes it, query parsed."""
+    reader = RequestReader(ServerProtocol(), "wsup/test")
+    data = raw("/chat/lobby?user=ann&user=bob")
+    assert reader.feed(data[:20]) is None
+    request = reader.feed(data[20:])
+    assert isinstance(request, HTTPRequest)
+    assert (request.method, request.path) == ("GET", "/chat/lobby")
+    assert request.target == "/chat/lobby?user=ann&user=bob"
+    assert request.query == {"user": ["ann", "bob"]}
+    assert request.body == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"NOT HTTP\r\n\r\n", 400),
+        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 10_000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", 405),
+    ],
+    ids=["garbage", "long-line", "long-header", "body"],
+)
+def test_what_is_not_a_request_gets_an_answer_counted_as_failed(data: bytes, status: int) -> None:
+    """Invalid bytes end the handshake with an HTTP answer and a ``failed`` outcome."""
+    parsed = RequestReader(ServerProtocol(), "wsup/test").feed(data)
+    assert isinstance(parsed, Answer)
+    assert parsed.status == status
+    assert parsed.outcome is not None
+    assert parsed.outcome.result == "failed"
+    assert parsed.outcome.reason.startswith("invalid HTTP request")
+    assert parsed.response.headers["Server"] == "wsup/test"
+    if status == 405:
+        assert parsed.response.headers["Allow"] == "GET, HEAD"
+
+
+# --- answers the server gives itself ------------------------------------------------
+
+
+def test_operational_endpoints() -> None:
+    """/healthz, /readyz (from the host's readiness) and /metrics (the host renders)."""
+    handshake, host = make()
+    healthz = answer(handshake, raw("/healthz", upgrade=False))
+    assert (healthz.status, healthz.response.body, healthz.outcome) == (200, b"ok\n", None)
+    host.ready = (False, "draining")
+    readyz = answer(handshake, raw("/readyz", upgrade=False))
+    assert (readyz.status, readyz.response.body) == (503, b"draining\n")
+    metrics = answer(
+        handshake,
+        raw("/metrics", upgrade=False, headers=[("Accept", "application/openmetrics-text")]),
+    )
+    assert (metrics.status, metrics.response.body) == (200, b"wsup_up 1\n")
+    assert metrics.response.headers["Content-Type"] == "text/plain; version=0.0.4"
+    assert host.metrics_asked == ["application/openmetrics-text"]
+
+
+def test_the_metrics_port_serves_only_the_operational_paths() -> None:
+    """On the metrics port a WebSocket route is a 404; /healthz still answers."""
+    handshake, _ = make()
+    assert answer(handshake, raw("/chat/lobby"), ops_only=True).status == 404
+    assert answer(handshake, raw("/healthz", upgrade=False), ops_only=True).status == 200
+
+
+def test_head_gets_the_status_of_the_get_without_a_body() -> None:
+    """HEAD: 200 for endpoints, 426 for a WebSocket route, 404 elsewhere; no body."""
+    handshake, host = make()
+    statuses = {
+        path: answer(handshake, raw(path, method="HEAD", upgrade=False)).status
+        for path in ("/healthz", "/chat/lobby", "/nowhere")
+    }
+    assert statuses == {"/healthz": 200, "/chat/lobby": 426, "/nowhere": 404}
+    host.ready = (False, "backplane down")
+    head = answer(handshake, raw("/readyz", method="HEAD", upgrade=False))
+    assert (head.status, head.response.body) == (503, b"")
+    assert "Content-Length" not in head.response.headers
+
+
+def test_other_methods_get_405_with_allow() -> None:
+    """DELETE and friends: 405, Allow: GET, HEAD; not a refused handshake."""
+    handshake, _ = make()
+    refused = answer(handshake, raw("/chat/lobby", method="DELETE"))
+    assert refused.status == 405
+    assert refused.response.headers["Allow"] == "GET, HEAD"
+    assert refused.outcome is None
+
+
+def test_a_repeated_singleton_header_is_a_400() -> None:
+    """Two Origin lines: 400 naming the header, counted as failed."""
+    handshake, _ = make()
+    refused = answer(
+        handshake, raw(headers=[("Origin", "https://a.example"), ("Origin", "https://b.example")])
+    )
+    assert refused.status == 400
+    assert b"more than one Origin header" in refused.response.body
+    assert refused.outcome is not None
+    assert refused.outcome.result == "failed"
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "reason", "body"),
+    [
+        ({}, 404, "no_route", b"no route for /elsewhere\n"),
+        ({"accepting": False}, 503, "not_accepting", b"not accepting"),
+        (
+            {"accepting": False, "draining": True},
+            503,
+            "not_accepting",
+            b"server is shutting down",
+        ),
+        ({"connections": 2}, 503, "max_connections", b"too many connections"),
+    ],
+    ids=["no-route", "not-accepting", "draining", "max-connections"],
+)
+def test_refusals_by_the_server(
+    state: dict[str, Any], status: int, reason: str, body: bytes
+) -> None:
+    """Each refusal has its status, body and ``rejected`` reason label."""
+    handshake, host = make(max_connections=2)
+    for name, value in state.items():
+        setattr(host, name, value)
+    target = "/elsewhere" if reason == "no_route" else "/chat/lobby"
+    refused = answer(handshake, raw(target))
+    assert refused.status == status
+    assert body in refused.response.body
+    assert refused.outcome is not None
+    assert (refused.outcome.result, refused.outcome.reason) == ("rejected", reason)
+
+
+def test_the_origin_policy() -> None:
+    """A listed origin upgrades; another is a 403 refused for ``origin``."""
+    handshake, _ = make(origins=["https://good.example"])
+    assert isinstance(decide(handshake, raw(headers=[("Origin", "https://good.example")])), Upgrade)
+    refused = answer(handshake, raw(headers=[("Origin", "https://evil.example")]))
+    assert refused.status == 403
+    assert refused.outcome is not None
+    assert refused.outcome.reason == "origin"
+
+
+def test_a_plain_get_of_a_websocket_route_is_a_426() -> None:
+    """No Upgrade on a WebSocket route: websockets' 426, counted as failed."""
+    handshake, _ = make()
+    refused = answer(handshake, raw(upgrade=False))
+    assert refused.status == 426
+    assert refused.outcome is not None
+    assert refused.outcome.result == "failed"
+
+
+# --- upgrades -----------------------------------------------------------------------
+
+
+def test_without_hooks_the_upgrade_is_decided_at_once() -> None:
+    """No hooks: an Upgrade straight away, with the 101, the params and the peer."""
+    handshake, _ = make()
+    upgrade = decide(handshake, raw("/chat/l%C3%B6bby?x=1", headers=[("Cookie", "a=1")]))
+    assert isinstance(upgrade, Upgrade)
+    assert upgrade.response.status_code == 101
+    expected = base64.b64encode(
+        hashlib.sha1((KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    ).decode()
+    assert upgrade.response.headers["Sec-WebSocket-Accept"] == expected
+    assert upgrade.pattern == "/chat/{room}"
+    request = upgrade.request
+    assert dict(request.params) == {"room": "löbby"}
+    assert request.query == {"x": ["1"]}
+    assert request.cookies == {"a": "1"}
+    assert request.remote_address == PEER
+    assert request.client_address == PEER[0]
+    assert upgrade.subprotocol is None
+    assert dict(upgrade.values) == {}
+
+
+def test_the_client_address_behind_a_trusted_proxy() -> None:
+    """A trusted peer's X-Forwarded-For names the client."""
+    handshake, _ = make(trusted_proxies=["10.0.0.0/8"])
+    upgrade = decide(handshake, raw(headers=[("X-Forwarded-For", "203.0.113.9")]))
+    assert isinstance(upgrade, Upgrade)
+    assert upgrade.request.client_address == "203.0.113.9"
+
+
+def test_the_route_subprotocol_is_negotiated() -> None:
+    """The route's subprotocol, offered by the client, is confirmed in the 101."""
+    app = App()
+    app.add_route("/chat/{room}", Echo, subprotocols=["chat.v1"])
+    handshake, _ = make(app)
+    upgrade = decide(handshake, raw(headers=[("Sec-WebSocket-Protocol", "x, chat.v1")]))
+    assert isinstance(upgrade, Upgrade)
+    assert upgrade.subprotocol == "chat.v1"
+    assert upgrade.request.subprotocols == ("x", "chat.v1")
+    assert upgrade.response.headers["Sec-WebSocket-Protocol"] == "chat.v1"
+
+
+def hooked_app(*hooks: Any, route_hook: Any = None) -> App:
+    app = App()
+    for hook in hooks:
+        app.handshake(hook)
+    app.add_route("/chat/{room}", Echo, hook=route_hook)
+    return app
+
+
+def test_plain_hooks_decide_without_waiting() -> None:
+    """Plain hooks: run() returns the Upgrade itself, headers and values merged."""
+    seen: list[str] = []
+
+    def app_hook(request: Request) -> Accept:
+        seen.append("app")
+        return Accept(headers=[("X-A", "1")], values={"user": "ann"})
+
+    def route_hook(request: Request) -> None:
+        seen.append(f"route {request.params['room']}")
+
+    handshake, _ = make(hooked_app(app_hook, route_hook=route_hook))
+    call = decide(handshake, raw())
+    assert isinstance(call, HookCall)
+    assert seen == []  # the first step calls no user code
+    upgrade = call.run()
+    assert isinstance(upgrade, Upgrade)
+    assert seen == ["app", "route lobby"]
+    assert upgrade.response.headers["X-A"] == "1"
+    assert dict(upgrade.values) == {"user": "ann"}
+
+
+def test_a_hook_that_rejects_ends_the_handshake() -> None:
+    """Reject: its status, body and headers; later hooks do not run."""
+    later: list[Request] = []
+    handshake, _ = make(
+        hooked_app(
+            lambda request: Reject(401, "who are you?\n", headers=[("WWW-Authenticate", "Bearer")]),
+            later.append,
+        )
+    )
+    refused = answer(handshake, raw())
+    assert (refused.status, refused.response.body) == (401, b"who are you?\n")
+    assert refused.response.headers["WWW-Authenticate"] == "Bearer"
+    assert refused.outcome is not None
+    assert (refused.outcome.result, refused.outcome.reason) == ("rejected", "hook")
+    assert later == []
+
+
+def test_a_hook_that_raises_is_a_500() -> None:
+    """A hook's exception: 500, refused by ``hook``."""
+
+    def broken(request: Request) -> None:
+        raise RuntimeError("bug")
+
+    handshake, _ = make(hooked_app(broken))
+    refused = answer(handshake, raw())
+    assert refused.status == 500
+    assert refused.outcome is not None
+    assert refused.outcome.reason == "hook"
+
+
+def test_a_subprotocol_the_client_did_not_offer_is_a_500() -> None:
+    """A hook choosing an unoffered subprotocol is a server bug: 500, failed."""
+    handshake, _ = make(hooked_app(lambda request: Accept(subprotocol="nope")))
+    refused = answer(handshake, raw(headers=[("Sec-WebSocket-Protocol", "chat.v1")]))
+    assert refused.status == 500
+    assert refused.outcome is not None
+    assert refused.outcome.result == "failed"
+
+
+def test_a_hook_may_choose_an_offered_subprotocol() -> None:
+    """The hook's choice wins over the route's and is in the 101."""
+    handshake, _ = make(hooked_app(lambda request: Accept(subprotocol="b")))
+    call = decide(handshake, raw(headers=[("Sec-WebSocket-Protocol", "a, b")]))
+    upgrade = call.run()
+    assert isinstance(upgrade, Upgrade)
+    assert upgrade.subprotocol == "b"
+    assert upgrade.response.headers["Sec-WebSocket-Protocol"] == "b"
+
+
+@pytest.mark.anyio
+async def test_an_async_hook_makes_the_rest_awaitable() -> None:
+    """From the first hook returning an awaitable on, run() gives a coroutine to await;
+    the plain hooks before it ran already, those after it run inside it."""
+    order: list[str] = []
+
+    def first(request: Request) -> Accept:
+        order.append("first")
+        return Accept(headers=[("X-1", "1")])
+
+    async def second(request: Request) -> Accept:
+        order.append("second")
+        return Accept(headers=[("X-2", "2")])
+
+    def third(request: Request) -> Reject | None:
+        order.append("third")
+        return None
+
+    handshake, _ = make(hooked_app(first, second, third))
+    call = decide(handshake, raw())
+    assert isinstance(call, HookCall)
+    pending = call.run()
+    assert not isinstance(pending, Answer | Upgrade)
+    assert order == ["first"]
+    upgrade = await pending
+    assert isinstance(upgrade, Upgrade)
+    assert order == ["first", "second", "third"]
+    assert (upgrade.response.headers["X-1"], upgrade.response.headers["X-2"]) == ("1", "2")
+
+
+@pytest.mark.anyio
+async def test_an_async_hook_that_rejects() -> None:
+    """An awaited Reject ends the handshake like a plain one."""
+
+    async def no(request: Request) -> Reject:
+        return Reject(403, "no\n")
+
+    handshake, _ = make(hooked_app(no))
+    pending = decide(handshake, raw()).run()
+    refused = await pending
+    assert isinstance(refused, Answer)
+    assert refused.status == 403
+
+
+# --- plain HTTP routes --------------------------------------------------------------
+
+
+def http_app(handler: Any) -> App:
+    app = App()
+    app.add_route("/chat/{room}", Echo)
+    app.http("/status")(handler)
+    return app
+
+
+def test_an_http_route_answers_with_its_response() -> None:
+    """A plain handler's HTTPResponse is the answer; it sees the query."""
+    handshake, _ = make(
+        http_app(
+            lambda request: HTTPResponse(
+                f"hi {request.query_param('name')}", status=201, headers=[("X-Y", "z")]
+            )
+        )
+    )
+    call = decide(handshake, raw("/status?name=ann", upgrade=False))
+    assert isinstance(call, HookCall)
+    response = call.run()
+    assert isinstance(response, Answer)
+    assert (response.status, response.response.body) == (201, b"hi ann")
+    assert response.response.headers["X-Y"] == "z"
+    assert response.outcome is None
+
+
+@pytest.mark.anyio
+async def test_an_async_http_route() -> None:
+    """An ``async def`` handler's answer comes from awaiting run()."""
+
+    async def status(request: Request) -> HTTPResponse:
+        return HTTPResponse("fine")
+
+    handshake, _ = make(http_app(status))
+    pending = decide(handshake, raw("/status", upgrade=False)).run()
+    response = await pending
+    assert isinstance(response, Answer)
+    assert response.response.body == b"fine"
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        lambda request: 1 / 0,
+        lambda request: "not a response",
+        lambda request: HTTPResponse("x", status=999),
+    ],
+    ids=["raises", "wrong-type", "bad-status"],
+)
+def test_a_broken_http_route_is_a_500(handler: Any) -> None:
+    """Whatever the handler does wrong, the client gets a 500."""
+    handshake, _ = make(http_app(handler))
+    assert answer(handshake, raw("/status", upgrade=False)).status == 500
+
+
+# --- what the driver writes ---------------------------------------------------------
+
+
+def test_answer_bytes_adds_the_date_the_driver_read() -> None:
+    """The decision reads no clock: the driver's Date goes first, once."""
+    handshake, _ = make()
+    healthz = answer(handshake, raw("/healthz", upgrade=False))
+    data = answer_bytes(healthz.response, "Sun, 06 Dec 2026 14:00:00 GMT")
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert lines[1] == b"Date: Sun, 06 Dec 2026 14:00:00 GMT"
+    assert b"Server: wsup/test" in lines
+    assert body == b"ok\n"
+
+
+def test_remote_pair() -> None:
+    """Socket addresses become (host, port); a UNIX socket's path has port 0."""
+    assert remote_pair(("::1", 80, 0, 0)) == ("::1", 80)
+    assert remote_pair("/run/wsup.sock") == ("/run/wsup.sock", 0)
+    assert remote_pair(None) == ("", 0)
