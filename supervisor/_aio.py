@@ -1,19 +1,16 @@
 """asyncio fast path for plain TCP: accepting and handshaking in transport callbacks.
 
 Theory of operation: on asyncio, without TLS, each listening socket is served by
-``loop.create_server`` with a :class:`HandshakeProtocol` per accepted socket
-instead of an accept task and a task per socket. The protocol feeds the request
-into websockets' ``ServerProtocol`` as bytes arrive, under the handshake
-timeout (a loop timer), then runs the server's decision — routing, limits,
-Origin, hooks, the answer — synchronously when the app's hooks are plain
-functions, or in a task otherwise (reading paused meanwhile). An accepted
-socket becomes a callback-mode :class:`~supervisor._connection.Connection`:
-its transport is handed a new protocol and what the parser already holds is
-processed.
-
-The decision code is shared with the stream path (trio, TLS): it talks to the
-socket through a :class:`TransportStream`, which has the few ``ByteStream``
-methods it uses and never suspends.
+an acceptor (below) with a :class:`HandshakeProtocol` per accepted socket
+instead of an accept task and a task per socket. The protocol is the callback
+driver of the handshake (``_handshake``; the stream driver is
+``Server._handshake``): it feeds the bytes that arrive to a ``RequestReader``
+under the handshake timeout (a loop timer), asks the decision, and writes the
+answer or the 101, all inside ``data_received``. Only when a handshake hook or
+an HTTP handler returns an awaitable does the rest run in a task (reading
+paused meanwhile). An accepted socket becomes a callback-mode
+:class:`~supervisor._connection.Connection`: its transport is handed a new
+protocol and what the parser already holds is processed.
 
 Accepting is done here too, in a reader callback on each listening socket,
 rather than by ``loop.create_server``: out of descriptors, asyncio reports each
@@ -33,34 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-import anyio
-import anyio.abc
 import structlog
-from websockets.http11 import Request as WSRequest
-from websockets.server import ServerProtocol
-
-from actors._inline import Resume, Suspended
 
 from ._accept import AcceptFailure, classify_accept_error
-from ._body import BodyReader, wants_body
-from ._request import split_target
+from ._handshake import LINGER_BYTES, Answer, HookCall, RequestReader, Socket, Upgrade
 
 if TYPE_CHECKING:
-    from ._app import RouteOptions
-    from ._connection import Connection
-    from ._server import Server
+    from ._server import Handshakes, Server
 
 __all__ = [
     "HandshakeProtocol",
-    "TransportStream",
     "enter_callback",
     "exit_callback",
-    "hooks_are_sync",
     "serve_sockets",
 ]
 
@@ -94,79 +79,25 @@ def exit_callback(previous: str | None) -> None:
         _library.name = previous
 
 
-class TransportStream:
-    """The parts of an anyio ``ByteStream`` the handshake uses, over an asyncio transport.
-
-    ``send`` writes without waiting: an HTTP answer or a 101 is small, and the
-    transport buffers what the socket does not take at once.
-    """
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-
-    async def send(self, data: bytes) -> None:
-        if self.transport.is_closing():
-            raise anyio.BrokenResourceError
-        self.transport.write(data)
-
-    async def aclose(self) -> None:
-        self.transport.close()
-
-    def linger(self, timeout: float, max_bytes: int) -> None:
-        """Close after an answer without losing it: see :meth:`HandshakeProtocol.linger`."""
-        protocol = self.transport.get_protocol()
-        if isinstance(protocol, HandshakeProtocol):
-            protocol.linger(timeout, max_bytes)
-        else:
-            self.transport.close()
-
-    def extra(self, attribute: Any, default: Any = None) -> Any:
-        if attribute is anyio.abc.SocketAttribute.remote_address:
-            peer = self.transport.get_extra_info("peername")
-            return default if peer is None else peer
-        if attribute is anyio.abc.SocketAttribute.local_port:
-            local = self.transport.get_extra_info("sockname")
-            return local[1] if isinstance(local, tuple) else default
-        return default
-
-
-def hooks_are_sync(server: Server) -> bool:
-    """Whether every handshake hook and HTTP route of the app is a plain function.
-
-    Then the decision never suspends and can run inside a transport callback.
-    """
-    app = server.app
-    hooks: list[Any] = [*app.hooks, *app.http_routes.values()]
-    for route in app.router:
-        hook = cast("RouteOptions", route.target).hook
-        if hook is not None:
-            hooks.append(hook)
-    return all(
-        (inspect.isfunction(fn) or inspect.ismethod(fn)) and not inspect.iscoroutinefunction(fn)
-        for fn in hooks
-    )
-
-
 class HandshakeProtocol(asyncio.Protocol):
     """One accepted socket, from ``connection_made`` until its handshake is decided."""
 
     __slots__ = (
         "_body",
         "_decided",
-        "_head",
+        "_host",
         "_linger_left",
         "_ops_only",
         "_protocol",
-        "_server",
+        "_reader",
+        "_socket",
         "_started",
         "_timer",
         "_transport",
     )
 
-    def __init__(self, server: Server, ops_only: bool) -> None:
-        self._server = server
+    def __init__(self, host: Handshakes, ops_only: bool) -> None:
+        self._host = host
         self._ops_only = ops_only
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -174,33 +105,34 @@ class HandshakeProtocol(asyncio.Protocol):
         self._started = 0.0
         #: Bytes still to discard while lingering; None before.
         self._linger_left: int | None = None
-        #: What arrived of the request so far, in case it has a body (see ``_body``).
-        self._head: bytes | bytearray = b""
-        #: The request with a body being read, and its reader; None otherwise.
-        self._body: tuple[WSRequest, BodyReader] | None = None
-        self._protocol = ServerProtocol(
-            max_size=server.config.max_size,
-            extensions=server.compression,
-            logger=server.protocol_logger,
-        )
+        self._protocol = host.new_protocol()
+        self._socket: Socket | None = None
+        self._reader: RequestReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        server = self._server
+        host = self._host
         self._transport = transport = cast(asyncio.Transport, transport)
         # Writing pauses as soon as the socket does not take everything: the
         # connection's outbound buffer, not the transport's, holds the backlog.
         transport.set_write_buffer_limits(0)
-        self._started = server.clock.now()
-        if not self._ops_only:
-            server.counters.accepted.inc()
-        server.states["handshaking"].inc()
+        sockname = transport.get_extra_info("sockname") if self._ops_only else None
+        self._socket = socket = host.socket(
+            transport.get_extra_info("peername"),
+            sockname[1] if isinstance(sockname, tuple) else None,
+            self._ops_only,
+        )
+        self._reader = host.reader(self._protocol, socket)
+        self._started = host.opened(self._ops_only)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(server.config.handshake_timeout, self._timed_out)
+        self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         previous = enter_callback()
         try:
             self._received(data)
+        except Exception:
+            _log.exception("connection.failed")
+            self.abort()
         finally:
             exit_callback(previous)
 
@@ -210,48 +142,71 @@ class HandshakeProtocol(asyncio.Protocol):
             if self._linger_left < 0 and self._transport is not None:
                 self._transport.abort()  # enough: more than an answer is worth
             return
-        if self._body is not None:
-            request, reader = self._body
-            if reader.feed(data) and not self._decided:
-                self._settle()
-                self._decide(request, reader.body)
+        if self._decided:
+            # Read before pausing took effect: the parser keeps it for the connection.
+            self._protocol.receive_data(data)
+            return
+        reader = self._reader
+        assert reader is not None
+        parsed = reader.feed(data)
+        if parsed is None:
+            return
+        self._settle()
+        if isinstance(parsed, Answer):
+            self._conclude(parsed)
+            return
+        transport = self._transport
+        assert transport is not None
+        assert self._socket is not None
+        step = self._host.decider.decide(parsed, self._protocol, self._socket)
+        if isinstance(step, HookCall):
+            ran = step.run()
+            if not isinstance(ran, Answer | Upgrade):
+                # A hook returned an awaitable: the rest needs a task, and what
+                # arrives meanwhile waits in the socket.
+                transport.pause_reading()
+                if not self._host.start_soon(lambda: self._conclude_later(ran)):
+                    ran.close()
+                    transport.abort()
+                return
+            step = ran
+        self._conclude(step)
+
+    async def _conclude_later(self, pending: Coroutine[Any, Any, Answer | Upgrade]) -> None:
+        try:
+            self._conclude(await pending, resume=True)
+        except Exception:
+            _log.exception("connection.failed")
+            self.abort()
+
+    def _conclude(self, decision: Answer | Upgrade, *, resume: bool = False) -> None:
+        """Write the answer and linger, or write the 101 and hand the socket over.
+
+        ``resume``: reading was paused while the hooks ran in a task.
+        """
+        host = self._host
+        transport = self._transport
+        assert transport is not None
+        if isinstance(decision, Answer):
+            host.answered(decision, self._peer())
+            if not transport.is_closing():
+                transport.write(host.answer_bytes(decision))
+            self.linger(host.config.close_timeout, LINGER_BYTES)
             return
         protocol = self._protocol
-        protocol.receive_data(data)
-        if self._decided:
-            return  # read before pausing took effect: the parser keeps it for the connection
-        events = protocol.events_received()
-        if events:
-            self._settle()
-            self._decide(cast(WSRequest, events[0]))
+        protocol.send_response(decision.response)
+        if transport.is_closing():
+            host.failed(
+                "failed",
+                "connection closed before the 101 was sent",
+                self._peer(),
+                decision.request.path,
+            )
+            transport.close()
             return
-        # Usually the whole head comes in one read and this copies nothing.
-        head = self._head
-        if not head:
-            self._head = data
-        elif isinstance(head, bytearray):
-            head += data
-        else:
-            self._head = bytearray(head) + data
-        if protocol.handshake_exc is not None and wants_body(protocol):
-            self._start_body(bytes(self._head))
-        elif protocol.handshake_exc is not None:
-            self._settle()
-            self._run(self._server.bad_request(self._stream(), protocol))
-
-    def _start_body(self, head: bytes) -> None:
-        plan = self._server.body_plan(self._stream(), head, self._ops_only)
-        self._head = b""
-        if not isinstance(plan, tuple):
-            self._settle()
-            self._run(self._server.answer_raw(self._stream(), plan))
-            return
-        request, self._protocol, reader = plan
-        if reader.feed(b""):
-            self._settle()
-            self._decide(request, reader.body)
-        else:
-            self._body = (request, reader)  # the rest comes in later reads
+        transport.write(b"".join(protocol.data_to_send()))
+        conn = host.open_connection(decision, protocol, self._started, transport)
+        conn._start(resume=resume)
 
     def eof_received(self) -> bool:
         if not self._decided:
@@ -262,7 +217,7 @@ class HandshakeProtocol(asyncio.Protocol):
         if not self._decided:
             self._failed()
         elif self._linger_left is not None:
-            self._server.lingering.discard(self)
+            self._host.lingering.discard(self)
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -282,7 +237,7 @@ class HandshakeProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         self._linger_left = max_bytes
-        self._server.lingering.add(self)
+        self._host.lingering.add(self)
         if transport.can_write_eof():
             transport.write_eof()
         # A decision taken in a task paused reading; a full buffer would too.
@@ -294,100 +249,35 @@ class HandshakeProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _stream(self) -> TransportStream:
-        assert self._transport is not None
-        return TransportStream(self._transport)
+    def _peer(self) -> str:
+        """The peer's host, for logs."""
+        return "" if self._socket is None else self._socket.remote[0]
 
     def _settle(self) -> None:
         self._decided = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._server.states["handshaking"].dec()
+        self._host.settled()
+
+    def _reading_body(self) -> bool:
+        return self._reader is not None and self._reader.reading_body
 
     def _failed(self) -> None:
         self._settle()
-        self._server.handshake_failed(self._stream(), "connection closed before the request")
+        what = "request body" if self._reading_body() else "request"
+        self._host.failed("failed", f"connection closed before the {what}", self._peer())
         if self._transport is not None:
             self._transport.close()
 
     def _timed_out(self) -> None:
         if not self._decided:
             self._settle()
-            self._server.handshake_failed(
-                self._stream(), "no request before the handshake timeout", "timeout"
-            )
             previous = enter_callback()
             try:
-                self._run(self._server.handshake_timed_out(self._stream(), self._protocol))
+                self._conclude(self._host.decider.timed_out(reading_body=self._reading_body()))
             finally:
                 exit_callback(previous)
-
-    def _decide(self, request: WSRequest, body: bytes | bytearray = b"") -> None:
-        server = self._server
-        path, query = split_target(request.path)
-        stream = self._stream()
-        decision = server.decide(
-            stream,
-            self._protocol,
-            request,
-            path,
-            query,
-            self._started,
-            ops_only=self._ops_only,
-            body=body,
-        )
-        if server.sync_handshakes:
-            self._run(decision, then=_take_over)
-            return
-        # Decided in a task: what arrives meanwhile waits in the socket.
-        stream.transport.pause_reading()
-        if not server.start_soon(lambda: _in_task(decision)):
-            decision.close()
-            stream.transport.abort()
-
-    def _run(
-        self,
-        coro: Coroutine[Any, Any, Connection | None],
-        then: Callable[[Connection | None], None] | None = None,
-    ) -> None:
-        """Run ``coro`` to the end here if it never suspends, else finish it in a task
-        (which starts the connection it returns, if any)."""
-        try:
-            yielded = coro.send(None)
-        except StopIteration as done:
-            if then is not None:
-                then(done.value)
-        except Exception:
-            _log.exception("connection.failed")
-            assert self._transport is not None
-            self._transport.abort()
-        else:
-            # A plain hook returned an awaitable: it needs a task from here on, and
-            # what arrives meanwhile waits in the socket.
-            assert self._transport is not None
-            self._transport.pause_reading()
-            if not self._server.start_soon(lambda: _in_task(Resume(Suspended(coro, yielded)))):
-                coro.close()
-                self._transport.abort()
-
-
-def _take_over(conn: Connection | None) -> None:
-    # Decided within the callback that read the request: reading never paused.
-    if conn is not None:
-        conn._start(resume=False)
-
-
-def _start_connection(conn: Connection | None) -> None:
-    if conn is not None:
-        conn._start()
-
-
-async def _in_task(awaitable: Any) -> None:
-    try:
-        _start_connection(await awaitable)
-    except Exception:
-        _log.exception("connection.failed")
 
 
 class _Acceptor:
@@ -405,6 +295,7 @@ class _Acceptor:
     def __init__(
         self,
         server: Server,
+        handshakes: Handshakes,
         sock: socket.socket,
         ops_only: bool,
         broken: asyncio.Future[None],
@@ -421,7 +312,7 @@ class _Acceptor:
         self._accepted = functools.partial(accepted, family, kind, socket.IPPROTO_TCP)
 
         def factory() -> HandshakeProtocol:
-            return HandshakeProtocol(server, ops_only)
+            return HandshakeProtocol(handshakes, ops_only)
 
         self._factory = factory
 
@@ -499,7 +390,9 @@ def _accepted_class(family: int, kind: int) -> type[socket.socket]:
     return cls
 
 
-async def serve_sockets(server: Server, sockets: list[tuple[socket.socket, bool]]) -> None:
+async def serve_sockets(
+    server: Server, handshakes: Handshakes, sockets: list[tuple[socket.socket, bool]]
+) -> None:
     """Serve ``(listening socket, ops_only)`` pairs until cancelled, then stop accepting.
 
     The sockets stay owned by the caller: each acceptor gets a duplicate.
@@ -514,7 +407,7 @@ async def serve_sockets(server: Server, sockets: list[tuple[socket.socket, bool]
         for sock, ops_only in sockets:
             duplicate = sock.dup()
             duplicate.setblocking(False)
-            acceptor = _Acceptor(server, duplicate, ops_only, broken)
+            acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken)
             acceptors.append(acceptor)
             acceptor.start()
         await broken

@@ -31,8 +31,13 @@ The ``Date`` header is added by the driver when it writes (:func:`answer_bytes`)
 It only logs the exceptions of user code (a hook or HTTP handler that raised),
 where the traceback is.
 
-A request body is not read yet: :attr:`HTTPRequest.body` is where a reader that
-accepts ``Content-Length`` bodies for plain HTTP requests puts it.
+A request that announces a body (a webhook to an ``@app.http`` route declared
+with ``methods=("POST",)``, a server API call) is read whole by the
+:class:`RequestReader` before the decision: websockets' parser refuses it, the
+reader parses the head again (``_body``), asks :meth:`Handshake.body_plan`
+how much body the target takes (405, 411, 413 or a limit), and collects
+``Content-Length`` bytes. The server API (``_api``) is decided here like any
+target; performing a call is the server's (:meth:`HandshakeHost.call_api`).
 """
 
 from __future__ import annotations
@@ -45,13 +50,20 @@ from typing import Any, Final, Protocol, TypeAlias
 
 import structlog
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    InvalidMessage,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
+from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
 from websockets.http11 import Request as WSRequest
-from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from . import _api
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
+from ._body import BodyReader, Head, parse_head, wants_body
 from ._config import ServerConfig
 from ._proxy import TrustedProxies
 from ._request import (
@@ -65,6 +77,7 @@ from ._request import (
 )
 
 __all__ = [
+    "LINGER_BYTES",
     "OPS_PATHS",
     "Answer",
     "Decision",
@@ -74,6 +87,7 @@ __all__ = [
     "HookCall",
     "Outcome",
     "RequestReader",
+    "Socket",
     "Upgrade",
     "answer_bytes",
     "plain",
@@ -84,6 +98,10 @@ _log = structlog.get_logger("wsup.server")
 
 #: The operational endpoints, answered by the server itself (and alone on the metrics port).
 OPS_PATHS: Final[frozenset[str]] = frozenset(("/healthz", "/readyz", "/metrics"))
+#: At most this many bytes are read and discarded after an HTTP answer before closing
+#: (the lingering close of both drivers).
+LINGER_BYTES: Final = 1 << 20
+_GET_ONLY: Final = ("GET",)
 
 
 class HandshakeHost(Protocol):
@@ -106,6 +124,27 @@ class HandshakeHost(Protocol):
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type for this ``Accept`` header."""
 
+    def call_api(self, call: _api.Call | _api.Answer, client: str) -> Coroutine[Any, Any, Answer]:
+        """Perform a server API call (or take its refusal); count and log it; the answer."""
+
+    def api_answer(self, answer: _api.Answer, client: str) -> Answer:
+        """Count and log a server API answer given before the call (411, 413)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    """Where a request came from.
+
+    Attributes:
+        remote: the peer's ``(host, port)``.
+        ops_only: it came to the metrics or API port (not the server port).
+        api_port: it came to ``api_port``.
+    """
+
+    remote: tuple[str, int]
+    ops_only: bool = False
+    api_port: bool = False
+
 
 @dataclass(slots=True)
 class HTTPRequest:
@@ -118,7 +157,7 @@ class HTTPRequest:
         query: the target's query parameters, every value of each.
         headers: the headers (look them up with the ``_request`` helpers:
             a repeated header makes ``Headers.__getitem__`` raise).
-        body: the request body (empty: bodies are not read yet).
+        body: the request body (empty but for a target that takes one).
     """
 
     method: str
@@ -231,57 +270,100 @@ def remote_pair(peer: Any) -> tuple[str, int]:
 
 
 class RequestReader:
-    """Collects a request head from the bytes a driver reads.
+    """Collects a request, head and body, from the bytes a driver reads.
 
     Backed by the ``ServerProtocol`` that will carry the connection: bytes
     past the request (frames a client sent early) stay in its buffer for the
-    connection. One per socket.
+    connection. A request that announces a body is parsed again from its
+    bytes, and its body collected up to what :meth:`Handshake.body_plan`
+    allows. One per socket.
+
+    Both drivers only loop on :meth:`feed` until it returns something; another
+    parser for the head would change this class alone.
     """
 
-    __slots__ = ("_protocol", "_server_header")
+    __slots__ = ("_body", "_handshake", "_head", "_protocol", "_request", "_socket")
 
-    def __init__(self, protocol: ServerProtocol, server_header: str) -> None:
+    def __init__(self, protocol: ServerProtocol, handshake: Handshake, socket: Socket) -> None:
         self._protocol = protocol
-        self._server_header = server_header
+        self._handshake = handshake
+        self._socket = socket
+        #: What arrived of the request while it was incomplete, in case it has a body.
+        self._head: bytes | bytearray = b""
+        #: The body being read, and the head it belongs to.
+        self._body: BodyReader | None = None
+        self._request: WSRequest | None = None
+
+    @property
+    def reading_body(self) -> bool:
+        """Whether the head is read and the body is still coming."""
+        return self._body is not None
 
     def feed(self, data: bytes) -> HTTPRequest | Answer | None:
-        """Take ``data``; the request once its head is complete, an :class:`Answer`
-        if the bytes are not a valid request, else None (need more)."""
+        """Take ``data``; the request once it is complete, an :class:`Answer` if the
+        bytes are not a request wsup serves, else None (need more)."""
+        body = self._body
+        if body is not None:
+            return self._complete() if body.feed(data) else None
         protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()
         if events:
             ws_request = events[0]
             assert isinstance(ws_request, WSRequest)
-            path, query = split_target(ws_request.path)
-            return HTTPRequest(ws_request.method, ws_request.path, path, query, ws_request.headers)
-        if protocol.handshake_exc is not None:
-            return self._invalid(protocol.handshake_exc)
-        return None
+            return _http_request(ws_request, b"")
+        # Usually the whole head comes in one read and this copies nothing.
+        head = self._head
+        if not head:
+            self._head = data
+        elif isinstance(head, bytearray):
+            head += data
+        else:
+            self._head = bytearray(head) + data
+        error = protocol.handshake_exc
+        if error is None:
+            return None
+        if wants_body(protocol):
+            return self._start_body(parse_head(bytes(self._head)))
+        return self._invalid(error)
+
+    def _start_body(self, head: Head | None) -> HTTPRequest | Answer | None:
+        self._head = b""
+        plan = self._handshake.body_plan(head, self._socket)
+        if isinstance(plan, Answer):
+            return plan
+        assert head is not None
+        assert head.length is not None
+        self._request = head.request
+        self._body = BodyReader(head.length)
+        return self._complete() if self._body.feed(head.rest) else None
+
+    def _complete(self) -> HTTPRequest:
+        assert self._request is not None
+        assert self._body is not None
+        request = _http_request(self._request, bytes(self._body.body))
+        self._body = None
+        return request
 
     def _invalid(self, error: Exception) -> Answer:
         cause = error.__cause__ if isinstance(error, InvalidMessage) else None
-        text = str(cause or error)
-        name = type(error).__name__
-        if name == "RequestLineTooLong":
-            status, body = 414, f"request line too long: {error}\n"
-        elif name in ("HeaderLineTooLong", "TooManyHeaders"):
-            status, body = 431, f"request header fields too large: {error}\n"
-        elif cause is not None and "unsupported request body" in str(cause):
-            # A request with a body (POST, PUT...): request bodies are not read.
-            response = plain(
-                self._server_header,
-                405,
-                "requests with a body are not supported: use GET\n",
-                headers=[("Allow", "GET, HEAD")],
-            )
-            return Answer(response, Outcome("failed", f"invalid HTTP request: {text}"))
+        outcome = Outcome("failed", f"invalid HTTP request: {cause or error}")
+        # websockets answers these itself, worded for a WebSocket client: an HTTP
+        # answer fits any client (a browser, curl, a webhook sender).
+        if isinstance(error, RequestLineTooLong):
+            status = 414
+            body = f"request line too long: path and query must fit in {MAX_LINE_LENGTH} bytes\n"
+        elif isinstance(error, HeaderLineTooLong | TooManyHeaders):
+            limits = f"at most {MAX_NUM_HEADERS} lines of {MAX_LINE_LENGTH} bytes"
+            status, body = 431, f"request header fields too large: {limits}\n"
         else:
             status, body = 400, "bad request: not a valid HTTP/1.1 request\n"
-        return Answer(
-            plain(self._server_header, status, body),
-            Outcome("failed", f"invalid HTTP request: {text}"),
-        )
+        return Answer(plain(self._handshake.server_header, status, body), outcome)
+
+
+def _http_request(request: WSRequest, body: bytes) -> HTTPRequest:
+    path, query = split_target(request.path)
+    return HTTPRequest(request.method, request.path, path, query, request.headers, body)
 
 
 class Handshake:
@@ -289,7 +371,8 @@ class Handshake:
 
     Args:
         app: the routes, HTTP routes and hooks (read at each decision).
-        config: ``max_connections``, ``origins`` and ``trusted_proxies``.
+        config: ``max_connections``, ``origins``, ``trusted_proxies`` and the
+            server API's ``api_key``, ``api_port`` and ``api_max_body``.
         host: the server, as far as a decision needs it.
         server_header: the ``Server`` header of every answer (``wsup/1.2``).
 
@@ -298,7 +381,17 @@ class Handshake:
             is malformed (at construction, so a typo stops the server at start-up).
     """
 
-    __slots__ = ("_app", "_host", "_max_connections", "_origins", "_proxies", "server_header")
+    __slots__ = (
+        "_api_key",
+        "_api_max_body",
+        "_api_port",
+        "_app",
+        "_host",
+        "_max_connections",
+        "_origins",
+        "_proxies",
+        "server_header",
+    )
 
     def __init__(
         self, app: App, config: ServerConfig, host: HandshakeHost, server_header: str
@@ -308,6 +401,9 @@ class Handshake:
         self._max_connections = config.max_connections
         self._origins = OriginPolicy(config.origins)
         self._proxies = TrustedProxies(config.trusted_proxies)
+        self._api_key = config.api_key
+        self._api_port = config.api_port
+        self._api_max_body = config.api_max_body
         self.server_header = server_header
 
     # -- answers without a request ---------------------------------------------------------
@@ -322,22 +418,111 @@ class Handshake:
         """A complete non-101 answer (see :func:`plain`)."""
         return plain(self.server_header, status, body, content_type, headers)
 
-    def timed_out(self) -> Answer:
-        """The answer when no request arrived within ``handshake_timeout``."""
+    def timed_out(self, *, reading_body: bool = False) -> Answer:
+        """The answer when the request (or its body) did not arrive within
+        ``handshake_timeout``."""
+        what = "request body" if reading_body else "request"
         return Answer(
             self.plain(408, "handshake timed out\n"),
-            Outcome("timeout", "no request before the handshake timeout"),
+            Outcome("timeout", f"no {what} before the handshake timeout"),
         )
+
+    # -- requests with a body --------------------------------------------------------------
+
+    def body_plan(self, head: Head | None, socket: Socket) -> int | Answer:
+        """How much body a request that announces one may send, or the answer at once.
+
+        Args:
+            head: the request's head, parsed again (None: not a valid head).
+            socket: where it came from.
+
+        Returns:
+            The largest body its target takes, when its ``Content-Length`` is within
+            it; otherwise the answer: 400 for a malformed head, 404 for ``/api/``
+            where the API is not served, 405 when the target takes no body, 411
+            for a chunked one, 413 when ``Content-Length`` passes the limit.
+        """
+        if head is None or head.problem:
+            problem = head.problem if head is not None else "not a valid HTTP/1.1 request"
+            return Answer(
+                self.plain(400, f"bad request: {problem}\n"),
+                Outcome("failed", f"invalid HTTP request: {problem}"),
+            )
+        request = head.request
+        path, _ = split_target(request.path)
+        api = self._serves_api(path, socket)
+        limit = self._body_limit(request.method, path, socket, api)
+        if limit is None:
+            not_here = None if socket.ops_only else self._api_not_here(path)
+            if not_here is not None:
+                return not_here
+            # Not a target that takes a body: wsup reads none there.
+            allow = self._allow(path)
+            return Answer(
+                self.plain(
+                    405,
+                    f"requests with a body are not supported here: use {allow}\n",
+                    headers=[("Allow", allow)],
+                ),
+                Outcome("failed", f"{request.method} with a body", path),
+            )
+        if head.length is None:
+            text = "send the body with Content-Length: chunked bodies are not supported"
+            return self._body_refused(411, text, path, api, socket)
+        if head.length > limit:
+            text = f"request body too large: {head.length} bytes, at most {limit}"
+            return self._body_refused(413, text, path, api, socket)
+        return limit
+
+    def _body_refused(self, status: int, text: str, path: str, api: bool, socket: Socket) -> Answer:
+        if api:
+            error = _api.error(status, text, _api.endpoint_of(path))
+            return self._host.api_answer(error, socket.remote[0])
+        return Answer(self.plain(status, text + "\n"))
+
+    def _body_limit(self, method: str, path: str, socket: Socket, api: bool) -> int | None:
+        """The largest body ``method path`` takes on this socket, or None for none."""
+        if api:
+            return self._api_max_body
+        options = None if socket.ops_only else self._app.http_options.get(path)
+        if options is not None and method in options.methods and method not in ("GET", "HEAD"):
+            return options.max_body
+        return None
+
+    # -- the server API --------------------------------------------------------------------
+
+    def _serves_api(self, path: str, socket: Socket) -> bool:
+        """Whether this request is for the server API, here (key set, right port)."""
+        if self._api_key is None or not _api.is_api_path(path):
+            return False
+        if self._api_port is None:
+            return not socket.ops_only
+        return socket.api_port
+
+    def _api_not_here(self, path: str) -> Answer | None:
+        """The 404 for ``/api/`` on the main port when the API is off or elsewhere."""
+        if not _api.is_api_path(path):
+            return None
+        app = self._app
+        if path in app.http_routes:
+            return None
+        if app.router.match(path) is not None:
+            return None  # the app's own WebSocket route
+        why = (
+            "the server API is off: configure an API key (WSUP_API_KEY or --api-key-file)"
+            if self._api_key is None
+            else f"the server API is served on port {self._api_port}"
+        )
+        return Answer(self.plain(404, why + "\n"))
+
+    def _allow(self, path: str) -> str:
+        options = self._app.http_options.get(path)
+        return options.allow if options is not None else "GET, HEAD"
 
     # -- the decision ----------------------------------------------------------------------
 
     def decide(
-        self,
-        request: HTTPRequest,
-        protocol: ServerProtocol,
-        remote: tuple[str, int],
-        *,
-        ops_only: bool = False,
+        self, request: HTTPRequest, protocol: ServerProtocol, socket: Socket
     ) -> Answer | Upgrade | HookCall:
         """Decide what to do with ``request``.
 
@@ -346,41 +531,48 @@ class Handshake:
             protocol: the WebSocket protocol that read it; on an upgrade it
                 negotiates extensions and the subprotocol, and later carries
                 the connection.
-            remote: the peer's ``(host, port)``.
-            ops_only: the request came in on the metrics port.
+            socket: where it came from.
 
         Returns:
-            The answer, the upgrade, or the hooks still to run.
+            The answer, the upgrade, or the user code (or server API call) still to run.
         """
         path = request.path
         headers = request.headers
-        if ops_only and path not in OPS_PATHS:
-            return Answer(self.plain(404, "this port serves /metrics, /healthz, /readyz\n"))
         repeated = repeated_singleton(headers)
         if repeated is not None:
             return Answer(
                 self.plain(400, f"bad request: more than one {repeated} header\n"),
                 Outcome("failed", f"more than one {repeated} header", path),
             )
+        if self._api_key is not None and self._serves_api(path, socket):
+            return self._api_call(request, socket)
+        if socket.ops_only and path not in OPS_PATHS:
+            return Answer(self.plain(404, "this port serves /metrics, /healthz, /readyz\n"))
+        app = self._app
+        not_here = self._api_not_here(path)
+        if not_here is not None:
+            return not_here
         method = request.method
-        if method != "GET":
-            if method == "HEAD":
-                return Answer(self._head(path))
-            # Request bodies are never read: only GET (and HEAD, for probes) make sense.
+        if method == "HEAD":
+            return Answer(self._head(path))
+        options = app.http_options.get(path)
+        if method not in (options.methods if options is not None else _GET_ONLY):
+            # Only GET (and HEAD, for probes), or what a plain HTTP route declares.
+            allow = self._allow(path)
+            use = allow.removesuffix(", HEAD").replace(", HEAD", "")
             return Answer(
                 self.plain(
-                    405, f"{method} is not supported: use GET\n", headers=[("Allow", "GET, HEAD")]
+                    405, f"{method} is not supported: use {use}\n", headers=[("Allow", allow)]
                 )
             )
         if path in OPS_PATHS:
             return Answer(self._operational(path, headers))
-        app = self._app
         match = app.router.match(path)
         upgrade = "upgrade" in header_tokens(headers, "Connection")
         if match is None or not upgrade:
             handler = app.http_routes.get(path)
             if handler is not None and not upgrade:
-                return _HTTPCall(self, self._request(request, remote, {}), (handler,))
+                return _HTTPCall(self, self._request(request, socket.remote, {}), (handler,))
             if match is None:
                 return self._refuse(404, f"no route for {path}\n", "no_route", path)
         route: RouteOptions = match.target  # type: ignore[assignment]
@@ -406,18 +598,27 @@ class Handshake:
                     "failed", f"{response.status_code}: {error or response.reason_phrase}", path
                 ),
             )
-        user_request = self._request(request, remote, match.params)
-        pending = _UpgradeCall(
-            self, user_request, route, match.route.pattern, protocol.subprotocol, response
-        )
+        user_request = self._request(request, socket.remote, match.params)
         hooks = app.hooks
-        if route.hook is not None:
-            pending.hooks = (*hooks, route.hook)
-        elif hooks:
-            pending.hooks = tuple(hooks)
-        else:
-            return pending.conclude()  # no hooks: nothing to call
+        pattern = match.route.pattern
+        if route.hook is None and not hooks:
+            # Nothing to call: the common case, decided here and now.
+            return Upgrade(route, pattern, user_request, protocol.subprotocol, {}, response)
+        pending = _UpgradeCall(self, user_request, route, pattern, protocol.subprotocol, response)
+        pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
         return pending
+
+    def _api_call(self, request: HTTPRequest, socket: Socket) -> HookCall:
+        assert self._api_key is not None
+        call = _api.parse(
+            request.method,
+            request.path,
+            request.query,
+            list(request.headers.raw_items()),
+            request.body,
+            self._api_key,
+        )
+        return _APICall(self, self._request(request, socket.remote, {}), call, self._host)
 
     def _refuse(self, status: int, body: str, reason: str, path: str) -> Answer:
         return Answer(self.plain(status, body), Outcome("rejected", reason, path))
@@ -462,6 +663,8 @@ class Handshake:
             remote_address=remote,
             client_address=self._proxies.client_address(remote[0], raw),
             subprotocols=tuple(offered),
+            method=request.method,
+            body=request.body,
         )
 
 
@@ -639,3 +842,23 @@ class _UpgradeCall(HookCall):
         return Upgrade(
             self._route, self._pattern, self.request, self._subprotocol, self._values, response
         )
+
+
+class _APICall(HookCall):
+    """A server API request: the server performs it (:meth:`HandshakeHost.call_api`)."""
+
+    __slots__ = ("_call", "_host")
+
+    def __init__(
+        self,
+        handshake: Handshake,
+        request: Request,
+        call: _api.Call | _api.Answer,
+        host: HandshakeHost,
+    ) -> None:
+        super().__init__(handshake, request, ())
+        self._call = call
+        self._host = host
+
+    def run(self) -> Decision | Coroutine[Any, Any, Decision]:
+        return self._host.call_api(self._call, self.request.remote_address[0])

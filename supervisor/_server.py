@@ -1,14 +1,15 @@
 """The server: listeners, handshakes, operational HTTP, keepalive and graceful drain.
 
 Theory of operation: each listener's accept loop hands every socket to its own
-task, which reads the HTTP request through websockets' ``ServerProtocol`` under
-the handshake timeout, answers ``/healthz``, ``/readyz``, ``/metrics`` and the
-app's plain HTTP routes itself, and otherwise routes, checks limits, Origin and
-the app's hooks before accepting. An accepted socket becomes a
+task, the stream driver of the handshake (:meth:`Server._handshake`): it reads
+the HTTP request under the handshake timeout, asks the decision
+(``_handshake``: operational endpoints, HTTP routes, routing, limits, Origin,
+hooks), and writes the answer or the 101. An accepted socket becomes a
 :class:`~supervisor._connection.Connection` whose actor is a dynamic child of
-the connection supervisor. One keepalive task serves every connection. On
-asyncio without TLS the same steps run in transport callbacks instead of a
-task per socket (see ``_aio``).
+the connection supervisor (:meth:`Server._open_connection`). One keepalive task
+serves every connection. On asyncio without TLS the callback driver does the
+same in transport callbacks instead of a task per socket (see ``_aio``); both
+drivers reach the server through :class:`Handshakes`.
 
 Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
 handshakes in flight get 503 → the connections drain in shuffled batches
@@ -24,7 +25,6 @@ import contextlib
 import email.utils
 import errno
 import heapq
-import http
 import itertools
 import logging
 import math
@@ -32,43 +32,40 @@ import platform
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
 import structlog
 from anyio.streams.tls import TLSStream
-from websockets.datastructures import Headers
-from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
-from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
 from actors import ALL, Backplane, Clock, CriticalFailure, DeadLetter, MonotonicClock
 from actors._backend import Waiter, primitives
 
 from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
-from ._aio import HandshakeProtocol, TransportStream, hooks_are_sync, serve_sockets
-from ._app import (
-    Accept,
-    App,
-    Handler,
-    HTTPResponse,
-    Reject,
-    Request,
-    RouteOptions,
-    call_maybe_async,
-)
-from ._body import BodyReader, parse_head, wants_body
+from ._aio import HandshakeProtocol, serve_sockets
+from ._app import Accept, App, Handler, Reject, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState, Driver
 from ._drain import drain_paced
 from ._drivers import StreamDriver, TransportDriver
 from ._exceptions import ListenError, StartupError, find_exception
+from ._handshake import (
+    LINGER_BYTES,
+    Answer,
+    Handshake,
+    HookCall,
+    HTTPRequest,
+    RequestReader,
+    Socket,
+    Upgrade,
+    answer_bytes,
+    remote_pair,
+)
 from ._instrumentation import (
     BatchedCounter,
     BatchedGauge,
@@ -78,17 +75,6 @@ from ._instrumentation import (
 )
 from ._keepalive import KeepaliveAction, wake_time
 from ._limits import EveryInterval
-from ._proxy import TrustedProxies
-from ._request import (
-    OriginPolicy,
-    header_list,
-    header_tokens,
-    parse_cookies,
-    repeated_singleton,
-    single_header,
-    split_target,
-)
-from ._routing import RouteMatch
 from ._system import ActorSystem
 from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from ._watchdog import LoopWatchdog
@@ -110,8 +96,6 @@ __all__ = ["Server", "serve"]
 _log = structlog.get_logger("wsup.server")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
 _std_log = logging.getLogger("wsup.server")
-_LINGER_BYTES = 1 << 20
-"""At most this many bytes are read and discarded after an HTTP answer before closing."""
 _CLOSED_STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
@@ -120,8 +104,6 @@ _CLOSED_STREAM_ERRORS = (
 )
 # websockets logs every handshake at INFO through this logger; wsup logs its own lines.
 _PROTOCOL_LOGGER = logging.getLogger("websockets.server")
-#: A socket as the handshake code sees it: anyio's stream, or asyncio's transport.
-AnyStream = anyio.abc.ByteStream | TransportStream
 
 try:
     from importlib.metadata import version as _dist_version
@@ -145,35 +127,6 @@ def _listen_hint(host: str, error: OSError) -> str:
     if isinstance(error, socket.gaierror):
         return "the host name does not resolve: use an IP address"
     return "check the address and port"
-
-
-def _plain(
-    status: int,
-    body: str | bytes,
-    content_type: str = "text/plain; charset=utf-8",
-    headers: Iterable[tuple[str, str]] = (),
-) -> Response:
-    data = body.encode() if isinstance(body, str) else body
-    all_headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Server", f"wsup/{VERSION}"),
-            ("Connection", "close"),
-            ("Content-Length", str(len(data))),
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-store"),
-        ]
-    )
-    for name, value in headers:
-        all_headers[name] = value
-    return Response(status, http.HTTPStatus(status).phrase, all_headers, data)
-
-
-def _head(status: int) -> Response:
-    """The answer to HEAD: status and headers of the GET, without its body."""
-    response = _plain(status, b"")
-    del response.headers["Content-Length"]
-    return response
 
 
 class Server:
@@ -228,8 +181,6 @@ class Server:
         #: The event loop's token, for ``App.*_threadsafe`` calls from other threads.
         self.loop_token: anyio.lowlevel.EventLoopToken | None = None
         self.loop_thread: int | None = None
-        self._origins = OriginPolicy(self.config.origins)
-        self._proxies = TrustedProxies(self.config.trusted_proxies)
         self._conn_sup: Supervisor | None = None
         self._conn_specs: dict[int, tuple[ChildSpec, bool]] = {}
         # Created in serve(): anyio primitives need a running event loop.
@@ -259,11 +210,6 @@ class Server:
             if self.config.compression
             else None
         )
-        self.protocol_logger = _PROTOCOL_LOGGER
-        #: Callback-mode sockets closing after an HTTP answer (see ``HandshakeProtocol.linger``).
-        self.lingering: set[HandshakeProtocol] = set()
-        #: Whether handshakes can be decided inside transport callbacks (set by serve()).
-        self.sync_handshakes = False
         self.counters = counters = _HotCounters(self.metrics)
         self.handshakes = counters.handshakes
         self.states = counters.states
@@ -271,6 +217,8 @@ class Server:
         self.accept_throttle = AcceptThrottle()
         self._limited = {name: self.metrics.limited.labels(limit=name) for name in LIMIT_NAMES}
         self._limit_lines = EveryInterval(10.0)
+        # Built last: it checks the origins and proxies of the configuration.
+        self._handshakes = Handshakes(self)
         self._accept_failures = {
             error: self.metrics.accept_failures.labels(error=error) for error in ACCEPT_ERRORS
         }
@@ -307,7 +255,6 @@ class Server:
         app.server = self
         self._accept_scope = anyio.CancelScope()
         self._stop = anyio.Event()
-        self.sync_handshakes = hooks_are_sync(self)
         self.loop_token = anyio.lowlevel.current_token()
         self.loop_thread = threading.get_ident()
         self.metrics.owner_thread = self.loop_thread  # batched metrics are updated here
@@ -352,7 +299,7 @@ class Server:
                         for conn in list(self.connections):
                             if conn.uses_callbacks:
                                 conn.abort()
-                        for lingering in list(self.lingering):
+                        for lingering in list(self._handshakes.lingering):
                             lingering.abort()
                     tg.cancel_scope.cancel()
                 for hook in app.on_shutdown:
@@ -479,7 +426,8 @@ class Server:
         if callbacks:
             # asyncio, plain TCP: accept and handshake in transport callbacks (see _aio).
             raw = anyio.abc.SocketAttribute.raw_socket
-            tg.start_soon(serve_sockets, self, [(lst.extra(raw), o) for lst, o in listeners])
+            sockets = [(lst.extra(raw), o) for lst, o in listeners]
+            tg.start_soon(serve_sockets, self, self._handshakes, sockets)
         else:
             for listener, ops_only in listeners:
                 tg.start_soon(self._accept_loop, listener, ops_only)
@@ -501,8 +449,6 @@ class Server:
                     await self.clock.sleep(self.accept_failed(lacked, exc))
                 continue
             throttle.accepted()
-            if not ops_only:
-                self.counters.accepted.inc()
             self._tg.start_soon(self._handle_safely, stream, ops_only)
 
     def accept_failed(self, lacked: AcceptError, exc: BaseException) -> float:
@@ -607,11 +553,10 @@ class Server:
             conn.abort()
         self._stop.set()
 
-    # -- per socket --------------------------------------------------------------------------
+    # -- per socket: the stream driver of the handshake -------------------------------------
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
-        self.states["handshaking"].inc()
-        started = self.clock.now()
+        started = self._handshakes.opened(ops_only)
         conn: Connection | None = None
         try:
             conn = await self._handshake(stream, started, ops_only)
@@ -619,7 +564,7 @@ class Server:
             await _close_quietly(stream)
             raise
         finally:
-            self.states["handshaking"].dec()
+            self._handshakes.settled()
         if conn is not None:
             await conn._run()
 
@@ -634,16 +579,17 @@ class Server:
     async def _handshake(
         self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
     ) -> Connection | None:
+        """Read the request under the handshake timeout, decide (see ``_handshake``),
+        then write the answer or the 101; the accepted connection, if any."""
+        handshakes = self._handshakes
         config = self.config
-        protocol = ServerProtocol(
-            max_size=config.max_size,
-            extensions=self.compression,
-            logger=self.protocol_logger,
+        protocol = handshakes.new_protocol()
+        raw = anyio.abc.SocketAttribute
+        socket = handshakes.socket(
+            stream.extra(raw.remote_address, None), stream.extra(raw.local_port, None), ops_only
         )
-        request: WSRequest | None = None
-        invalid = False
-        head = bytearray()  # the request's bytes, in case it has a body (see _body)
-        deadline = anyio.current_time() + config.handshake_timeout
+        reader = handshakes.reader(protocol, socket)
+        parsed: HTTPRequest | Answer | None = None
         with anyio.move_on_after(config.handshake_timeout):
             if config.ssl is not None:
                 try:
@@ -652,481 +598,109 @@ class Server:
                     )
                 except Exception as exc:
                     _log.debug("handshake.tls_failed", error=str(exc))
-                    self.handshake_failed(stream, f"TLS: {exc}")
+                    handshakes.failed("failed", f"TLS: {exc}", peer_host(stream))
                     await _close_quietly(stream)
                     return None
-            while request is None:
+            while parsed is None:
                 try:
                     data = await stream.receive()
                 except _CLOSED_STREAM_ERRORS:
-                    self.handshake_failed(stream, "connection closed before the request")
+                    what = "request body" if reader.reading_body else "request"
+                    handshakes.failed(
+                        "failed", f"connection closed before the {what}", peer_host(stream)
+                    )
                     await _close_quietly(stream)
                     return None
-                head += data
-                protocol.receive_data(data)
-                events = protocol.events_received()
-                if events:
-                    request = events[0]  # type: ignore[assignment]
-                elif protocol.handshake_exc is not None:
-                    invalid = True
-                    break
-        if invalid and wants_body(protocol):
-            return await self._read_body(stream, bytes(head), started, ops_only, deadline)
-        if invalid:
-            # Answered outside the handshake deadline: the lingering close has its own.
-            await self.bad_request(stream, protocol)
-            return None
-        if request is None:
-            self.handshake_failed(stream, "no request before the handshake timeout", "timeout")
-            await self.handshake_timed_out(stream, protocol)
-            return None
-        path, query = split_target(request.path)
-        return await self.decide(stream, protocol, request, path, query, started, ops_only=ops_only)
-
-    async def _read_body(
-        self,
-        stream: anyio.abc.ByteStream,
-        head: bytes,
-        started: float,
-        ops_only: bool,
-        deadline: float,
-    ) -> Connection | None:
-        """Read the body of a request that has one (stream path), then decide."""
-        plan = self.body_plan(stream, head, ops_only)
-        if isinstance(plan, Response):
-            await self.answer_raw(stream, plan)
-            return None
-        request, protocol, reader = plan
-        complete = reader.feed(b"")
-        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-            while not complete:
-                try:
-                    data = await stream.receive()
-                except _CLOSED_STREAM_ERRORS:
-                    self.handshake_failed(stream, "connection closed before the request body")
-                    await _close_quietly(stream)
-                    return None
-                complete = reader.feed(data)
-        if not complete:
-            self.handshake_failed(stream, "no request body before the handshake timeout", "timeout")
-            await self.handshake_timed_out(stream, protocol)
-            return None
-        path, query = split_target(request.path)
-        return await self.decide(
-            stream, protocol, request, path, query, started, ops_only=ops_only, body=reader.body
-        )
-
-    def body_plan(
-        self, stream: AnyStream, head: bytes, ops_only: bool
-    ) -> tuple[WSRequest, ServerProtocol, BodyReader] | Response:
-        """How to go on with a request that announces a body (both I/O paths).
-
-        Returns:
-            The request, a fresh protocol to answer with, and a reader that
-            collects the body (it already holds what came with the head); or the
-            answer to send at once: 405 when the target takes no body, 411 for a
-            chunked one, 413 when ``Content-Length`` passes the target's limit,
-            400 for a malformed head.
-        """
-        parsed = parse_head(head)
-        if parsed is None or parsed.problem:
-            problem = parsed.problem if parsed is not None else "not a valid HTTP/1.1 request"
-            self.handshake_failed(stream, f"invalid HTTP request: {problem}")
-            return _plain(400, f"bad request: {problem}\n")
-        request = parsed.request
-        path, _ = split_target(request.path)
-        limit = self._body_limit(stream, request.method, path, ops_only)
-        api = self._serves_api(stream, path, ops_only)
-        not_here = self._api_not_here(path) if limit is None and not ops_only else None
-        if not_here is not None:
-            return not_here
-        if limit is None:
-            # Not a target that takes a body: wsup reads none there.
-            self.handshake_failed(stream, f"{request.method} with a body", path=path)
-            allow = self._allow(path)
-            return _plain(
-                405,
-                f"requests with a body are not supported here: use {allow}\n",
-                headers=[("Allow", allow)],
-            )
-        if parsed.length is None:
-            text = "send the body with Content-Length: chunked bodies are not supported"
-            return self._api_error(411, text, path) if api else _plain(411, text + "\n")
-        if parsed.length > limit:
-            text = f"request body too large: {parsed.length} bytes, at most {limit}"
-            return self._api_error(413, text, path) if api else _plain(413, text + "\n")
-        protocol = ServerProtocol(
-            max_size=self.config.max_size, extensions=self.compression, logger=self.protocol_logger
-        )
-        reader = BodyReader(parsed.length)
-        reader.feed(parsed.rest)
-        return request, protocol, reader
-
-    def _body_limit(self, stream: AnyStream, method: str, path: str, ops_only: bool) -> int | None:
-        """The largest body ``method path`` takes on this listener, or None for none."""
-        if self._serves_api(stream, path, ops_only):
-            return self.config.api_max_body
-        options = None if ops_only else self.app.http_options.get(path)
-        if options is not None and method in options.methods and method not in ("GET", "HEAD"):
-            return options.max_body
-        return None
-
-    def _api_not_here(self, path: str) -> Response | None:
-        """The 404 for ``/api/`` on the main port when the API is off or elsewhere."""
-        if not _api.is_api_path(path) or path in self.app.http_routes:
-            return None
-        if self.app.router.match(path) is not None:
-            return None  # the app's own WebSocket route
-        why = (
-            "the server API is off: configure an API key (WSUP_API_KEY or --api-key-file)"
-            if self.config.api_key is None
-            else f"the server API is served on port {self.config.api_port}"
-        )
-        return _plain(404, why + "\n")
-
-    def _allow(self, path: str) -> str:
-        options = self.app.http_options.get(path)
-        return options.allow if options is not None else "GET, HEAD"
-
-    def _on_api_port(self, stream: AnyStream) -> bool:
-        if not self.api_ports:
-            return False
-        local = stream.extra(anyio.abc.SocketAttribute.local_port, None)
-        return local is not None and any(port == local for _, port in self.api_ports)
-
-    def _serves_api(self, stream: AnyStream, path: str, ops_only: bool) -> bool:
-        """Whether this request is for the server API, here (key set, right port)."""
-        if self.config.api_key is None or not _api.is_api_path(path):
-            return False
-        if self.config.api_port is None:
-            return not ops_only
-        return ops_only and self._on_api_port(stream)
-
-    def _api_error(self, status: int, text: str, path: str) -> Response:
-        answer = _api.error(status, text, _api.endpoint_of(path))
-        self.metrics.api_requests.labels(endpoint=answer.endpoint, result=answer.result).inc()
-        return _plain(status, answer.json(), "application/json")
-
-    async def answer_raw(self, stream: AnyStream, response: Response) -> None:
-        """Send ``response`` on a socket whose parser gave up, then close (lingering)."""
-        await _send_all(stream, [response.serialize()])
-        await self._linger(stream)
-
-    def refused(
-        self, stream: AnyStream, status: int, reason: str, path: str, client: str | None = None
-    ) -> None:
-        """Count a handshake the server or the app turned away, and log it once.
-
-        ``reason`` is one of ``no_route``, ``not_accepting``, ``max_connections``,
-        ``origin``, ``hook``: INFO, except ``max_connections`` (WARNING: a limit).
-        """
-        self.handshakes["rejected"].inc()
-        level = logging.WARNING if reason == "max_connections" else logging.INFO
-        if _std_log.isEnabledFor(level):  # filtered structlog calls still cost
-            _log.log(
-                level,
-                "handshake.rejected",
-                reason=reason,
-                status=status,
-                path=path,
-                client=client if client is not None else peer_host(stream),
-            )
-
-    def handshake_failed(
-        self, stream: AnyStream, error: str, result: str = "failed", path: str | None = None
-    ) -> None:
-        """Count a handshake that failed or timed out; log it at DEBUG (scanners and
-        TCP probes make many, so they stay out of INFO)."""
-        self.handshakes[result].inc()
-        if _std_log.isEnabledFor(logging.DEBUG):
-            _log.debug(
-                "handshake.failed",
-                result=result,
-                error=error,
-                path=path,
-                client=peer_host(stream),
-            )
-
-    async def handshake_timed_out(self, stream: AnyStream, protocol: ServerProtocol) -> None:
-        """Answer a request that did not arrive within ``handshake_timeout``."""
-        await self._respond(stream, protocol, _plain(408, "handshake timed out\n"))
-
-    async def ops_only_answer(self, stream: AnyStream, protocol: ServerProtocol) -> None:
-        """Answer a request on the metrics port for anything but the ops endpoints."""
-        await self._respond(
-            stream, protocol, _plain(404, "this port serves /metrics, /healthz, /readyz\n")
-        )
-
-    async def repeated_header(
-        self, stream: AnyStream, protocol: ServerProtocol, name: str, path: str
-    ) -> None:
-        """Answer a request that repeats a header which must appear once (400, counted)."""
-        self.handshake_failed(stream, f"more than one {name} header", path=path)
-        await self._respond(
-            stream, protocol, _plain(400, f"bad request: more than one {name} header\n")
-        )
-
-    async def bad_request(self, stream: AnyStream, protocol: ServerProtocol) -> None:
-        error = protocol.handshake_exc
-        cause = error.__cause__ if error is not None else None
-        self.handshake_failed(stream, f"invalid HTTP request: {cause or error}")
-        # websockets answers these itself, worded for a WebSocket client: an HTTP
-        # answer fits any client (a browser, curl, a webhook sender).
-        if isinstance(error, RequestLineTooLong):
-            response = _plain(
-                414, f"request line too long: path and query must fit in {MAX_LINE_LENGTH} bytes\n"
-            )
-        elif isinstance(error, (HeaderLineTooLong, TooManyHeaders)):
-            limits = f"at most {MAX_NUM_HEADERS} lines of {MAX_LINE_LENGTH} bytes"
-            response = _plain(431, f"request header fields too large: {limits}\n")
-        elif cause is not None and "unsupported request body" in str(cause):
-            # A request with a body (POST, PUT...): wsup never reads request bodies.
-            response = _plain(
-                405,
-                "requests with a body are not supported: use GET\n",
-                headers=[("Allow", "GET, HEAD")],
-            )
+                parsed = reader.feed(data)
+        # Decided and answered outside the handshake deadline: a lingering close has its own.
+        remote = socket.remote
+        decision: Answer | Upgrade
+        if parsed is None:
+            decision = handshakes.decider.timed_out(reading_body=reader.reading_body)
+        elif isinstance(parsed, Answer):
+            decision = parsed
         else:
-            response = _plain(400, "bad request: not a valid HTTP/1.1 request\n")
-        await _send_all(stream, [response.serialize()])
-        await self._linger(stream)
+            step = handshakes.decider.decide(parsed, protocol, socket)
+            if isinstance(step, HookCall):
+                ran = step.run()
+                decision = ran if isinstance(ran, Answer | Upgrade) else await ran
+            else:
+                decision = step
+        if isinstance(decision, Answer):
+            handshakes.answered(decision, remote[0])
+            await _send_all(stream, [handshakes.answer_bytes(decision)])
+            await self._linger(stream)
+            return None
+        protocol.send_response(decision.response)
+        try:
+            await stream.send(b"".join(protocol.data_to_send()))
+        except _CLOSED_STREAM_ERRORS:
+            handshakes.failed(
+                "failed",
+                "connection closed before the 101 was sent",
+                remote[0],
+                decision.request.path,
+            )
+            await _close_quietly(stream)
+            return None
+        return self._open_connection(decision, protocol, started, stream=stream)
 
-    async def _respond(
-        self, stream: AnyStream, protocol: ServerProtocol, response: Response
-    ) -> None:
-        if not protocol.eof_sent:
-            protocol.send_response(response)
-        await _send_all(stream, protocol.data_to_send())
-        await self._linger(stream)
-
-    async def _linger(self, stream: AnyStream) -> None:
+    async def _linger(self, stream: anyio.abc.ByteStream) -> None:
         """Close after an HTTP answer: half-close, discard what still comes, then close.
 
         Closing with unread input would send a reset that can destroy the
         answer on its way (a client still sending an oversized request). Bounded
         by ``close_timeout`` and 1 MiB, like nginx's lingering close.
         """
-        timeout = self.config.close_timeout
-        if isinstance(stream, TransportStream):
-            stream.linger(timeout, _LINGER_BYTES)  # never suspends: may run in a callback
-        elif self._tg is not None:
+        if self._tg is not None:
             # In a task of its own: the handshake is over, the socket only waits to close.
-            self._tg.start_soon(_linger_stream, stream, timeout)
+            self._tg.start_soon(_linger_stream, stream, self.config.close_timeout)
         else:
             await _close_quietly(stream)
 
-    def _request(
-        self,
-        stream: AnyStream,
-        request: WSRequest,
-        path: str,
-        query: dict[str, list[str]],
-        params: Any,
-        body: bytes | bytearray = b"",
-    ) -> Request:
-        remote = stream.extra(anyio.abc.SocketAttribute.remote_address, ("", 0))
-        if isinstance(remote, str):  # a UNIX socket
-            remote_pair: tuple[str, int] = (remote, 0)
-        else:
-            remote_pair = (str(remote[0]), int(remote[1]))
-        headers = list(request.headers.raw_items())
-        offered: list[str] = []
-        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
-            offered.extend(p.strip() for p in value.split(",") if p.strip())
-        return Request(
-            path=path,
-            params=params,
-            query=query,
-            headers=headers,
-            cookies=parse_cookies(request.headers.get_all("Cookie")),
-            remote_address=remote_pair,
-            client_address=self._proxies.client_address(remote_pair[0], headers),
-            subprotocols=tuple(offered),
-            method=request.method,
-            body=bytes(body),
-        )
+    # -- the hand-off from a handshake to its connection ------------------------------------
 
-    async def decide(
+    def _open_connection(
         self,
-        stream: AnyStream,
+        upgrade: Upgrade,
         protocol: ServerProtocol,
-        ws_request: WSRequest,
-        path: str,
-        query: dict[str, list[str]],
         started: float,
         *,
-        ops_only: bool = False,
-        body: bytes | bytearray = b"",
-    ) -> Connection | None:
-        metrics = self.metrics
-        repeated = repeated_singleton(ws_request.headers)
-        if repeated is not None:
-            await self.repeated_header(stream, protocol, repeated, path)
-            return None
-        if self._serves_api(stream, path, ops_only):
-            await self._respond(stream, protocol, await self._api_call(stream, ws_request, body))
-            return None
-        if ops_only and path not in ("/healthz", "/readyz", "/metrics"):
-            await self.ops_only_answer(stream, protocol)
-            return None
-        not_here = self._api_not_here(path)
-        if not_here is not None:
-            await self._respond(stream, protocol, not_here)
-            return None
-        options = self.app.http_options.get(path)
-        methods = options.methods if options is not None else ("GET",)
-        if ws_request.method not in methods and ws_request.method != "HEAD":
-            # Only GET (and HEAD, for probes), or what a plain HTTP route declares.
-            allow = self._allow(path)
-            use = allow.removesuffix(", HEAD").replace(", HEAD", "")
-            response = _plain(405, f"{ws_request.method} is not supported: use {use}\n")
-            response.headers["Allow"] = allow
-            await self._respond(stream, protocol, response)
-            return None
-        if ws_request.method == "HEAD":
-            await self._respond(stream, protocol, _head(self._head_target(path)))
-            return None
-        if path == "/healthz":
-            await self._respond(stream, protocol, _plain(200, "ok\n"))
-            return None
-        if path == "/readyz":
-            ready, why = self.readiness()
-            await self._respond(stream, protocol, _plain(200 if ready else 503, why + "\n"))
-            return None
-        if path == "/metrics":
-            body, content_type = metrics.render_for(header_list(ws_request.headers, "Accept"))
-            await self._respond(stream, protocol, _plain(200, body, content_type))
-            return None
-        match: RouteMatch | None = self.app.router.match(path)
-        upgrade = "upgrade" in header_tokens(ws_request.headers, "Connection")
-        if match is None or not upgrade:
-            http_handler = self.app.http_routes.get(path)
-            if http_handler is not None and not upgrade:
-                request = self._request(stream, ws_request, path, query, {}, body)
-                try:
-                    answer: HTTPResponse = await call_maybe_async(http_handler, request)
-                    response = _plain(
-                        answer.status, answer.body, answer.content_type, answer.headers
-                    )
-                except Exception:
-                    _log.exception("http.handler_failed", path=path)
-                    response = _plain(500, "internal server error\n")
-                await self._respond(stream, protocol, response)
-                return None
-            if match is None:
-                self.refused(stream, 404, "no_route", path)
-                await self._respond(stream, protocol, _plain(404, f"no route for {path}\n"))
-                return None
-        assert match is not None
-        route: RouteOptions = match.target  # type: ignore[assignment]
-        # During the readiness grace /readyz already says 503 but handshakes are
-        # still accepted: load balancers are still sending traffic our way.
-        if not self.accepting:
-            self.refused(stream, 503, "not_accepting", path)
-            why = "server is shutting down" if self.draining else "not accepting new connections"
-            await self._respond(stream, protocol, _plain(503, why + "\n"))
-            return None
-        if len(self.connections) >= self.config.max_connections:
-            self.refused(stream, 503, "max_connections", path)
-            await self._respond(stream, protocol, _plain(503, "too many connections\n"))
-            return None
-        origins = self._origins
-        if not origins.allows_all and not origins.allows(
-            single_header(ws_request.headers, "Origin")
-        ):
-            self.refused(stream, 403, "origin", path)
-            await self._respond(stream, protocol, _plain(403, "origin not allowed\n"))
-            return None
-        protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
-        response = protocol.accept(ws_request)
-        if response.status_code != 101:
-            # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
-            error = protocol.handshake_exc
-            self.handshake_failed(
-                stream, f"{response.status_code}: {error or response.reason_phrase}", path=path
-            )
-            await self._respond(stream, protocol, response)
-            return None
-        request = self._request(stream, ws_request, path, query, match.params)
-        verdict = await self._run_hooks(request, route)
-        if isinstance(verdict, Reject):
-            self.refused(stream, verdict.status, "hook", path, request.client_address)
-            await self._respond(
-                stream,
-                protocol,
-                _plain(verdict.status, verdict.body or "rejected\n", headers=verdict.headers),
-            )
-            return None
-        subprotocol: str | None = protocol.subprotocol
-        if verdict.subprotocol is not None:
-            if verdict.subprotocol not in request.subprotocols:
-                _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
-                self.handshakes["failed"].inc()  # logged just above
-                await self._respond(stream, protocol, _plain(500, "internal server error\n"))
-                return None
-            subprotocol = verdict.subprotocol
-            response.headers["Sec-WebSocket-Protocol"] = verdict.subprotocol
-        for name, value in verdict.headers:
-            response.headers[name] = value
-        protocol.send_response(response)
-        try:
-            await _send_all(stream, protocol.data_to_send())
-        except _CLOSED_STREAM_ERRORS:
-            self.handshake_failed(stream, "connection closed before the 101 was sent", path=path)
-            await _close_quietly(stream)
-            return None
-        driver: Driver = (
-            TransportDriver(stream.transport)
-            if isinstance(stream, TransportStream)
-            else StreamDriver(stream)
-        )
-        conn = Connection(self, protocol, request, route, subprotocol, driver)
-        self._spawn(conn, route, verdict, match.route.pattern)
+        stream: anyio.abc.ByteStream | None = None,
+        transport: asyncio.Transport | None = None,
+    ) -> Connection:
+        """Make the connection of an accepted handshake whose 101 is written, and count it.
+
+        Exactly one of ``stream`` (stream mode: the caller runs ``conn._run()``)
+        and ``transport`` (callback mode: the caller runs ``conn._start()``).
+        """
+        request = upgrade.request
+        route = upgrade.route
+        driver: Driver
+        if transport is not None:
+            driver = TransportDriver(transport)
+        else:
+            assert stream is not None
+            driver = StreamDriver(stream)
+        conn = Connection(self, protocol, request, route, upgrade.subprotocol, driver)
+        self._spawn(conn, route, upgrade.values, upgrade.pattern)
         self.connections.add(conn)
+        counters = self.counters
         self.states["open"].inc()
         self.handshakes["accepted"].inc()
-        self.counters.handshake_duration.observe(self.clock.now() - started)
+        counters.handshake_duration.observe(self.clock.now() - started)
         self.schedule_keepalive(conn)
         if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
             _log.debug(
-                "connection.opened", conn=conn.address, path=path, client=request.client_address
+                "connection.opened",
+                conn=conn.address,
+                path=request.path,
+                client=request.client_address,
             )
         return conn
 
-    async def _api_call(
-        self, stream: AnyStream, ws_request: WSRequest, body: bytes | bytearray
-    ) -> Response:
-        """Answer one server API request (see ``_api``); count and log it."""
-        assert self.config.api_key is not None
-        started = self.clock.now()
-        path, query = split_target(ws_request.path)
-        call = _api.parse(
-            ws_request.method,
-            path,
-            query,
-            list(ws_request.headers.raw_items()),
-            bytes(body),
-            self.config.api_key,
-        )
-        answer = call if isinstance(call, _api.Answer) else await _api.perform(call, self.runtime)
-        metrics = self.metrics
-        metrics.api_requests.labels(endpoint=answer.endpoint, result=answer.result).inc()
-        metrics.api_request_duration.observe(self.clock.now() - started)
-        if answer.status == 200:
-            if _std_log.isEnabledFor(logging.DEBUG):
-                _log.debug("api.called", endpoint=answer.endpoint, client=peer_host(stream))
-        else:
-            _log.log(
-                logging.WARNING if answer.status == 503 else logging.INFO,
-                "api.refused",
-                endpoint=answer.endpoint,
-                status=answer.status,
-                error=answer.body.get("error"),
-                client=peer_host(stream),
-            )
-        return _plain(answer.status, answer.json(), "application/json", answer.headers)
-
     async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
+        """The handshake hooks' verdict, for the ASGI adapter (its server did the rest)."""
         headers: list[tuple[str, str]] = []
         values: dict[str, Any] = {}
         subprotocol: str | None = None
@@ -1149,12 +723,11 @@ class Server:
         self,
         conn: Connection | ASGIConnection,
         route: RouteOptions,
-        accept: Accept,
+        values: Mapping[str, Any],
         pattern: str,
     ) -> None:
         app = self.app
         params = conn.request.params
-        values = accept.values
 
         def factory() -> Any:
             handler = route.handler(**route.kwargs)
@@ -1249,16 +822,6 @@ class Server:
             )
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
-
-    def _head_target(self, path: str) -> int:
-        """The status a GET of ``path`` would get (for HEAD requests)."""
-        if path == "/readyz":
-            return 200 if self.readiness()[0] else 503
-        if path in ("/healthz", "/metrics") or path in self.app.http_routes:
-            return 200
-        if self.app.router.match(path) is not None:
-            return 426  # a WebSocket route: needs GET with Upgrade
-        return 404
 
     def readiness(self) -> tuple[bool, str]:
         """Return whether this node should get new connections, and why not."""
@@ -1378,6 +941,152 @@ class Server:
             self._keepalive_wake = None
 
 
+class Handshakes:
+    """The server as the handshake sees it: the decision's :class:`HandshakeHost`, and
+    what both drivers (``Server._handshake`` for streams, ``_aio.HandshakeProtocol``
+    for asyncio transports) do around a decision: count, log, write, hand over.
+
+    The drivers reach the server only through this object.
+    """
+
+    __slots__ = ("_server", "config", "decider", "lingering")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.config = server.config
+        #: The decision (see ``_handshake``).
+        self.decider = Handshake(server.app, server.config, self, f"wsup/{VERSION}")
+        #: Callback-mode sockets closing after an HTTP answer (see ``HandshakeProtocol.linger``).
+        self.lingering: set[HandshakeProtocol] = set()
+
+    # -- HandshakeHost ---------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._server.accepting
+
+    @property
+    def draining(self) -> bool:
+        return self._server.draining
+
+    def readiness(self) -> tuple[bool, str]:
+        return self._server.readiness()
+
+    def open_connections(self) -> int:
+        return len(self._server.connections)
+
+    def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
+        return self._server.metrics.render_for(accept)
+
+    async def call_api(self, call: _api.Call | _api.Answer, client: str) -> Answer:
+        server = self._server
+        clock = server.clock
+        started = clock.now()
+        answer = call if isinstance(call, _api.Answer) else await _api.perform(call, server.runtime)
+        server.metrics.api_request_duration.observe(clock.now() - started)
+        return self.api_answer(answer, client)
+
+    def api_answer(self, answer: _api.Answer, client: str) -> Answer:
+        self._server.metrics.api_requests.labels(
+            endpoint=answer.endpoint, result=answer.result
+        ).inc()
+        if answer.status == 200:
+            if _std_log.isEnabledFor(logging.DEBUG):
+                _log.debug("api.called", endpoint=answer.endpoint, client=client)
+        else:
+            _log.log(
+                logging.WARNING if answer.status == 503 else logging.INFO,
+                "api.refused",
+                endpoint=answer.endpoint,
+                status=answer.status,
+                error=answer.body.get("error"),
+                client=client,
+            )
+        return Answer(
+            self.decider.plain(answer.status, answer.json(), "application/json", answer.headers)
+        )
+
+    # -- for the drivers -------------------------------------------------------------------
+
+    def opened(self, ops_only: bool) -> float:
+        """Count a socket that starts its handshake; the clock reading it started at."""
+        server = self._server
+        if not ops_only:
+            server.counters.accepted.inc()
+        server.states["handshaking"].inc()
+        return server.clock.now()
+
+    def settled(self) -> None:
+        """A socket's handshake is over (answered, upgraded or failed)."""
+        self._server.states["handshaking"].dec()
+
+    def new_protocol(self) -> ServerProtocol:
+        """The WebSocket protocol for one socket: it parses the request, then the frames."""
+        return ServerProtocol(
+            max_size=self.config.max_size,
+            extensions=self._server.compression,
+            logger=_PROTOCOL_LOGGER,
+        )
+
+    def socket(self, peer: Any, local_port: Any, ops_only: bool) -> Socket:
+        """Where a request comes from: the peer's address as the socket reports it, the
+        local port (to tell the API port from the metrics port)."""
+        api_ports = self._server.api_ports
+        api_port = ops_only and bool(api_ports) and any(local_port == p for _, p in api_ports)
+        return Socket(remote_pair(peer), ops_only, api_port)
+
+    def reader(self, protocol: ServerProtocol, socket: Socket) -> RequestReader:
+        """The request reader over ``protocol``."""
+        return RequestReader(protocol, self.decider, socket)
+
+    def answer_bytes(self, answer: Answer) -> bytes:
+        """What to write for ``answer`` (its ``Date`` is now)."""
+        return answer_bytes(answer.response, email.utils.formatdate(usegmt=True))
+
+    def answered(self, answer: Answer, peer: str) -> None:
+        """Count and log what ``answer`` says about the handshake (``peer``: its host)."""
+        outcome = answer.outcome
+        if outcome is None:
+            return
+        if outcome.result == "rejected":
+            self._refused(answer.status, outcome.reason, outcome.path, outcome.client or peer)
+        else:
+            self.failed(outcome.result, outcome.reason, peer, outcome.path)
+
+    def _refused(self, status: int, reason: str, path: str | None, client: str) -> None:
+        """Count a handshake the server or the app turned away, and log it once.
+
+        INFO, except ``max_connections`` (WARNING: a limit).
+        """
+        self._server.handshakes["rejected"].inc()
+        level = logging.WARNING if reason == "max_connections" else logging.INFO
+        if _std_log.isEnabledFor(level):  # filtered structlog calls still cost
+            _log.log(
+                level, "handshake.rejected", reason=reason, status=status, path=path, client=client
+            )
+
+    def failed(self, result: str, error: str, peer: str, path: str | None = None) -> None:
+        """Count a handshake that failed or timed out; log it at DEBUG (scanners and
+        TCP probes make many, so they stay out of INFO)."""
+        self._server.handshakes[result].inc()
+        if _std_log.isEnabledFor(logging.DEBUG):
+            _log.debug("handshake.failed", result=result, error=error, path=path, client=peer)
+
+    def open_connection(
+        self,
+        upgrade: Upgrade,
+        protocol: ServerProtocol,
+        started: float,
+        transport: asyncio.Transport,
+    ) -> Connection:
+        """Callback mode: the connection of an accepted handshake whose 101 is written."""
+        return self._server._open_connection(upgrade, protocol, started, transport=transport)
+
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``fn`` in the server's task group; False once the server is stopping."""
+        return self._server.start_soon(fn)
+
+
 class _HotCounters:
     """The metrics updated per message and per connection, batched.
 
@@ -1476,14 +1185,14 @@ def _needs_no_start(handler: Any) -> bool:
     )
 
 
-async def _send_all(stream: AnyStream, chunks: Sequence[bytes]) -> None:
+async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> None:
     data = b"".join(chunks)
     if data:
         with contextlib.suppress(*_CLOSED_STREAM_ERRORS):
             await stream.send(data)
 
 
-def peer_host(stream: AnyStream) -> str:
+def peer_host(stream: anyio.abc.ByteStream) -> str:
     """The peer's address as logged: the host, without the port."""
     remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
     if isinstance(remote, tuple):
@@ -1491,10 +1200,7 @@ def peer_host(stream: AnyStream) -> str:
     return "" if remote is None else str(remote)
 
 
-async def _close_quietly(stream: anyio.abc.AsyncResource | TransportStream) -> None:
-    if isinstance(stream, TransportStream):
-        stream.transport.close()  # may run in a transport callback: no cancel scope there
-        return
+async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await stream.aclose()
 
@@ -1503,7 +1209,7 @@ async def _linger_stream(stream: anyio.abc.ByteStream, timeout: float) -> None:
     try:
         with contextlib.suppress(NotImplementedError, *_CLOSED_STREAM_ERRORS):
             await stream.send_eof()  # TLS cannot half-close: the client reads to the end
-        left = _LINGER_BYTES
+        left = LINGER_BYTES
         with anyio.move_on_after(timeout), contextlib.suppress(*_CLOSED_STREAM_ERRORS):
             while left >= 0:
                 left -= len(await stream.receive())

@@ -436,7 +436,7 @@ class ASGIApp:
             server.handshakes["failed"].inc()
             return None
         conn = ASGIConnection(server, request, route, subprotocol)
-        server._spawn(conn, route, verdict, match.route.pattern)
+        server._spawn(conn, route, verdict.values, match.route.pattern)
         server.connections.add(conn)
         server.states["open"].inc()
         server.handshakes["accepted"].inc()

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from websockets.server import ServerProtocol
 
-from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
+from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig, _api
 from supervisor._handshake import (
     Answer,
     Handshake,
     HookCall,
     HTTPRequest,
     RequestReader,
+    Socket,
     Upgrade,
     answer_bytes,
+    plain,
     remote_pair,
 )
 
@@ -39,6 +42,7 @@ class Host:
         self.ready: tuple[bool, str] = (True, "ready")
         self.connections = 0
         self.metrics_asked: list[str | None] = []
+        self.api_calls: list[tuple[_api.Call | _api.Answer, str]] = []
 
     def readiness(self) -> tuple[bool, str]:
         return self.ready
@@ -49,6 +53,14 @@ class Host:
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         self.metrics_asked.append(accept)
         return b"wsup_up 1\n", "text/plain; version=0.0.4"
+
+    async def call_api(self, call: _api.Call | _api.Answer, client: str) -> Answer:
+        self.api_calls.append((call, client))
+        answer = call if isinstance(call, _api.Answer) else _api.Answer(200, {"ok": True})
+        return self.api_answer(answer, client)
+
+    def api_answer(self, answer: _api.Answer, client: str) -> Answer:
+        return Answer(plain("wsup/test", answer.status, answer.json(), "application/json"))
 
 
 class Echo(Handler):
@@ -81,16 +93,27 @@ def raw(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def parse(data: bytes) -> tuple[HTTPRequest, ServerProtocol]:
+def read(handshake: Handshake, *chunks: bytes) -> Any:
+    """What a reader makes of ``chunks``: None until the last one, then its result."""
+    reader = RequestReader(ServerProtocol(), handshake, Socket(PEER))
+    for chunk in chunks[:-1]:
+        assert reader.feed(chunk) is None
+    return reader.feed(chunks[-1])
+
+
+def decide(
+    handshake: Handshake, *chunks: bytes, ops_only: bool = False, api_port: bool = False
+) -> Any:
+    socket = Socket(PEER, ops_only, api_port)
     protocol = ServerProtocol()
-    parsed = RequestReader(protocol, "wsup/test").feed(data)
-    assert isinstance(parsed, HTTPRequest)
-    return parsed, protocol
-
-
-def decide(handshake: Handshake, data: bytes, *, ops_only: bool = False) -> Any:
-    request, protocol = parse(data)
-    return handshake.decide(request, protocol, PEER, ops_only=ops_only)
+    reader = RequestReader(protocol, handshake, socket)
+    for chunk in chunks[:-1]:
+        assert reader.feed(chunk) is None
+    request = reader.feed(chunks[-1])
+    if isinstance(request, Answer):
+        return request
+    assert isinstance(request, HTTPRequest), request
+    return handshake.decide(request, protocol, socket)
 
 
 def answer(handshake: Handshake, data: bytes, **kwargs: Any) -> Answer:
@@ -106,10 +129,9 @@ def answer(handshake: Handshake, data: bytes, **kwargs: Any) -> Answer:
 
 def test_the_reader_waits_for_the_whole_head() -> None:
     """Part of a request is not a request yet; the rest completes it, query parsed."""
-    reader = RequestReader(ServerProtocol(), "wsup/test")
+    handshake, _ = make()
     data = raw("/chat/lobby?user=ann&user=bob")
-    assert reader.feed(data[:20]) is None
-    request = reader.feed(data[20:])
+    request = read(handshake, data[:20], data[20:])
     assert isinstance(request, HTTPRequest)
     assert (request.method, request.path) == ("GET", "/chat/lobby")
     assert request.target == "/chat/lobby?user=ann&user=bob"
@@ -123,21 +145,124 @@ def test_the_reader_waits_for_the_whole_head() -> None:
         (b"NOT HTTP\r\n\r\n", 400),
         (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 10_000 + b"\r\n\r\n", 431),
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", 405),
     ],
-    ids=["garbage", "long-line", "long-header", "body"],
+    ids=["garbage", "long-line", "long-header"],
 )
 def test_what_is_not_a_request_gets_an_answer_counted_as_failed(data: bytes, status: int) -> None:
     """Invalid bytes end the handshake with an HTTP answer and a ``failed`` outcome."""
-    parsed = RequestReader(ServerProtocol(), "wsup/test").feed(data)
+    handshake, _ = make()
+    parsed = read(handshake, data)
     assert isinstance(parsed, Answer)
     assert parsed.status == status
     assert parsed.outcome is not None
     assert parsed.outcome.result == "failed"
     assert parsed.outcome.reason.startswith("invalid HTTP request")
     assert parsed.response.headers["Server"] == "wsup/test"
-    if status == 405:
-        assert parsed.response.headers["Allow"] == "GET, HEAD"
+
+
+# --- request bodies -----------------------------------------------------------------
+
+
+def post(target: str, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    lines = [f"POST {target} HTTP/1.1", "Host: example.com", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def webhook_app(max_body: int = 64) -> App:
+    app = App()
+    app.http("/hook", methods=("POST",), max_body=max_body)(
+        lambda request: HTTPResponse(f"{request.method} {request.body!r}")
+    )
+    return app
+
+
+def test_a_body_is_read_whole_before_the_decision() -> None:
+    """A POST to a route that takes one: the reader waits for Content-Length bytes,
+    however they are split, and the handler sees them."""
+    handshake, _ = make(webhook_app())
+    data = post("/hook", b'{"event": "push"}')
+    head_end = data.index(b"\r\n\r\n") + 4
+    call = decide(handshake, data[:10], data[10 : head_end + 3], data[head_end + 3 :])
+    assert isinstance(call, HookCall)
+    assert call.request.method == "POST"
+    assert call.request.body == b'{"event": "push"}'
+    answer = call.run()
+    assert isinstance(answer, Answer)
+    assert answer.response.body == b'POST b\'{"event": "push"}\''
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "allow"),
+    [
+        (post("/hook", b"x" * 65), 413, None),
+        (post("/chat/lobby", b"hi"), 405, "GET, HEAD"),
+        (
+            b"POST /hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n",
+            411,
+            None,
+        ),
+    ],
+    ids=["too-large", "no-body-here", "chunked"],
+)
+def test_bodies_refused_before_they_are_read(data: bytes, status: int, allow: str | None) -> None:
+    """Over max_body: 413; a target that takes no body: 405 with Allow; chunked: 411."""
+    handshake, _ = make(webhook_app())
+    refused = read(handshake, data)
+    assert isinstance(refused, Answer)
+    assert refused.status == status
+    if allow is not None:
+        assert refused.response.headers["Allow"] == allow
+
+
+def test_a_get_on_a_post_route_is_a_405() -> None:
+    """The route's methods are the Allow header."""
+    handshake, _ = make(webhook_app())
+    refused = answer(handshake, raw("/hook", upgrade=False))
+    assert refused.status == 405
+    assert refused.response.headers["Allow"] == "POST"
+
+
+# --- the server API -----------------------------------------------------------------
+
+
+def test_the_server_api_is_decided_here_and_performed_by_the_host() -> None:
+    """A valid API request is a call the host performs; the decision only parses it."""
+    handshake, host = make(api_key="k3y")
+    body = json.dumps({"address": "user:ada", "message": "hi"}).encode()
+    call = decide(handshake, post("/api/send", body, [("Authorization", "Bearer k3y")]))
+    assert isinstance(call, HookCall)
+    assert host.api_calls == []
+    pending = call.run()
+    assert not isinstance(pending, Answer | Upgrade)
+    pending.close()
+    assert host.api_calls == []  # nothing is performed before the driver awaits it
+
+
+@pytest.mark.anyio
+async def test_an_api_call_answers_json() -> None:
+    """Awaited, the host's answer comes back; the call names what to do."""
+    handshake, host = make(api_key="k3y")
+    body = json.dumps({"address": "user:ada", "message": "hi"}).encode()
+    call = decide(handshake, post("/api/send", body, [("Authorization", "Bearer k3y")]))
+    answer = await call.run()
+    assert isinstance(answer, Answer)
+    assert (answer.status, answer.response.body) == (200, b'{"ok":true}\n')
+    assert host.api_calls == [(_api.Call("send", ("user:ada",), "hi"), PEER[0])]
+
+
+def test_the_api_is_a_404_where_it_is_not_served() -> None:
+    """No key: /api/ is a 404 saying how to turn it on; with --api-port, the main port
+    says where it is."""
+    off, _ = make()
+    refused = answer(off, raw("/api/presence", upgrade=False))
+    assert refused.status == 404
+    assert b"the server API is off" in refused.response.body
+    elsewhere, _ = make(api_key="k3y", api_port=9999)
+    refused = answer(elsewhere, raw("/api/presence", upgrade=False))
+    assert b"served on port 9999" in refused.response.body
+    on_port = decide(elsewhere, raw("/api/presence", upgrade=False), ops_only=True, api_port=True)
+    assert isinstance(on_port, HookCall)
 
 
 # --- answers the server gives itself ------------------------------------------------
