@@ -3,11 +3,13 @@
 Theory of operation: a driver (the stream path in ``_server``: trio, TLS; the
 callback path in ``_aio``: asyncio transports) reads bytes and feeds them to a
 :class:`RequestReader`, which yields an :class:`HTTPRequest` once the request
-head is complete, or an :class:`Answer` when the bytes are not a valid request.
-:meth:`Handshake.decide` then decides, in this order: the metrics port serves
-only the operational paths; a repeated singleton header is a 400; methods other
-than GET and HEAD get 405; HEAD gets the status a GET would; ``/healthz``,
-``/readyz`` and ``/metrics``; the app's plain HTTP routes; 404 for a path no
+(and body) is complete, or an :class:`Answer` when the bytes are not a request
+wsup serves. :meth:`Handshake.decide` then decides, in this order: a repeated
+singleton header is a 400; the server API (``/api/``, or its own port); the
+metrics port serves only the operational paths; ``/api/`` where the API is not
+served is a 404; methods a target does not take get 405; HEAD gets the status a
+GET would; ``/healthz``, ``/readyz`` and ``/metrics``; the app's plain HTTP
+routes; 404 for a path no
 WebSocket route matches; 503 while not accepting or at ``max_connections``;
 403 for a refused ``Origin``; the WebSocket checks of websockets'
 ``ServerProtocol.accept`` (426, 400); last the app's handshake hooks. Its
@@ -19,7 +21,7 @@ result is one of three:
   values and the 101 response; the driver writes it through the protocol
   and hands the socket to a new connection;
 * a :class:`HookCall`: user functions (handshake hooks, an HTTP route's
-  handler) still have to run. :meth:`HookCall.run` calls them and returns the
+  handler) or a server API call still have to run. :meth:`HookCall.run` calls them and returns the
   final :class:`Answer` or :class:`Upgrade` at once when each returns a plain
   value, or an awaitable of it when one returns an awaitable (``async def``):
   only then does a driver need to wait, and the callback path a task.
