@@ -3,13 +3,14 @@
 Theory of operation: websockets' ``ServerProtocol`` parses handshake requests,
 which have no body, and refuses any request that announces one. For the targets
 that take a body (the server API, ``@app.http`` routes declared with other
-methods) the drivers keep the bytes of the request head while it arrives; when
-the parser refuses it for its body, :func:`parse_head` parses the same bytes
-with websockets' own header parser, the server decides how much body the
-target accepts (``Server.body_plan``), and the driver feeds what arrives into
-a :class:`BodyReader` until ``Content-Length`` bytes are there, under the
-handshake timeout. Only ``Content-Length`` bodies are read: a chunked body gets
-411 (Length Required) with a message saying so.
+methods) the ``RequestReader`` of ``_handshake`` keeps the bytes of the request
+head while it arrives; when the parser refuses it for its body,
+:func:`parse_head` parses the same bytes with websockets' own header parser,
+the decision says how much body the target accepts (``Handshake.body_plan``),
+and the reader feeds what arrives into a :class:`BodyReader` until
+``Content-Length`` bytes are there, under the handshake timeout of either
+driver. Only ``Content-Length`` bodies are read: a chunked body gets 411
+(Length Required) with a message saying so.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ from . import _api
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
 from ._body import BodyReader, Head, parse_head, wants_body
 from ._config import ServerConfig
+from ._constants import HEALTHZ, OPS_PATHS, READYZ
 from ._proxy import TrustedProxies
 from ._request import (
     OriginPolicy,
@@ -80,7 +81,6 @@ from ._request import (
 
 __all__ = [
     "LINGER_BYTES",
-    "OPS_PATHS",
     "Answer",
     "Decision",
     "HTTPRequest",
@@ -98,8 +98,6 @@ __all__ = [
 
 _log = structlog.get_logger("wsup.server")
 
-#: The operational endpoints, answered by the server itself (and alone on the metrics port).
-OPS_PATHS: Final[frozenset[str]] = frozenset(("/healthz", "/readyz", "/metrics"))
 #: At most this many bytes are read and discarded after an HTTP answer before closing
 #: (the lingering close of both drivers).
 LINGER_BYTES: Final = 1 << 20
@@ -626,9 +624,9 @@ class Handshake:
         return Answer(self.plain(status, body), Outcome("rejected", reason, path))
 
     def _operational(self, path: str, headers: Headers) -> Response:
-        if path == "/healthz":
+        if path == HEALTHZ:
             return self.plain(200, "ok\n")
-        if path == "/readyz":
+        if path == READYZ:
             ready, why = self._host.readiness()
             return self.plain(200 if ready else 503, why + "\n")
         body, content_type = self._host.render_metrics(header_list(headers, "Accept"))
@@ -636,7 +634,7 @@ class Handshake:
 
     def _head(self, path: str) -> Response:
         """The answer to HEAD: the status and headers of the GET, without its body."""
-        if path == "/readyz":
+        if path == READYZ:
             status = 200 if self._host.readiness()[0] else 503
         elif path in OPS_PATHS or path in self._app.http_routes:
             status = 200
