@@ -196,10 +196,10 @@ def _attempt(data: bytes) -> Attempt:
 
 
 def _nothing_after_the_head(attempt: Attempt) -> bool:
-    # Bytes after the blank line that ends a request head (a pipelined request,
-    # a WebSocket frame sent before the 101) are lost today: the answer or the
-    # frame never comes. tests/e2e/test_bad_input.py pins that defect
-    # (test_bytes_after_the_request_head_are_not_lost); include them here once fixed.
+    # A WebSocket frame sent before the 101, after the blank line that ends the
+    # request head, is lost today. tests/e2e/test_bad_input.py pins that defect
+    # (test_a_frame_sent_with_the_upgrade_request_is_not_lost); include such bytes
+    # here once fixed (a pipelined plain request is answered already).
     return attempt.data.partition(b"\r\n\r\n")[2] == b""
 
 
