@@ -226,6 +226,56 @@ class Driver(Protocol):
         """Serve in the caller's task until the connection ends; never raises for I/O."""
 
 
+class _Ended:
+    """The driver of a finished connection: nothing left to do.
+
+    A connection drops its real driver when it ends: the two refer to each
+    other, and a cycle would leave every closed connection to the garbage
+    collector instead of freeing it at once.
+    """
+
+    uses_callbacks = False
+    send_batch = 1
+
+    def bind(self, conn: Connection) -> None:
+        """Nothing to bind."""
+
+    def flush_soon(self) -> None:
+        """Nothing is written any more."""
+
+    def flush_now(self) -> None:
+        """Nothing is written any more."""
+
+    def flush_pending(self) -> None:
+        """Nothing is written any more."""
+
+    def write_direct(self, item: OutboundItem) -> bool:
+        """Nothing is written any more."""
+        return False
+
+    def arm_close_timer(self) -> None:
+        """The connection is closed already."""
+
+    def abort(self) -> None:
+        """The socket is gone already."""
+
+    def reading_paused(self) -> bool:
+        """Nothing is read any more."""
+        return False
+
+    async def closed(self) -> None:
+        """The socket is closed."""
+
+    def start(self, resume: bool) -> None:
+        """A finished connection does not start again."""
+
+    async def run(self) -> None:
+        """A finished connection does not run again."""
+
+
+_ENDED = _Ended()
+
+
 class Connection:
     """One open WebSocket connection, as its actor and the app see it.
 
@@ -246,6 +296,7 @@ class Connection:
         "_host",
         "_sends",
         "_space",
+        "_uses_callbacks",
         "address",
         "cell",
         "keepalive",
@@ -302,7 +353,8 @@ class Connection:
         self._finished = False
         self.cell: Cell | None = None
         self.ref: ActorRef | None = None
-        self._driver = driver
+        self._driver: Driver = driver
+        self._uses_callbacks = driver.uses_callbacks
         driver.bind(self)
 
     # -- what handlers call ------------------------------------------------------------
@@ -350,7 +402,7 @@ class Connection:
     @property
     def uses_callbacks(self) -> bool:
         """Whether the socket side runs in transport callbacks (asyncio, plain TCP)."""
-        return self._driver.uses_callbacks
+        return self._uses_callbacks
 
     def statistics(self) -> ConnectionStatistics:
         """Return a snapshot of the connection's counters and buffers. Cost: O(1)."""
@@ -752,4 +804,5 @@ class Connection:
         if core.events is not None:
             self._handle_events()
         self._room()
+        self._driver = _ENDED  # no cycle left: freed without the garbage collector
         self._host.connection_closed(self, code, reason, initiator, label)
