@@ -309,8 +309,12 @@ class RequestReader:
         protocol.receive_data(data)
         events = protocol.events_received()
         if events:
-            ws_request = events[0]
+            ws_request, *early = events
             assert isinstance(ws_request, WSRequest)
+            if early:
+                # Frames read with the request (a client that did not wait for the
+                # 101): the connection takes them from the protocol at its start.
+                protocol.events[:0] = early
             return _http_request(ws_request, b"")
         # Usually the whole head comes in one read and this copies nothing.
         head = self._head
