@@ -1,0 +1,1 @@
+"""Examples of the delivery guarantees page (docs/delivery.md)."""
