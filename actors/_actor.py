@@ -397,9 +397,10 @@ class Context:
         """Ask the one actor at ``address``; see :meth:`Runtime.ask`."""
         return await self._cell.runtime.ask(address, message, timeout=timeout)
 
-    async def recover(self, address: str, since: Position) -> Recovery:
-        """Join ``address``, which keeps a history, and return what this actor missed
-        after ``since`` (the position of the last record its client saw).
+    async def recover(self, address: str, since: Position, *, meta: Any = None) -> Recovery:
+        """Join ``address`` (with presence ``meta``, as :meth:`join`), which keeps a
+        history, and return what this actor missed after ``since`` (the position of
+        the last record its client saw).
 
         Call it instead of :meth:`join`. The history is read *after* joining,
         and records that arrive meanwhile are held back, so that the returned
@@ -417,7 +418,7 @@ class Context:
         Raises:
             ValueError: ``address`` has no history.
         """
-        return await self._cell.runtime.recover(self._cell, address, since)
+        return await self._cell.runtime.recover(self._cell, address, since, meta=meta)
 
     def watch(self, target: ActorRef | str) -> None:
         """Receive a :class:`~actors.Down` message when ``target`` ends for good.

@@ -57,6 +57,11 @@ class Node(Protocol):
         """Report that the backplane went up or down."""
         ...
 
+    def presence_lost(self, address: str, lost: dict[str, tuple[str, Any]]) -> None:
+        """Report members of ``address`` (member -> (node id, meta)) that the backplane
+        removed because their node is no longer alive; each is reported by one node."""
+        ...
+
 
 class Backplane(abc.ABC):
     """Carries messages to addresses whose members live on other nodes.

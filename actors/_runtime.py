@@ -30,6 +30,7 @@ import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any
 
@@ -151,6 +152,13 @@ class Runtime:
         self.memory_history = MemoryHistory()
         # Actors catching up on an address: address -> cell -> its catch-up state.
         self._catchup: dict[str, dict[Cell, _CatchUp]] = {}
+        # Presence events: the patterns of the addresses that opted in, a cache of
+        # which addresses match, and the events waiting to reach other nodes.
+        self._presence_patterns: list[str] = []
+        self._presence_cache: dict[str, bool] = {}
+        self._presence_out: deque[tuple[str, dict[str, Any]]] = deque()
+        # The live nodes at the last check, for presence events (None: not checked yet).
+        self._live_seen: set[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -205,18 +213,24 @@ class Runtime:
         changed = cell not in members or members[cell] != meta
         members[cell] = meta
         cell.memberships.add(address)
-        if changed and self.backplane.remote and address != cell.address and address != ALL:
-            self.backplane.member_joined(address, cell.address, meta)
+        if changed and address != cell.address and address != ALL:
+            if self.backplane.remote:
+                self.backplane.member_joined(address, cell.address, meta)
+            if self._presence_patterns and self.presence_events_of(address):
+                self._presence_event(address, "join", cell.address, meta)
 
     def remove_member(self, address: str, cell: Cell) -> None:
         """Make ``cell`` stop answering to ``address``."""
         members = self._members.get(address)
         if members is None or cell not in members:
             return
-        del members[cell]
+        meta = members.pop(cell)
         cell.memberships.discard(address)
-        if self.backplane.remote and address != cell.address and address != ALL:
-            self.backplane.member_left(address, cell.address)
+        if address != cell.address and address != ALL:
+            if self.backplane.remote:
+                self.backplane.member_left(address, cell.address)
+            if self._presence_patterns and self.presence_events_of(address):
+                self._presence_event(address, "leave", cell.address, meta)
         if self._catchup:
             self._end_catchup(address, cell)
         if not members:
@@ -260,6 +274,76 @@ class Runtime:
         else:
             await anyio.lowlevel.checkpoint()
         return found
+
+    # -- presence events -----------------------------------------------------------
+
+    def add_presence_events(self, pattern: str) -> None:
+        """Deliver presence events to every address that matches ``pattern`` (``room:*``).
+
+        When an actor joins or leaves such a name or group (or joins it again
+        with other metadata), every member of the address, on every node, the
+        joining actor included, receives the dict
+        ``{"type": "presence", "address": A, "event": "join" | "leave", "member": M,
+        "meta": META}`` (``M`` is the actor's own address, ``META`` what it joined with). When a
+        node dies without a goodbye, the survivors deliver the leaves of its
+        members once its liveness key expires (see ``docs/presence.md``).
+
+        Raises:
+            ValueError: an empty pattern, or :data:`ALL` (which keeps no presence).
+        """
+        if not pattern or pattern == ALL:
+            raise ValueError(f"presence events need a pattern of names or groups, not {pattern!r}")
+        self._presence_patterns.append(pattern)
+        self._presence_cache.clear()
+
+    def presence_events_of(self, address: str) -> bool:
+        """Whether ``address`` receives presence events. O(1) for an address seen
+        recently, else O(patterns)."""
+        cache = self._presence_cache
+        found = cache.get(address)
+        if found is None:
+            found = any(fnmatchcase(address, p) for p in self._presence_patterns)
+            if len(cache) >= _HISTORY_CACHE:
+                cache.clear()
+            cache[address] = found
+        return found
+
+    def _presence_event(self, address: str, event: str, member: str, meta: Any) -> None:
+        message = {
+            "type": "presence",
+            "address": address,
+            "event": event,
+            "member": member,
+            "meta": meta,
+        }
+        members = self._members.get(address)
+        if members:
+            self._offer(list(members), message)
+        if self.backplane.remote:
+            self._presence_out.append((address, message))
+            if self._outbox_wake is not None:
+                self._outbox_wake.set()
+
+    def presence_lost(self, address: str, lost: dict[str, tuple[str, Any]]) -> None:
+        """Called by the backplane with the members of ``address`` that it found on
+        nodes no longer alive and removed (each reported by one node only):
+        their leaves are delivered if ``address`` receives presence events."""
+        if self._presence_patterns and self.presence_events_of(address):
+            for member, (_, meta) in lost.items():
+                self._presence_event(address, "leave", member, meta)
+
+    async def _sweep_presence(self, live: set[str]) -> None:
+        """After a node was lost, make the backplane remove its members of every
+        address with presence events and local members (see :meth:`presence_lost`)."""
+        seen, self._live_seen = self._live_seen, live
+        if seen is not None and not seen - live:
+            return
+        for address in [a for a in self._members if self.presence_events_of(a)]:
+            try:
+                await self.backplane.presence(address)
+            except Exception:  # unreachable: the next lost node, or query, sweeps it
+                self._live_seen = None
+                return
 
     def cell(self, address: str) -> Cell | None:
         """Return the live local cell whose own address is ``address`` (for the supervisor)."""
@@ -471,9 +555,11 @@ class Runtime:
         cache[address] = spec
         return spec
 
-    async def recover(self, cell: Cell, address: str, since: Position) -> Recovery:
-        """Make ``cell`` a member of ``address`` and return the records it missed after
-        ``since``, with no gap and no duplicate before the live ones.
+    async def recover(
+        self, cell: Cell, address: str, since: Position, *, meta: Any = None
+    ) -> Recovery:
+        """Make ``cell`` a member of ``address`` (with presence ``meta``) and return the
+        records it missed after ``since``, with no gap and no duplicate before the live ones.
 
         See :meth:`actors.Context.recover`.
 
@@ -491,7 +577,7 @@ class Runtime:
         # from now on they go through the mailbox, behind what the handler sends.
         cell.direct = None
         state = catching[cell] = _CatchUp()
-        self.add_member(address, cell)
+        self.add_member(address, cell, meta)
         backplane = self.backplane
         read = None
         try:
@@ -664,7 +750,14 @@ class Runtime:
             while self._outbox:
                 address, message = self._outbox.popleft()
                 await self._send_monitor_message(address, message)
-            if interval is not None and self._remote_watches and self.clock.now() >= next_check:
+            while self._presence_out:
+                address, message = self._presence_out.popleft()
+                try:
+                    await self._publish_remote(address, message)
+                except BackplaneUnavailable:  # a dead letter already: lost, like any send
+                    _log.debug("runtime.presence_event_lost", address=address)
+            checking = self._remote_watches or self._presence_patterns
+            if interval is not None and checking and self.clock.now() >= next_check:
                 next_check = self.clock.now() + interval
                 try:
                     live = await self.backplane.live_nodes()
@@ -672,7 +765,9 @@ class Runtime:
                     live = None
                 if live is not None:
                     self._nodes_lost(live)
-            if self._outbox:
+                    if self._presence_patterns:
+                        await self._sweep_presence(live)
+            if self._outbox or self._presence_out:
                 continue
             self._outbox_wake = anyio.Event()
             wait = None if interval is None else max(0.0, next_check - self.clock.now())

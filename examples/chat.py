@@ -17,7 +17,12 @@ Protocol, on ``ws://HOST/chat/{room}?user=NAME[&since=EPOCH:OFFSET]`` (no
   ``{"type": "recovery_failed", "room": R}``, then the live ones;
 * ``{"type": "dm", "to": NAME2, "text": T}`` reaches every connection of
   NAME2, in any room and on any node, as ``{"type": "dm", "from": NAME, "text": T}``;
-* anything else gets ``{"type": "error", "error": "..."}`` and the connection stays open.
+* anything else gets ``{"type": "error", "error": "..."}`` and the connection stays open;
+* with ``&presence=1`` the connection also receives who is in the room, live:
+  ``{"type": "presence", "room": R, "members": [NAME, ...]}`` (sorted, each user
+  once however many tabs it has open) right after it joins and again whenever
+  that list changes, on any node (a node that dies loses its users within about
+  1.5 times ``--redis-node-ttl``). Without it, nothing about presence is sent.
 
 Each connection answers to ``user:NAME`` (a user may have several tabs open)
 and is a member of ``room:R``; wsup removes both when the connection ends.
@@ -42,6 +47,7 @@ MAX_NAME = 32
 
 app = App()
 app.history("room:*", size=1000, ttl=300)
+app.presence_events("room:*")
 
 
 def check_user(request: Request) -> Reject | None:
@@ -64,27 +70,73 @@ def check_user(request: Request) -> Reject | None:
 class ChatConnection(Handler):
     """One chat participant."""
 
+    #: With ``?presence=1``: who is in the room, member address -> user name.
+    present: dict[str, str] | None = None
+
     async def on_connect(self) -> None:
         self.user = self.conn.request.query_param("user") or ""
         self.room = self.params["room"]
         self.context.register(f"user:{self.user}")
         since = self.conn.request.query_param("since")
+        meta = {"user": self.user}
         if not since or self.context.restarts:
             # (A restart runs on_connect again: what was recovered is sent already.)
-            self.context.join(f"room:{self.room}")
+            self.context.join(f"room:{self.room}", meta=meta)
+            await self.send_presence()
             return
         # Joins the room, then reads what this client missed.
-        recovery = await self.context.recover(f"room:{self.room}", Position.parse(since))
+        recovery = await self.context.recover(f"room:{self.room}", Position.parse(since), meta=meta)
         if not recovery:
             await self.conn.send(json.dumps({"type": "recovery_failed", "room": self.room}))
         for record in recovery.records:
             await self.on_receive(record)
+        await self.send_presence()
+
+    async def send_presence(self) -> None:
+        """With ``?presence=1``: read who is in the room (on every node) and send it.
+
+        Join and leave events that arrive meanwhile wait in the mailbox until
+        this hook returns, then update the list (see :meth:`on_presence`).
+        """
+        if self.conn.request.query_param("presence") != "1":
+            return
+        try:
+            found = await self.context.runtime.presence(f"room:{self.room}")
+        except BackplaneUnavailable:
+            found = {self.context.address: {"user": self.user}}
+            await self.error("the room's members on other nodes are unknown: cluster unavailable")
+        self.present = {
+            member: str(meta.get("user")) if isinstance(meta, dict) else "?"
+            for member, meta in found.items()
+        }
+        await self.conn.send(json.dumps(self.presence_list()))
+
+    def presence_list(self) -> dict[str, Any]:
+        """The ``presence`` message: each user in the room once, sorted."""
+        names = sorted(set((self.present or {}).values()))
+        return {"type": "presence", "room": self.room, "members": names}
+
+    async def on_presence(self, event: dict[str, Any]) -> None:
+        """Update the list with a join or leave; send it if it changed."""
+        if self.present is None:
+            return  # this client did not ask for presence
+        before = self.presence_list()
+        member, meta = str(event.get("member")), event.get("meta")
+        if event.get("event") == "join":
+            self.present[member] = str(meta.get("user")) if isinstance(meta, dict) else "?"
+        else:
+            self.present.pop(member, None)
+        after = self.presence_list()
+        if after != before:
+            await self.conn.send(json.dumps(after))
 
     async def on_receive(self, message: Any) -> None:
         """Forward what other connections sent; a room's ``said`` gets its position."""
         if isinstance(message, Record) and isinstance(message.message, dict):
             said = {**message.message, "epoch": message.epoch, "offset": message.offset}
             await self.conn.send(json.dumps(said))
+        elif isinstance(message, dict) and message.get("type") == "presence":
+            await self.on_presence(message)
         else:
             await super().on_receive(message)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 import anyio
 
 from actors import (
+    ALL,
     Actor,
     ActorRef,
     Backoff,
@@ -412,6 +413,7 @@ class App:
         self.on_shutdown: list[Callable[[App], Any]] = []
         #: The addresses that keep a history (see :meth:`history`).
         self.histories: list[HistorySpec] = []
+        self.presence_patterns: list[str] = []
         self.server: Server | None = None
 
     # -- configuration -----------------------------------------------------------------
@@ -514,6 +516,25 @@ class App:
         spec = HistorySpec(pattern, size, ttl, meta_ttl)
         self.histories.append(spec)
         return spec
+
+    def presence_events(self, pattern: str) -> None:
+        """Deliver join and leave events to every name or group that matches
+        ``pattern`` (``room:*``), on every node.
+
+        When an actor joins or leaves such an address (or joins it again with
+        other ``meta``), each member of the address, the joining actor
+        included, receives ``{"type": "presence", "address": A, "event":
+        "join" | "leave", "member": M, "meta": META}`` in ``on_receive`` (by
+        default forwarded to the client as JSON). Members of a node that died
+        leave within about 1.5 times the backplane's ``node_ttl``. Addresses
+        that do not match pay nothing. See the presence guide in the docs.
+
+        Raises:
+            ValueError: an empty pattern, or ``"all"``.
+        """
+        if not pattern or pattern == ALL:
+            raise ValueError(f"presence events need a pattern of names or groups, not {pattern!r}")
+        self.presence_patterns.append(pattern)
 
     def service(
         self,

@@ -167,6 +167,8 @@ class Server:
         self.runtime = self.system.runtime
         for history in app.histories:
             self.runtime.add_history(history)
+        for pattern in app.presence_patterns:
+            self.runtime.add_presence_events(pattern)
         #: Open connections: wsup's own, and those an ASGI server brought (``supervisor.asgi``).
         self.connections: set[Connection | ASGIConnection] = set()
         self.ports: list[tuple[str, int]] = []

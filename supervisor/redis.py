@@ -1025,23 +1025,35 @@ class RedisBackplane(Backplane):
         pairs = list(zip(flat[::2], flat[1::2], strict=True))
         live = set(await self._nodes()) if pairs else set()
         found: dict[str, tuple[str, Any]] = {}
-        dead: list[str] = []
+        dead: list[tuple[str, str]] = []
         for field, value in pairs:
             node, sep, meta = value.partition("\x00")
             if node not in live:
-                dead.append(field)
+                dead.append((field, value))
                 continue
-            try:
-                found[field] = (node, json.loads(meta) if sep else None)
-            except ValueError:
-                found[field] = (node, None)  # written by something else than wsup
+            found[field] = (node, _loads_or_none(meta) if sep else None)
         if dead:
             # Members of nodes that died without a goodbye: nobody else removes them.
+            # One HDEL each, so that the node whose HDEL removed a member (one only)
+            # reports it: that is how its leave is delivered exactly once.
+            lost: dict[str, tuple[str, Any]] = {}
             with contextlib.suppress(*self._link_errors()):
                 async with link.ctl_lock:
-                    await link.ctl.send_command("HDEL", key, *dead, check_health=False)
-                    await link.ctl.read_response()
+                    commands = [("HDEL", key, field) for field, _ in dead]
+                    await link.ctl.send_packed_command(
+                        link.ctl.pack_commands(commands), check_health=False
+                    )
+                    for field, value in dead:
+                        if await link.ctl.read_response() == 1:
+                            node, sep, meta = value.partition("\x00")
+                            lost[field] = (node, _loads_or_none(meta) if sep else None)
+            if lost and self._bridge is not None:
+                self._bridge.to_node(self._lost_on_node, address, lost)
         return found
+
+    def _lost_on_node(self, address: str, lost: dict[str, tuple[str, Any]]) -> None:
+        if self._node is not None:
+            self._node.presence_lost(address, lost)
 
     def _set_up(self, up: bool) -> None:
         self._up = up
@@ -1470,6 +1482,13 @@ class RedisBackplane(Backplane):
             self._ping_due = True
             self._writer_wake.set()
         await fut
+
+
+def _loads_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # written by something else than wsup
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,6 +194,48 @@ async def test_a_terminated_actor_cannot_join() -> None:
         assert st.runtime.statistics().addresses == 0
 
 
+async def test_presence_events_reach_the_members_of_an_opted_in_group_only() -> None:
+    """Joins (again with new metadata) and leaves of ``room:*`` reach its members, the
+    joining one included; another group, names and own addresses get nothing."""
+    async with stage() as st:
+        st.runtime.add_presence_events("room:*")
+        a, got_a = await st.inbox("room:1", "chan:1")
+        b, got_b = await st.inbox("chan:1")
+        context = b._cell.behaviour.context  # type: ignore[union-attr]
+        context.register("user:b")
+        context.join("room:1", meta={"user": "b"})
+        context.join("room:1", meta={"user": "b"})  # the same again: no event
+        context.join("room:1", meta={"user": "B"})
+        context.leave("room:1")
+        with anyio.fail_after(5):
+            while len(got_a) < 4 or len(got_b) < 2:
+                await anyio.lowlevel.checkpoint()
+
+        def event(kind: str, who: ActorRef, meta: Any) -> dict[str, Any]:
+            return {
+                "type": "presence",
+                "address": "room:1",
+                "event": kind,
+                "member": who.address,
+                "meta": meta,
+            }
+
+        assert got_a == [
+            event("join", a, None),
+            event("join", b, {"user": "b"}),
+            event("join", b, {"user": "B"}),
+            event("leave", b, {"user": "B"}),
+        ]
+        assert got_b == [event("join", b, {"user": "b"}), event("join", b, {"user": "B"})]
+
+
+@pytest.mark.parametrize("pattern", ["", ALL])
+def test_presence_events_need_a_pattern_of_names_or_groups(pattern: str) -> None:
+    """An empty pattern or ``all`` is refused, naming what was given."""
+    with pytest.raises(ValueError, match="presence events need a pattern"):
+        Runtime().add_presence_events(pattern)
+
+
 # --- sending -------------------------------------------------------------------------------
 
 
