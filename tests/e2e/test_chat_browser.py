@@ -148,7 +148,8 @@ def log_of(page: Page) -> Any:
 def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
     backend: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """Ada and bob see each other's room message; only ada gets bob's dm; errors show."""
+    """Ada and bob see each other's room message; only ada gets bob's dm; errors show;
+    each page lists who is in the room, and ada's list loses bob when his tab closes."""
     with served_in_thread(chat.app, backend) as server, chromium(tmp_path / "profile") as browser:
         url = http_url(server, "/")
         ada = browser.pages[0] if browser.pages else browser.new_page()
@@ -156,6 +157,9 @@ def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
         join(ada, url, "ada", "lobby")
         join(bob, url, "bob", "lobby")
         wait_joined(server, {"room:lobby": 2})
+        # Who is in the room, live: each page lists both.
+        for page in (ada, bob):
+            expect(page.locator("#members")).to_have_text("ada, bob")
 
         ada.fill("#text", "hello bob")
         ada.press("#text", "Enter")
@@ -196,6 +200,9 @@ def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
         data = screenshot.read_bytes()
         assert len(data) > len(PNG_SIGNATURE)
         assert data.startswith(PNG_SIGNATURE)
+
+        bob.close()  # his tab goes: ada's list follows
+        expect(ada.locator("#members")).to_have_text("ada")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
