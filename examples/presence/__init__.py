@@ -1,0 +1,1 @@
+"""Examples of the presence guide (docs/presence.md)."""
