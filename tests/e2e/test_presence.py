@@ -116,6 +116,12 @@ async def test_joins_and_leaves_reach_every_node_and_a_killed_nodes_leave_comes_
                     for ws in (x, y, b1):
                         assert events(ws, 1) == [("leave", b2_id, {"user": "b2"})]
 
+                    # Its node wrote the leave to Redis too (a node killed before that
+                    # round trip would leave b2 there, and b2 would leave a second time).
+                    wait_for(
+                        lambda: b2_id.encode() not in inspector.hkeys("wsup:presence:room:x"),
+                        "b2's entry is gone",
+                    )
                     doomed.signal(signal.SIGKILL)
                     doomed.wait(TIMEOUT)
                     for ws in (x, y):
