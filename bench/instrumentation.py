@@ -46,8 +46,10 @@ def _serve(off: bool, port: int) -> None:
     import anyio
 
     from examples.echo import app
-    from supervisor import Server, ServerConfig, _instrumentation, _server
-    from supervisor._logging import configure_logging
+    from supervisor import Server, ServerConfig
+    from supervisor.observe import _instrumentation
+    from supervisor.observe._logging import configure_logging
+    from supervisor.server import _server
 
     if off:
 

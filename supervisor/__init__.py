@@ -13,18 +13,6 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from ._app import (
-        Accept,
-        App,
-        Handler,
-        HandshakeHook,
-        HTTPResponse,
-        Reject,
-        Request,
-        RouteOptions,
-    )
-    from ._config import ServerConfig
-    from ._connection import Connection, ConnectionState, ConnectionStatistics
     from ._exceptions import (
         ConnectionClosed,
         ConnectionClosedError,
@@ -35,29 +23,41 @@ if typing.TYPE_CHECKING:
         RedisUnavailable,
         StartupError,
     )
-    from ._keepalive import KeepaliveConfig
-    from ._limits import InboundPolicy, Rate
-    from ._logging import configure_logging
-    from ._outbound import SlowConsumerPolicy
-    from ._server import Server, serve
-    from ._system import ActorSystem
-    from ._tree import ChildSpec, Restart, SingletonSpec, Strategy, Supervisor, SupervisorSpec
+    from .observe._logging import configure_logging
     from .redis import ClusterNode, RedisBackplane, RedisBackplaneStatistics
+    from .server._app import (
+        Accept,
+        App,
+        Handler,
+        HandshakeHook,
+        HTTPResponse,
+        Reject,
+        Request,
+        RouteOptions,
+    )
+    from .server._config import ServerConfig
+    from .server._connection import Connection, ConnectionState, ConnectionStatistics
+    from .server._keepalive import KeepaliveConfig
+    from .server._limits import InboundPolicy, Rate
+    from .server._outbound import SlowConsumerPolicy
+    from .server._server import Server, serve
+    from .tree._system import ActorSystem
+    from .tree._tree import ChildSpec, Restart, SingletonSpec, Strategy, Supervisor, SupervisorSpec
 
 # Where each public name is defined: the module is imported when the name is first used.
 _SOURCES: dict[str, str] = {
-    "Accept": "._app",
-    "App": "._app",
-    "HTTPResponse": "._app",
-    "HandshakeHook": "._app",
-    "Handler": "._app",
-    "Reject": "._app",
-    "Request": "._app",
-    "RouteOptions": "._app",
-    "ServerConfig": "._config",
-    "Connection": "._connection",
-    "ConnectionState": "._connection",
-    "ConnectionStatistics": "._connection",
+    "Accept": ".server._app",
+    "App": ".server._app",
+    "HTTPResponse": ".server._app",
+    "HandshakeHook": ".server._app",
+    "Handler": ".server._app",
+    "Reject": ".server._app",
+    "Request": ".server._app",
+    "RouteOptions": ".server._app",
+    "ServerConfig": ".server._config",
+    "Connection": ".server._connection",
+    "ConnectionState": ".server._connection",
+    "ConnectionStatistics": ".server._connection",
     "ConnectionClosed": "._exceptions",
     "ConnectionClosedError": "._exceptions",
     "ConnectionClosedOK": "._exceptions",
@@ -66,20 +66,20 @@ _SOURCES: dict[str, str] = {
     "OutboundFull": "._exceptions",
     "RedisUnavailable": "._exceptions",
     "StartupError": "._exceptions",
-    "KeepaliveConfig": "._keepalive",
-    "InboundPolicy": "._limits",
-    "Rate": "._limits",
-    "configure_logging": "._logging",
-    "SlowConsumerPolicy": "._outbound",
-    "Server": "._server",
-    "serve": "._server",
-    "ActorSystem": "._system",
-    "ChildSpec": "._tree",
-    "Restart": "._tree",
-    "SingletonSpec": "._tree",
-    "Strategy": "._tree",
-    "Supervisor": "._tree",
-    "SupervisorSpec": "._tree",
+    "KeepaliveConfig": ".server._keepalive",
+    "InboundPolicy": ".server._limits",
+    "Rate": ".server._limits",
+    "configure_logging": ".observe._logging",
+    "SlowConsumerPolicy": ".server._outbound",
+    "Server": ".server._server",
+    "serve": ".server._server",
+    "ActorSystem": ".tree._system",
+    "ChildSpec": ".tree._tree",
+    "Restart": ".tree._tree",
+    "SingletonSpec": ".tree._tree",
+    "Strategy": ".tree._tree",
+    "Supervisor": ".tree._tree",
+    "SupervisorSpec": ".tree._tree",
     "ClusterNode": ".redis",
     "RedisBackplane": ".redis",
     "RedisBackplaneStatistics": ".redis",

@@ -50,7 +50,10 @@ import structlog
 
 from actors import ActorRef, Backplane, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
 
-from ._app import (
+from ._constants import HEALTHZ, OPS_PATHS, READYZ, CloseCode
+from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
+from .metrics import Metrics, close_reason_for_code
+from .server._app import (
     App,
     FromClient,
     Handler,
@@ -61,16 +64,13 @@ from ._app import (
     RouteOptions,
     call_maybe_async,
 )
-from ._config import ServerConfig
-from ._connection import ConnectionState, ConnectionStatistics
-from ._constants import HEALTHZ, OPS_PATHS, READYZ, CloseCode
-from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
-from ._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, wire_message
-from ._proxy import TrustedProxies
-from ._request import OriginPolicy, parse_cookies
-from ._routing import RouteMatch
-from ._server import Server
-from .metrics import Metrics, close_reason_for_code
+from .server._config import ServerConfig
+from .server._connection import ConnectionState, ConnectionStatistics
+from .server._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, wire_message
+from .server._proxy import TrustedProxies
+from .server._request import OriginPolicy, parse_cookies
+from .server._routing import RouteMatch
+from .server._server import Server
 
 __all__ = ["ASGIApp", "ASGIConnection"]
 

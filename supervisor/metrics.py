@@ -422,7 +422,7 @@ class _ProcessMetrics(ProcessCollector):
         super().__init__(registry=None)
 
     def collect(self) -> Iterable[Metric]:
-        from ._accept import descriptor_usage  # metrics stays importable on its own
+        from .server._accept import descriptor_usage  # metrics stays importable on its own
 
         pid = os.path.join(self._proc, "self")
         families: list[Metric] = []
@@ -474,7 +474,7 @@ class _ProcessMetrics(ProcessCollector):
 class _FlushOnCollect(Collector):
     """Registered before every wsup family: a read of the registry runs the flushers.
 
-    So batched updates (see :class:`~supervisor._instrumentation.BatchedCounter`)
+    So batched updates (see :class:`~supervisor.observe._instrumentation.BatchedCounter`)
     are exact for every reader on the thread that updates them: a scrape, a
     ``get_sample_value``, a custom exporter. Reads from other threads do not
     flush (the batches are not locked); they see the values of the last flush.

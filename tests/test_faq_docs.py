@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 
-import supervisor._watchdog
+import supervisor.observe._watchdog
 from actors import ALL, Backplane, BackplaneUnavailable, FakeClock, Node
 from examples.faq import (
     arguments,
@@ -282,7 +282,7 @@ async def test_blocking_call_in_an_async_hook_is_named_by_the_watchdog(
     held.acquire()
     monkeypatch.setattr(blocking, "time", types.SimpleNamespace(sleep=held.acquire))
     recorder = StallRecorder()
-    monkeypatch.setattr(supervisor._watchdog, "_log", recorder)
+    monkeypatch.setattr(supervisor.observe._watchdog, "_log", recorder)
     async with running_server(blocking.app, loop_lag_threshold=0.05) as server:
 
         def scenario() -> str | bytes:

@@ -1,7 +1,7 @@
 """The asyncio fast path: plain TCP connections handled in transport callbacks.
 
 On asyncio without TLS, handshakes are decided and connections served in
-transport callbacks (``supervisor._aio``); trio and TLS use reader and writer
+transport callbacks (``supervisor.server._aio``); trio and TLS use reader and writer
 tasks. Both paths run every other test in the suite; these tests pin which
 path a connection takes and the corners only the callback path has.
 """
@@ -17,7 +17,7 @@ import pytest
 from examples.echo import Echo
 from examples.echo import app as echo_app
 from supervisor import Accept, App, Handler, Request
-from supervisor._server import _needs_no_start
+from supervisor.server._server import _needs_no_start
 from tests.helpers.clients import open_ws
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url

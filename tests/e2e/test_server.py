@@ -41,8 +41,8 @@ from supervisor import (
     Server,
     ServerConfig,
 )
-from supervisor._accept import descriptor_usage
 from supervisor.metrics import Metrics
+from supervisor.server._accept import descriptor_usage
 from tests.helpers.clients import http_get as get_on_port
 from tests.helpers.metrics import sample
 from tests.helpers.raw import exchange_bytes

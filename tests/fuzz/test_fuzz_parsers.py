@@ -1,8 +1,8 @@
 """Fuzz: the pure functions that read what a client sent, on mutated and arbitrary input.
 
 Each must never raise on client input and must keep its documented promise:
-request helpers (``supervisor._request``), the real client address behind
-proxies (``supervisor._proxy``), and path routing (``supervisor._routing``).
+request helpers (``supervisor.server._request``), the real client address behind
+proxies (``supervisor.server._proxy``), and path routing (``supervisor.server._routing``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import string
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
-from supervisor._proxy import TrustedProxies
-from supervisor._request import (
+from supervisor.server._proxy import TrustedProxies
+from supervisor.server._request import (
     SINGLETON_HEADERS,
     OriginPolicy,
     header_list,
@@ -24,7 +24,7 @@ from supervisor._request import (
     single_header,
     split_target,
 )
-from supervisor._routing import Router
+from supervisor.server._routing import Router
 from tests.helpers.fuzz import Fuzzer
 
 _NAMES = st.sampled_from(

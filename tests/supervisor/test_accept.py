@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from actors import FakeClock
 from supervisor import App, Server, ServerConfig
-from supervisor._accept import (
+from supervisor.metrics import Metrics
+from supervisor.server._accept import (
     AcceptFailure,
     AcceptThrottle,
     classify_accept_error,
     descriptor_usage,
 )
-from supervisor.metrics import Metrics
 from tests.helpers.metrics import sample
 
 

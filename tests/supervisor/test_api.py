@@ -1,4 +1,5 @@
-"""The server API decision (``supervisor._api``) and request bodies (``_body``), no sockets."""
+"""The server API decision (``supervisor.server._api``) and request bodies (``_body``),
+without sockets."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors import Runtime
-from supervisor import ServerConfig, _api
-from supervisor._body import BodyReader, parse_head
+from supervisor import ServerConfig
 from supervisor.metrics import API_RESULTS
 from supervisor.redis import RedisBackplane
+from supervisor.server import _api
+from supervisor.server._body import BodyReader, parse_head
 
 KEY = "k3y"
 AUTH = [("Authorization", f"Bearer {KEY}")]

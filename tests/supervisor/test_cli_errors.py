@@ -41,7 +41,12 @@ def only_the_error(stderr: str) -> str:
 
 def assert_no_frames_of_wsup(stderr: str) -> None:
     """The traceback shown is the user's: no frame of wsup, anyio or importlib."""
-    for ours in ("supervisor/cli.py", "supervisor/_server.py", "anyio", "importlib"):
+    for ours in (
+        "supervisor/cli/__init__.py",
+        "supervisor/server/_server.py",
+        "anyio",
+        "importlib",
+    ):
         assert ours not in stderr, stderr
 
 

@@ -15,7 +15,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from supervisor._core import (
+from supervisor.server._core import (
     ARM_CLOSE_TIMER,
     FAILED,
     CloseRecorded,
@@ -23,8 +23,8 @@ from supervisor._core import (
     MessagesDropped,
     PongReceived,
 )
-from supervisor._keepalive import KeepaliveConfig
-from supervisor._outbound import (
+from supervisor.server._keepalive import KeepaliveConfig
+from supervisor.server._outbound import (
     WRITE_BATCH,
     OutboundItem,
     OutboundVerdict,

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from websockets.server import ServerProtocol
 
-from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig, _api
-from supervisor._handshake import (
+from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
+from supervisor.server import _api
+from supervisor.server._handshake import (
     Answer,
     Handshake,
     HookCall,

@@ -12,14 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from supervisor._instrumentation import (
+from supervisor.metrics import Metrics
+from supervisor.observe._instrumentation import (
     BatchedCounter,
     BatchedGauge,
     BatchedHistogram,
     MetricsInstrumentation,
     hot_gauge,
 )
-from supervisor.metrics import Metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -98,7 +98,7 @@ def test_gauges_are_not_batched_in_multiprocess_mode(tmp_path: Path) -> None:
     # prometheus_client picks multiprocess mode when it is imported: a fresh interpreter.
     check = (
         "from supervisor.metrics import Metrics\n"
-        "from supervisor._instrumentation import hot_gauge\n"
+        "from supervisor.observe._instrumentation import hot_gauge\n"
         "m = Metrics()\n"
         "assert m.multiprocess_dir is not None\n"
         "assert hot_gauge(m, m.draining) is m.draining\n"

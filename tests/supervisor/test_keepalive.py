@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor import KeepaliveConfig
-from supervisor._keepalive import Keepalive, KeepaliveAction, wake_time
+from supervisor.server._keepalive import Keepalive, KeepaliveAction, wake_time
 
 NOTHING = KeepaliveAction.NOTHING
 PING = KeepaliveAction.PING

@@ -6,12 +6,17 @@ already: what matters is what a program that only asks for the tree loads.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
+
+import supervisor
 
 #: Third-party packages that only the server, the metrics or the cluster need.
 SERVER_ONLY = ("websockets", "prometheus_client", "redis")
@@ -84,7 +89,11 @@ def test_a_supervised_actor_restarts_without_loading_the_server(backend: str) ->
     loaded = result["loaded"]
     assert isinstance(loaded, list)
     assert [name for name in SERVER_ONLY if name in loaded] == []
-    assert result["supervisor"] == ["supervisor._system", "supervisor._tree"]
+    assert result["supervisor"] == [
+        "supervisor.tree",
+        "supervisor.tree._system",
+        "supervisor.tree._tree",
+    ]
 
 
 def test_the_actor_runtime_loads_nothing_of_supervisor() -> None:
@@ -105,7 +114,7 @@ def test_a_server_name_loads_the_server() -> None:
         "print(json.dumps({'loaded': sorted({n.split('.')[0] for n in sys.modules}), "
         "'module': Server.__module__}))"
     )
-    assert result["module"] == "supervisor._server"
+    assert result["module"] == "supervisor.server._server"
     loaded = result["loaded"]
     assert isinstance(loaded, list)
     assert "websockets" in loaded
@@ -122,3 +131,65 @@ def test_the_extension_points_load_only_the_runtime() -> None:
     assert isinstance(loaded, list)
     assert [name for name in SERVER_ONLY if name in loaded] == []
     assert result["supervisor"] == ["supervisor.lowlevel"]
+
+
+#: What each subpackage of ``supervisor`` may import of the others (its own
+#: modules always): the layers of docs/architecture.md, lowest first.
+MAY_IMPORT = {
+    "tree": {"supervisor._exceptions", "supervisor._constants"},
+    "observe": {"supervisor._exceptions", "supervisor._constants", "supervisor.metrics"},
+    "server": {
+        "supervisor.asgi",  # the server's ASGI driver, a public module
+        "supervisor._exceptions",
+        "supervisor._constants",
+        "supervisor.metrics",
+        "supervisor.tree",
+        "supervisor.observe",
+    },
+}
+
+
+def _imports_of(path: Path, package: str) -> set[str]:
+    """Absolute names of the supervisor modules ``path`` imports, wherever in the file."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                name = node.module or ""
+            found.add(name)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "supervisor"}
+
+
+@pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
+def test_a_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    """tree/ is generic (nothing of the server, metrics or cluster); observe/ knows no
+    server; server/ knows no command line. Checked on every import, lazy ones included."""
+    root = Path(supervisor.__file__).parent / layer
+    allowed = MAY_IMPORT[layer] | {f"supervisor.{layer}"}
+    wrong = {}
+    for path in sorted(root.glob("*.py")):
+        outside = {
+            name
+            for name in _imports_of(path, f"supervisor.{layer}")
+            if not any(name == ok or name.startswith(ok + ".") for ok in allowed)
+        }
+        if outside:
+            wrong[path.name] = sorted(outside)
+    assert wrong == {}
+
+
+def test_every_subpackage_is_in_the_distribution() -> None:
+    """pyproject.toml lists each package directory, or the wheel would leave it out."""
+    root = Path(supervisor.__file__).parents[1]
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for package in ("actors", "supervisor")
+        for init in (root / package).rglob("__init__.py")
+    }
+    assert set(listed) == found

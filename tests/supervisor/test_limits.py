@@ -1,4 +1,4 @@
-"""The admission and rate decisions of supervisor/_limits.py, on a hand-driven clock."""
+"""The admission and rate decisions of supervisor/server/_limits.py, on a hand-driven clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor._limits import (
+from supervisor.server._limits import (
     MAX_PAUSE,
     AddressCounter,
     EveryInterval,

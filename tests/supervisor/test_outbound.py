@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from actors import Record
-from supervisor._outbound import (
+from supervisor.server._outbound import (
     WRITE_BATCH,
     OutboundBuffer,
     OutboundItem,

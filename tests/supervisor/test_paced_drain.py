@@ -14,7 +14,7 @@ from websockets.sync.client import ClientConnection
 
 from actors import FakeClock
 from supervisor import App, Handler, Server
-from supervisor._drain import plan, split
+from supervisor.server._drain import plan, split
 from tests.helpers.clients import open_ws, recv_until_closed
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import eventually, in_thread, wait_until

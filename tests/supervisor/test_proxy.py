@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor._proxy import TrustedProxies
+from supervisor.server._proxy import TrustedProxies
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8"])
 

@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
-from supervisor._request import (
+from supervisor.server._request import (
     SINGLETON_HEADERS,
     OriginPolicy,
     header_list,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor._routing import Route, RouteMatch, Router
+from supervisor.server._routing import Route, RouteMatch, Router
 
 # Text for one path segment, anything but the empty string.
 segments = st.text(min_size=1, max_size=20)

@@ -10,8 +10,8 @@ from websockets.sync.client import connect
 
 from actors import Actor, Backoff, CriticalFailure, Delivery, FakeClock, Intensity
 from supervisor import App, Handler, Restart, Server, ServerConfig, Strategy, SupervisorSpec
-from supervisor._tree import ChildSpec
 from supervisor.metrics import Metrics
+from supervisor.tree._tree import ChildSpec
 from tests.helpers.clients import http_get
 from tests.helpers.metrics import sample
 from tests.helpers.server import running_server, ws_url

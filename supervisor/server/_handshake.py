@@ -63,11 +63,11 @@ from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from .._constants import HEALTHZ, OPS_PATHS, READYZ
 from . import _api
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
 from ._body import BodyReader, Head, parse_head, wants_body
 from ._config import ServerConfig
-from ._constants import HEALTHZ, OPS_PATHS, READYZ
 from ._proxy import TrustedProxies
 from ._request import (
     OriginPolicy,

@@ -1,7 +1,7 @@
 """The two drivers of a connection: how bytes move between its core and a socket.
 
-Theory of operation: a :class:`~supervisor._connection.Connection` holds a
-:class:`~supervisor._core.ConnectionCore` (no I/O) and one driver, which reads
+Theory of operation: a :class:`~supervisor.server._connection.Connection` holds a
+:class:`~supervisor.server._core.ConnectionCore` (no I/O) and one driver, which reads
 bytes into the core, hands the messages it returns to the connection, and
 writes what the core has to send. Both drivers follow the same steps; they
 differ in what runs them.

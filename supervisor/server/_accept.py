@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .metrics import AcceptError
+from ..metrics import AcceptError
 
 __all__ = [
     "AcceptFailure",

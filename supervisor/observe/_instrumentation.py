@@ -9,7 +9,7 @@ from prometheus_client import Histogram
 
 from actors import Instrumentation
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 __all__ = [
     "BatchedCounter",

@@ -5,7 +5,7 @@ task, the stream driver of the handshake (:meth:`Server._handshake`): it reads
 the HTTP request under the handshake timeout, asks the decision
 (``_handshake``: operational endpoints, HTTP routes, routing, limits, Origin,
 hooks), and writes the answer or the 101. An accepted socket becomes a
-:class:`~supervisor._connection.Connection` whose actor is a dynamic child of
+:class:`~supervisor.server._connection.Connection` whose actor is a dynamic child of
 the connection supervisor (:meth:`Server._open_connection`). One keepalive task
 serves every connection. On asyncio without TLS the callback driver does the
 same in transport callbacks instead of a task per socket (see ``_aio``); both
@@ -45,6 +45,26 @@ from websockets.server import ServerProtocol
 from actors import ALL, Backplane, Clock, CriticalFailure, DeadLetter, MonotonicClock
 from actors._backend import Waiter, primitives
 
+from .._exceptions import ListenError, StartupError, find_exception
+from ..metrics import (
+    ACCEPT_ERRORS,
+    CONNECTION_STATES,
+    HANDSHAKE_RESULTS,
+    LIMIT_NAMES,
+    AcceptError,
+    LimitName,
+    Metrics,
+)
+from ..observe._instrumentation import (
+    BatchedCounter,
+    BatchedGauge,
+    BatchedHistogram,
+    MetricsInstrumentation,
+    hot_gauge,
+)
+from ..observe._watchdog import LoopWatchdog
+from ..tree._system import ActorSystem
+from ..tree._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
 from ._aio import HandshakeProtocol, serve_sockets
@@ -53,7 +73,6 @@ from ._config import ServerConfig
 from ._connection import Connection, ConnectionState, Driver
 from ._drain import drain_paced
 from ._drivers import StreamDriver, TransportDriver
-from ._exceptions import ListenError, StartupError, find_exception
 from ._handshake import (
     LINGER_BYTES,
     Answer,
@@ -66,30 +85,11 @@ from ._handshake import (
     answer_bytes,
     remote_pair,
 )
-from ._instrumentation import (
-    BatchedCounter,
-    BatchedGauge,
-    BatchedHistogram,
-    MetricsInstrumentation,
-    hot_gauge,
-)
 from ._keepalive import KeepaliveAction, wake_time
 from ._limits import EveryInterval
-from ._system import ActorSystem
-from ._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
-from ._watchdog import LoopWatchdog
-from .metrics import (
-    ACCEPT_ERRORS,
-    CONNECTION_STATES,
-    HANDSHAKE_RESULTS,
-    LIMIT_NAMES,
-    AcceptError,
-    LimitName,
-    Metrics,
-)
 
 if TYPE_CHECKING:
-    from .asgi import ASGIConnection
+    from ..asgi import ASGIConnection
 
 __all__ = ["Server", "serve"]
 

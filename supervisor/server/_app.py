@@ -27,13 +27,13 @@ from actors import (
 )
 from actors._actor import _invoke
 
+from .._constants import OPS_PATHS, CloseCode, sendable_close_code
+from .._exceptions import ConnectionClosed
+from ..tree._tree import ChildSpec, SupervisorSpec
 from ._config import ServerConfig
-from ._constants import OPS_PATHS, CloseCode, sendable_close_code
-from ._exceptions import ConnectionClosed
 from ._limits import InboundPolicy, Rate
 from ._outbound import SlowConsumerPolicy, wire_message
 from ._routing import Router
-from ._tree import ChildSpec, SupervisorSpec
 
 if TYPE_CHECKING:
     from ._connection import Connection

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from actors import BackplaneUnavailable, Delivery, MailboxFull, Runtime
 
-from .metrics import ApiEndpoint, ApiResult
+from ..metrics import ApiEndpoint, ApiResult
 
 __all__ = [
     "API_PREFIX",

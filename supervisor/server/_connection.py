@@ -1,7 +1,7 @@
 """One WebSocket connection: the socket side of a connection actor.
 
 Theory of operation: a connection is three layers. The
-:class:`~supervisor._core.ConnectionCore` (``_core.py``) does everything that
+:class:`~supervisor.server._core.ConnectionCore` (``_core.py``) does everything that
 needs no I/O: it parses bytes into messages, assembles fragments, keeps the
 outbound buffer and its slow-consumer verdicts, frames what goes out and keeps
 the closing handshake's books. A *driver* (``_drivers.py``) moves bytes
@@ -50,6 +50,7 @@ from actors import (
 )
 from actors._backend import primitives
 
+from .._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._core import (
     ARM_CLOSE_TIMER,
@@ -61,14 +62,13 @@ from ._core import (
     PongReceived,
     TrafficCounters,
 )
-from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._keepalive import Keepalive
 from ._limits import InboundLimiter
 from ._outbound import OutboundItem, OutboundVerdict, frame_header, wire_message
 
 if TYPE_CHECKING:
+    from ..metrics import LimitName
     from ._config import ServerConfig
-    from .metrics import LimitName
 
 __all__ = [
     "Connection",

@@ -10,7 +10,7 @@ frames the protocol produces (pongs, keepalive pings; they count against the
 outbound limit), the keepalive deadlines, and the close bookkeeping (who
 closed, with which code). A *driver* (``_drivers.py``: asyncio transport
 callbacks, or anyio streams) moves bytes between it and a socket, and the
-:class:`~supervisor._connection.Connection` around it hands messages to the
+:class:`~supervisor.server._connection.Connection` around it hands messages to the
 actor. Everything here runs synchronously and is tested with bytes alone.
 
 What goes in:
@@ -54,6 +54,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from ..metrics import close_reason_for_code
 from ._keepalive import Keepalive, KeepaliveConfig
 from ._limits import InboundLimiter
 from ._outbound import (
@@ -64,7 +65,6 @@ from ._outbound import (
     SlowConsumerPolicy,
     frame_header,
 )
-from .metrics import close_reason_for_code
 
 __all__ = [
     "ARM_CLOSE_TIMER",

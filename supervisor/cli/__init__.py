@@ -13,7 +13,7 @@ server API's key itself.
 a running cluster (see :mod:`supervisor.publisher`).
 
 ``--workers N`` (N > 1) makes this process a master that runs N single-process
-servers on the same port (see :mod:`supervisor._workers`); ``--redis URL``
+servers on the same port (see :mod:`supervisor.cli._workers`); ``--redis URL``
 joins the cluster through Redis (see :mod:`supervisor.redis`).
 
 Every error is one ``wsup: error: ...`` line on stderr. Exit statuses: 0 after
@@ -47,13 +47,13 @@ import structlog
 
 from actors import Backplane, CriticalFailure
 
-from ._app import App
-from ._config import ServerConfig
-from ._exceptions import ListenError, RedisUnavailable, StartupError, find_exception
-from ._logging import configure_logging
-from ._server import VERSION, Server, serve
+from .._exceptions import ListenError, RedisUnavailable, StartupError, find_exception
+from ..observe._logging import configure_logging
+from ..redis import RedisBackplane
+from ..server._app import App
+from ..server._config import ServerConfig
+from ..server._server import VERSION, Server, serve
 from ._workers import Master, worker_channel
-from .redis import RedisBackplane
 
 __all__ = ["CRITICAL_EXIT_STATUS", "load_app", "main"]
 
@@ -88,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 _OUR_DIRS = tuple(
     str(Path(module.__file__).parent) + os.sep
     for module in (
-        sys.modules[__package__ or "supervisor"],
+        sys.modules["supervisor"],
         sys.modules["actors"],
         anyio,
         importlib,
@@ -627,7 +627,7 @@ def _run_workers(
 
 def _send(args: argparse.Namespace) -> int:
     """``wsup send``: publish one message through the cluster's Redis."""
-    from .publisher import Publisher
+    from ..publisher import Publisher
 
     url = args.redis or _env("REDIS")
     try:

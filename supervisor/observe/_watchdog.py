@@ -21,7 +21,7 @@ import structlog
 
 from actors import Cell
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 __all__ = ["LoopWatchdog", "describe_stack"]
 

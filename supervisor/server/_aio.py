@@ -9,7 +9,7 @@ under the handshake timeout (a loop timer), asks the decision, and writes the
 answer or the 101, all inside ``data_received``. Only when a handshake hook or
 an HTTP handler returns an awaitable does the rest run in a task (reading
 paused meanwhile). An accepted socket becomes a callback-mode
-:class:`~supervisor._connection.Connection`: its transport is handed a new
+:class:`~supervisor.server._connection.Connection`: its transport is handed a new
 protocol and what the parser already holds is processed.
 
 Accepting is done here too, in a reader callback on each listening socket,
