@@ -102,9 +102,8 @@ def _peer(script: str) -> Callable[[Launch], list[str]]:
     return command
 
 
-def _wsup(launch: Launch) -> list[str]:
-    # Keepalive is wsup's default: a ping after 20 s of silence, like the peers'.
-    app = WSUP_APPS[launch.app, launch.compression]
+def wsup_serve_command(app: str, port: int) -> list[str]:
+    """``wsup serve APP`` on 127.0.0.1:``port`` with this interpreter, warnings only."""
     return [
         sys.executable,
         "-m",
@@ -114,10 +113,15 @@ def _wsup(launch: Launch) -> list[str]:
         "--host",
         "127.0.0.1",
         "--port",
-        str(launch.port),
+        str(port),
         "--log-level",
         "warning",
     ]
+
+
+def _wsup(launch: Launch) -> list[str]:
+    # Keepalive is wsup's default: a ping after 20 s of silence, like the peers'.
+    return wsup_serve_command(WSUP_APPS[launch.app, launch.compression], launch.port)
 
 
 def _wsup_asgi(launch: Launch) -> list[str]:

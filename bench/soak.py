@@ -49,7 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procfs
 from bench.processes import ROOT, ServerProcess, _die_with_parent, _kill_group
-from bench.registry import Compression, Launch, ServerSpec
+from bench.registry import Compression, Launch, ServerSpec, wsup_serve_command
 
 APP = "bench.wsup_app:soak"
 #: Which progress count proves that a kind of client did its work.
@@ -260,19 +260,7 @@ def _free_port() -> int:
 
 def _server_spec(app: str) -> ServerSpec:
     def command(launch: Launch) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "supervisor",
-            "serve",
-            app,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(launch.port),
-            "--log-level",
-            "warning",
-        ]
+        return wsup_serve_command(app, launch.port)
 
     return ServerSpec("wsup", f"wsup serve {app}", command, Compression.UNSUPPORTED, drains=True)
 
