@@ -25,11 +25,10 @@ import pytest
 import redis
 from websockets.sync.client import ClientConnection, connect
 
-from actors import Backoff
 from supervisor import Server
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.history_app import make_app
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer, quick_backplane
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import in_thread
 
@@ -67,24 +66,13 @@ def prefix() -> Iterator[str]:
         client.close()
 
 
-def backplane(url: str, **options: Any) -> RedisBackplane:
-    """A backplane that reconnects quickly (one test loses Redis on purpose)."""
-    settings: dict[str, Any] = {
-        "node_ttl": 5.0,
-        "publish_timeout": 5.0,
-        "reconnect": Backoff(minimum=0.01, maximum=0.1, jitter=0.1),
-    }
-    settings.update(options)
-    return RedisBackplane(url, **settings)
-
-
 @asynccontextmanager
 async def cluster(url: str, nodes: int = 2, **options: Any) -> AsyncIterator[list[Server]]:
     """Run ``nodes`` nodes of the history app on the Redis at ``url``."""
     async with AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(
-                running_server(make_app(), backplane=backplane(url, **options))
+                running_server(make_app(), backplane=quick_backplane(url, **options))
             )
             for _ in range(nodes)
         ]

@@ -28,13 +28,13 @@ import redis
 from anyio.streams.memory import MemoryObjectSendStream
 from websockets.sync.client import ClientConnection, connect
 
-from actors import Actor, Backoff, Delivery, Down, DownReason
+from actors import Actor, Delivery, Down, DownReason
 from supervisor import Server
 from supervisor.redis import RedisBackplane, RedisUnavailable
 from tests.e2e.apps.cluster_app import make_app
 from tests.e2e.apps.server_process import ServerProcess
 from tests.helpers.clients import http_get as get_on_port
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer, free_port
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer, free_port, quick_backplane
 from tests.helpers.server import running_server, ws_url
 
 pytestmark = [
@@ -47,24 +47,13 @@ TIMEOUT = 10.0
 """Seconds a client waits for one message (a deadlock guard, not a measurement)."""
 
 
-def backplane(url: str, **options: Any) -> RedisBackplane:
-    """A backplane that reconnects quickly (tests lose and regain Redis on purpose)."""
-    settings: dict[str, Any] = {
-        "node_ttl": 5.0,
-        "publish_timeout": 5.0,
-        "reconnect": Backoff(minimum=0.01, maximum=0.1, jitter=0.1),
-    }
-    settings.update(options)
-    return RedisBackplane(url, **settings)
-
-
 @asynccontextmanager
 async def cluster(url: str, nodes: int = 2, **options: Any) -> AsyncIterator[list[Server]]:
     """Run ``nodes`` wsup nodes of the cluster app, all on the Redis at ``url``."""
     async with AsyncExitStack() as stack:
         servers = [
             await stack.enter_async_context(
-                running_server(make_app(), backplane=backplane(url, **options))
+                running_server(make_app(), backplane=quick_backplane(url, **options))
             )
             for _ in range(nodes)
         ]

@@ -20,10 +20,13 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+from actors import Backoff
+from supervisor.redis import RedisBackplane
 from tests.helpers.processes import StopsOnExit, free_port
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "running_redis"]
+__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "quick_backplane", "running_redis"]
 
 REDIS_SERVER = shutil.which("redis-server")
 """The ``redis-server`` executable, or None when it is not installed."""
@@ -181,3 +184,15 @@ def running_redis(port: int | None = None) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def quick_backplane(url: str, **options: Any) -> RedisBackplane:
+    """A Redis backplane that notices a lost Redis and reconnects quickly, for tests
+    that lose and regain Redis on purpose; ``options`` override its settings."""
+    settings: dict[str, Any] = {
+        "node_ttl": 5.0,
+        "publish_timeout": 5.0,
+        "reconnect": Backoff(minimum=0.01, maximum=0.1, jitter=0.1),
+    }
+    settings.update(options)
+    return RedisBackplane(url, **settings)
