@@ -123,6 +123,7 @@ class HandshakeProtocol(asyncio.Protocol):
         )
         self._reader = host.reader(self._protocol, socket)
         self._started = host.opened(self._ops_only)
+        host.unowned.add(self)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
 
@@ -205,6 +206,7 @@ class HandshakeProtocol(asyncio.Protocol):
             transport.close()
             return
         transport.write(b"".join(protocol.data_to_send()))
+        host.unowned.discard(self)  # the connection owns the socket from here
         conn = host.open_connection(decision, protocol, self._started, transport)
         conn._start(resume=resume)
 
@@ -214,13 +216,12 @@ class HandshakeProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._host.unowned.discard(self)
         if not self._decided:
             self._failed()
-        elif self._linger_left is not None:
-            self._host.lingering.discard(self)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        elif self._timer is not None:  # lingering: its deadline
+            self._timer.cancel()
+            self._timer = None
 
     def linger(self, timeout: float, max_bytes: int) -> None:
         """Close the socket once the client has read the answer just written.
@@ -237,7 +238,6 @@ class HandshakeProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         self._linger_left = max_bytes
-        self._host.lingering.add(self)
         if transport.can_write_eof():
             transport.write_eof()
         # A decision taken in a task paused reading; a full buffer would too.

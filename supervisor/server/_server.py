@@ -301,8 +301,10 @@ class Server:
                         for conn in list(self.connections):
                             if conn.uses_callbacks:
                                 conn.abort()
-                        for lingering in list(self._handshakes.lingering):
-                            lingering.abort()
+                        # Nor do sockets still handshaking (a browser's idle
+                        # preconnect, say) or lingering after an HTTP answer.
+                        for unowned in list(self._handshakes.unowned):
+                            unowned.abort()
                     tg.cancel_scope.cancel()
                 for hook in app.on_shutdown:
                     with anyio.CancelScope(shield=True):
@@ -951,15 +953,16 @@ class Handshakes:
     The drivers reach the server only through this object.
     """
 
-    __slots__ = ("_server", "config", "decider", "lingering")
+    __slots__ = ("_server", "config", "decider", "unowned")
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self.config = server.config
         #: The decision (see ``_handshake``).
         self.decider = Handshake(server.app, server.config, self, f"wsup/{VERSION}")
-        #: Callback-mode sockets closing after an HTTP answer (see ``HandshakeProtocol.linger``).
-        self.lingering: set[HandshakeProtocol] = set()
+        #: Callback-mode sockets no connection owns yet: handshaking, or closing after
+        #: an HTTP answer (see ``HandshakeProtocol.linger``). Aborted when the server stops.
+        self.unowned: set[HandshakeProtocol] = set()
 
     # -- HandshakeHost ---------------------------------------------------------------------
 

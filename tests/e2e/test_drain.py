@@ -639,6 +639,24 @@ async def test_stop_accepting_rejects_handshakes_in_flight_in_process() -> None:
 
 
 @pytest.mark.anyio
+async def test_shutdown_closes_sockets_that_never_sent_a_request_in_process() -> None:
+    """A socket accepted but silent (a browser's preconnect) does not outlive the server:
+    ``serve()`` returns, the socket ends, and nothing is left on the event loop."""
+    async with serving(echo_app, handshake_timeout=60.0) as (server, _):
+        host, port = server.ports[0]
+        silent = await anyio.connect_tcp(host, port)
+        await anyio.wait_all_tasks_blocked()  # accepted: its handshake waits for the request
+        with anyio.fail_after(10):
+            await server.shutdown()
+            data = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    data += await silent.receive()
+        assert data == b""
+        await silent.aclose()
+
+
+@pytest.mark.anyio
 async def test_shutdown_of_a_cancelled_supervisor_is_a_no_op() -> None:
     """``Supervisor.shutdown()`` (documented idempotent) is quiet after ``run()`` was cancelled."""
     # The server gets here when its task is cancelled while the actor system shuts
