@@ -41,6 +41,9 @@ class CloseCode(enum.IntEnum):
     """The peer broke the WebSocket protocol."""
     UNSUPPORTED_DATA = 1003
     """A data type the endpoint cannot take."""
+    NO_STATUS_RCVD = 1005
+    """Never on the wire: a close frame without a code, or (as ASGI servers report
+    it) no close frame at all."""
     ABNORMAL_CLOSURE = 1006
     """Never on the wire: the connection broke without a close frame."""
     INVALID_DATA = 1007

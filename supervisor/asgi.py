@@ -14,16 +14,18 @@ Theory of operation:
     subprotocols, the hooks), then accepted or refused with an HTTP status
     (the ``websocket.http.response`` extension) or, where the server lacks
     it, with a close before accept, which ASGI servers answer with HTTP 403.
-    An accepted scope becomes an :class:`ASGIConnection`: a connection actor
-    spawned by the server's own spawn logic under the ``connections``
-    supervisor, and two loops in the scope's task. The *reader* awaits
-    ``receive()`` and tells the actor each message; under a full ``block``
-    mailbox it stops calling ``receive()``, so the ASGI server's own bounded
-    queue fills and it stops reading the socket. The *writer* is the only
-    caller of ``send()``: it takes the outbound buffer's oldest message and
-    awaits ``send()`` for it, one message at a time. What the ASGI server has
-    not taken yet stays in wsup's outbound buffer, where the route's
-    slow-consumer policy applies to it as on wsup's own server.
+    An accepted scope becomes a :class:`~supervisor.Connection`, the same
+    class as on wsup's own port, spawned by the server's own spawn logic
+    under the ``connections`` supervisor; its third driver,
+    ``ASGIDriver`` (``server/_drivers.py``), runs two loops in the scope's
+    task. The *reader* awaits ``receive()`` and hands each message to the
+    connection's core, whole; under a full ``block`` mailbox it stops calling
+    ``receive()``, so the ASGI server's own bounded queue fills and it stops
+    reading the socket. The *writer* is the only caller of ``send()``: it
+    takes the outbound buffer's oldest message and awaits ``send()`` for it,
+    one message at a time. What the ASGI server has not taken yet stays in
+    wsup's outbound buffer, where the route's slow-consumer policy applies to
+    it as on wsup's own server.
 
     Not available under ASGI, since the ASGI server owns the socket and the
     framing: write batching, wsup's keepalive pings and idle timeout (use the
@@ -40,23 +42,21 @@ import signal
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import anyio
 import anyio.abc
 import sniffio
 import structlog
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from actors import ActorRef, Backplane, Cell, DeadLetter, Exit, ExitKind, MailboxClosed, MailboxFull
+from actors import Backplane
 
 from ._constants import HEALTHZ, OPS_PATHS, READYZ, CloseCode
-from ._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
-from .metrics import Metrics, close_reason_for_code
+from .metrics import Metrics
 from .server._app import (
     App,
-    FromClient,
-    Handler,
     HTTPResponse,
     HTTPRouteOptions,
     Reject,
@@ -65,14 +65,14 @@ from .server._app import (
     call_maybe_async,
 )
 from .server._config import ServerConfig
-from .server._connection import ConnectionState, ConnectionStatistics
-from .server._outbound import OutboundBuffer, OutboundItem, OutboundVerdict, wire_message
+from .server._connection import Connection
+from .server._drivers import ASGIDriver
 from .server._proxy import TrustedProxies
 from .server._request import OriginPolicy, parse_cookies
 from .server._routing import RouteMatch
 from .server._server import Server
 
-__all__ = ["ASGIApp", "ASGIConnection"]
+__all__ = ["ASGIApp"]
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -83,9 +83,6 @@ ASGIApplication: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 _log = structlog.get_logger("wsup.asgi")
 _std_log = logging.getLogger("wsup.asgi")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Codes a peer's close frame can never carry: the ASGI server reports a vanished
-# peer with them, so the close is the network's doing, not the client's.
-_NO_CLOSE_FRAME = (1005, 1006)
 
 
 class ASGIApp:
@@ -371,21 +368,22 @@ class ASGIApp:
         started = server.clock.now()
         server.states["handshaking"].inc()
         try:
-            conn = await self._handshake(server, scope, send, path, match, started)
+            conn = await self._handshake(server, scope, receive, send, path, match, started)
         finally:
             server.states["handshaking"].dec()
         if conn is not None:
-            await conn.run(receive, send)
+            await conn._run()
 
     async def _handshake(
         self,
         server: Server,
         scope: Scope,
+        receive: Receive,
         send: Send,
         path: str,
         match: RouteMatch | None,
         started: float,
-    ) -> ASGIConnection | None:
+    ) -> Connection | None:
         request = self._request(scope, path, match)
         if match is None:
             return await self._refused(server, scope, send, request, 404, "no_route")
@@ -435,7 +433,8 @@ class ASGIApp:
         except OSError:
             server.handshakes["failed"].inc()
             return None
-        conn = ASGIConnection(server, request, route, subprotocol)
+        protocol = ServerProtocol(state=State.OPEN)  # keeps the close's state; never parses
+        conn = Connection(server, protocol, request, route, subprotocol, ASGIDriver(receive, send))
         server._spawn(conn, route, verdict.values, match.route.pattern)
         server.connections.add(conn)
         server.states["open"].inc()
@@ -456,7 +455,7 @@ class ASGIApp:
         status: int,
         reason: str,
         body: str | None = None,
-    ) -> ASGIConnection | None:
+    ) -> Connection | None:
         """Count and log a handshake the server turned away, and answer it; returns None."""
         server.handshakes["rejected"].inc()
         _log_rejected(status, reason, request)
@@ -678,468 +677,3 @@ async def _respond(
         head.append((b"upgrade", b"websocket"))
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
-
-
-# -- one connection -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Closing:
-    """How the connection ended: code, reason, who started it."""
-
-    code: int
-    reason: str
-    initiator: str
-
-
-class ASGIConnection:
-    """One WebSocket connection over ASGI, as its actor and the app see it.
-
-    The same interface as :class:`~supervisor.Connection` for handlers
-    (``send``, ``send_nowait``, ``close``, ``close_nowait``, ``fail``, ``recv``,
-    async iteration, ``address``, ``params``, ``remote_address``,
-    ``client_address``, ``statistics()``, ``buffered_bytes``, ``close_info()``).
-
-    Attributes:
-        request: the handshake request (path, params, query, headers, cookies,
-            client address) as the ASGI scope gave it.
-        subprotocol: the negotiated subprotocol, if any.
-        address: the connection actor's address (``conn:<node>.<n>``).
-        state: the :class:`~supervisor.ConnectionState`.
-    """
-
-    def __init__(
-        self, server: Server, request: Request, route: RouteOptions, subprotocol: str | None
-    ) -> None:
-        self.server = server
-        self.request = request
-        self.route = route
-        self.subprotocol = subprotocol
-        self.address = ""
-        self.state = ConnectionState.OPEN
-        self.opened_at = server.clock.now()
-        self.cell: Cell | None = None
-        self.ref: ActorRef | None = None
-        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
-        self._outbound = OutboundBuffer(route.outbound_limit, route.slow_consumer)
-        self._wake = anyio.Event()
-        self._space: anyio.Event | None = None
-        self._done = anyio.Event()
-        self._close_request: tuple[int, str] | None = None
-        self._closing: _Closing | None = None
-        self._close_sent = False
-        self._reason_label: str | None = None
-        self._blocked = False
-        self._finished = False
-        self._close_timer_started = False
-        self._tg: anyio.abc.TaskGroup | None = None
-
-    # -- what handlers call ------------------------------------------------------------
-
-    @property
-    def params(self) -> Any:
-        """The route parameters (``/chat/{room}`` → ``conn.params["room"]``)."""
-        return self.request.params
-
-    @property
-    def remote_address(self) -> tuple[str, int]:
-        """The peer's address as the ASGI server reports it (``scope["client"]``)."""
-        return self.request.remote_address
-
-    @property
-    def client_address(self) -> str:
-        """The real client IP (the forwarded one behind trusted proxies)."""
-        return self.request.client_address
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes of messages not yet handed to the ASGI server."""
-        return self._outbound.bytes
-
-    @property
-    def uses_callbacks(self) -> bool:
-        """Always False: the connection runs in the ASGI scope's task."""
-        return False
-
-    def statistics(self) -> ConnectionStatistics:
-        """Return a snapshot of the connection's counters and buffers. Cost: O(1).
-
-        ``bytes_in``/``bytes_out`` count message payloads (the ASGI server
-        does the framing); ``partial_*`` and ``inline_steps`` are always 0.
-        """
-        return ConnectionStatistics(
-            messages_in=self.messages_in,
-            messages_out=self.messages_out,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            buffered_bytes=self._outbound.bytes,
-            partial_bytes=0,
-            partial_fragments=0,
-            reading_paused=self._blocked,
-            inline_steps=0,
-        )
-
-    def close_info(self) -> tuple[int, str]:
-        """Return the close code and reason, as known now (``(1000, "")`` if not closing)."""
-        if self._closing is not None:
-            return self._closing.code, self._closing.reason
-        if self._close_request is not None:
-            return self._close_request
-        if self.state is ConnectionState.DRAINING:
-            return 1001, "server shutting down"
-        return 1000, ""
-
-    def send_nowait(self, message: str | bytes) -> None:
-        """Queue ``message`` for the client without waiting (str → text, bytes → binary).
-
-        Raises:
-            ConnectionClosed: the connection is closing or closed.
-            OutboundFull: the buffer is full and the policy is ``block``.
-            TypeError: ``message`` is neither str nor bytes.
-        """
-        self._check_open()
-        self._enqueue(_encode(message), wait_ok=False)
-
-    async def send(self, message: str | bytes) -> None:
-        """Queue ``message`` for the client; under ``block``, wait for room. A checkpoint.
-
-        Raises:
-            ConnectionClosed: the connection is closing or closed.
-            TypeError: ``message`` is neither str nor bytes.
-        """
-        self._check_open()
-        item = _encode(message)
-        while not self._enqueue(item, wait_ok=True):
-            space = self._space = self._space or anyio.Event()
-            await space.wait()
-            self._check_open()
-        await anyio.lowlevel.checkpoint()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after flushing what is queued; returns when the connection has ended."""
-        self.close_nowait(code, reason)
-        await self._done.wait()
-
-    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
-        """Start closing after what is queued has been handed to the ASGI server."""
-        if self._close_request is None and self._closing is None:
-            self._close_request = (code, reason)
-            self._set_state(ConnectionState.CLOSING)
-            self._wake.set()
-
-    def fail(self, code: int, reason: str = "", *, label: str | None = None) -> None:
-        """Close at once: drop (and count) what is queued, then close."""
-        if self._close_request is None and self._closing is None:
-            self._dropped("disconnect", self._outbound.clear())
-            self._room()
-            self._reason_label = label
-            self.close_nowait(code, reason)
-        # A client that stopped reading leaves the writer stuck in send(): bound the wait.
-        self._start_close_timer()
-
-    async def recv(self) -> str | bytes:
-        """Return the next message from the client (websockets-style handlers only).
-
-        Raises:
-            ConnectionClosed: the connection is closing or closed.
-        """
-        behaviour = self.cell.behaviour if self.cell is not None else None
-        if behaviour is None:
-            raise self._closed_error()
-        while True:
-            try:
-                message = await behaviour.context.next_message()
-            except anyio.EndOfStream:
-                raise self._closed_error() from None
-            if message.__class__ is FromClient:
-                data: str | bytes = message.data
-                return data
-            await behaviour._receiver()(message)
-
-    def __aiter__(self) -> ASGIConnection:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        try:
-            return await self.recv()
-        except ConnectionClosedOK:
-            raise StopAsyncIteration from None
-
-    # -- the server's side -------------------------------------------------------------
-
-    def _attach(self, ref: ActorRef, cell: Cell) -> None:
-        """Bind the connection actor (called once, right after it is spawned)."""
-        self.ref = ref
-        self.cell = cell
-        self.address = ref.address
-        cell.on_terminate = self._actor_ended
-        if getattr(self.route.handler, "on_receive", None) is Handler.on_receive:
-            # The handler only forwards what other actors send: skip its mailbox.
-            cell.direct = self._deliver_direct
-
-    def drain(self) -> None:
-        """Server shutdown: let the actor finish its mailbox, then close with 1001."""
-        if self.state is ConnectionState.OPEN:
-            self._set_state(ConnectionState.DRAINING)
-            if self.cell is not None and not self.cell.is_terminated:
-                self.cell.request_drain()
-            else:
-                self.close_nowait(CloseCode.GOING_AWAY, "server shutting down")
-
-    def abort(self) -> None:
-        """Stop at once (drain deadline passed, forced stop): the scope's task returns."""
-        self._record_lost()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-        else:
-            self._finalize()
-
-    async def run(self, receive: Receive, send: Send) -> None:
-        """Serve the accepted scope until the connection ends. Never raises for I/O."""
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._writer, send)
-                await self._reader(receive)
-                tg.cancel_scope.cancel()  # the client is gone: nothing more can be sent
-        finally:
-            self._tg = None
-            self._finalize()
-
-    # -- internals ---------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._close_request is not None or self._closing is not None:
-            raise self._closed_error()
-
-    def _closed_error(self) -> ConnectionClosed:
-        if self._closing is not None:
-            code, reason, initiator = (
-                self._closing.code,
-                self._closing.reason,
-                self._closing.initiator,
-            )
-        else:
-            code, reason = self._close_request or (1006, "")
-            initiator = "server"
-        cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
-        return cls(self.address, code=code, reason=reason, initiator=initiator)
-
-    def _enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
-        """Apply the slow-consumer policy to ``item``; False if the caller must wait."""
-        buffer = self._outbound
-        verdict = buffer.verdict(len(item.payload))
-        if verdict is OutboundVerdict.EVICT_OLDEST:
-            self._dropped("drop_oldest", buffer.evict_for(len(item.payload)))
-        elif verdict is OutboundVerdict.DROP_NEWEST:
-            self._dropped("drop_newest", 1)
-            return True
-        elif verdict is OutboundVerdict.DISCONNECT:
-            self._dropped("disconnect", 1)
-            self.fail(self.route.slow_consumer_code, "slow consumer", label="slow_consumer")
-            return True
-        elif verdict is OutboundVerdict.WAIT:
-            if wait_ok:
-                return False
-            raise OutboundFull(self.address, limit=buffer.limit)
-        buffer.append(item)
-        self._wake.set()
-        return True
-
-    def _deliver_direct(self, message: Any, cache: dict[str, Any]) -> bool:
-        """Queue a message from another actor straight into the outbound buffer
-        (encoded once per fan-out: the first recipient stores it in ``cache``)."""
-        if self._close_request is not None or self._closing is not None:
-            self.server.runtime.dead_letters.post(
-                DeadLetter(self.address, message, "stopped", "connection closing")
-            )
-            return True
-        item = cache.get("item")
-        if item is None:
-            try:
-                item = _encode(wire_message(message))
-            except (TypeError, ValueError):
-                return False  # let on_receive deal with it (and fail loudly)
-            cache["item"] = item
-        try:
-            self._enqueue(item, wait_ok=False)
-        except OutboundFull:
-            self._dropped("block_timeout", 1)
-        return True
-
-    def _dropped(self, policy: str, count: int) -> None:
-        if count:
-            self.server.metrics.messages_dropped.labels(policy=policy).inc(count)
-            for _ in range(count):
-                self.server.runtime.dead_letters.post(
-                    DeadLetter(self.address, None, "dropped", f"outbound {policy}")
-                )
-
-    def _room(self) -> None:
-        space = self._space
-        if space is not None:
-            self._space = None
-            space.set()
-
-    def _actor_ended(self, exit_: Exit) -> None:
-        if exit_.kind is ExitKind.CRASHED:
-            self.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
-        elif self.state is ConnectionState.DRAINING:
-            self.close_nowait(CloseCode.GOING_AWAY, "server shutting down")
-        else:
-            self.close_nowait(1000, "")
-
-    def _set_state(self, state: ConnectionState) -> None:
-        gauges = self.server.states
-        gauges[self.state].dec()
-        self.state = state
-        if state is not ConnectionState.CLOSED:
-            gauges[state].inc()
-
-    def _record_lost(self) -> None:
-        """The connection ended without a close frame from the client."""
-        if self._close_request is not None:
-            # We were closing (a slow consumer, a drain...): ours is the close that counts.
-            self._record_close(*self._close_request, "server")
-        else:
-            self._record_close(1006, "", "network")
-
-    def _record_close(self, code: int, reason: str, initiator: str) -> None:
-        if self._closing is not None:
-            return
-        self._closing = _Closing(code, reason, initiator)
-        if self.state not in (ConnectionState.CLOSING, ConnectionState.CLOSED):
-            self._set_state(ConnectionState.CLOSING)
-        if self.cell is not None and not self.cell.is_terminated:
-            self.cell.request_drain()
-        self._room()
-
-    async def _reader(self, receive: Receive) -> None:
-        counters = self.server.counters
-        max_size = self.server.config.max_size
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                text = message.get("text")
-                data: str | bytes = text if text is not None else bytes(message.get("bytes") or b"")
-                size = len(text.encode()) if text is not None else len(data)
-                self.bytes_in += size
-                self.messages_in += 1
-                (counters.received_text if text is not None else counters.received_binary).inc(1)
-                counters.received_bytes.inc(size)
-                if size > max_size:
-                    self._reason_label = "message_too_big"
-                    self.fail(
-                        CloseCode.MESSAGE_TOO_BIG,
-                        f"message of {size} bytes is over max_size ({max_size})",
-                    )
-                    continue
-                if self._closing is None and self._close_request is None:
-                    await self._deliver(FromClient(data))
-            elif kind == "websocket.disconnect":
-                code = int(message.get("code", 1005))
-                reason = str(message.get("reason") or "")
-                if self._close_sent and self._close_request is not None:
-                    self._record_close(*self._close_request, "server")
-                elif code in _NO_CLOSE_FRAME:
-                    self._record_lost()
-                else:
-                    self._record_close(code, reason, "client")
-                return
-
-    async def _deliver(self, envelope: FromClient) -> None:
-        ref = self.ref
-        if ref is None:
-            return
-        try:
-            ref.tell_nowait(envelope)
-        except MailboxFull:
-            # Full under ``block``: stop calling receive() until there is room; the
-            # ASGI server's bounded queue fills and it stops reading the socket.
-            self._blocked = True
-            try:
-                with contextlib.suppress(MailboxFull, MailboxClosed):
-                    await ref.tell(envelope)
-            finally:
-                self._blocked = False
-        except MailboxClosed:
-            pass  # the actor ended and the connection is closing: nobody will read it
-
-    async def _writer(self, send: Send) -> None:
-        buffer = self._outbound
-        counters = self.server.counters
-        try:
-            while True:
-                if not buffer:
-                    if self._close_request is not None:
-                        break
-                    await self._wake.wait()
-                    self._wake = anyio.Event()
-                    continue
-                for item in buffer.take(1):  # one message in flight: the rest can be dropped
-                    self._room()
-                    if item.text:
-                        await send({"type": "websocket.send", "text": item.payload.decode()})
-                        counters.sent_text.inc(1)
-                    else:
-                        await send({"type": "websocket.send", "bytes": item.payload})
-                        counters.sent_binary.inc(1)
-                    counters.sent_bytes.inc(len(item.payload))
-                    self.messages_out += 1
-                    self.bytes_out += len(item.payload)
-            code, reason = self._close_request
-            await send({"type": "websocket.close", "code": code, "reason": reason})
-            self._close_sent = True
-        except OSError:
-            # The ASGI server says the client is gone (uvicorn's ClientDisconnected).
-            self._record_lost()
-            return
-        self._start_close_timer()
-
-    def _start_close_timer(self) -> None:
-        if not self._close_timer_started and self._tg is not None:
-            self._close_timer_started = True
-            self._tg.start_soon(self._close_timer)
-
-    async def _close_timer(self) -> None:
-        # The client has close_timeout seconds to complete the closing handshake.
-        await self.server.clock.sleep(self.server.config.close_timeout)
-        self._record_lost()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-
-    def _finalize(self) -> None:
-        """Account for the end of the connection (once)."""
-        if self._finished:
-            return
-        self._finished = True
-        self._record_lost()
-        closing = self._closing
-        assert closing is not None
-        label = self._reason_label or close_reason_for_code(closing.code)
-        if self.state is not ConnectionState.CLOSED:
-            self._set_state(ConnectionState.CLOSED)
-        if self.cell is not None and not self.cell.is_terminated:
-            self.cell.request_drain()
-        discarded = self._outbound.clear()
-        if discarded:
-            self._dropped("disconnect", discarded)
-        self._done.set()
-        self.server.connection_closed(
-            self,
-            closing.code,
-            closing.reason,
-            closing.initiator,
-            label,
-        )
-
-
-def _encode(message: str | bytes | bytearray | memoryview) -> OutboundItem:
-    if isinstance(message, str):
-        return OutboundItem(message.encode(), True)
-    if isinstance(message, bytes):
-        return OutboundItem(message, False)
-    if isinstance(message, (bytearray, memoryview)):
-        return OutboundItem(bytes(message), False)
-    raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")

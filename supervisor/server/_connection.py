@@ -190,6 +190,9 @@ class Driver(Protocol):
     uses_callbacks: bool
     #: ``Connection.send`` lets other tasks run once per this many calls.
     send_batch: int
+    #: The core frames what is sent (False: the driver's peer frames whole
+    #: messages itself, as an ASGI server does).
+    framed: bool
 
     def bind(self, conn: Connection) -> None:
         """Serve ``conn`` (called once by its constructor)."""
@@ -236,6 +239,7 @@ class _Ended:
 
     uses_callbacks = False
     send_batch = 1
+    framed = False
 
     def bind(self, conn: Connection) -> None:
         """Nothing to bind."""
@@ -293,6 +297,7 @@ class Connection:
         "_core",
         "_driver",
         "_finished",
+        "_frames_once",
         "_host",
         "_sends",
         "_space",
@@ -334,6 +339,7 @@ class Connection:
             slow_consumer=route.slow_consumer,
             slow_consumer_code=route.slow_consumer_code,
             max_fragments=config.max_fragments,
+            max_size=config.max_size,
             inbound=(
                 None
                 if route.inbound_rate is None and route.inbound_byte_rate is None
@@ -355,6 +361,8 @@ class Connection:
         self.ref: ActorRef | None = None
         self._driver: Driver = driver
         self._uses_callbacks = driver.uses_callbacks
+        # Fan-out may frame a message once for every member (see _deliver_direct).
+        self._frames_once = driver.framed and not protocol.extensions
         driver.bind(self)
 
     # -- what handlers call ------------------------------------------------------------
@@ -639,7 +647,7 @@ class Connection:
             except (TypeError, ValueError):
                 return False  # let on_receive deal with it (and fail loudly)
             cache["item"] = item
-        if not core.protocol.extensions:
+        if self._frames_once:
             framed = cache.get("frame")
             if framed is None:
                 framed = cache["frame"] = OutboundItem(

@@ -38,6 +38,15 @@ What comes out:
   limit; stop reading (reading is what queues pongs) until it does not.
 * :meth:`~ConnectionCore.wants_write`: something is due on the wire.
 
+A driver whose peer frames the messages itself (an ASGI server's WebSocket:
+whole messages, never bytes) feeds the same core with whole messages instead:
+:meth:`~ConnectionCore.receive_message` in (``max_size`` applies there; the
+fragments, UTF-8, pings and pongs are the peer's), then the same
+:meth:`~ConnectionCore.after_read`; :meth:`~ConnectionCore.take_messages` and
+:meth:`~ConnectionCore.close_due` out instead of ``data_to_send``; and
+:meth:`~ConnectionCore.peer_closed` for the end its server reports. The
+protocol then never sees a byte: it keeps the closing handshake's state.
+
 Per-message counters go to a :class:`TrafficCounters` sink given at
 construction (numbers only: the server batches them into its metrics).
 """
@@ -54,6 +63,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .._constants import CloseCode
 from ..metrics import close_reason_for_code
 from ._keepalive import Keepalive, KeepaliveConfig
 from ._limits import InboundLimiter
@@ -86,6 +96,8 @@ _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _PONG, _CLOSE = Opcode.PONG, Opcode.CLOSE
 _OPEN = State.OPEN
 _ACCEPT = OutboundVerdict.ACCEPT
+#: What a peer's server reports when no close frame arrived (never on the wire).
+_NO_CLOSE_FRAME = (CloseCode.NO_STATUS_RCVD, CloseCode.ABNORMAL_CLOSURE)
 
 
 class Counter(Protocol):
@@ -177,6 +189,8 @@ class ConnectionCore:
         slow_consumer: what to do with a message that does not fit.
         slow_consumer_code: the close code when that is a disconnect.
         max_fragments: the most frames one message may arrive in.
+        max_size: the largest whole message :meth:`receive_message` takes (on
+            bytes, the protocol applies its own ``max_size``).
         now: the clock reading at the start.
 
     Attributes:
@@ -199,6 +213,7 @@ class ConnectionCore:
         "_fragments",
         "_inbound",
         "_max_fragments",
+        "_max_size",
         "_received_binary",
         "_received_bytes",
         "_received_text",
@@ -228,6 +243,7 @@ class ConnectionCore:
         slow_consumer: SlowConsumerPolicy,
         slow_consumer_code: int = 1013,
         max_fragments: int = 1024,
+        max_size: int | None = None,
         inbound: InboundLimiter | None = None,
     ) -> None:
         self.protocol = protocol
@@ -236,6 +252,7 @@ class ConnectionCore:
         self.keepalive = Keepalive(keepalive, now)
         self._slow_consumer_code = slow_consumer_code
         self._max_fragments = max_fragments
+        self._max_size = max_size
         self._inbound = inbound
         #: Seconds to read nothing more (the inbound rate's ``delay``); the driver
         #: takes it (sets it back to 0.0) after :meth:`after_read`.
@@ -365,6 +382,33 @@ class ConnectionCore:
         self.protocol.fail(
             1009, f"more than {self._max_fragments} fragments in one message (max_fragments)"
         )
+
+    def receive_message(self, message: str | bytes, size: int) -> bool:
+        """Feed a whole message that a driver's peer assembled (``size``: its
+        payload's bytes); call :meth:`after_read` after.
+
+        Returns:
+            Whether to hand it on: False once the connection is closing, or for a
+            message over ``max_size``, which fails the connection with 1009.
+        """
+        self.bytes_in += size
+        if self.close_request is not None or self.close_info is not None:
+            return False
+        max_size = self._max_size
+        if max_size is not None and size > max_size:
+            self.fail(
+                CloseCode.MESSAGE_TOO_BIG,
+                f"message of {size} bytes is over max_size ({max_size})",
+                label="message_too_big",
+            )
+            return False
+        if message.__class__ is str:
+            self._received_text += 1
+        else:
+            self._received_binary += 1
+        self._received_bytes += size
+        self.messages_in += 1
+        return True
 
     def after_read(self, now: float) -> bool:
         """Settle a read once its messages were handed on: count them, push the idle
@@ -529,18 +573,51 @@ class ConnectionCore:
                 return chunks  # the rest in the next batch
         else:
             chunks = []
-        if self._close_pending():
-            code, reason = self.close_request or (1000, "")
-            try:
-                protocol.send_close(code, reason)
-            except InvalidState:
-                pass
-            else:
-                self._record_close("server")
-                self._emit(ARM_CLOSE_TIMER)
+        self._send_close()
         if protocol.writes:
             chunks.extend(protocol.data_to_send())
         return chunks
+
+    def take_messages(self) -> list[OutboundItem]:
+        """The oldest queued message (or the few empty ones ahead of it), counted
+        as sent, for a driver that sends whole messages; empty when none is queued
+        (then :meth:`close_due`)."""
+        items = self.outbound.take(1)
+        if items:
+            text_sent = size = 0
+            for item in items:
+                size += len(item.payload)
+                text_sent += item.text
+            counters = self._counters
+            if text_sent:
+                counters.sent_text.inc(text_sent)
+            if len(items) > text_sent:
+                counters.sent_binary.inc(len(items) - text_sent)
+            counters.sent_bytes.inc(size)
+            self.messages_out += len(items)
+            self.bytes_out += size
+        return items
+
+    def close_due(self) -> tuple[int, str] | None:
+        """For a driver that sends whole messages, once nothing is queued: the close
+        to send now, given once (recorded as the server's); else ``None``."""
+        if self.outbound or not self._send_close():
+            return None
+        self.protocol.data_to_send()  # the close frame: the driver's peer frames its own
+        return self.close_request or (CloseCode.NORMAL_CLOSURE, "")
+
+    def _send_close(self) -> bool:
+        """Start the closing handshake if a close was asked for and not sent yet."""
+        if not self._close_pending():
+            return False
+        code, reason = self.close_request or (CloseCode.NORMAL_CLOSURE, "")
+        try:
+            self.protocol.send_close(code, reason)
+        except InvalidState:
+            return False
+        self._record_close("server")
+        self._emit(ARM_CLOSE_TIMER)
+        return True
 
     def _close_pending(self) -> bool:
         return self.close_request is not None and self.protocol.close_sent is None
@@ -609,6 +686,15 @@ class ConnectionCore:
         else:
             return
         self._emit(CloseRecorded(*self.close_info))
+
+    def peer_closed(self, code: int, reason: str) -> None:
+        """The end as a driver's peer reports it (ASGI's ``websocket.disconnect``):
+        the client's close code, or 1005/1006 when no close frame arrived."""
+        if code in _NO_CLOSE_FRAME or self.close_info is not None:
+            self._record_close("network")  # ours, if we were closing; else 1006
+            return
+        self.close_info = (code, reason, "client")
+        self._emit(CloseRecorded(code, reason, "client"))
 
     def lost(self) -> None:
         """The socket is gone (or being dropped): the end is known now, if it was not."""

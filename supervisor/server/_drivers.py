@@ -1,9 +1,9 @@
-"""The two drivers of a connection: how bytes move between its core and a socket.
+"""The drivers of a connection: how bytes (or messages) move between its core and a socket.
 
 Theory of operation: a :class:`~supervisor.server._connection.Connection` holds a
 :class:`~supervisor.server._core.ConnectionCore` (no I/O) and one driver, which reads
 bytes into the core, hands the messages it returns to the connection, and
-writes what the core has to send. Both drivers follow the same steps; they
+writes what the core has to send. The drivers follow the same steps; they
 differ in what runs them.
 
 * :class:`TransportDriver` (asyncio over plain TCP, the default) is the
@@ -19,12 +19,17 @@ differ in what runs them.
   ``ByteStream``: a reader loop in the connection's task, a writer task beside
   it, which writes up to about 64 KiB per ``send`` and sleeps until woken; the
   close timeout is a task.
+* :class:`ASGIDriver` (an ASGI server owns the socket) is the same in shape as
+  the stream driver, but over whole messages: ``receive()`` gives the reader
+  ``websocket.receive`` messages, which feed the core's ``receive_message``;
+  the writer awaits ``send()`` for one message at a time, then for the close.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -34,6 +39,7 @@ from anyio.abc import ByteStream
 from actors import MonotonicClock
 from actors._backend import Waiter, primitives
 
+from .._constants import CloseCode
 from ._aio import enter_callback, exit_callback
 from ._outbound import OutboundItem
 
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._core import ConnectionCore
 
-__all__ = ["StreamDriver", "TransportDriver"]
+__all__ = ["ASGIDriver", "StreamDriver", "TransportDriver"]
 
 _log = structlog.get_logger("wsup.connection")
 
@@ -63,6 +69,7 @@ class TransportDriver(asyncio.Protocol):
     """
 
     uses_callbacks = True
+    framed = True
     send_batch = _SEND_BATCH
 
     __slots__ = (
@@ -372,9 +379,11 @@ class TransportDriver(asyncio.Protocol):
         await done.wait()
 
 
-class StreamDriver:
-    """Drives a connection over an anyio ``ByteStream`` (trio, TLS): a reader loop in
-    the caller's task and a writer task beside it."""
+class _TaskDriver:
+    """What the two drivers that run in a task share (:class:`StreamDriver` and
+    :class:`ASGIDriver`): a reader in the connection's task, a writer task beside
+    it that sleeps until woken, the close timer as a task, and the hand-off of
+    what was read under a full ``block`` mailbox."""
 
     uses_callbacks = False
     #: send() lets the writer task run after every call.
@@ -385,9 +394,7 @@ class StreamDriver:
         "_conn",
         "_core",
         "_new_event",
-        "_output_paused",
         "_rate_paused",
-        "_stream",
         "_tg",
         "_timer_armed",
         "_writer_done",
@@ -397,14 +404,12 @@ class StreamDriver:
     _conn: Connection
     _core: ConnectionCore
 
-    def __init__(self, stream: ByteStream) -> None:
-        self._stream = stream
+    def __init__(self) -> None:
         self._tg: anyio.abc.TaskGroup | None = None
         self._writer_wake: Waiter | None = None
         self._writer_done = anyio.Event()
         self._new_event = primitives().event
         self._blocked = False  # the mailbox is full under ``block`` (statistics only)
-        self._output_paused = False  # reading waits for the outbound buffer to drain
         self._rate_paused = False  # reading waits: the client is over its inbound rate
         self._timer_armed = False
 
@@ -416,6 +421,96 @@ class StreamDriver:
         """Serve the connection in a task of the server."""
         if not self._conn._host.start_soon(self.run):
             self._conn.abort()
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _hand_on(self, messages: list[str | bytes], now: float) -> None:
+        conn = self._conn
+        while messages:
+            blocked = conn._deliver(messages, False)
+            if blocked is None:
+                break
+            # Full under ``block``: stop reading until there is room (TCP backpressure).
+            self._blocked = True
+            await conn._deliver_waiting(messages[blocked])
+            messages = messages[blocked + 1 :]
+            now = conn._host.clock.now()
+        self._blocked = False
+        conn._settle(now)
+
+    async def _rate_pause(self) -> None:
+        """Over the route's inbound rate: read nothing more for that long."""
+        core = self._core
+        pause, core.read_pause = core.read_pause, 0.0
+        self._rate_paused = True
+        try:
+            await self._conn._host.clock.sleep(pause)
+        finally:
+            self._rate_paused = False
+
+    def reading_paused(self) -> bool:
+        return self._blocked or self._rate_paused
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        wake = self._writer_wake
+        if wake is not None:
+            self._writer_wake = None
+            wake.set()
+
+    flush_now = flush_soon
+
+    def flush_pending(self) -> None:
+        """Nothing to do: the writer never holds a write back."""
+
+    def write_direct(self, item: OutboundItem) -> bool:
+        """Never: only the writer task writes."""
+        return False
+
+    async def _sleep_until_woken(self) -> None:
+        """The writer has nothing to write: wait for :meth:`flush_soon`."""
+        wake = self._writer_wake = self._new_event()
+        await wake.wait()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def arm_close_timer(self) -> None:
+        if self._timer_armed or self._conn._finished or self._tg is None:
+            return
+        self._timer_armed = True
+        self._tg.start_soon(self._close_timer)
+
+    async def _close_timer(self) -> None:
+        # The peer has close_timeout seconds to answer our close frame.
+        host = self._conn._host
+        await host.clock.sleep(host.config.close_timeout)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    def abort(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def closed(self) -> None:
+        await self._writer_done.wait()
+
+
+class StreamDriver(_TaskDriver):
+    """Drives a connection over an anyio ``ByteStream`` (trio, TLS): a reader loop in
+    the caller's task and a writer task beside it."""
+
+    framed = True
+
+    __slots__ = ("_output_paused", "_stream")
+
+    def __init__(self, stream: ByteStream) -> None:
+        super().__init__()
+        self._stream = stream
+        self._output_paused = False  # reading waits for the outbound buffer to drain
 
     async def run(self) -> None:
         """Read until the connection ends; the writer runs beside. Never raises for I/O."""
@@ -458,27 +553,7 @@ class StreamDriver:
             if core.over_limit():
                 await self._wait_for_outbound_room()
             if core.read_pause:
-                # Over the route's inbound rate: read nothing more for that long.
-                pause, core.read_pause = core.read_pause, 0.0
-                self._rate_paused = True
-                try:
-                    await clock.sleep(pause)
-                finally:
-                    self._rate_paused = False
-
-    async def _hand_on(self, messages: list[str | bytes], now: float) -> None:
-        conn = self._conn
-        while messages:
-            blocked = conn._deliver(messages, False)
-            if blocked is None:
-                break
-            # Full under ``block``: stop reading until there is room (TCP backpressure).
-            self._blocked = True
-            await conn._deliver_waiting(messages[blocked])
-            messages = messages[blocked + 1 :]
-            now = conn._host.clock.now()
-        self._blocked = False
-        conn._settle(now)
+                await self._rate_pause()
 
     async def _wait_for_outbound_room(self) -> None:
         """Read nothing more until the writer has brought the outbound buffer back
@@ -497,21 +572,6 @@ class StreamDriver:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def flush_soon(self) -> None:
-        wake = self._writer_wake
-        if wake is not None:
-            self._writer_wake = None
-            wake.set()
-
-    flush_now = flush_soon
-
-    def flush_pending(self) -> None:
-        """Nothing to do: the writer never holds a write back."""
-
-    def write_direct(self, item: OutboundItem) -> bool:
-        """Never: only the writer task writes."""
-        return False
-
     async def _writer(self) -> None:
         conn = self._conn
         core = self._core
@@ -520,8 +580,7 @@ class StreamDriver:
         try:
             while True:
                 if not core.wants_write():
-                    wake = self._writer_wake = self._new_event()
-                    await wake.wait()
+                    await self._sleep_until_woken()
                     continue
                 chunks = core.data_to_send()
                 if core.events is not None or conn._space is not None:
@@ -564,24 +623,98 @@ class StreamDriver:
                 await self._stream.aclose()
         self.arm_close_timer()
 
-    # -- the end ------------------------------------------------------------------------------
 
-    def arm_close_timer(self) -> None:
-        if self._timer_armed or self._conn._finished or self._tg is None:
-            return
-        self._timer_armed = True
-        self._tg.start_soon(self._close_timer)
+class ASGIDriver(_TaskDriver):
+    """Drives a connection over an ASGI server's WebSocket: whole messages, never bytes.
 
-    async def _close_timer(self) -> None:
-        # The peer has close_timeout seconds to answer our close frame.
-        host = self._conn._host
-        await host.clock.sleep(host.config.close_timeout)
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+    The ASGI server owns the socket and the framing (fragments, UTF-8, pings,
+    compression), so the core is fed whole messages (``receive_message``) and
+    hands whole messages back (``take_messages``, ``close_due``). A reader loop
+    in the scope's task awaits ``receive()``; under a full ``block`` mailbox it
+    stops calling it, so the server's own bounded queue fills and it stops
+    reading the socket. A writer task is the only caller of ``send()``, one
+    message at a time: what the server has not taken yet stays in the outbound
+    buffer, under the route's slow-consumer policy.
+    """
 
-    def abort(self) -> None:
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
+    #: The ASGI server frames each message itself.
+    framed = False
 
-    async def closed(self) -> None:
-        await self._writer_done.wait()
+    __slots__ = ("_receive", "_send")
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        super().__init__()
+        self._receive = receive
+        self._send = send
+
+    async def run(self) -> None:
+        """Serve the accepted scope until the connection ends. Never raises for I/O."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._writer)
+                await self._reader()
+                tg.cancel_scope.cancel()  # the client is gone: nothing more can be sent
+        finally:
+            self._tg = None
+            self._writer_done.set()
+            self._conn._finalize()
+
+    async def _reader(self) -> None:
+        receive = self._receive
+        core = self._core
+        clock = self._conn._host.clock
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                data: str | bytes
+                if text is not None:
+                    data = text
+                    size = len(text) if text.isascii() else len(text.encode())
+                else:
+                    data = bytes(message.get("bytes") or b"")
+                    size = len(data)
+                await self._hand_on([data] if core.receive_message(data, size) else [], clock.now())
+                if core.read_pause:
+                    await self._rate_pause()
+            elif kind == "websocket.disconnect":
+                code = message.get("code")
+                core.peer_closed(
+                    CloseCode.NO_STATUS_RCVD if code is None else int(code),
+                    str(message.get("reason") or ""),
+                )
+                return
+
+    async def _writer(self) -> None:
+        conn = self._conn
+        core = self._core
+        send = self._send
+        try:
+            while True:
+                items = core.take_messages()
+                close = None if items else core.close_due()
+                if core.events is not None or conn._space is not None:
+                    conn._after_output()
+                for item in items:
+                    if item.text:
+                        await send({"type": "websocket.send", "text": item.payload.decode()})
+                    else:
+                        await send({"type": "websocket.send", "bytes": item.payload})
+                if close is not None:
+                    code, reason = close
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    break
+                if not items:
+                    await self._sleep_until_woken()
+        except OSError:
+            # The ASGI server says the client is gone (uvicorn's ClientDisconnected).
+            conn._lost()
+        finally:
+            self._writer_done.set()
+            conn._room()

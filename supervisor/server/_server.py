@@ -33,7 +33,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -87,9 +87,6 @@ from ._handshake import (
 )
 from ._keepalive import KeepaliveAction, wake_time
 from ._limits import EveryInterval
-
-if TYPE_CHECKING:
-    from ..asgi import ASGIConnection
 
 __all__ = ["Server", "serve"]
 
@@ -170,7 +167,7 @@ class Server:
         for pattern in app.presence_patterns:
             self.runtime.add_presence_events(pattern)
         #: Open connections: wsup's own, and those an ASGI server brought (``supervisor.asgi``).
-        self.connections: set[Connection | ASGIConnection] = set()
+        self.connections: set[Connection] = set()
         self.ports: list[tuple[str, int]] = []
         #: The bound ``(host, port)`` pairs of ``config.metrics_port``, if set.
         self.metrics_ports: list[tuple[str, int]] = []
@@ -194,7 +191,7 @@ class Server:
         self._keepalive_heap: list[tuple[float, int, Connection]] = []
         self._keepalive_seq = itertools.count()
         # The one live heap entry of each connection; other entries of it are stale.
-        self._keepalive_due: dict[Connection | ASGIConnection, tuple[float, int]] = {}
+        self._keepalive_due: dict[Connection, tuple[float, int]] = {}
         self._keepalive_wake: Waiter | None = None
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
@@ -725,7 +722,7 @@ class Server:
 
     def _spawn(
         self,
-        conn: Connection | ASGIConnection,
+        conn: Connection,
         route: RouteOptions,
         values: Mapping[str, Any],
         pattern: str,
@@ -735,8 +732,7 @@ class Server:
 
         def factory() -> Any:
             handler = route.handler(**route.kwargs)
-            # An ASGIConnection offers handlers the same interface as a Connection.
-            handler.conn = cast(Connection, conn)
+            handler.conn = conn
             handler.app = app
             handler.params = params
             handler.values = values
@@ -796,7 +792,7 @@ class Server:
 
     def connection_closed(
         self,
-        conn: Connection | ASGIConnection,
+        conn: Connection,
         code: int,
         reason: str,
         initiator: str,
@@ -877,7 +873,7 @@ class Server:
         if deadline < self._keepalive_next and self._keepalive_wake is not None:
             self._keepalive_wake.set()
 
-    def _forget_keepalive(self, conn: Connection | ASGIConnection) -> None:
+    def _forget_keepalive(self, conn: Connection) -> None:
         # A closed connection's heap entry would keep it alive until its deadline (a
         # ping interval): drop stale entries once they outnumber the live ones.
         due = self._keepalive_due

@@ -17,7 +17,17 @@ import anyio
 import anyio.abc
 import pytest
 
-from supervisor import App, Handler, HTTPResponse, Reject, Request, ServerConfig
+from supervisor import (
+    App,
+    Connection,
+    Handler,
+    HTTPResponse,
+    InboundPolicy,
+    Rate,
+    Reject,
+    Request,
+    ServerConfig,
+)
 from supervisor.asgi import ASGIApp, ASGIApplication, Message, Scope
 
 pytestmark = pytest.mark.anyio
@@ -100,8 +110,9 @@ def http_scope(path: str, **more: Any) -> Scope:
 
 
 def make_app() -> App:
-    """An echo route, a route with a parameter, and a hook that wants ``?user=``."""
-    app = App(config=ServerConfig(max_size=64))
+    """An echo route, a route with a parameter, a hook that wants ``?user=``, a route
+    that reports its connection, and one with an inbound rate."""
+    app = App(config=ServerConfig(max_size=64, close_timeout=0.05))
 
     def needs_user(request: Request) -> Reject | None:
         return None if request.query_param("user") else Reject(400, "missing user\n")
@@ -118,6 +129,17 @@ def make_app() -> App:
 
     @app.route("/private", hook=needs_user)
     class Private(Handler):
+        pass
+
+    @app.route("/stats")
+    class Stats(Handler):
+        async def on_message(self, message: str | bytes) -> None:
+            stats = self.conn.statistics()
+            kind = type(self.conn).__name__
+            await self.conn.send(f"{kind} {stats.messages_in} {stats.messages_out}")
+
+    @app.route("/limited", inbound_rate=Rate(1, burst=1), inbound_policy=InboundPolicy.CLOSE)
+    class Limited(Echo):
         pass
 
     @app.http("/hook", methods=("POST",), max_body=8)
@@ -321,3 +343,58 @@ async def test_the_apps_own_http_routes_take_their_methods_and_bodies() -> None:
         peer = start(tg, asgi, http_scope("/hook", method="POST"))
         peer.put({"type": "http.request", "body": b"123456789"})
         assert (await peer.next())["status"] == 413
+
+
+async def test_handlers_get_the_same_connection_class_as_on_wsups_own_port() -> None:
+    """Under ASGI, ``self.conn`` is a :class:`supervisor.Connection`, counting as usual."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = await accepted(tg, asgi, ws_scope("/stats"))
+        peer.put({"type": "websocket.receive", "text": "a"})
+        assert await peer.next() == {"type": "websocket.send", "text": "Connection 1 0"}
+        peer.put({"type": "websocket.receive", "bytes": b"b"})
+        assert await peer.next() == {"type": "websocket.send", "text": "Connection 2 1"}
+        server = asgi.server
+        assert server is not None
+        assert all(isinstance(conn, Connection) for conn in server.connections)
+        peer.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_the_routes_inbound_rate_applies_under_asgi() -> None:
+    """Over ``inbound_rate`` with the ``close`` policy: 1008, as on wsup's own port."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = await accepted(tg, asgi, ws_scope("/limited"))
+        for _ in range(3):
+            peer.put({"type": "websocket.receive", "text": "x"})
+        messages = [await peer.next()]
+        while messages[-1]["type"] != "websocket.close":
+            messages.append(await peer.next())
+        # The echo of the first may be dropped by the close (a fail drops what is queued).
+        assert all(m == {"type": "websocket.send", "text": "x"} for m in messages[:-1])
+        assert (messages[-1]["code"], messages[-1]["reason"]) == (1008, "inbound rate exceeded")
+        peer.put({"type": "websocket.disconnect", "code": 1008})
+        await peer.done.wait()
+        server = asgi.server
+        assert server is not None
+        body, _ = server.metrics.render_for(None)
+    assert 'wsup_limited_total{limit="inbound_close"} 1.0' in body.decode()
+
+
+async def test_a_client_that_never_answers_the_close_is_dropped_after_close_timeout() -> None:
+    """The server's close goes out; without the client's ``websocket.disconnect``
+    the scope returns after ``close_timeout``, and the close counts as the server's."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = await accepted(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.receive", "text": "x" * 65})  # over max_size
+        closing = await peer.next()
+        assert (closing["type"], closing["code"]) == ("websocket.close", 1009)
+        with anyio.fail_after(10):
+            await peer.done.wait()
+        server = asgi.server
+        assert server is not None
+        assert not server.connections
+        body, _ = server.metrics.render_for(None)
+    text = body.decode()
+    assert 'wsup_connections_closed_total{initiator="server",reason="message_too_big"} 1.0' in text

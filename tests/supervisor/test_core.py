@@ -410,3 +410,78 @@ def test_eof_from_the_peer_delivers_nothing_more_and_settles_the_close() -> None
     # Without a close frame the protocol fails the connection (1006 on its side).
     assert core.close_info is not None
     assert core.close_info[2] in ("client", "network")
+
+
+# --- whole messages (a driver whose peer frames them: ASGI) ------------------------------------
+
+
+def make_message_core(
+    limit: int = 1 << 20, *, max_size: int = 16
+) -> tuple[ConnectionCore, Counters]:
+    """A core fed whole messages: its protocol is open and never parses a byte."""
+    counters = Counters()
+    core = ConnectionCore(
+        ServerProtocol(state=State.OPEN),
+        counters,
+        keepalive=KEEPALIVE,
+        now=0.0,
+        outbound_limit=limit,
+        slow_consumer=SlowConsumerPolicy.DROP_NEWEST,
+        max_size=max_size,
+    )
+    return core, counters
+
+
+def test_whole_messages_are_counted_per_read_and_max_size_fails_with_1009() -> None:
+    core, counters = make_message_core(max_size=4)
+    assert core.receive_message("hé", 3)
+    assert core.receive_message(b"\x00", 1)
+    assert not core.after_read(1.0)  # nothing due on the wire
+    assert (counters.received_text.total, counters.received_binary.total) == (1, 1)
+    assert (counters.received_bytes.total, core.messages_in, core.bytes_in) == (4, 2, 4)
+    assert not core.receive_message(b"12345", 5)
+    assert core.take_events() == [FAILED, ARM_CLOSE_TIMER]
+    assert core.close_request == (1009, "message of 5 bytes is over max_size (4)")
+    assert core.reason_label == "message_too_big"
+    assert not core.receive_message("late", 4)  # closing: nothing more is handed on
+    assert core.messages_in == 2
+
+
+def test_whole_messages_go_out_one_at_a_time_then_the_close_once() -> None:
+    core, counters = make_message_core()
+    core.offer(OutboundItem(b"ab", True))
+    core.offer(OutboundItem(b"\x01", False))
+    core.close(4000, "done")
+    assert core.close_due() is None  # messages first
+    assert [i.payload for i in core.take_messages()] == [b"ab"]
+    assert [i.payload for i in core.take_messages()] == [b"\x01"]
+    assert core.take_messages() == []
+    assert (counters.sent_text.total, counters.sent_binary.total) == (1, 1)
+    assert (counters.sent_bytes.total, core.messages_out, core.bytes_out) == (3, 2, 3)
+    assert core.close_due() == (4000, "done")
+    assert core.close_due() is None  # given once
+    assert core.close_info == (4000, "done", "server")
+    assert core.take_events() == [CloseRecorded(4000, "done", "server"), ARM_CLOSE_TIMER]
+    assert not core.protocol.writes  # the peer frames its own close
+    core.peer_closed(4000, "done")  # the peer's answer: ours started it
+    assert core.close_info == (4000, "done", "server")
+
+
+@pytest.mark.parametrize(
+    ("code", "closing", "expected"),
+    [
+        (4001, False, (4001, "bye", "client")),
+        (1005, False, (1006, "", "network")),
+        (1006, False, (1006, "", "network")),
+        (1006, True, (1001, "drain", "server")),  # our close never got out
+    ],
+)
+def test_the_peers_reported_end_names_who_closed(
+    code: int, closing: bool, expected: tuple[int, str, str]
+) -> None:
+    core, _ = make_message_core()
+    if closing:
+        core.close(1001, "drain")
+    core.peer_closed(code, "bye")
+    assert core.close_info == expected
+    assert core.take_events() == [CloseRecorded(*expected)]
