@@ -38,6 +38,17 @@ WSUP_APPS: dict[tuple[str, bool], str] = {
 AppKind = Literal["echo", "fanout"]
 
 
+class LoopLag(Enum):
+    """How the harness learns how late a server's event loop ran (the storm scenario)."""
+
+    METRICS = "metrics"
+    """wsup's ``wsup_event_loop_lag_seconds`` histogram, scraped from ``/metrics``."""
+    PROBE = "probe"
+    """The peer script's ``--lag-file`` probe (``bench/servers/lagprobe.py``)."""
+    NONE = "none"
+    """Not measured: the column stays empty."""
+
+
 class Compression(Enum):
     """How a server's permessage-deflate support can be driven from the harness."""
 
@@ -58,12 +69,18 @@ class Launch:
         app: which application the scenario needs (``/echo`` or ``/fanout``).
         compression: whether permessage-deflate should be enabled.
         ping_interval: keepalive ping interval in seconds.
+        extra_args: appended to the command line as they are (``--server-args``,
+            a scenario's server settings).
+        lag_file: where a server whose :attr:`ServerSpec.loop_lag` is
+            :attr:`LoopLag.PROBE` records its event loop's lag (``None``: no probe).
     """
 
     port: int
     app: AppKind
     compression: bool
     ping_interval: float
+    extra_args: tuple[str, ...] = ()
+    lag_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,7 @@ class ServerSpec:
         compression: how permessage-deflate can be driven.
         drains: whether SIGTERM closes every connection with a close frame
             before exiting; the drain scenario is not applicable otherwise.
+        loop_lag: how its event-loop lag is measured.
     """
 
     name: str
@@ -84,6 +102,7 @@ class ServerSpec:
     command: Callable[[Launch], list[str]]
     compression: Compression
     drains: bool
+    loop_lag: LoopLag = LoopLag.NONE
 
 
 def _peer(script: str) -> Callable[[Launch], list[str]]:
@@ -97,6 +116,8 @@ def _peer(script: str) -> Callable[[Launch], list[str]]:
             "on" if launch.compression else "off",
             "--ping-interval",
             str(launch.ping_interval),
+            *(("--lag-file", str(launch.lag_file)) if launch.lag_file is not None else ()),
+            *launch.extra_args,
         ]
 
     return command
@@ -121,7 +142,10 @@ def wsup_serve_command(app: str, port: int) -> list[str]:
 
 def _wsup(launch: Launch) -> list[str]:
     # Keepalive is wsup's default: a ping after 20 s of silence, like the peers'.
-    return wsup_serve_command(WSUP_APPS[launch.app, launch.compression], launch.port)
+    return [
+        *wsup_serve_command(WSUP_APPS[launch.app, launch.compression], launch.port),
+        *launch.extra_args,
+    ]
 
 
 def _wsup_asgi(launch: Launch) -> list[str]:
@@ -149,6 +173,7 @@ def _wsup_asgi(launch: Launch) -> list[str]:
         "1024",
         "--log-level",
         "warning",
+        *launch.extra_args,
     ]
 
 
@@ -159,6 +184,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_peer("websockets_server.py"),
         compression=Compression.SWITCHABLE,
         drains=True,
+        loop_lag=LoopLag.PROBE,
     ),
     ServerSpec(
         name="aiohttp",
@@ -166,6 +192,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_peer("aiohttp_server.py"),
         compression=Compression.SWITCHABLE,
         drains=True,
+        loop_lag=LoopLag.PROBE,
     ),
     ServerSpec(
         name="picows",
@@ -173,6 +200,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_peer("picows_server.py"),
         compression=Compression.UNSUPPORTED,
         drains=False,
+        loop_lag=LoopLag.PROBE,
     ),
     ServerSpec(
         name="wsup",
@@ -180,6 +208,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_wsup,
         compression=Compression.SWITCHABLE,
         drains=True,
+        loop_lag=LoopLag.METRICS,
     ),
     ServerSpec(
         name="wsup-asgi",
@@ -187,6 +216,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_wsup_asgi,
         compression=Compression.SWITCHABLE,
         drains=True,
+        loop_lag=LoopLag.METRICS,
     ),
     ServerSpec(
         name="fastapi",
@@ -194,6 +224,7 @@ SERVERS: tuple[ServerSpec, ...] = (
         command=_peer("fastapi_server.py"),
         compression=Compression.SWITCHABLE,
         drains=False,
+        loop_lag=LoopLag.PROBE,
     ),
 )
 

@@ -20,6 +20,9 @@ implements too:
   that cannot compress refuses ``on`` with exit status 2.
 * On SIGTERM a server that supports graceful shutdown closes every connection
   with 1001 (going away) and exits; the others just exit.
+* ``--lag-file PATH`` runs an event-loop lag probe (``lagprobe.py``, in this
+  directory, which the scripts import as a sibling) that writes a sample every
+  50 ms, for the storm scenario.
 * The listen backlog is 1024 so that bursts of connects are not dropped.
 * The server prints one line with its settings to standard error when it
   listens.

@@ -16,8 +16,11 @@ import argparse
 import asyncio
 import resource
 import sys
+from collections.abc import AsyncIterator
 from importlib.metadata import version
+from pathlib import Path
 
+import lagprobe
 import uvloop
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -99,6 +102,14 @@ async def announce(app: web.Application) -> None:
     )
 
 
+async def lag_probe(app: web.Application) -> AsyncIterator[None]:
+    """Run the event-loop lag probe for the application's lifetime (``--lag-file``)."""
+    probe = lagprobe.start(app[SETTINGS].lag_file)
+    yield
+    if probe is not None:
+        probe.cancel()
+
+
 def make_app(settings: argparse.Namespace) -> web.Application:
     """Build the application with ``/echo`` and ``/fanout``."""
     app = web.Application()
@@ -109,6 +120,7 @@ def make_app(settings: argparse.Namespace) -> web.Application:
     app.router.add_get("/fanout", fanout)
     app.on_startup.append(announce)
     app.on_shutdown.append(close_all)
+    app.cleanup_ctx.append(lag_probe)
     return app
 
 
@@ -119,6 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--compression", choices=("on", "off"), default="off")
     parser.add_argument("--ping-interval", type=float, default=20.0)
+    parser.add_argument("--lag-file", type=Path, help="record the event loop's lag here")
     return parser.parse_args(argv)
 
 

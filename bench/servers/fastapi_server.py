@@ -14,12 +14,29 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import version
+from pathlib import Path
 
+import lagprobe
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-app = FastAPI()
+#: Where the event-loop lag probe writes (``--lag-file``); ``None``: no probe.
+LAG_FILE: Path | None = None
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the event-loop lag probe while the application runs."""
+    probe = lagprobe.start(LAG_FILE)
+    yield
+    if probe is not None:
+        probe.cancel()
+
+
+app = FastAPI(lifespan=lifespan)
 subscribers: set[WebSocket] = set()
 
 
@@ -70,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--compression", choices=("on", "off"), default="off")
     parser.add_argument("--ping-interval", type=float, default=20.0)
+    parser.add_argument("--lag-file", type=Path, help="record the event loop's lag here")
     return parser.parse_args(argv)
 
 
@@ -77,6 +95,7 @@ if __name__ == "__main__":
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     args = parse_args()
+    LAG_FILE = args.lag_file
     print(
         f"fastapi {version('fastapi')} on uvicorn {version('uvicorn')} (uvloop): "
         f"listening on {args.host}:{args.port}, compression={args.compression}, "

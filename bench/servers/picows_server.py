@@ -16,7 +16,9 @@ import asyncio
 import resource
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
+import lagprobe
 import uvloop
 from picows import (
     WSAutoPingStrategy,
@@ -99,8 +101,11 @@ async def main(args: argparse.Namespace) -> None:
         file=sys.stderr,
         flush=True,
     )
+    probe = lagprobe.start(args.lag_file)
     async with server:
         await server.serve_forever()
+    if probe is not None:
+        probe.cancel()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--compression", choices=("on", "off"), default="off")
     parser.add_argument("--ping-interval", type=float, default=20.0)
+    parser.add_argument("--lag-file", type=Path, help="record the event loop's lag here")
     return parser.parse_args(argv)
 
 

@@ -17,7 +17,9 @@ import resource
 import signal
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
+import lagprobe
 import uvloop
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -78,7 +80,10 @@ async def main(args: argparse.Namespace) -> None:
         file=sys.stderr,
         flush=True,
     )
+    probe = lagprobe.start(args.lag_file)
     await server.wait_closed()
+    if probe is not None:
+        probe.cancel()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--compression", choices=("on", "off"), default="off")
     parser.add_argument("--ping-interval", type=float, default=20.0)
+    parser.add_argument("--lag-file", type=Path, help="record the event loop's lag here")
     return parser.parse_args(argv)
 
 
