@@ -13,6 +13,8 @@ Examples::
     python -m bench --quick
     python -m bench --scenarios rr --repeats 3
     python -m bench --scenarios echo,fanout --servers websockets,picows --repeats 5
+    python -m bench --scenarios storm --servers websockets,wsup --repeats 1
+    python -m bench --scenarios storm --servers wsup --server-args 'wsup=--drain-window 5'
     python -m bench --list
 """
 
@@ -23,6 +25,7 @@ import asyncio
 import dataclasses
 import os
 import resource
+import shlex
 import signal
 import sys
 import tempfile
@@ -66,12 +69,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write raw results to this file")
     parser.add_argument("--logs", type=Path, help="keep server and load generator logs here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--server-args",
+        action="append",
+        default=[],
+        metavar="SERVER=ARGS",
+        help="extra command-line arguments for one server, e.g. 'wsup=--drain-window 0' "
+        "(repeatable)",
+    )
     parser.add_argument("--list", action="store_true", help="list scenarios and servers, then exit")
     return parser.parse_args(argv)
 
 
 def _names(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def server_args(values: list[str], known: list[str]) -> dict[str, tuple[str, ...]]:
+    """``--server-args`` values (``SERVER=ARGS``, split like a shell) by server name.
+
+    Raises:
+        ValueError: a value without ``=``, or an unknown server.
+    """
+    by_server: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, equals, args = value.partition("=")
+        if not equals:
+            raise ValueError(f"--server-args {value!r}: expected SERVER=ARGS")
+        if name not in known:
+            raise ValueError(f"--server-args {value!r}: unknown server; known: {', '.join(known)}")
+        by_server[name] = (*by_server.get(name, ()), *shlex.split(args))
+    return by_server
 
 
 def _versions() -> dict[str, str]:
@@ -126,6 +154,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         scenarios = select(catalogue(sizes), _names(args.scenarios))
         servers = registry.select(_names(args.servers))
+        extra_args = server_args(args.server_args, [spec.name for spec in registry.SERVERS])
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -149,6 +178,7 @@ async def run(args: argparse.Namespace) -> int:
         "servers": {spec.name: spec.description for spec in servers},
         "ping_interval_s": PING_INTERVAL,
         "sizes": dataclasses.asdict(sizes),
+        "server_args": {name: list(value) for name, value in extra_args.items()},
     }
     header = [
         f"wsup bench ({settings['mode']}, {repeats} repeat{'s' * (repeats > 1)})",
@@ -159,6 +189,7 @@ async def run(args: argparse.Namespace) -> int:
         "compression: off unless the scenario says otherwise; client is picows on uvloop",
         f"table: median (min-max) over repeats; ratio = median / {registry.BASELINE} median",
     ]
+    header.extend(f"{name} runs with: {shlex.join(value)}" for name, value in extra_args.items())
     load = os.getloadavg()[0]
     settings["load_average_at_start"] = load
     if load > BUSY_LOAD:
@@ -169,7 +200,7 @@ async def run(args: argparse.Namespace) -> int:
     print("\n".join(header) + "\n", flush=True)
 
     outcomes: dict[tuple[str, str], Outcome] = {}
-    start_failures: dict[tuple[str, str, bool], str] = {}
+    start_failures: dict[tuple[str, str, bool, tuple[str, ...]], str] = {}
     total = len(scenarios) * repeats * len(servers)
     done = 0
     with ExitStack() as stack:
@@ -186,14 +217,30 @@ async def run(args: argparse.Namespace) -> int:
                     outcome = outcomes.setdefault(key, Outcome(scenario.name, spec.name))
                     if outcome.status != "ok":
                         continue
+                    if scenario.server_args is not None and spec.name not in scenario.server_args:
+                        outcome.status = "n/a"
+                        outcome.problems = ["the setting under test is not one of this server's"]
+                        continue
+                    own_args = (scenario.server_args or {}).get(spec.name, ())
                     # A server without a compression switch runs the same command either way.
                     switchable = spec.compression is registry.Compression.SWITCHABLE
-                    start_key = (spec.name, scenario.app, scenario.compression and switchable)
+                    start_key = (
+                        spec.name,
+                        scenario.app,
+                        scenario.compression and switchable,
+                        own_args,
+                    )
                     if start_key in start_failures:
                         outcome.status = "failed to start"
                         outcome.problems = [start_failures[start_key]]
                         continue
-                    ctx = Context(spec, pin, log_dir, tag=f"{scenario.name}-{spec.name}-{repeat}")
+                    ctx = Context(
+                        spec,
+                        pin,
+                        log_dir,
+                        tag=f"{scenario.name}-{spec.name}-{repeat}",
+                        server_args=(*own_args, *extra_args.get(spec.name, ())),
+                    )
                     began = time.monotonic()
                     try:
                         summary = await measure(scenario, ctx, outcome)

@@ -173,6 +173,10 @@ class ServerProcess:
         """Resident memory of the server and its descendants."""
         return procfs.rss_bytes(self.pid)
 
+    def peak_rss_bytes(self) -> int:
+        """The highest resident memory the server (and its descendants) reached."""
+        return procfs.peak_rss_bytes(self.pid)
+
     def open_files_limit(self) -> int | None:
         """The server's soft open-file limit."""
         return procfs.open_files_limit(self.pid)
@@ -217,20 +221,25 @@ class Loadgen:
     @classmethod
     async def spawn(
         cls,
-        mode: str,
+        mode: str | None,
         args: list[str],
         *,
         prefix: tuple[str, ...],
         log: Path,
+        module: str = "bench.loadgen",
     ) -> Loadgen:
-        """Start ``python -m bench.loadgen MODE ARGS``; call :meth:`wait_ready` next."""
+        """Start ``python -m MODULE [MODE] ARGS``; call :meth:`wait_ready` next.
+
+        ``module`` is :mod:`bench.loadgen` or another client speaking its
+        protocol (:mod:`bench.storm_clients`, which has no modes).
+        """
         with log.open("wb") as errors:
             process = await asyncio.create_subprocess_exec(
                 *prefix,
                 sys.executable,
                 "-m",
-                "bench.loadgen",
-                mode,
+                module,
+                *((mode,) if mode is not None else ()),
                 *args,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,

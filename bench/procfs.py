@@ -93,18 +93,27 @@ def cpu_usage(cpu: int) -> tuple[float, float]:
     return tasks / _CLOCK_TICKS, steal / _CLOCK_TICKS
 
 
-def _rss_bytes_one(pid: int) -> int:
+def _status_kib(pid: int, field: str) -> int:
     try:
         status = (_PROC / str(pid) / "status").read_text()
     except OSError:
         return 0
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else 0
 
 
 def rss_bytes(pid: int) -> int:
     """Resident set size in bytes of ``pid`` and its descendants."""
-    return sum(_rss_bytes_one(p) for p in descendants(pid))
+    return sum(_status_kib(p, "VmRSS") for p in descendants(pid))
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set size in bytes ``pid`` and its descendants each reached.
+
+    ``VmHWM`` (the "high water mark") of each process, summed: the peaks of
+    several processes need not have been at the same moment.
+    """
+    return sum(_status_kib(p, "VmHWM") for p in descendants(pid))
 
 
 def open_files_limit(pid: int) -> int | None:

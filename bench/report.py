@@ -45,12 +45,14 @@ class Outcome:
 
 
 def fmt(value: float) -> str:
-    """Three significant figures, with k/M suffixes for large numbers."""
+    """Three significant figures, with k/M suffixes for large numbers; a count stays whole."""
     magnitude = abs(value)
     if magnitude >= 1e6:
         return f"{value / 1e6:.2f}M"
     if magnitude >= 1e4:
         return f"{value / 1e3:.1f}k"
+    if value == int(value):
+        return str(int(value))
     if magnitude >= 100:
         return f"{value:.0f}"
     if magnitude >= 10:

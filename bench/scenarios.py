@@ -20,7 +20,7 @@ import resource
 import socket
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -85,20 +85,29 @@ class Context:
         pin: CPU pinning prefixes.
         log_dir: where process output goes.
         tag: prefix for this measurement's log files.
+        server_args: appended to every server command line of the measurement
+            (the scenario's settings for this server, then ``--server-args``).
         children: everything started, stopped by the caller afterwards.
         start_timeout: seconds a server gets to start listening.
+        port: the port of the server started last.
     """
 
     spec: ServerSpec
     pin: Pinning
     log_dir: Path
     tag: str
+    server_args: tuple[str, ...] = ()
     children: Children = field(default_factory=Children)
     start_timeout: float = 15.0
     port: int = 0
 
     async def start_server(
-        self, app: AppKind, *, compression: bool = False, ping_interval: float = PING_INTERVAL
+        self,
+        app: AppKind,
+        *,
+        compression: bool = False,
+        ping_interval: float = PING_INTERVAL,
+        lag_file: Path | None = None,
     ) -> ServerProcess:
         """Start the server under test on a free port and wait until it listens.
 
@@ -106,9 +115,13 @@ class Context:
             StartFailed: it did not start.
         """
         self.port = free_port()
-        launch = Launch(self.port, app, compression, ping_interval)
+        launch = Launch(self.port, app, compression, ping_interval, self.server_args, lag_file)
+        index = len(self.children.servers)
         server = await ServerProcess.spawn(
-            self.spec, launch, prefix=self.pin.server, log=self.log_dir / f"{self.tag}-server.log"
+            self.spec,
+            launch,
+            prefix=self.pin.server,
+            log=self.log_dir / f"{self.tag}-server{f'-{index}' if index else ''}.log",
         )
         self.children.servers.append(server)
         await server.wait_listening(self.port, self.start_timeout)
@@ -116,14 +129,19 @@ class Context:
 
     async def start_loadgens(
         self,
-        mode: str,
+        mode: str | None,
         path: str,
         conns: int,
         *,
         extra: tuple[str, ...] = (),
         min_processes: int = 1,
+        port: int | None = None,
+        module: str = "bench.loadgen",
     ) -> list[Loadgen]:
         """Start enough load generators for ``conns`` connections and wait until connected.
+
+        They connect to ``port`` (the server started last by default) and run
+        ``python -m MODULE`` (see :meth:`Loadgen.spawn`).
 
         Raises:
             Failed: a connection could not be opened.
@@ -131,7 +149,7 @@ class Context:
         """
         processes = max(min_processes, math.ceil(conns / conns_per_loadgen()))
         shares = [conns // processes + (i < conns % processes) for i in range(processes)]
-        url = f"ws://127.0.0.1:{self.port}{path}"
+        url = f"ws://127.0.0.1:{self.port if port is None else port}{path}"
         started: list[Loadgen] = []
         for index, share in enumerate(shares):
             loadgen = await Loadgen.spawn(
@@ -139,6 +157,7 @@ class Context:
                 ["--url", url, "--conns", str(share), *extra],
                 prefix=self.pin.loadgen,
                 log=self.log_dir / f"{self.tag}-loadgen{len(self.children.loadgens)}-{index}.log",
+                module=module,
             )
             self.children.loadgens.append(loadgen)
             started.append(loadgen)
@@ -521,6 +540,12 @@ class Sizes:
     idle_conns: int
     idle_seconds: float
     drain_conns: int
+    storm_conns: int
+    """Clients of the storm scenarios (see :mod:`bench.storm`)."""
+    storm_processes: int
+    """Client processes they are spread over."""
+    storm_timeout: float
+    """Seconds the clients get to come back after SIGTERM."""
 
 
 FULL = Sizes(
@@ -539,6 +564,10 @@ FULL = Sizes(
     # Two keepalive intervals: every connection is pinged twice whatever its phase.
     idle_seconds=2 * PING_INTERVAL,
     drain_conns=10_000,
+    # The open-file hard limit is 20,000 per process: 19,000 leaves the server room.
+    storm_conns=19_000,
+    storm_processes=4,
+    storm_timeout=120.0,
 )
 
 QUICK = Sizes(
@@ -556,6 +585,9 @@ QUICK = Sizes(
     idle_conns=400,
     idle_seconds=0.5,
     drain_conns=200,
+    storm_conns=200,
+    storm_processes=2,
+    storm_timeout=60.0,
 )
 
 
@@ -571,6 +603,9 @@ class Scenario:
         metrics: what it reports, in column order.
         run: the measurement.
         timeout: hard limit in seconds for one measurement, start to stop.
+        server_args: when set, the scenario runs only against the servers it
+            names, each with these arguments added to its command line (a
+            setting under test, such as ``--drain-window 0``); n/a for the others.
     """
 
     name: str
@@ -580,6 +615,7 @@ class Scenario:
     metrics: tuple[Metric, ...]
     run: Callable[[Context], Awaitable[Sample]]
     timeout: float
+    server_args: Mapping[str, tuple[str, ...]] | None = None
 
 
 ECHO_METRICS = (
@@ -789,6 +825,10 @@ def catalogue(sizes: Sizes) -> list[Scenario]:
             timeout=180 + sizes.drain_conns / 100,
         )
     )
+    # Imported here: bench.storm builds on this module's Context, Sample and Scenario.
+    from bench.storm import storm_scenarios
+
+    scenarios.extend(storm_scenarios(sizes))
     return scenarios
 
 
