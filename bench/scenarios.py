@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import resource
 import socket
 import statistics
@@ -171,12 +172,40 @@ class Context:
         return started
 
 
+#: Lowest port :func:`free_port` picks when the ephemeral range leaves room below it.
+LOWEST_PORT = 10_000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """``net.ipv4.ip_local_port_range``: where outgoing connections get their local port."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken,
+    between this check and the server's ``bind``, as the local port of any
+    outgoing connection on the machine, and a scenario opens thousands; below
+    the range only another explicit ``bind`` can take it.
+    """
+    low, _ = ephemeral_ports()
+    candidates = list(range(LOWEST_PORT, low)) if low > LOWEST_PORT + 1000 else []
+    for port in random.sample(candidates, min(len(candidates), 50)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 def conns_per_loadgen() -> int:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bench.scenarios import FULL, QUICK, Sizes, catalogue, select
+from bench.scenarios import (
+    FULL,
+    LOWEST_PORT,
+    QUICK,
+    Sizes,
+    catalogue,
+    ephemeral_ports,
+    free_port,
+    select,
+)
 
 RR = ["rr-1conn-32B", "rr-1conn-4KiB", "rr-100conn-32B", "rr-100conn-4KiB"]
 ECHO = ["echo-1conn-32B", "echo-1conn-4KiB", "echo-100conn-32B", "echo-100conn-4KiB"]
@@ -42,3 +51,11 @@ def test_rr_scenarios_use_the_echo_counts() -> None:
     assert "1 connection x 32 B" in by_name["rr-1conn-32B"].title
     assert f"{FULL.echo_seconds:g} s" in by_name["rr-1conn-32B"].title
     assert by_name["rr-1conn-32B"].timeout > FULL.echo_seconds + FULL.rr_warmup
+
+
+def test_free_ports_are_outside_the_ephemeral_range() -> None:
+    """No outgoing connection can take the port between the pick and the server's bind."""
+    low, _ = ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    assert all(LOWEST_PORT <= port < low for port in ports)
+    assert len(ports) > 1
