@@ -143,10 +143,27 @@ def parse_lag(text: str) -> list[float]:
     return [counts[bound] for bound in bounds]
 
 
+#: Seconds a scrape of ``/metrics`` may take, and how many tries it gets: a server
+#: still under the herd (clients not back in time) can take long to answer.
+SCRAPE_TIMEOUT = 30.0
+SCRAPE_TRIES = 3
+
+
 def scrape_lag(port: int) -> list[float]:
-    """``GET /metrics`` of the wsup server on ``port``; its lag histogram's counts."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        return parse_lag(answer.read().decode())
+    """``GET /metrics`` of the wsup server on ``port``; its lag histogram's counts.
+
+    Raises:
+        Failed: no answer after :data:`SCRAPE_TRIES` tries.
+    """
+    url = f"http://127.0.0.1:{port}/metrics"
+    error: OSError | None = None
+    for _ in range(SCRAPE_TRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as answer:
+                return parse_lag(answer.read().decode())
+        except OSError as exc:  # timeouts and refusals alike
+            error = exc
+    raise Failed(f"GET /metrics of the new instance failed {SCRAPE_TRIES} times: {error}")
 
 
 def probe_samples(path: Path, start: float, end: float) -> list[float]:
@@ -177,7 +194,11 @@ class LagWatch:
             self.before = await asyncio.to_thread(scrape_lag, port)
 
     async def p99(self) -> float | None:
-        """The 99th percentile of the lag since :meth:`begin`, in seconds (``None``: unknown)."""
+        """The 99th percentile of the lag since :meth:`begin`, in seconds (``None``: unknown).
+
+        Raises:
+            Failed: the server's ``/metrics`` did not answer.
+        """
         if self.kind is LoopLag.METRICS:
             after = await asyncio.to_thread(scrape_lag, self.port)
             return quantile(0.99, [a - b for a, b in zip(after, self.before, strict=True)])
@@ -286,7 +307,12 @@ async def measure_storm(
     sample.values["cpu_s"] = server_cpu
     sample.values["drain_cpu_s"] = drain.stop()
     sample.values["peak_rss_mib"] = new.peak_rss_bytes() / 2**20
-    p99 = await lag.p99()
+    try:
+        p99 = await lag.p99()
+    except Failed as exc:
+        # The rest of the measurement stands; the column stays empty.
+        sample.notes.append(str(exc))
+        p99 = None
     if p99 is not None:
         sample.values["lag_p99_ms"] = p99 * 1000
     # The old instance shares the server CPU: its drain counts among "other processes".

@@ -31,6 +31,7 @@ from bench.storm import (
     parse_lag,
     probe_samples,
     quantile,
+    scrape_lag,
 )
 from bench.storm_clients import (
     BASE,
@@ -201,6 +202,12 @@ def test_a_scrape_with_other_buckets_is_refused() -> None:
     assert parse_lag(text) == [float(index) for index in range(len(LAG_BOUNDS) + 1)]
     with pytest.raises(Failed, match="buckets"):
         parse_lag(text.replace('le="0.001"', 'le="0.002"'))
+
+
+def test_a_server_whose_metrics_do_not_answer_is_named() -> None:
+    """No answer from /metrics is a failure saying so, not a bare socket error."""
+    with pytest.raises(Failed, match=r"GET /metrics of the new instance failed 3 times"):
+        scrape_lag(free_port())
 
 
 def test_probe_samples_outside_the_window_do_not_count(tmp_path: Path) -> None:
