@@ -56,6 +56,11 @@ from bench.scenarios import (
 )
 from bench.storm_clients import REASONS
 
+#: Where the clients connect from, in turn: each address has the whole ephemeral
+#: port range for each server, and attempts abandoned after a timeout keep their
+#: port in TIME_WAIT for a minute; one address ran short in a slow storm.
+SOURCE_ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+
 #: ``wsup_event_loop_lag_seconds``' bucket bounds (``supervisor/metrics.py``);
 #: the peers' probe samples are counted in the same buckets.
 LAG_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -286,7 +291,12 @@ async def measure_storm(
         None,
         "/echo",
         conns,
-        extra=("--reconnect-url", f"ws://127.0.0.1:{ctx.port}/echo"),
+        extra=(
+            "--reconnect-url",
+            f"ws://127.0.0.1:{ctx.port}/echo",
+            "--source-addresses",
+            ",".join(SOURCE_ADDRESSES),
+        ),
         min_processes=processes,
         port=old_port,
         module="bench.storm_clients",

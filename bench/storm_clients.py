@@ -39,6 +39,7 @@ import contextlib
 import email.utils
 import random
 import resource
+import socket
 import sys
 import time
 from collections import Counter
@@ -72,6 +73,8 @@ REASONS = (
     "other_status",  # any other HTTP status than 101
     "other_error",  # anything else (an invalid answer, another OSError)
 )
+#: ``IP_BIND_ADDRESS_NO_PORT`` from ``<linux/in.h>`` (the socket module has it from 3.12).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 #: Attempts at the first connection of each client, and how many at a time.
 FIRST_ATTEMPTS = 3
 FIRST_CONCURRENCY = 64
@@ -113,6 +116,25 @@ def refusal(response: Response) -> Outcome:
         return Outcome("other_status", detail=detail)
     wait = retry_after(response)
     return Outcome("503" if wait is None else "503_retry_after", wait, detail)
+
+
+def source_socket(source: str | None) -> socket.socket:
+    """A non-blocking TCP socket, bound to the address ``source`` if given.
+
+    The port is left to ``connect`` (``IP_BIND_ADDRESS_NO_PORT``), which may
+    reuse a local port for another destination: each source address then has
+    the whole ephemeral range for each server, as an unbound socket has.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    if source is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source, 0))
+        except OSError:
+            sock.close()
+            raise
+    return sock
 
 
 class Connection(asyncio.Protocol):
@@ -267,10 +289,13 @@ class Book:
 class Client:
     """One client: a connection to the first server, then (after it ends) to the second."""
 
-    def __init__(self, book: Book, first: WebSocketURI, second: WebSocketURI) -> None:
+    def __init__(
+        self, book: Book, first: WebSocketURI, second: WebSocketURI, source: str | None = None
+    ) -> None:
         self.book = book
         self.first = first
         self.second = second
+        self.source = source
         self.connection: Connection | None = None
         self.on_second = False
         self.dropped_at = 0.0
@@ -282,19 +307,32 @@ class Client:
         loop = asyncio.get_running_loop()
         on_second = uri is self.second
         connection = Connection(uri, lambda: self._dropped(on_second))
+        sock = source_socket(self.source)
+        handed = False
         try:
             async with asyncio.timeout(ATTEMPT_TIMEOUT):
-                await loop.create_connection(lambda: connection, uri.host, uri.port)
+                await loop.sock_connect(sock, (uri.host, uri.port))
+                await loop.create_connection(lambda: connection, sock=sock)
+                handed = True
                 outcome = await asyncio.shield(connection.answer)
-        except TimeoutError:
-            connection.abort()
-            return Outcome("timeout", detail=f"no answer in {ATTEMPT_TIMEOUT:g} s")
-        except ConnectionRefusedError as exc:
-            return Outcome("refused", detail=repr(exc))
-        except ConnectionResetError as exc:
-            return Outcome("reset", detail=repr(exc))
-        except OSError as exc:
+        except (TimeoutError, OSError) as exc:
+            if handed:
+                connection.abort()
+            else:
+                sock.close()
+            if isinstance(exc, TimeoutError):
+                return Outcome("timeout", detail=f"no answer in {ATTEMPT_TIMEOUT:g} s")
+            if isinstance(exc, ConnectionRefusedError):
+                return Outcome("refused", detail=repr(exc))
+            if isinstance(exc, ConnectionResetError):
+                return Outcome("reset", detail=repr(exc))
             return Outcome("other_error", detail=repr(exc))
+        except BaseException:
+            if handed:
+                connection.abort()
+            else:
+                sock.close()
+            raise
         if outcome.reason is None:
             self.connection = connection
             self.on_second = on_second
@@ -346,7 +384,10 @@ async def run(args: argparse.Namespace) -> None:
     commands = await stdin_reader()
     book = Book(args.conns)
     first, second = parse_uri(args.url), parse_uri(args.reconnect_url)
-    clients = [Client(book, first, second) for _ in range(args.conns)]
+    sources = args.source_addresses or [None]
+    clients = [
+        Client(book, first, second, sources[index % len(sources)]) for index in range(args.conns)
+    ]
     gate = asyncio.Semaphore(FIRST_CONCURRENCY)
     outcomes = await asyncio.gather(*(client.connect_first(gate) for client in clients))
     failures = [outcome for outcome in outcomes if outcome.reason is not None]
@@ -379,6 +420,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", required=True, help="the server to connect to first")
     parser.add_argument("--reconnect-url", required=True, help="the server to come back to")
     parser.add_argument("--conns", type=int, default=1, help="clients in this process")
+    parser.add_argument(
+        "--source-addresses",
+        type=lambda value: value.split(","),
+        help="comma-separated local addresses (127.0.0.x) the clients connect from, in turn",
+    )
     return parser.parse_args(argv)
 
 
