@@ -164,9 +164,15 @@ AcceptError = Literal["emfile", "enfile", "enobufs", "enomem"]
 (``EMFILE``), the system's (``ENFILE``), or kernel memory (``ENOBUFS``, ``ENOMEM``)."""
 ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
 
-LimitName = Literal["inbound_delay", "inbound_close"]
+LimitName = Literal[
+    "inbound_delay", "inbound_close", "max_connections", "max_handshakes",
+    "max_connections_per_address", "accept_rate", "handshake_rate", "handshake_rate_per_address",
+]  # fmt: skip
 """Which limit acted: a connection over its route's inbound rate had its reading
-paused (``inbound_delay``) or was closed with 1008 (``inbound_close``)."""
+paused (``inbound_delay``) or was closed with 1008 (``inbound_close``); or a
+client was answered 503 by admission control, named by the setting it went over
+(``max_connections``, ``max_handshakes``, ``max_connections_per_address``,
+``accept_rate``, ``handshake_rate``, ``handshake_rate_per_address``)."""
 LIMIT_NAMES: Final[tuple[LimitName, ...]] = get_args(LimitName)
 
 ApiEndpoint = Literal["send", "broadcast", "presence", "other"]
@@ -237,7 +243,7 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_limited_total": (
             "Times a limit acted on a client, by limit: reading paused or a close "
-            "for going over a route's inbound rate."
+            "for going over a route's inbound rate, or a 503 from admission control."
         ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (

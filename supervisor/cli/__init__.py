@@ -5,7 +5,9 @@ command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``WSUP_PORT``, ``WSUP_DRAIN_TIMEOUT``, ``WSUP_LOG_FORMAT``, ``WSUP_LOG_LEVEL``,
 ``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
 ``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REDIS_PREFIX``,
-``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE`` (flags take
+``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE``, and those of
+admission control (``WSUP_MAX_HANDSHAKES``, ``WSUP_HANDSHAKE_RATE``...: see
+``_admission``) (flags take
 ``1``/``true``/``yes`` or ``0``/``false``/``no``); ``WSUP_API_KEY`` holds the
 server API's key itself.
 
@@ -53,6 +55,7 @@ from ..redis import RedisBackplane
 from ..server._app import App
 from ..server._config import ServerConfig
 from ..server._server import VERSION, Server, serve
+from . import _admission
 from ._workers import Master, worker_channel
 
 __all__ = ["CRITICAL_EXIT_STATUS", "load_app", "main"]
@@ -243,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="set SO_REUSEPORT so several processes share the port (WSUP_REUSE_PORT)",
     )
+    _admission.add_arguments(run)
     send = commands.add_parser(
         "send", help="send one message to an address: wsup send ADDRESS MESSAGE --redis URL"
     )
@@ -463,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["drain_batch_size"] = args.drain_batch_size
         elif _env("DRAIN_BATCH_SIZE") is not None:
             overrides["drain_batch_size"] = _env_number("DRAIN_BATCH_SIZE", "1000", int)
+        try:
+            overrides.update(_admission.overrides(args))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         log_format = args.log_format or _env("LOG_FORMAT")
         if log_format not in (None, "json", "console"):
             raise UsageError(f"WSUP_LOG_FORMAT must be json or console, got {log_format!r}")
@@ -596,6 +604,7 @@ def _run_workers(
     command += ["--drain-timeout", repr(config.drain_timeout), "--log-level", level]
     command += ["--drain-window", repr(config.drain_window)]
     command += ["--drain-batch-size", str(config.drain_batch_size)]
+    command += _admission.as_flags(config)
     command += ["--backend", backend, "--redis-node-ttl", repr(cluster.node_ttl)]
     for host in config.hosts:
         command += ["--host", host]

@@ -69,6 +69,26 @@ class LoopWatchdog:
         self._beat = time.monotonic()
         self._stop = threading.Event()
         self._loop_thread = threading.get_ident()
+        # The largest lag of the current second and of the one before (recent_lag).
+        self._window_start = time.monotonic()
+        self._window_max = 0.0
+        self._previous_max = 0.0
+
+    def recent_lag(self, now: float | None = None) -> float:
+        """The largest lag measured over the last one to two seconds, in seconds.
+
+        ``now``: a ``time.monotonic()`` reading (default: read it).
+        """
+        if (time.monotonic() if now is None else now) - self._window_start >= 2.0:
+            return 0.0  # no beat finished for a while: the loop is stopped or stalled now
+        return max(self._window_max, self._previous_max)
+
+    def _record(self, late: float, now: float) -> None:
+        if now - self._window_start >= 1.0:
+            self._previous_max = self._window_max if now - self._window_start < 2.0 else 0.0
+            self._window_start = now
+            self._window_max = 0.0
+        self._window_max = max(self._window_max, late)
 
     async def run(self) -> None:
         """Beat until cancelled; the watching thread lives as long."""
@@ -81,8 +101,10 @@ class LoopWatchdog:
                 before = time.monotonic()
                 self._beat = before
                 await anyio.sleep(self.interval)
-                late = time.monotonic() - before - self.interval
-                lag.observe(max(late, 0.0))
+                after = time.monotonic()
+                late = max(after - before - self.interval, 0.0)
+                lag.observe(late)
+                self._record(late, after)
         finally:
             self._stop.set()
 

@@ -122,8 +122,13 @@ class HandshakeProtocol(asyncio.Protocol):
             self._ops_only,
         )
         self._reader = host.reader(self._protocol, socket)
-        self._started = host.opened(self._ops_only)
+        self._started, refused = host.opened(self._ops_only, socket.remote)
         host.unowned.add(self)
+        if refused is not None:
+            # Admission control: answered at once, the request left unread.
+            self._settle()
+            self._conclude(refused)
+            return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
 

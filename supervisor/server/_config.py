@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._keepalive import KeepaliveConfig
+from ._limits import Rate
 
 __all__ = ["ServerConfig"]
 
@@ -24,6 +25,20 @@ class ServerConfig:
         reuse_port: set ``SO_REUSEPORT`` (several processes on one port).
         backlog: the listen backlog.
         max_connections: more concurrent connections get HTTP 503.
+        max_handshakes: sockets on the server port whose handshake is in progress
+            (accepted, request not yet answered), counted apart from
+            ``max_connections``; one more gets HTTP 503 at once, its request
+            unread (``None``: no bound).
+        max_connections_per_address: WebSocket connections one client address
+            may hold open; one more gets HTTP 503 (``None``: no cap). The
+            address is the one ``trusted_proxies`` forward, else the peer's.
+        accept_rate: sockets accepted per second on the server port (all its
+            addresses, per process); one more gets HTTP 503 at once, its
+            request unread (``None``: no rate).
+        handshake_rate: WebSocket upgrade requests per second, per process; one
+            more gets HTTP 503 (``None``: no rate).
+        handshake_rate_per_address: WebSocket upgrade requests per second from
+            one client address; one more gets HTTP 503 (``None``: no rate).
         max_size: the largest message accepted, in bytes; bigger closes with 1009.
         max_fragments: the most frames one message may arrive in (empty
             continuation frames count); more closes with 1009.
@@ -43,6 +58,8 @@ class ServerConfig:
         drain_batch_size: connections closed per batch of a paced drain; a
             server with at most this many connections closes them all at once.
         loop_lag_threshold: seconds of event-loop stall worth a WARNING.
+        readiness_loop_lag: ``/readyz`` answers 503 while the event loop's lag
+            over the last second passed this many seconds (``None``: never).
         metrics_port: also serve ``/metrics`` on this port (``None``: only on the main one).
         readiness_fd_fraction: ``/readyz`` answers 503 while the process holds at
             least this fraction of its descriptor limit (soft ``RLIMIT_NOFILE``), so
@@ -62,6 +79,11 @@ class ServerConfig:
     reuse_port: bool = False
     backlog: int = 1024
     max_connections: int = 100_000
+    max_handshakes: int | None = 2048
+    max_connections_per_address: int | None = None
+    accept_rate: Rate | None = None
+    handshake_rate: Rate | None = None
+    handshake_rate_per_address: Rate | None = None
     max_size: int = 1 << 20
     max_fragments: int = 1024
     compression: bool = False
@@ -75,6 +97,7 @@ class ServerConfig:
     drain_window: float = 10.0
     drain_batch_size: int = 1000
     loop_lag_threshold: float = 0.25
+    readiness_loop_lag: float | None = None
     metrics_port: int | None = None
     readiness_fd_fraction: float | None = 0.9
     api_key: str | None = field(default=None, repr=False)
@@ -117,6 +140,12 @@ class ServerConfig:
             raise ValueError("max_fragments must be >= 1")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        for name in ("max_handshakes", "max_connections_per_address"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        if self.readiness_loop_lag is not None and not self.readiness_loop_lag > 0:
+            raise ValueError("readiness_loop_lag must be > 0 seconds or None")
         if self.readiness_grace < 0:
             raise ValueError("readiness_grace must be >= 0")
         if not 0 <= self.drain_window < math.inf:

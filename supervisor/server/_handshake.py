@@ -10,7 +10,9 @@ metrics port serves only the operational paths; ``/api/`` where the API is not
 served is a 404; methods a target does not take get 405; HEAD gets the status a
 GET would; ``/healthz``, ``/readyz`` and ``/metrics``; the app's plain HTTP
 routes; 404 for a path no
-WebSocket route matches; 503 while not accepting or at ``max_connections``;
+WebSocket route matches; 503 while not accepting, or with ``Retry-After`` when
+admission control refuses (``max_connections``, per-address caps, handshake
+rates: the host's :meth:`HandshakeHost.admit`, see ``_admission``);
 403 for a refused ``Origin``; the WebSocket checks of websockets'
 ``ServerProtocol.accept`` (426, 400); last the app's handshake hooks. Its
 result is one of three:
@@ -28,7 +30,7 @@ result is one of three:
 
 Nothing here reads a socket, a clock or the event loop: what it needs from
 the server at decision time comes through :class:`HandshakeHost` (readiness,
-whether it accepts, how many connections are open, the metrics exposition).
+whether it accepts, whether admission control lets a client in, the metrics exposition).
 The ``Date`` header is added by the driver when it writes (:func:`answer_bytes`).
 It only logs the exceptions of user code (a hook or HTTP handler that raised),
 where the traceback is.
@@ -65,6 +67,7 @@ from websockets.typing import Subprotocol
 
 from .._constants import HEALTHZ, OPS_PATHS, READYZ
 from . import _api
+from ._admission import Refusal
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
 from ._body import BodyReader, Head, parse_head, wants_body
 from ._config import ServerConfig
@@ -118,8 +121,13 @@ class HandshakeHost(Protocol):
     def readiness(self) -> tuple[bool, str]:
         """Whether this node should get new connections, and why not (``/readyz``)."""
 
-    def open_connections(self) -> int:
-        """How many WebSocket connections are open (for ``max_connections``)."""
+    @property
+    def per_address(self) -> bool:
+        """Whether :meth:`admit` needs the client's address (else the peer's is given)."""
+
+    def admit(self, client: str) -> Refusal | None:
+        """Whether a WebSocket upgrade from ``client`` may go on (``max_connections``,
+        per-address caps, handshake rates: see ``_admission``); None, or the refusal."""
 
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type for this ``Accept`` header."""
@@ -375,7 +383,7 @@ class Handshake:
 
     Args:
         app: the routes, HTTP routes and hooks (read at each decision).
-        config: ``max_connections``, ``origins``, ``trusted_proxies`` and the
+        config: ``origins``, ``trusted_proxies`` and the
             server API's ``api_key``, ``api_port`` and ``api_max_body``.
         host: the server, as far as a decision needs it.
         server_header: the ``Server`` header of every answer (``wsup/1.2``).
@@ -391,7 +399,6 @@ class Handshake:
         "_api_port",
         "_app",
         "_host",
-        "_max_connections",
         "_origins",
         "_proxies",
         "server_header",
@@ -402,7 +409,6 @@ class Handshake:
     ) -> None:
         self._app = app
         self._host = host
-        self._max_connections = config.max_connections
         self._origins = OriginPolicy(config.origins)
         self._proxies = TrustedProxies(config.trusted_proxies)
         self._api_key = config.api_key
@@ -586,8 +592,14 @@ class Handshake:
         if not host.accepting:
             why = "server is shutting down" if host.draining else "not accepting new connections"
             return self._refuse(503, why + "\n", "not_accepting", path)
-        if host.open_connections() >= self._max_connections:
-            return self._refuse(503, "too many connections\n", "max_connections", path)
+        client = (
+            self._proxies.client_address(socket.remote[0], list(headers.raw_items()))
+            if host.per_address
+            else socket.remote[0]
+        )
+        refusal = host.admit(client)
+        if refusal is not None:
+            return self.refused(refusal, path, client)
         origins = self._origins
         if not origins.allows_all and not origins.allows(single_header(headers, "Origin")):
             return self._refuse(403, "origin not allowed\n", "origin", path)
@@ -627,12 +639,27 @@ class Handshake:
     def _refuse(self, status: int, body: str, reason: str, path: str) -> Answer:
         return Answer(self.plain(status, body), Outcome("rejected", reason, path))
 
+    def refused(
+        self, refusal: Refusal, path: str | None = None, client: str | None = None
+    ) -> Answer:
+        """The 503 of admission control, with its ``Retry-After``; rejected for its limit."""
+        retry = [("Retry-After", str(refusal.retry_after))]
+        return Answer(
+            self.plain(503, refusal.why + "\n", headers=retry),
+            Outcome("rejected", refusal.limit, path, client),
+        )
+
     def _operational(self, path: str, headers: Headers) -> Response:
         if path == HEALTHZ:
             return self.plain(200, "ok\n")
         if path == READYZ:
             ready, why = self._host.readiness()
-            return self.plain(200 if ready else 503, why + "\n")
+            if ready:
+                return self.plain(200, why + "\n")
+            # Unready but serving (capacity, descriptors, lag, the backplane): ask
+            # again soon. A node that stopped accepting will not be back.
+            retry = [("Retry-After", "1")] if self._host.accepting else []
+            return self.plain(503, why + "\n", headers=retry)
         body, content_type = self._host.render_metrics(header_list(headers, "Accept"))
         return self.plain(200, body, content_type)
 

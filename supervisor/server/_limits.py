@@ -173,6 +173,10 @@ class AddressCounter:
         self._counts[key] = held + 1
         return True
 
+    def add(self, key: str) -> None:
+        """Count one more for ``key`` whether or not it is under the cap."""
+        self._counts[key] = self._counts.get(key, 0) + 1
+
     def release(self, key: str) -> None:
         """Count one less for ``key`` (a release without an acquire is ignored)."""
         held = self._counts.get(key, 0)

@@ -67,6 +67,7 @@ from ..tree._system import ActorSystem
 from ..tree._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
+from ._admission import Admission, Refusal
 from ._aio import HandshakeProtocol, serve_sockets
 from ._app import Accept, App, Handler, Reject, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
@@ -86,11 +87,23 @@ from ._handshake import (
     remote_pair,
 )
 from ._keepalive import KeepaliveAction, wake_time
-from ._limits import EveryInterval
+from ._limits import EveryInterval, Rate
 
 __all__ = ["Server", "serve"]
 
 _log = structlog.get_logger("wsup.server")
+#: The ``limit`` labels of admission control's refusals (``_admission``).
+_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {"inbound_delay", "inbound_close"}
+#: The settings of admission control, as ``server.started`` lists them.
+_ADMISSION_SETTINGS = (
+    "max_connections",
+    "max_handshakes",
+    "max_connections_per_address",
+    "accept_rate",
+    "handshake_rate",
+    "handshake_rate_per_address",
+    "readiness_loop_lag",
+)
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
 _std_log = logging.getLogger("wsup.server")
 _CLOSED_STREAM_ERRORS = (
@@ -196,6 +209,7 @@ class Server:
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
         self._drain_started = False
+        self._watchdog: LoopWatchdog | None = None
         # websockets' own server defaults: 4 KiB windows and memLevel 5 keep each
         # compressed connection's zlib state small (the library default is ~10x more).
         self.compression = (
@@ -216,6 +230,8 @@ class Server:
         self.accept_throttle = AcceptThrottle()
         self._limited = {name: self.metrics.limited.labels(limit=name) for name in LIMIT_NAMES}
         self._limit_lines = EveryInterval(10.0)
+        #: Admission control: handshakes in progress, per-address counts, rates.
+        self.admission = Admission(self.config, self.clock.now())
         # Built last: it checks the origins and proxies of the configuration.
         self._handshakes = Handshakes(self)
         self._accept_failures = {
@@ -275,6 +291,7 @@ class Server:
                     tg.start_soon(self._keepalive_loop)
                     tg.start_soon(self._flush_metrics)
                     watchdog = LoopWatchdog(self.metrics, self.config.loop_lag_threshold)
+                    self._watchdog = watchdog
                     tg.start_soon(watchdog.run)
                     _log.info(
                         "server.started",
@@ -289,6 +306,7 @@ class Server:
                         http_routes=list(app.http_routes),
                         backend=_backend_name(),
                         version=VERSION,
+                        admission=self._admission_settings(),
                     )
                     task_status.started(self)
                     try:
@@ -313,6 +331,18 @@ class Server:
         _log.info("server.stopped")
         if self.failure is not None:
             raise self.failure
+
+    def _admission_settings(self) -> dict[str, Any]:
+        """The admission limits in force, for ``server.started`` (rates as ``R/B``)."""
+        config = self.config
+        settings: dict[str, Any] = {}
+        for name in _ADMISSION_SETTINGS:
+            value = getattr(config, name)
+            if isinstance(value, Rate):
+                value = f"{value.per_second:g}/{value.capacity:g}"
+            if value is not None:
+                settings[name] = value
+        return settings
 
     def _critical_failed(self, failure: CriticalFailure) -> None:
         """A critical child gave up: turn unready, drain, then make serve() raise it."""
@@ -557,10 +587,11 @@ class Server:
     # -- per socket: the stream driver of the handshake -------------------------------------
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
-        started = self._handshakes.opened(ops_only)
+        peer = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+        started, refused = self._handshakes.opened(ops_only, peer)
         conn: Connection | None = None
         try:
-            conn = await self._handshake(stream, started, ops_only)
+            conn = await self._handshake(stream, started, ops_only, refused)
         except BaseException:
             await _close_quietly(stream)
             raise
@@ -578,10 +609,17 @@ class Server:
             await _close_quietly(stream)
 
     async def _handshake(
-        self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
+        self,
+        stream: anyio.abc.ByteStream,
+        started: float,
+        ops_only: bool,
+        refused: Answer | None = None,
     ) -> Connection | None:
         """Read the request under the handshake timeout, decide (see ``_handshake``),
-        then write the answer or the 101; the accepted connection, if any."""
+        then write the answer or the 101; the accepted connection, if any.
+
+        ``refused``: admission control's answer, written without reading the request
+        (after the TLS handshake: the client could not read it otherwise)."""
         handshakes = self._handshakes
         config = self.config
         protocol = handshakes.new_protocol()
@@ -602,7 +640,7 @@ class Server:
                     handshakes.failed("failed", f"TLS: {exc}", peer_host(stream))
                     await _close_quietly(stream)
                     return None
-            while parsed is None:
+            while parsed is None and refused is None:
                 try:
                     data = await stream.receive()
                 except _CLOSED_STREAM_ERRORS:
@@ -616,7 +654,9 @@ class Server:
         # Decided and answered outside the handshake deadline: a lingering close has its own.
         remote = socket.remote
         decision: Answer | Upgrade
-        if parsed is None:
+        if refused is not None:
+            decision = refused
+        elif parsed is None:
             decision = handshakes.decider.timed_out(reading_body=reader.reading_body)
         elif isinstance(parsed, Answer):
             decision = parsed
@@ -686,6 +726,7 @@ class Server:
         conn = Connection(self, protocol, request, route, upgrade.subprotocol, driver)
         self._spawn(conn, route, upgrade.values, upgrade.pattern)
         self.connections.add(conn)
+        self.admission.connection_opened(request.client_address)
         counters = self.counters
         self.states["open"].inc()
         self.handshakes["accepted"].inc()
@@ -778,16 +819,21 @@ class Server:
 
     def limited(self, limit: LimitName, conn: Connection) -> None:
         """Count a limit that acted on ``conn``; log it at most once every 10 s per limit."""
+        self.note_limit(limit, conn.client_address, conn.request.path, conn=conn.address)
+
+    def note_limit(self, limit: LimitName, client: str, path: str | None, **fields: Any) -> None:
+        """Count a limit that acted on ``client``; log ``server.limited`` at most once
+        every 10 s per limit, with how many times it acted in between."""
         self._limited[limit].inc()
         suppressed = self._limit_lines.allow(limit, self.clock.now())
         if suppressed is not None:
             _log.warning(
                 "server.limited",
                 limit=limit,
-                conn=conn.address,
-                client=conn.client_address,
-                path=conn.request.path,
+                client=client,
+                path=path,
                 suppressed=suppressed,
+                **fields,
             )
 
     def connection_closed(
@@ -800,6 +846,8 @@ class Server:
     ) -> None:
         """Account for a finished connection (called once by the connection)."""
         self.connections.discard(conn)
+        if isinstance(conn, Connection):  # ASGI connections are the ASGI server's to admit
+            self.admission.connection_closed(conn.request.client_address)
         self._forget_keepalive(conn)
         duration = self.clock.now() - conn.opened_at
         counters = self.counters
@@ -836,6 +884,12 @@ class Server:
         if len(self.connections) >= self.config.max_connections:
             # Every further handshake would get a 503: send new clients elsewhere.
             return False, f"at capacity: {len(self.connections)} of max_connections open"
+        max_lag = self.config.readiness_loop_lag
+        if max_lag is not None and self._watchdog is not None:
+            lag = self._watchdog.recent_lag()
+            if lag > max_lag:
+                # Every client already waits this long for each answer: add no more.
+                return False, f"event loop lagging: {lag:.3f} s, over {max_lag} s"
         fraction = self.config.readiness_fd_fraction
         usage = descriptor_usage() if fraction is not None else None
         if fraction is not None and usage is not None and usage[0] >= fraction * usage[1]:
@@ -973,8 +1027,13 @@ class Handshakes:
     def readiness(self) -> tuple[bool, str]:
         return self._server.readiness()
 
-    def open_connections(self) -> int:
-        return len(self._server.connections)
+    @property
+    def per_address(self) -> bool:
+        return self._server.admission.per_address
+
+    def admit(self, client: str) -> Refusal | None:
+        server = self._server
+        return server.admission.request(client, len(server.connections), server.clock.now())
 
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         return self._server.metrics.render_for(accept)
@@ -1009,17 +1068,24 @@ class Handshakes:
 
     # -- for the drivers -------------------------------------------------------------------
 
-    def opened(self, ops_only: bool) -> float:
-        """Count a socket that starts its handshake; the clock reading it started at."""
+    def opened(self, ops_only: bool, peer: Any) -> tuple[float, Answer | None]:
+        """Count a socket that starts its handshake (``peer``: the address its socket
+        reports); the clock reading it started at, and the 503 to answer at once
+        if admission control refuses it (never on the metrics or API port)."""
         server = self._server
         if not ops_only:
             server.counters.accepted.inc()
         server.states["handshaking"].inc()
-        return server.clock.now()
+        now = server.clock.now()
+        refusal = server.admission.socket_opened(now, check=not ops_only)
+        if refusal is None:
+            return now, None
+        return now, self.decider.refused(refusal, client=remote_pair(peer)[0])
 
     def settled(self) -> None:
         """A socket's handshake is over (answered, upgraded or failed)."""
         self._server.states["handshaking"].dec()
+        self._server.admission.socket_settled()
 
     def new_protocol(self) -> ServerProtocol:
         """The WebSocket protocol for one socket: it parses the request, then the frames."""
@@ -1055,16 +1121,15 @@ class Handshakes:
             self.failed(outcome.result, outcome.reason, peer, outcome.path)
 
     def _refused(self, status: int, reason: str, path: str | None, client: str) -> None:
-        """Count a handshake the server or the app turned away, and log it once.
-
-        INFO, except ``max_connections`` (WARNING: a limit).
-        """
-        self._server.handshakes["rejected"].inc()
-        level = logging.WARNING if reason == "max_connections" else logging.INFO
-        if _std_log.isEnabledFor(level):  # filtered structlog calls still cost
-            _log.log(
-                level, "handshake.rejected", reason=reason, status=status, path=path, client=client
-            )
+        """Count a handshake the server or the app turned away, and log it: at INFO,
+        or, refused by admission control, as ``server.limited`` at a bounded rate (an
+        overload makes thousands)."""
+        server = self._server
+        server.handshakes["rejected"].inc()
+        if reason in _ADMISSION_LIMITS:
+            server.note_limit(reason, client, path)
+        elif _std_log.isEnabledFor(logging.INFO):  # filtered structlog calls still cost
+            _log.info("handshake.rejected", reason=reason, status=status, path=path, client=client)
 
     def failed(self, result: str, error: str, peer: str, path: str | None = None) -> None:
         """Count a handshake that failed or timed out; log it at DEBUG (scanners and

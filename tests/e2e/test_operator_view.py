@@ -134,7 +134,8 @@ async def test_a_hook_rejection_is_logged(
 async def test_every_refusal_by_the_server_is_logged(
     server_logs_at_debug: list[MutableMapping[str, Any]],
 ) -> None:
-    """Unknown route, disallowed Origin and the connection limit each log their reason."""
+    """Unknown route and disallowed Origin log ``handshake.rejected`` with their reason;
+    the connection limit, an overload, logs ``server.limited`` (at a bounded rate)."""
     app = _app(None, origins=("https://good.example",), max_connections=1)
     async with running_server(app) as server:
         assert await in_thread(_refused_status, ws_url(server, "/nowhere")) == 404
@@ -158,8 +159,13 @@ async def test_every_refusal_by_the_server_is_logged(
     assert rejected == [
         ("no_route", 404, "/nowhere", "info"),
         ("origin", 403, "/echo", "info"),
-        ("max_connections", 503, "/echo", "warning"),
     ]
+    limited = [
+        (e["limit"], e["path"], e["client"], e["log_level"])
+        for e in server_logs_at_debug
+        if e["event"] == "server.limited"
+    ]
+    assert limited == [("max_connections", "/echo", "127.0.0.1", "warning")]
 
 
 async def test_a_failed_handshake_is_logged_at_debug(

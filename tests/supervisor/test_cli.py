@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+from supervisor import Rate, ServerConfig, cli
+from supervisor.cli import _admission
 from tests.e2e.apps.server_process import ServerProcess, free_port, run_cli
 
 WSUP = str(Path(sys.executable).with_name("wsup"))
@@ -334,5 +336,88 @@ def test_log_level_debug_adds_connection_opened() -> None:
         opened = server.wait_for_event("connection.opened")
         assert opened["level"] == "debug"
         assert opened["path"] == "/echo"
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+
+
+# --- admission control ----------------------------------------------------------------
+
+
+def test_admission_flags_win_over_variables_and_read_back_from_worker_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each admission option reads from its flag, else its WSUP_* variable; ``off``
+    lifts a limit; the flags a master gives its workers read back to the same settings."""
+    monkeypatch.setenv("WSUP_MAX_HANDSHAKES", "64")
+    monkeypatch.setenv("WSUP_HANDSHAKE_RATE", "1")
+    monkeypatch.setenv("WSUP_READINESS_LOOP_LAG", "0.5")
+    args = cli._parser().parse_args(
+        [
+            "serve",
+            ECHO,
+            "--handshake-rate",
+            "500/1000",
+            "--accept-rate",
+            "2000",
+            "--max-connections-per-address",
+            "8",
+            "--handshake-rate-per-address",
+            "off",
+        ]
+    )
+    found = _admission.overrides(args)
+    assert found == {
+        "max_handshakes": 64,
+        "max_connections_per_address": 8,
+        "accept_rate": Rate(2000),
+        "handshake_rate": Rate(500, burst=1000),
+        "handshake_rate_per_address": None,
+        "readiness_loop_lag": 0.5,
+    }
+    config = ServerConfig(**found)
+    monkeypatch.delenv("WSUP_MAX_HANDSHAKES")
+    monkeypatch.delenv("WSUP_HANDSHAKE_RATE")
+    monkeypatch.delenv("WSUP_READINESS_LOOP_LAG")
+    again = _admission.overrides(
+        cli._parser().parse_args(["serve", ECHO, *_admission.as_flags(config)])
+    )
+    assert ServerConfig(**again) == config
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            ["--handshake-rate", "fast"],
+            {},
+            "--handshake-rate must be PER_SECOND or PER_SECOND/BURST",
+        ),
+        ([], {"WSUP_ACCEPT_RATE": "0"}, "WSUP_ACCEPT_RATE must be PER_SECOND"),
+        (["--max-handshakes", "many"], {}, "--max-handshakes must be a whole number"),
+        ([], {"WSUP_MAX_CONNECTIONS_PER_ADDRESS": "0"}, "max_connections_per_address must be >= 1"),
+        (["--readiness-loop-lag", "x"], {}, "--readiness-loop-lag must be a number of seconds"),
+    ],
+    ids=["rate", "rate-zero", "count", "count-zero", "seconds"],
+)
+def test_a_bad_admission_value_is_one_line_naming_it(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = run_cli("serve", ECHO, "--port", str(free_port()), *args, env=env)
+    assert result.returncode == 2
+    assert expected in one_error_line(result.stderr)
+
+
+def test_the_admission_limits_in_force_are_logged_at_start() -> None:
+    """``server.started`` lists the limits a command line and the environment set."""
+    port = free_port()
+    env = {"WSUP_MAX_HANDSHAKES": "100"}
+    args = ["--handshake-rate-per-address", "5/10", "--log-format", "json"]
+    with ServerProcess(ECHO, *args, port=port, env=env, log_format=None) as server:
+        started = server.wait_for_event("server.started")
+        assert started["admission"] == {
+            "max_connections": 100_000,
+            "max_handshakes": 100,
+            "handshake_rate_per_address": "5/10",
+        }
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0

@@ -17,6 +17,7 @@ from websockets.server import ServerProtocol
 
 from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
 from supervisor.server import _api
+from supervisor.server._admission import Admission, Refusal
 from supervisor.server._handshake import (
     Answer,
     Handshake,
@@ -42,14 +43,17 @@ class Host:
         self.draining = False
         self.ready: tuple[bool, str] = (True, "ready")
         self.connections = 0
+        self.admission = Admission(ServerConfig(), 0.0)
         self.metrics_asked: list[str | None] = []
         self.api_calls: list[tuple[_api.Call | _api.Answer, str]] = []
 
     def readiness(self) -> tuple[bool, str]:
         return self.ready
 
-    def open_connections(self) -> int:
-        return self.connections
+    per_address = False
+
+    def admit(self, client: str) -> Refusal | None:
+        return self.admission.request(client, self.connections, 0.0)
 
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         self.metrics_asked.append(accept)
@@ -73,7 +77,9 @@ def make(app: App | None = None, **config: Any) -> tuple[Handshake, Host]:
         app = App()
         app.add_route("/chat/{room}", Echo)
     host = Host()
-    return Handshake(app, ServerConfig(**config), host, "wsup/test"), host
+    settings = ServerConfig(**config)
+    host.admission = Admission(settings, 0.0, jitter=lambda: 0.0)
+    return Handshake(app, settings, host, "wsup/test"), host
 
 
 def raw(

@@ -80,7 +80,16 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "direction": ("sent", "received", "failed"),
     "error": ("emfile", "enfile", "enobufs", "enomem"),
     "endpoint": ("send", "broadcast", "presence", "other"),
-    "limit": ("inbound_delay", "inbound_close"),
+    "limit": (
+        "inbound_delay",
+        "inbound_close",
+        "max_connections",
+        "max_handshakes",
+        "max_connections_per_address",
+        "accept_rate",
+        "handshake_rate",
+        "handshake_rate_per_address",
+    ),
 }
 
 PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {

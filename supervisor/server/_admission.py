@@ -1,0 +1,189 @@
+"""Admission control: whether the server takes one more socket or handshake, as pure decisions.
+
+Theory of operation: a new client costs the server in two steps, and each step
+has its own checks, cheapest first.
+
+1. **A socket is accepted** (:meth:`Admission.socket_opened`). Nothing is known
+   yet but that it came to the server port. Refused here: more than
+   ``max_handshakes`` sockets whose handshake is still in progress, and a
+   socket over ``accept_rate``. The driver answers at once, without reading
+   the request.
+2. **A WebSocket upgrade request is read** (:meth:`Admission.request`, asked by
+   the handshake decision once the request names a WebSocket route): the
+   client address is known now, the one a trusted proxy forwards included.
+   Refused here: ``max_connections`` open, ``max_connections_per_address``
+   open from this client, a client over ``handshake_rate_per_address``, and
+   the server over ``handshake_rate``. Plain HTTP, ``/healthz``, ``/readyz``
+   and ``/metrics`` are not WebSocket upgrades and pass.
+
+Every refusal is a :class:`Refusal`: the ``limit`` label of
+``wsup_limited_total``, the answer's body, and its ``Retry-After`` in whole
+seconds: the time until the rate allows one more (at least 1 s), stretched by
+up to as much again at random so that the clients refused together do not come
+back together.
+
+Rates are token buckets (``_limits``). A per-address bucket that refilled is
+forgotten, so a flood from ever-new addresses costs at most ``max_keys``
+buckets; the per-address count of open connections holds only what is open.
+Handshakes in progress are counted apart from ``max_connections``: the
+descriptors the server holds are at most ``max_connections`` +
+``max_handshakes``, plus sockets closing after an answer.
+
+Nothing here reads a clock or a socket: callers pass ``now``, and the random
+stretch comes from ``jitter`` (tests give a fixed one).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..metrics import LimitName
+from ._config import ServerConfig
+from ._limits import AddressCounter, PerKeyBuckets, TokenBucket
+
+__all__ = ["Admission", "Refusal"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A client turned away with 503.
+
+    Attributes:
+        limit: the ``limit`` label of ``wsup_limited_total`` (the setting's name).
+        why: the answer's body, one line.
+        retry_after: the ``Retry-After`` header, in whole seconds (>= 1).
+    """
+
+    limit: LimitName
+    why: str
+    retry_after: int
+
+
+class Admission:
+    """The admission limits of one server (see the module docstring).
+
+    Args:
+        config: the limits (``max_connections``, ``max_handshakes``,
+            ``max_connections_per_address``, ``accept_rate``, ``handshake_rate``,
+            ``handshake_rate_per_address``).
+        now: the clock reading at creation (buckets start full).
+        jitter: a number in [0, 1) per refusal, for the stretch of ``Retry-After``.
+
+    Attributes:
+        handshaking: sockets accepted whose handshake is not over.
+    """
+
+    __slots__ = (
+        "_accept",
+        "_address_rate",
+        "_addresses",
+        "_handshake",
+        "_jitter",
+        "_max_connections",
+        "_max_handshakes",
+        "handshaking",
+    )
+
+    def __init__(
+        self, config: ServerConfig, now: float, jitter: Callable[[], float] = random.random
+    ) -> None:
+        self._max_connections = config.max_connections
+        self._max_handshakes = config.max_handshakes
+        self._accept = None if config.accept_rate is None else TokenBucket(config.accept_rate, now)
+        self._handshake = (
+            None if config.handshake_rate is None else TokenBucket(config.handshake_rate, now)
+        )
+        rate = config.handshake_rate_per_address
+        self._address_rate = None if rate is None else PerKeyBuckets(rate)
+        cap = config.max_connections_per_address
+        self._addresses = None if cap is None else AddressCounter(cap)
+        self._jitter = jitter
+        self.handshaking = 0
+
+    @property
+    def per_address(self) -> bool:
+        """Whether a limit needs the client's address (the decision then works it out)."""
+        return self._address_rate is not None or self._addresses is not None
+
+    def _refuse(self, limit: LimitName, why: str, wait: float = 0.0) -> Refusal:
+        base = max(1, math.ceil(wait))
+        return Refusal(limit, why, base + min(base, int(self._jitter() * (base + 1))))
+
+    # -- step 1: a socket --------------------------------------------------------------------
+
+    def socket_opened(self, now: float, *, check: bool = True) -> Refusal | None:
+        """Count a socket whose handshake starts; refuse it if over a limit.
+
+        Args:
+            now: the clock reading.
+            check: apply the limits (False for the metrics and API ports, which
+                are counted but never refused).
+
+        Either way the socket counts until :meth:`socket_settled`.
+        """
+        self.handshaking += 1
+        if not check:
+            return None
+        if self._max_handshakes is not None and self.handshaking > self._max_handshakes:
+            return self._refuse("max_handshakes", "too many handshakes in progress")
+        if self._accept is not None:
+            wait = self._accept.take(now)
+            if wait:
+                return self._refuse("accept_rate", "too many new connections", wait)
+        return None
+
+    def socket_settled(self) -> None:
+        """A socket's handshake is over (answered, upgraded or failed)."""
+        self.handshaking -= 1
+
+    # -- step 2: an upgrade request ------------------------------------------------------------
+
+    def request(self, client: str, open_connections: int, now: float) -> Refusal | None:
+        """Whether a WebSocket upgrade from ``client`` may go on.
+
+        Args:
+            client: the client's address (forwarded by a trusted proxy, or the peer's).
+            open_connections: WebSocket connections open now.
+            now: the clock reading.
+
+        The caps come first: they take no token from a bucket.
+        """
+        if open_connections >= self._max_connections:
+            return self._refuse("max_connections", "too many connections")
+        addresses = self._addresses
+        if addresses is not None and addresses.count(client) >= addresses.limit:
+            return self._refuse(
+                "max_connections_per_address", "too many connections from this address"
+            )
+        if self._address_rate is not None:
+            wait = self._address_rate.take(client, now)
+            if wait:
+                return self._refuse(
+                    "handshake_rate_per_address", "too many new connections from this address", wait
+                )
+        if self._handshake is not None:
+            wait = self._handshake.take(now)
+            if wait:
+                return self._refuse("handshake_rate", "too many new connections", wait)
+        return None
+
+    def connection_opened(self, client: str) -> None:
+        """Count a WebSocket connection of ``client`` as open (for the per-address cap).
+
+        Counted even past the cap: a handshake hook that awaits lets others
+        pass the check before this one opens.
+        """
+        if self._addresses is not None:
+            self._addresses.add(client)
+
+    def connection_closed(self, client: str) -> None:
+        """Count a connection of ``client`` as closed: the cap has room again."""
+        if self._addresses is not None:
+            self._addresses.release(client)
+
+    def open_from(self, client: str) -> int:
+        """How many connections ``client`` holds open, as counted for the cap (0 when off)."""
+        return 0 if self._addresses is None else self._addresses.count(client)

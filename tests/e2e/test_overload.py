@@ -1,0 +1,227 @@
+"""Admission control on real sockets: each refusal is a 503 with ``Retry-After``,
+counted in ``wsup_limited_total`` and logged at a bounded rate.
+
+The server's clock is a FakeClock: rates refill and log lines come back only
+when the test moves time on, so nothing depends on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import structlog
+
+from actors import FakeClock
+from examples.echo import Echo
+from supervisor import App, Rate, Server
+from tests.helpers.metrics import sample
+from tests.helpers.raw import exchange_bytes, read_head
+from tests.helpers.server import running_server
+from tests.helpers.waiting import eventually
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def upgrade_request(*headers: str) -> bytes:
+    lines = [
+        "GET /echo HTTP/1.1",
+        "Host: example.com",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def parse_head(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """The status, the headers (lower-case names) and the body so far of an answer."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+
+@contextlib.asynccontextmanager
+async def upgraded(server: Server, *headers: str) -> AsyncIterator[anyio.abc.SocketStream]:
+    """A raw WebSocket connection that got its 101, held open until the block ends."""
+    async with await anyio.connect_tcp("127.0.0.1", server.ports[0][1]) as stream:
+        await stream.send(upgrade_request(*headers))
+        status, _, _ = parse_head(await read_head(stream))
+        assert status == 101
+        yield stream
+
+
+async def refused(server: Server, request: bytes | None = None) -> tuple[dict[str, str], bytes]:
+    """Send ``request`` (an upgrade by default); assert a 503 with a sensible Retry-After."""
+    answer = await exchange_bytes(server.ports[0][1], request or upgrade_request())
+    status, headers, body = parse_head(answer)
+    assert status == 503, answer
+    assert 1 <= int(headers["retry-after"]) <= 4, headers
+    return headers, body
+
+
+def echo_app() -> App:
+    app = App()
+    app.add_route("/echo", Echo)
+    return app
+
+
+def limited_lines(
+    logs: list[MutableMapping[str, Any]], limit: str
+) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "server.limited" and e["limit"] == limit]
+
+
+async def test_handshakes_in_progress_past_the_bound_get_503_unread() -> None:
+    """With one handshake in progress (a socket that sent nothing), the next socket
+    is answered 503 at once, without the server waiting for its request; the limit
+    is counted each time and logged once per 10 s, then with what it suppressed."""
+    clock = FakeClock()
+    with structlog.testing.capture_logs() as logs:
+        async with running_server(echo_app(), clock=clock, max_handshakes=1) as server:
+            port = server.ports[0][1]
+            async with await anyio.connect_tcp("127.0.0.1", port):
+                await eventually(lambda: server.admission.handshaking == 1)
+                async with await anyio.connect_tcp("127.0.0.1", port) as silent:
+                    # Nothing sent: the answer comes anyway.
+                    status, headers, _body = parse_head(await read_head(silent))
+                    assert status == 503
+                    assert 1 <= int(headers["retry-after"]) <= 2
+                await refused(server)
+                assert sample(server, "wsup_limited_total", limit="max_handshakes") == 2
+                assert sample(server, "wsup_handshakes_total", result="rejected") == 2
+                assert len(limited_lines(logs, "max_handshakes")) == 1
+                clock.advance(10)
+                await refused(server)
+            lines = limited_lines(logs, "max_handshakes")
+            assert [line["suppressed"] for line in lines] == [0, 1]
+            assert lines[0]["log_level"] == "warning"
+            assert lines[0]["client"] == "127.0.0.1"
+            # Once the held socket is gone, handshakes go through again.
+            await eventually(lambda: server.admission.handshaking == 0)
+            async with upgraded(server):
+                pass
+
+
+async def test_the_metrics_port_is_never_refused() -> None:
+    """Probes and scrapes on the metrics port pass while the server port refuses."""
+    async with running_server(echo_app(), max_handshakes=1, metrics_port=0) as server:
+        port = server.ports[0][1]
+        async with await anyio.connect_tcp("127.0.0.1", port):
+            await eventually(lambda: server.admission.handshaking == 1)
+            await refused(server)
+            metrics_port = server.metrics_ports[0][1]
+            answer = await exchange_bytes(metrics_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_the_accept_rate_refuses_until_it_refills() -> None:
+    """Past ``accept_rate`` any socket gets 503, a probe too; a second later one passes."""
+    clock = FakeClock()
+    app = echo_app()
+    async with (
+        running_server(app, clock=clock, accept_rate=Rate(1, burst=2)) as server,
+        upgraded(server),
+        upgraded(server),
+    ):
+        _, body = await refused(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert body == b"too many new connections\n"
+        assert sample(server, "wsup_limited_total", limit="accept_rate") == 1
+        clock.advance(1.0)
+        async with upgraded(server):
+            pass
+
+
+async def test_the_handshake_rate_refuses_upgrades_but_not_probes() -> None:
+    """Past ``handshake_rate`` an upgrade gets 503; ``/healthz`` still answers 200."""
+    clock = FakeClock()
+    async with (
+        running_server(echo_app(), clock=clock, handshake_rate=Rate(1)) as server,
+        upgraded(server),
+    ):
+        _, body = await refused(server)
+        assert body == b"too many new connections\n"
+        healthz = await exchange_bytes(
+            server.ports[0][1], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert healthz.startswith(b"HTTP/1.1 200")
+        assert sample(server, "wsup_limited_total", limit="handshake_rate") == 1
+        clock.advance(1.0)
+        async with upgraded(server):
+            pass
+
+
+async def test_the_per_address_rate_follows_the_forwarded_address() -> None:
+    """Behind a trusted proxy each forwarded client has its own bucket; one over its
+    rate is refused while another, through the same proxy, is admitted."""
+    clock = FakeClock()
+    async with running_server(
+        echo_app(),
+        clock=clock,
+        handshake_rate_per_address=Rate(1),
+        trusted_proxies=("127.0.0.1/32",),
+    ) as server:
+        async with upgraded(server, "X-Forwarded-For: 203.0.113.7"):
+            _, body = await refused(server, upgrade_request("X-Forwarded-For: 203.0.113.7"))
+            assert body == b"too many new connections from this address\n"
+            async with upgraded(server, "X-Forwarded-For: 203.0.113.8"):
+                pass
+        assert sample(server, "wsup_limited_total", limit="handshake_rate_per_address") == 1
+
+
+async def test_the_per_address_cap_releases_when_a_connection_closes() -> None:
+    """At ``max_connections_per_address`` open, the next upgrade from that address gets
+    503; once one of them closes, there is room again."""
+    with structlog.testing.capture_logs() as logs:
+        async with running_server(echo_app(), max_connections_per_address=2) as server:
+            async with upgraded(server):
+                async with upgraded(server):
+                    _, body = await refused(server)
+                    assert body == b"too many connections from this address\n"
+                    assert server.admission.open_from("127.0.0.1") == 2
+                await eventually(lambda: server.admission.open_from("127.0.0.1") == 1)
+                async with upgraded(server):
+                    pass
+            await eventually(lambda: server.admission.open_from("127.0.0.1") == 0)
+            assert sample(server, "wsup_limited_total", limit="max_connections_per_address") == 1
+    (line,) = limited_lines(logs, "max_connections_per_address")
+    assert (line["client"], line["path"]) == ("127.0.0.1", "/echo")
+
+
+async def test_readyz_is_503_while_the_loop_lags() -> None:
+    """With ``readiness_loop_lag``, a lag measured over the last second makes ``/readyz``
+    answer 503 with ``Retry-After``; without it, the same lag leaves it ready."""
+    for threshold, status in ((0.1, 503), (None, 200)):
+        async with running_server(echo_app(), readiness_loop_lag=threshold) as server:
+            watchdog = server._watchdog
+            assert watchdog is not None
+            watchdog._record(0.5, time.monotonic())  # what a half-second stall leaves
+            answer = await exchange_bytes(
+                server.ports[0][1], b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            got, headers, body = parse_head(answer)
+            assert got == status, answer
+            if status == 503:
+                assert headers["retry-after"] == "1"
+                assert body == b"event loop lagging: 0.500 s, over 0.1 s\n"
+
+
+async def test_at_capacity_the_503_and_readyz_say_when_to_retry() -> None:
+    """At ``max_connections`` the upgrade's 503 and ``/readyz``'s carry ``Retry-After``."""
+    async with running_server(echo_app(), max_connections=1) as server, upgraded(server):
+        _, body = await refused(server)
+        assert body == b"too many connections\n"
+        headers, body = await refused(server, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert headers["retry-after"] == "1"
+        assert body.startswith(b"at capacity")
+        assert sample(server, "wsup_limited_total", limit="max_connections") == 1
