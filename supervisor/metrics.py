@@ -169,10 +169,10 @@ LimitName = Literal[
     "max_connections_per_address", "accept_rate", "handshake_rate", "handshake_rate_per_address",
 ]  # fmt: skip
 """Which limit acted: a connection over its route's inbound rate had its reading
-paused (``inbound_delay``) or was closed with 1008 (``inbound_close``); or a
-client was answered 503 by admission control, named by the setting it went over
-(``max_connections``, ``max_handshakes``, ``max_connections_per_address``,
-``accept_rate``, ``handshake_rate``, ``handshake_rate_per_address``)."""
+paused (``inbound_delay``) or was closed with 1008 (``inbound_close``); accepting
+paused, new connections left in the listen backlog (``max_handshakes``,
+``accept_rate``); or an upgrade was answered 503 (``max_connections``,
+``max_connections_per_address``, ``handshake_rate``, ``handshake_rate_per_address``)."""
 LIMIT_NAMES: Final[tuple[LimitName, ...]] = get_args(LimitName)
 
 ApiEndpoint = Literal["send", "broadcast", "presence", "other"]
@@ -242,8 +242,8 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
             "accepting pauses after each (0.1 s to 1 s)."
         ),
         "wsup_limited_total": (
-            "Times a limit acted on a client, by limit: reading paused or a close "
-            "for going over a route's inbound rate, or a 503 from admission control."
+            "Times a limit acted, by limit: reading paused or a close for going over "
+            "a route's inbound rate; accepting paused or a 503 from admission control."
         ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (

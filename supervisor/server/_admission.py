@@ -1,32 +1,34 @@
 """Admission control: whether the server takes one more socket or handshake, as pure decisions.
 
 Theory of operation: a new client costs the server in two steps, and each step
-has its own checks, cheapest first.
+has its own checks.
 
-1. **A socket is accepted** (:meth:`Admission.socket_opened`). Nothing is known
-   yet but that it came to the server port. Refused here: more than
-   ``max_handshakes`` sockets whose handshake is still in progress, and a
-   socket over ``accept_rate``. The driver answers at once, without reading
-   the request.
-2. **A WebSocket upgrade request is read** (:meth:`Admission.request`, asked by
-   the handshake decision once the request names a WebSocket route): the
-   client address is known now, the one a trusted proxy forwards included.
-   Refused here: ``max_connections`` open, ``max_connections_per_address``
-   open from this client, a client over ``handshake_rate_per_address``, and
-   the server over ``handshake_rate``. Plain HTTP, ``/healthz``, ``/readyz``
-   and ``/metrics`` are not WebSocket upgrades and pass.
+1. **Accepting a socket** (:meth:`Admission.accept_wait`, asked by the accept
+   loops before each ``accept()``). Nothing is known of the client yet, and
+   nothing can be answered to it: the server only decides whether to take the
+   next connection from the listen backlog now. While ``max_handshakes``
+   sockets of the server port are still handshaking, or while ``accept_rate``
+   has no token, accepting pauses and the connections wait in the backlog
+   (the kernel queues them; their clients see a slower connect, not an error).
+   Under a burst this finished every client sooner than answering 503, at the
+   same event-loop lag: see ``docs/hardening.md``, "Admission control".
+2. **An upgrade request is read** (:meth:`Admission.request`, asked by the
+   handshake decision once the request names a WebSocket route): the client
+   address is known now, the one a trusted proxy forwards included. Refused
+   with a :class:`Refusal` (HTTP 503 and ``Retry-After``): ``max_connections``
+   open, ``max_connections_per_address`` open from this client, a client over
+   ``handshake_rate_per_address``, the server over ``handshake_rate``. Plain
+   HTTP, ``/healthz``, ``/readyz`` and ``/metrics`` are not upgrades and pass.
 
-Every refusal is a :class:`Refusal`: the ``limit`` label of
-``wsup_limited_total``, the answer's body, and its ``Retry-After`` in whole
-seconds: the time until the rate allows one more (at least 1 s), stretched by
-up to as much again at random so that the clients refused together do not come
-back together.
+``Retry-After`` is the time until the rate allows one more, at least 1 s,
+stretched by up to as much again at random so that the clients refused together
+do not come back together.
 
 Rates are token buckets (``_limits``). A per-address bucket that refilled is
 forgotten, so a flood from ever-new addresses costs at most ``max_keys``
 buckets; the per-address count of open connections holds only what is open.
 Handshakes in progress are counted apart from ``max_connections``: the
-descriptors the server holds are at most ``max_connections`` +
+descriptors the server holds for clients are at most ``max_connections`` +
 ``max_handshakes``, plus sockets closing after an answer.
 
 Nothing here reads a clock or a socket: callers pass ``now``, and the random
@@ -73,7 +75,7 @@ class Admission:
         jitter: a number in [0, 1) per refusal, for the stretch of ``Retry-After``.
 
     Attributes:
-        handshaking: sockets accepted whose handshake is not over.
+        handshaking: sockets of the server port accepted whose handshake is not over.
     """
 
     __slots__ = (
@@ -112,31 +114,32 @@ class Admission:
         base = max(1, math.ceil(wait))
         return Refusal(limit, why, base + min(base, int(self._jitter() * (base + 1))))
 
-    # -- step 1: a socket --------------------------------------------------------------------
+    # -- step 1: accepting a socket -------------------------------------------------------
 
-    def socket_opened(self, now: float, *, check: bool = True) -> Refusal | None:
-        """Count a socket whose handshake starts; refuse it if over a limit.
+    def accept_wait(self, now: float) -> tuple[LimitName, float] | None:
+        """Whether the server port may accept one more socket now.
 
-        Args:
-            now: the clock reading.
-            check: apply the limits (False for the metrics and API ports, which
-                are counted but never refused).
-
-        Either way the socket counts until :meth:`socket_settled`.
+        Returns:
+            None; or the limit in the way and the seconds to wait before asking
+            again (``math.inf``: until a handshake in progress is over).
         """
-        self.handshaking += 1
-        if not check:
-            return None
-        if self._max_handshakes is not None and self.handshaking > self._max_handshakes:
-            return self._refuse("max_handshakes", "too many handshakes in progress")
+        if self._max_handshakes is not None and self.handshaking >= self._max_handshakes:
+            return "max_handshakes", math.inf
         if self._accept is not None:
-            wait = self._accept.take(now)
+            wait = self._accept.until(now)
             if wait:
-                return self._refuse("accept_rate", "too many new connections", wait)
+                return "accept_rate", wait
         return None
 
+    def socket_accepted(self, now: float) -> None:
+        """Count a socket of the server port just accepted: its handshake is in progress
+        until :meth:`socket_settled`, and it took a token of ``accept_rate``."""
+        self.handshaking += 1
+        if self._accept is not None:
+            self._accept.charge(now, 1)
+
     def socket_settled(self) -> None:
-        """A socket's handshake is over (answered, upgraded or failed)."""
+        """A server-port socket's handshake is over (answered, upgraded or failed)."""
         self.handshaking -= 1
 
     # -- step 2: an upgrade request ------------------------------------------------------------

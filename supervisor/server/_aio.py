@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -122,13 +123,8 @@ class HandshakeProtocol(asyncio.Protocol):
             self._ops_only,
         )
         self._reader = host.reader(self._protocol, socket)
-        self._started, refused = host.opened(self._ops_only, socket.remote)
+        self._started = host.opened(self._ops_only)
         host.unowned.add(self)
-        if refused is not None:
-            # Admission control: answered at once, the request left unread.
-            self._settle()
-            self._conclude(refused)
-            return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
 
@@ -263,7 +259,7 @@ class HandshakeProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._host.settled()
+        self._host.settled(self._ops_only)
 
     def _reading_body(self) -> bool:
         return self._reader is not None and self._reader.reading_body
@@ -295,7 +291,18 @@ class _Acceptor:
     accepting plus uvloop's checks read them five times per connection.
     """
 
-    __slots__ = ("_accepted", "_broken", "_factory", "_fd", "_loop", "_resume", "_server", "_sock")
+    __slots__ = (
+        "_accepted",
+        "_broken",
+        "_closed",
+        "_factory",
+        "_fd",
+        "_loop",
+        "_ops_only",
+        "_resume",
+        "_server",
+        "_sock",
+    )
 
     def __init__(
         self,
@@ -310,6 +317,8 @@ class _Acceptor:
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._broken = broken
+        self._ops_only = ops_only
+        self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         family, kind = int(sock.family), int(sock.type)
         accepted = _accepted_class(family, kind)
@@ -323,9 +332,11 @@ class _Acceptor:
 
     def start(self) -> None:
         self._resume = None
-        self._loop.add_reader(self._fd, self._accept)
+        if not self._closed:
+            self._loop.add_reader(self._fd, self._accept)
 
     def close(self) -> None:
+        self._closed = True
         if self._resume is not None:
             self._resume.cancel()
         self._loop.remove_reader(self._fd)
@@ -336,8 +347,18 @@ class _Acceptor:
         loop = self._loop
         accept = self._sock._accept  # type: ignore[attr-defined]  # the C call under accept()
         accepted = self._accepted
+        counted = not self._ops_only
         # Several per wake-up, as asyncio does: a burst of connects costs one poll.
         for _ in range(server.config.backlog):
+            wait = server.may_accept() if counted else None
+            if wait is not None:
+                # Admission control: the next connections wait in the listen backlog.
+                loop.remove_reader(self._fd)
+                if math.isinf(wait):
+                    server.when_handshake_ends(self.start)
+                else:
+                    server.start_soon(functools.partial(self._start_after, wait))
+                return
             try:
                 fd, _ = accept()
             except (BlockingIOError, InterruptedError):
@@ -357,6 +378,8 @@ class _Acceptor:
                 self._resume = loop.call_later(delay, self.start)
                 return
             server.accept_throttle.accepted()
+            if counted:
+                server.socket_accepted()
             conn = accepted(fd)
             connecting = loop.connect_accepted_socket(self._factory, conn)
             try:
@@ -366,8 +389,14 @@ class _Acceptor:
             except Exception:
                 _log.exception("connection.failed")
                 conn.close()
+                if counted:
+                    server.socket_settled()
                 continue
             waiter.add_done_callback(lambda _, rest=connecting: _finish(rest))
+
+    async def _start_after(self, seconds: float) -> None:
+        await self._server.clock.sleep(seconds)
+        self.start()
 
 
 def _finish(connecting: Coroutine[Any, Any, Any]) -> None:

@@ -97,6 +97,12 @@ class TokenBucket:
             return 0.0
         return (needed - self._tokens) / self._rate
 
+    def until(self, now: float, amount: float = 1.0) -> float:
+        """The seconds until ``amount`` tokens are there (0.0: now), taking none."""
+        self._refill(now)
+        needed = min(amount, self._capacity)
+        return 0.0 if self._tokens >= needed else (needed - self._tokens) / self._rate
+
     def charge(self, now: float, amount: float) -> float:
         """Take ``amount`` tokens whether they are there or not (what was read, was read).
 

@@ -210,6 +210,8 @@ class Server:
         self._tg: anyio.abc.TaskGroup | None = None
         self._drain_started = False
         self._watchdog: LoopWatchdog | None = None
+        #: Accept loops paused at ``max_handshakes``, resumed when a handshake ends.
+        self._accept_waiters: list[Callable[[], None]] = []
         # websockets' own server defaults: 4 KiB windows and memLevel 5 keep each
         # compressed connection's zlib state small (the library default is ~10x more).
         self.compression = (
@@ -467,6 +469,16 @@ class Server:
         assert self._tg is not None
         throttle = self.accept_throttle
         while True:
+            wait = None if ops_only else self.may_accept()
+            if wait is not None:
+                # Admission control: the next connections wait in the listen backlog.
+                if math.isinf(wait):
+                    freed = anyio.Event()
+                    self.when_handshake_ends(freed.set)
+                    await freed.wait()
+                else:
+                    await self.clock.sleep(wait)
+                continue
             try:
                 stream = await listener.accept()
             except anyio.ClosedResourceError:
@@ -480,6 +492,8 @@ class Server:
                     await self.clock.sleep(self.accept_failed(lacked, exc))
                 continue
             throttle.accepted()
+            if not ops_only:
+                self.socket_accepted()
             self._tg.start_soon(self._handle_safely, stream, ops_only)
 
     def accept_failed(self, lacked: AcceptError, exc: BaseException) -> float:
@@ -501,6 +515,44 @@ class Server:
                 suppressed=verdict.suppressed,
             )
         return verdict.delay
+
+    # -- admission control at accept time (see _admission) -----------------------------------
+
+    def may_accept(self) -> float | None:
+        """Whether the server port may accept a socket now: None, or the seconds to pause
+        accepting (``math.inf``: until a handshake ends, see :meth:`when_handshake_ends`).
+
+        A pause is counted in ``wsup_limited_total`` and logged at a bounded rate.
+        """
+        verdict = self.admission.accept_wait(self.clock.now())
+        if verdict is None:
+            return None
+        limit, wait = verdict
+        self.note_limit(
+            limit,
+            None,
+            None,
+            handshaking=self.admission.handshaking,
+            retry_in=None if math.isinf(wait) else round(wait, 3),
+        )
+        return wait
+
+    def socket_accepted(self) -> None:
+        """Count a server-port socket just accepted (its handshake is in progress)."""
+        self.admission.socket_accepted(self.clock.now())
+
+    def socket_settled(self) -> None:
+        """A server-port socket's handshake is over: accepting may resume."""
+        self.admission.socket_settled()
+        waiting = self._accept_waiters
+        if waiting:
+            self._accept_waiters = []
+            for resume in waiting:
+                resume()
+
+    def when_handshake_ends(self, resume: Callable[[], None]) -> None:
+        """Call ``resume`` once, when the next server-port handshake is over."""
+        self._accept_waiters.append(resume)
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``fn`` in the server's task group; False once the server is stopping."""
@@ -587,16 +639,15 @@ class Server:
     # -- per socket: the stream driver of the handshake -------------------------------------
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
-        peer = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
-        started, refused = self._handshakes.opened(ops_only, peer)
+        started = self._handshakes.opened(ops_only)
         conn: Connection | None = None
         try:
-            conn = await self._handshake(stream, started, ops_only, refused)
+            conn = await self._handshake(stream, started, ops_only)
         except BaseException:
             await _close_quietly(stream)
             raise
         finally:
-            self._handshakes.settled()
+            self._handshakes.settled(ops_only)
         if conn is not None:
             await conn._run()
 
@@ -609,17 +660,10 @@ class Server:
             await _close_quietly(stream)
 
     async def _handshake(
-        self,
-        stream: anyio.abc.ByteStream,
-        started: float,
-        ops_only: bool,
-        refused: Answer | None = None,
+        self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
     ) -> Connection | None:
         """Read the request under the handshake timeout, decide (see ``_handshake``),
-        then write the answer or the 101; the accepted connection, if any.
-
-        ``refused``: admission control's answer, written without reading the request
-        (after the TLS handshake: the client could not read it otherwise)."""
+        then write the answer or the 101; the accepted connection, if any."""
         handshakes = self._handshakes
         config = self.config
         protocol = handshakes.new_protocol()
@@ -640,7 +684,7 @@ class Server:
                     handshakes.failed("failed", f"TLS: {exc}", peer_host(stream))
                     await _close_quietly(stream)
                     return None
-            while parsed is None and refused is None:
+            while parsed is None:
                 try:
                     data = await stream.receive()
                 except _CLOSED_STREAM_ERRORS:
@@ -654,9 +698,7 @@ class Server:
         # Decided and answered outside the handshake deadline: a lingering close has its own.
         remote = socket.remote
         decision: Answer | Upgrade
-        if refused is not None:
-            decision = refused
-        elif parsed is None:
+        if parsed is None:
             decision = handshakes.decider.timed_out(reading_body=reader.reading_body)
         elif isinstance(parsed, Answer):
             decision = parsed
@@ -821,9 +863,12 @@ class Server:
         """Count a limit that acted on ``conn``; log it at most once every 10 s per limit."""
         self.note_limit(limit, conn.client_address, conn.request.path, conn=conn.address)
 
-    def note_limit(self, limit: LimitName, client: str, path: str | None, **fields: Any) -> None:
-        """Count a limit that acted on ``client``; log ``server.limited`` at most once
-        every 10 s per limit, with how many times it acted in between."""
+    def note_limit(
+        self, limit: LimitName, client: str | None, path: str | None, **fields: Any
+    ) -> None:
+        """Count a limit that acted (on ``client``, when it is known); log
+        ``server.limited`` at most once every 10 s per limit, with how many times it
+        acted in between."""
         self._limited[limit].inc()
         suppressed = self._limit_lines.allow(limit, self.clock.now())
         if suppressed is not None:
@@ -1068,24 +1113,20 @@ class Handshakes:
 
     # -- for the drivers -------------------------------------------------------------------
 
-    def opened(self, ops_only: bool, peer: Any) -> tuple[float, Answer | None]:
-        """Count a socket that starts its handshake (``peer``: the address its socket
-        reports); the clock reading it started at, and the 503 to answer at once
-        if admission control refuses it (never on the metrics or API port)."""
+    def opened(self, ops_only: bool) -> float:
+        """Count a socket that starts its handshake; the clock reading it started at."""
         server = self._server
         if not ops_only:
             server.counters.accepted.inc()
         server.states["handshaking"].inc()
-        now = server.clock.now()
-        refusal = server.admission.socket_opened(now, check=not ops_only)
-        if refusal is None:
-            return now, None
-        return now, self.decider.refused(refusal, client=remote_pair(peer)[0])
+        return server.clock.now()
 
-    def settled(self) -> None:
+    def settled(self, ops_only: bool) -> None:
         """A socket's handshake is over (answered, upgraded or failed)."""
-        self._server.states["handshaking"].dec()
-        self._server.admission.socket_settled()
+        server = self._server
+        server.states["handshaking"].dec()
+        if not ops_only:
+            server.socket_settled()
 
     def new_protocol(self) -> ServerProtocol:
         """The WebSocket protocol for one socket: it parses the request, then the frames."""

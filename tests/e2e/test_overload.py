@@ -1,5 +1,7 @@
-"""Admission control on real sockets: each refusal is a 503 with ``Retry-After``,
-counted in ``wsup_limited_total`` and logged at a bounded rate.
+"""Admission control on real sockets: past a limit decided at accept time the next
+connections wait in the listen backlog; past one decided on the request, the client
+gets 503 with ``Retry-After``. Each is counted in ``wsup_limited_total`` and logged
+at a bounded rate.
 
 The server's clock is a FakeClock: rates refill and log lines come back only
 when the test moves time on, so nothing depends on how fast the machine is.
@@ -8,6 +10,7 @@ when the test moves time on, so nothing depends on how fast the machine is.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
@@ -82,64 +85,54 @@ def limited_lines(
     return [e for e in logs if e["event"] == "server.limited" and e["limit"] == limit]
 
 
-async def test_handshakes_in_progress_past_the_bound_get_503_unread() -> None:
-    """With one handshake in progress (a socket that sent nothing), the next socket
-    is answered 503 at once, without the server waiting for its request; the limit
-    is counted each time and logged once per 10 s, then with what it suppressed."""
-    clock = FakeClock()
+async def test_past_max_handshakes_the_next_connections_wait_in_the_backlog() -> None:
+    """With one handshake in progress (a socket that sent nothing), the server stops
+    accepting: the next client's connection waits in the listen backlog, unanswered,
+    while the pause is counted and logged once; when the silent socket goes away,
+    the waiting client is accepted and upgraded. The metrics port is never paused."""
     with structlog.testing.capture_logs() as logs:
-        async with running_server(echo_app(), clock=clock, max_handshakes=1) as server:
+        async with running_server(echo_app(), max_handshakes=1, metrics_port=0) as server:
             port = server.ports[0][1]
-            async with await anyio.connect_tcp("127.0.0.1", port):
+            async with await anyio.connect_tcp("127.0.0.1", port) as silent:
                 await eventually(lambda: server.admission.handshaking == 1)
-                async with await anyio.connect_tcp("127.0.0.1", port) as silent:
-                    # Nothing sent: the answer comes anyway.
-                    status, headers, _body = parse_head(await read_head(silent))
-                    assert status == 503
-                    assert 1 <= int(headers["retry-after"]) <= 2
-                await refused(server)
-                assert sample(server, "wsup_limited_total", limit="max_handshakes") == 2
-                assert sample(server, "wsup_handshakes_total", result="rejected") == 2
-                assert len(limited_lines(logs, "max_handshakes")) == 1
-                clock.advance(10)
-                await refused(server)
-            lines = limited_lines(logs, "max_handshakes")
-            assert [line["suppressed"] for line in lines] == [0, 1]
-            assert lines[0]["log_level"] == "warning"
-            assert lines[0]["client"] == "127.0.0.1"
-            # Once the held socket is gone, handshakes go through again.
-            await eventually(lambda: server.admission.handshaking == 0)
-            async with upgraded(server):
-                pass
+                async with await anyio.connect_tcp("127.0.0.1", port) as waiting:
+                    await waiting.send(upgrade_request())
+                    await eventually(
+                        lambda: sample(server, "wsup_limited_total", limit="max_handshakes") >= 1
+                    )
+                    assert sample(server, "wsup_connections_accepted_total") == 1
+                    metrics_port = server.metrics_ports[0][1]
+                    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    assert (await exchange_bytes(metrics_port, healthz)).startswith(b"HTTP/1.1 200")
+                    await silent.aclose()
+                    status, _, _ = parse_head(await read_head(waiting))
+                    assert status == 101
+            assert sample(server, "wsup_connections_accepted_total") == 2
+    (line, *_) = limited_lines(logs, "max_handshakes")
+    assert (line["log_level"], line["handshaking"], line["suppressed"]) == ("warning", 1, 0)
 
 
-async def test_the_metrics_port_is_never_refused() -> None:
-    """Probes and scrapes on the metrics port pass while the server port refuses."""
-    async with running_server(echo_app(), max_handshakes=1, metrics_port=0) as server:
-        port = server.ports[0][1]
-        async with await anyio.connect_tcp("127.0.0.1", port):
-            await eventually(lambda: server.admission.handshaking == 1)
-            await refused(server)
-            metrics_port = server.metrics_ports[0][1]
-            answer = await exchange_bytes(metrics_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert answer.startswith(b"HTTP/1.1 200")
-
-
-async def test_the_accept_rate_refuses_until_it_refills() -> None:
-    """Past ``accept_rate`` any socket gets 503, a probe too; a second later one passes."""
+async def test_past_the_accept_rate_accepting_pauses_until_it_refills() -> None:
+    """Past ``accept_rate`` the next connection waits in the backlog until the
+    server's clock says a token is back; then it is accepted and upgraded."""
     clock = FakeClock()
     app = echo_app()
-    async with (
-        running_server(app, clock=clock, accept_rate=Rate(1, burst=2)) as server,
-        upgraded(server),
-        upgraded(server),
-    ):
-        _, body = await refused(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert body == b"too many new connections\n"
-        assert sample(server, "wsup_limited_total", limit="accept_rate") == 1
-        clock.advance(1.0)
-        async with upgraded(server):
-            pass
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            running_server(app, clock=clock, accept_rate=Rate(1, burst=1)) as server,
+            upgraded(server),
+            await anyio.connect_tcp("127.0.0.1", server.ports[0][1]) as waiting,
+        ):
+            await waiting.send(upgrade_request())
+            await eventually(lambda: sample(server, "wsup_limited_total", limit="accept_rate") >= 1)
+            assert sample(server, "wsup_connections_accepted_total") == 1
+            # The pause sleeps on the server's clock until the next token, 1 s on.
+            await eventually(lambda: (clock.next_deadline() or math.inf) <= 1.0)
+            clock.advance(1.0)
+            status, _, _ = parse_head(await read_head(waiting))
+            assert status == 101
+    (line,) = limited_lines(logs, "accept_rate")
+    assert line["retry_in"] == 1.0
 
 
 async def test_the_handshake_rate_refuses_upgrades_but_not_probes() -> None:

@@ -2,48 +2,47 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from supervisor import Rate, ServerConfig
 from supervisor.metrics import Metrics
 from supervisor.observe._watchdog import LoopWatchdog
-from supervisor.server._admission import Admission, Refusal
+from supervisor.server._admission import Admission
 
 
 def admission(jitter: float = 0.0, **config: object) -> Admission:
     return Admission(ServerConfig(**config), 0.0, jitter=lambda: jitter)  # type: ignore[arg-type]
 
 
-def test_nothing_is_refused_with_the_defaults_but_max_handshakes() -> None:
+def test_by_default_only_max_handshakes_pauses_accepting() -> None:
     gate = admission()
     assert not gate.per_address
     for _ in range(2048):
-        assert gate.socket_opened(0.0) is None
-    assert gate.socket_opened(0.0) == Refusal(
-        "max_handshakes", "too many handshakes in progress", 1
-    )
+        assert gate.accept_wait(0.0) is None
+        gate.socket_accepted(0.0)
+    assert gate.accept_wait(0.0) == ("max_handshakes", math.inf)
     assert gate.request("10.0.0.1", 99_999, 0.0) is None
 
 
-def test_handshakes_in_progress_count_until_settled_and_other_ports_pass() -> None:
-    gate = admission(max_handshakes=1)
-    assert gate.socket_opened(0.0) is None
-    refusal = gate.socket_opened(0.0)
-    assert refusal is not None
-    assert refusal.limit == "max_handshakes"
-    assert gate.socket_opened(0.0, check=False) is None  # the metrics port
-    assert gate.handshaking == 3
-    for _ in range(3):
-        gate.socket_settled()
-    assert gate.socket_opened(0.0) is None
+def test_accepting_resumes_when_a_handshake_is_over() -> None:
+    gate = admission(max_handshakes=2)
+    gate.socket_accepted(0.0)
+    gate.socket_accepted(0.0)
+    assert gate.handshaking == 2
+    assert gate.accept_wait(0.0) == ("max_handshakes", math.inf)
+    gate.socket_settled()
+    assert gate.accept_wait(0.0) is None
 
 
 def test_the_accept_rate_says_how_long_until_the_next_socket() -> None:
     gate = admission(accept_rate=Rate(0.25, burst=1), max_handshakes=None)
-    assert gate.socket_opened(0.0) is None
-    refusal = gate.socket_opened(1.0)
-    assert refusal == Refusal("accept_rate", "too many new connections", 3)
-    assert gate.socket_opened(4.0) is None
+    assert gate.accept_wait(0.0) is None
+    gate.socket_accepted(0.0)
+    assert gate.accept_wait(1.0) == ("accept_rate", 3.0)
+    assert gate.accept_wait(1.0) == ("accept_rate", 3.0)  # asking takes no token
+    assert gate.accept_wait(4.0) is None
 
 
 @pytest.mark.parametrize(("jitter", "expected"), [(0.0, 3), (0.5, 5), (0.999, 6)])
