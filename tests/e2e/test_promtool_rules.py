@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "WsupEventLoopLagHigh",
     "WsupBackplaneDown",
     "WsupAcceptFailing",
+    "WsupAdmissionRefusing",
     "WsupFileDescriptorsHigh",
     "WsupSupervisorEscalated",
 }
