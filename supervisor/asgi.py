@@ -437,6 +437,7 @@ class ASGIApp:
         conn = Connection(server, protocol, request, route, subprotocol, ASGIDriver(receive, send))
         server._spawn(conn, route, verdict.values, match.route.pattern)
         server.connections.add(conn)
+        server.admission.connection_opened(request.client_address)  # counted as on wsup's port
         server.states["open"].inc()
         server.handshakes["accepted"].inc()
         server.counters.handshake_duration.observe(server.clock.now() - started)

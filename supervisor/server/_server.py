@@ -95,15 +95,7 @@ _log = structlog.get_logger("wsup.server")
 #: The ``limit`` labels of admission control's refusals (``_admission``).
 _ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {"inbound_delay", "inbound_close"}
 #: The settings of admission control, as ``server.started`` lists them.
-_ADMISSION_SETTINGS = (
-    "max_connections",
-    "max_handshakes",
-    "max_connections_per_address",
-    "accept_rate",
-    "handshake_rate",
-    "handshake_rate_per_address",
-    "readiness_loop_lag",
-)
+_ADMISSION_SETTINGS = (*(n for n in LIMIT_NAMES if n in _ADMISSION_LIMITS), "readiness_loop_lag")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
 _std_log = logging.getLogger("wsup.server")
 _CLOSED_STREAM_ERRORS = (
@@ -891,8 +883,7 @@ class Server:
     ) -> None:
         """Account for a finished connection (called once by the connection)."""
         self.connections.discard(conn)
-        if isinstance(conn, Connection):  # ASGI connections are the ASGI server's to admit
-            self.admission.connection_closed(conn.request.client_address)
+        self.admission.connection_closed(conn.request.client_address)
         self._forget_keepalive(conn)
         duration = self.clock.now() - conn.opened_at
         counters = self.counters
