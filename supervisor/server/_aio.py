@@ -18,7 +18,11 @@ failed ``accept()`` to the loop's exception handler (thousands a second), and
 uvloop's libuv accepts and closes the waiting connections without a word (and
 closes the listener for good on ``ENOBUFS``/``ENOMEM``). Here a failed
 ``accept()`` is classified, counted and throttled like on the stream path
-(see ``_accept``), and a broken listener fails the server.
+(see ``_accept``), and a broken listener fails the server. Before each
+``accept()`` the acceptor asks admission control (``Server.may_accept``, see
+``_admission``): past ``max_handshakes`` or ``accept_rate`` it stops reading the
+listening socket until a handshake ends or a token is back, and the next
+connections wait in the listen backlog.
 
 After an HTTP answer other than 101 the socket lingers (:meth:`HandshakeProtocol.linger`):
 closing a socket with unread input makes the kernel send a reset, and a

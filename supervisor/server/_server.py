@@ -1,7 +1,7 @@
 """The server: listeners, handshakes, operational HTTP, keepalive and graceful drain.
 
-Theory of operation: each listener's accept loop hands every socket to its own
-task, the stream driver of the handshake (:meth:`Server._handshake`): it reads
+Theory of operation: each listener's accept loop (paced by admission control,
+see ``_admission``) hands every socket to its own task, the stream driver of the handshake (:meth:`Server._handshake`): it reads
 the HTTP request under the handshake timeout, asks the decision
 (``_handshake``: operational endpoints, HTTP routes, routing, limits, Origin,
 hooks), and writes the answer or the 101. An accepted socket becomes a
