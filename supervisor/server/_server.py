@@ -1,15 +1,16 @@
 """The server: listeners, handshakes, operational HTTP, keepalive and graceful drain.
 
 Theory of operation: each listener's accept loop (paced by admission control,
-see ``_admission``) hands every socket to its own task, the stream driver of the handshake (:meth:`Server._handshake`): it reads
-the HTTP request under the handshake timeout, asks the decision
-(``_handshake``: operational endpoints, HTTP routes, routing, limits, Origin,
-hooks), and writes the answer or the 101. An accepted socket becomes a
-:class:`~supervisor.server._connection.Connection` whose actor is a dynamic child of
-the connection supervisor (:meth:`Server._open_connection`). One keepalive task
-serves every connection. On asyncio without TLS the callback driver does the
-same in transport callbacks instead of a task per socket (see ``_aio``); both
-drivers reach the server through :class:`Handshakes`.
+see ``_admission``) hands every socket to its own task, the stream driver of the
+handshake (:meth:`Server._handshake`): it reads the HTTP request under the
+handshake timeout, asks the decision (``_handshake``: operational endpoints,
+HTTP routes, routing, limits, Origin, hooks), and writes the answer or the 101.
+An accepted socket becomes a :class:`~supervisor.server._connection.Connection`
+whose actor is a dynamic child of the connection supervisor
+(:meth:`Server._open_connection`). One keepalive task serves every connection.
+On asyncio without TLS the callback driver does the same in transport callbacks
+instead of a task per socket (see ``_aio``); both drivers reach the server
+through :class:`Handshakes`.
 
 Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
 handshakes in flight get 503 → the connections drain in shuffled batches
