@@ -136,22 +136,31 @@ async def test_past_the_accept_rate_accepting_pauses_until_it_refills() -> None:
 
 
 async def test_the_handshake_rate_refuses_upgrades_but_not_probes() -> None:
-    """Past ``handshake_rate`` an upgrade gets 503; ``/healthz`` still answers 200."""
+    """Past ``handshake_rate`` each upgrade gets 503 and is counted, but one line is
+    logged per 10 s, the next one saying how many it left out; ``/healthz`` still
+    answers 200, and once the rate refills an upgrade goes through."""
     clock = FakeClock()
-    async with (
-        running_server(echo_app(), clock=clock, handshake_rate=Rate(1)) as server,
-        upgraded(server),
-    ):
-        _, body = await refused(server)
-        assert body == b"too many new connections\n"
-        healthz = await exchange_bytes(
-            server.ports[0][1], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        assert healthz.startswith(b"HTTP/1.1 200")
-        assert sample(server, "wsup_limited_total", limit="handshake_rate") == 1
-        clock.advance(1.0)
-        async with upgraded(server):
-            pass
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            running_server(echo_app(), clock=clock, handshake_rate=Rate(1)) as server,
+            upgraded(server),
+        ):
+            for _ in range(3):
+                _, body = await refused(server)
+                assert body == b"too many new connections\n"
+            healthz = await exchange_bytes(
+                server.ports[0][1], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            assert healthz.startswith(b"HTTP/1.1 200")
+            assert sample(server, "wsup_limited_total", limit="handshake_rate") == 3
+            assert sample(server, "wsup_handshakes_total", result="rejected") == 3
+            assert len(limited_lines(logs, "handshake_rate")) == 1
+            clock.advance(10.0)
+            async with upgraded(server):  # the rate refilled
+                pass
+            await refused(server)  # and went again: the next line, 10 s on
+    lines = limited_lines(logs, "handshake_rate")
+    assert [(line["suppressed"], line["path"]) for line in lines] == [(0, "/echo"), (2, "/echo")]
 
 
 async def test_the_per_address_rate_follows_the_forwarded_address() -> None:
