@@ -91,13 +91,31 @@ STORM_METRICS = (
 )
 
 #: The storm's variants: name, what the servers run with, and per-server arguments
-#: (``None``: every server, as it comes). A row with admission control is one more.
+#: (``None``: every server, as it comes). The per-address limits of admission
+#: control have no row: every client here comes from one of four addresses.
 VARIANTS: tuple[tuple[str, str, Mapping[str, tuple[str, ...]] | None], ...] = (
-    ("storm", "every server with its default settings (wsup: paced drain)", None),
+    (
+        "storm",
+        "every server with its default settings (wsup: paced drain, at most 2,048 handshakes "
+        "in progress)",
+        None,
+    ),
     (
         "storm-nowindow",
         "wsup with --drain-window 0: every connection closed at once",
         {"wsup": ("--drain-window", "0")},
+    ),
+    (
+        "storm-handshakes256",
+        "wsup with --max-handshakes 256: past 256 handshakes in progress, new connections "
+        "wait in the listen backlog",
+        {"wsup": ("--max-handshakes", "256")},
+    ),
+    (
+        "storm-rate1000",
+        "wsup with --handshake-rate 1000/2000: past 1,000 upgrades a second (bursts of "
+        "2,000), 503 with Retry-After",
+        {"wsup": ("--handshake-rate", "1000/2000")},
     ),
 )
 

@@ -339,15 +339,24 @@ class Client:
         return outcome
 
     async def connect_first(self, gate: asyncio.Semaphore) -> Outcome:
-        """The first connection, to the server that will be stopped (a few tries)."""
+        """The first connection, to the server that will be stopped.
+
+        A few tries; a 503 with ``Retry-After`` (admission control under test)
+        is waited out and does not count as one.
+        """
         outcome = Outcome("other_error")
-        for attempt in range(FIRST_ATTEMPTS):
+        tries = 0
+        while tries < FIRST_ATTEMPTS:
             async with gate:
                 outcome = await self.attempt(self.first)
             if outcome.reason is None:
                 self.book.open_first += 1
                 return outcome
-            await asyncio.sleep(0.1 * (attempt + 1))
+            if outcome.retry_after is not None:
+                await asyncio.sleep(outcome.retry_after + self.rng.uniform(0.0, BASE))
+                continue
+            tries += 1
+            await asyncio.sleep(0.1 * tries)
         return outcome
 
     def _dropped(self, second: bool) -> None:

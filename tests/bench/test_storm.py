@@ -73,7 +73,11 @@ def check_everybody_back(sample: Sample) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("args", [(), ("--drain-window", "0")], ids=["paced", "window-0"])
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--drain-window", "0"), ("--max-handshakes", "4")],
+    ids=["paced", "window-0", "handshakes-4"],
+)
 def test_every_client_comes_back_to_a_second_wsup(tmp_path: Path, args: tuple[str, ...]) -> None:
     """wsup drains, every client reconnects to the second instance, lag from /metrics."""
     sample = run_storm("wsup", tmp_path, args)
@@ -82,6 +86,15 @@ def test_every_client_comes_back_to_a_second_wsup(tmp_path: Path, args: tuple[st
     assert "storm-server.log" in logs
     assert "storm-server-1.log" in logs
     assert "storm-lag.txt" not in logs  # wsup reports its lag on /metrics
+
+
+@pytest.mark.e2e
+def test_clients_refused_with_retry_after_still_come_back(tmp_path: Path) -> None:
+    """Past wsup's handshake rate, 503 with Retry-After: counted apart, and honoured."""
+    sample = run_storm("wsup", tmp_path, ("--handshake-rate", "20/5"))
+    assert sample.values["failed_503_retry_after"] > 0
+    assert sample.values["failed_503"] == 0
+    assert "back_s" in sample.values, sample.notes
 
 
 @pytest.mark.e2e
@@ -223,9 +236,15 @@ def test_probe_samples_outside_the_window_do_not_count(tmp_path: Path) -> None:
 def test_storm_family_is_the_storm_and_its_variants() -> None:
     """``--scenarios storm`` selects every variant; the full one has 19,000 clients."""
     chosen = select(catalogue(FULL), ["storm"])
-    assert [scenario.name for scenario in chosen] == ["storm", "storm-nowindow"]
+    assert [scenario.name for scenario in chosen] == [
+        "storm",
+        "storm-nowindow",
+        "storm-handshakes256",
+        "storm-rate1000",
+    ]
     assert chosen[0].server_args is None
     assert chosen[1].server_args == {"wsup": ("--drain-window", "0")}
+    assert chosen[3].server_args == {"wsup": ("--handshake-rate", "1000/2000")}
     assert "19,000 clients over 4 processes" in chosen[0].title
     assert f"{QUICK.storm_conns:,} clients" in select(catalogue(QUICK), ["storm"])[0].title
 
