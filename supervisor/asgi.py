@@ -368,11 +368,11 @@ class ASGIApp:
         started = server.clock.now()
         server.states["handshaking"].inc()
         try:
-            conn = await self._handshake(server, scope, receive, send, path, match, started)
+            driver = await self._handshake(server, scope, receive, send, path, match, started)
         finally:
             server.states["handshaking"].dec()
-        if conn is not None:
-            await conn._run()
+        if driver is not None:
+            await driver.run()
 
     async def _handshake(
         self,
@@ -383,7 +383,7 @@ class ASGIApp:
         path: str,
         match: RouteMatch | None,
         started: float,
-    ) -> Connection | None:
+    ) -> ASGIDriver | None:
         request = self._request(scope, path, match)
         if match is None:
             return await self._refused(server, scope, send, request, 404, "no_route")
@@ -434,7 +434,8 @@ class ASGIApp:
             server.handshakes["failed"].inc()
             return None
         protocol = ServerProtocol(state=State.OPEN)  # keeps the close's state; never parses
-        conn = Connection(server, protocol, request, route, subprotocol, ASGIDriver(receive, send))
+        driver = ASGIDriver(receive, send)
+        conn = Connection(server, protocol, request, route, subprotocol, driver)
         server._spawn(conn, route, verdict.values, match.route.pattern)
         server.connections.add(conn)
         server.admission.connection_opened(request.client_address)  # counted as on wsup's port
@@ -445,7 +446,7 @@ class ASGIApp:
             _log.debug(
                 "connection.opened", conn=conn.address, path=path, client=request.client_address
             )
-        return conn
+        return driver
 
     async def _refused(
         self,
@@ -456,7 +457,7 @@ class ASGIApp:
         status: int,
         reason: str,
         body: str | None = None,
-    ) -> Connection | None:
+    ) -> ASGIDriver | None:
         """Count and log a handshake the server turned away, and answer it; returns None."""
         server.handshakes["rejected"].inc()
         _log_rejected(status, reason, request)

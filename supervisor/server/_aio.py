@@ -212,8 +212,7 @@ class HandshakeProtocol(asyncio.Protocol):
             return
         transport.write(b"".join(protocol.data_to_send()))
         host.unowned.discard(self)  # the connection owns the socket from here
-        conn = host.open_connection(decision, protocol, self._started, transport)
-        conn._start(resume=resume)
+        host.open_connection(decision, protocol, self._started, transport).start(resume)
 
     def eof_received(self) -> bool:
         if not self._decided:

@@ -23,8 +23,9 @@ the connection closes — with 1011 if the actor crashed past its restart
 intensity, 1001 while the server drains, 1000 otherwise.
 
 A connection reaches its server only through :class:`ConnectionHost`, and its
-socket only through a :class:`Driver`: a driver for another transport (an ASGI
-server's WebSocket, say) implements :class:`Driver` and feeds the core.
+socket only through a :class:`Driver`; the driver reaches the connection only
+through the :class:`DriverPort` the connection gives it. A driver for another
+transport implements :class:`Driver` and feeds the core, as the ASGI one does.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ __all__ = [
     "ConnectionState",
     "ConnectionStatistics",
     "Driver",
+    "DriverPort",
 ]
 
 _ACCEPT = OutboundVerdict.ACCEPT
@@ -174,16 +176,63 @@ class ConnectionHost(Protocol):
         """The connection is over (called once)."""
 
 
-class Driver(Protocol):
-    """Moves bytes between a connection's core and its socket.
+@dataclass(slots=True, eq=False)
+class DriverPort:
+    """What a driver may reach of its connection, and all of it.
 
-    A driver reads (feeding ``conn._core.receive_data`` and handing what it
-    returns to :meth:`Connection._deliver`, then :meth:`Connection._settle`),
-    writes what ``conn._core.data_to_send()`` returns (then
-    :meth:`Connection._after_output` when the core has events or someone waits
-    for room), and calls :meth:`Connection._finalize` once when the socket is
-    gone.
+    A connection makes one for its driver (:meth:`Driver.bind`) and keeps no
+    reference to it. The steps are the connection's own bound methods: calling
+    one through the port costs what calling the method itself would.
+
+    A driver reads (feeding ``core.receive_data`` and handing what it returns
+    to :attr:`deliver`, then :attr:`settle`), writes what
+    ``core.data_to_send()`` returns (then :attr:`after_output` when
+    ``core.events`` is not ``None`` or ``core.room_wanted``), and calls
+    :attr:`finalize` once when the socket is gone.
+
+    Attributes:
+        connection: the connection, for its public API only (``address`` for
+            logs, ``abort()``).
+        core: the connection's Sans-I/O core.
+        clock: the server's clock (``now`` for the core, the driver's sleeps).
+        close_timeout: seconds the peer has to end the connection once asked to.
+        start_soon: run a coroutine function in a task of the server; False once
+            the server is stopping.
+        deliver: ``(messages, inline)``: hand a read's messages to the actor, in
+            order; ``inline``: in a read callback, where an idle actor's step may
+            begin at once. ``None`` once all were handed on, else the index of
+            the first that found the mailbox full under ``block``: stop reading,
+            :attr:`deliver_waiting` for it, then go on with the rest.
+        deliver_waiting: put one message in the mailbox, waiting for room.
+        settle: ``(now)``, after a read's messages were handed on: True while
+            the outbound buffer is over its limit (read nothing more until it
+            is not: reading is what queues pongs).
+        after_output: act on the core's events and wake whoever waits for room.
+        wait_for_room: wait until the outbound buffer shrinks or the connection
+            closes.
+        room: wake whoever waits for room (the writer ended).
+        lost: the socket is gone or being dropped.
+        finalize: account for the end of the connection (idempotent).
     """
+
+    connection: Connection
+    core: ConnectionCore
+    clock: Clock
+    close_timeout: float
+    start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], bool]
+    deliver: Callable[[list[str | bytes], bool], int | None]
+    deliver_waiting: Callable[[str | bytes], Awaitable[None]]
+    settle: Callable[[float], bool]
+    after_output: Callable[[], None]
+    wait_for_room: Callable[[], Awaitable[None]]
+    room: Callable[[], None]
+    lost: Callable[[], None]
+    finalize: Callable[[], None]
+
+
+class Driver(Protocol):
+    """Moves bytes (or whole messages) between a connection's core and its socket,
+    reaching the connection only through the :class:`DriverPort` it is given."""
 
     #: In transport callbacks (no task per connection): the server aborts these
     #: when it stops, as no cancellation reaches them.
@@ -194,8 +243,8 @@ class Driver(Protocol):
     #: messages itself, as an ASGI server does).
     framed: bool
 
-    def bind(self, conn: Connection) -> None:
-        """Serve ``conn`` (called once by its constructor)."""
+    def bind(self, port: DriverPort) -> None:
+        """Serve the connection behind ``port`` (called once by its constructor)."""
 
     def flush_soon(self) -> None:
         """Messages were queued: write them soon (by the end of this loop turn)."""
@@ -241,7 +290,7 @@ class _Ended:
     send_batch = 1
     framed = False
 
-    def bind(self, conn: Connection) -> None:
+    def bind(self, port: DriverPort) -> None:
         """Nothing to bind."""
 
     def flush_soon(self) -> None:
@@ -363,7 +412,23 @@ class Connection:
         self._uses_callbacks = driver.uses_callbacks
         # Fan-out may frame a message once for every member (see _deliver_direct).
         self._frames_once = driver.framed and not protocol.extensions
-        driver.bind(self)
+        driver.bind(
+            DriverPort(
+                self,
+                core,
+                host.clock,
+                config.close_timeout,
+                host.start_soon,
+                self._deliver,
+                self._deliver_waiting,
+                self._settle,
+                self._after_output,
+                self._wait_for_room,
+                self._room,
+                self._lost,
+                self._finalize,
+            )
+        )
 
     # -- what handlers call ------------------------------------------------------------
 
@@ -491,9 +556,7 @@ class Connection:
             raise self._closed_error()
         item = self._encode(message)
         while not self._enqueue(item, wait_ok=True):
-            # anyio's Event: several tasks may wait for room on one connection.
-            space = self._space = self._space or anyio.Event()
-            await space.wait()
+            await self._wait_for_room()
             if core.close_request is not None or core.close_info is not None:
                 raise self._closed_error()
         self._sends += 1
@@ -606,14 +669,6 @@ class Connection:
         """Stop all I/O at once (close timeout, forced shutdown)."""
         self._lost()
         self._driver.abort()
-
-    def _start(self, *, resume: bool = True) -> None:
-        """Begin serving, from a callback: see :meth:`Driver.start`."""
-        self._driver.start(resume)
-
-    async def _run(self) -> None:
-        """Serve in this task until the connection ends: see :meth:`Driver.run`."""
-        await self._driver.run()
 
     # -- wiring to the actor -------------------------------------------------------------
 
@@ -785,11 +840,16 @@ class Connection:
         space = self._space
         if space is not None:
             self._space = None
+            self._core.room_wanted = False
             space.set()
 
     async def _wait_for_room(self) -> None:
         """Wait until :meth:`_room` is next called."""
-        space = self._space = self._space or anyio.Event()
+        space = self._space
+        if space is None:
+            # anyio's Event: several tasks may wait for room on one connection.
+            space = self._space = anyio.Event()
+            self._core.room_wanted = True
         await space.wait()
 
     def _lost(self) -> None:

@@ -230,6 +230,7 @@ class ConnectionCore:
         "protocol",
         "read_pause",
         "reason_label",
+        "room_wanted",
     )
 
     def __init__(
@@ -261,6 +262,9 @@ class ConnectionCore:
         self.close_info: tuple[int, str, str] | None = None
         self.reason_label: str | None = None
         self.events: list[CoreEvent] | None = None
+        #: Someone waits for the outbound buffer to shrink or the connection to
+        #: close (the connection sets it): a driver passes on what it took.
+        self.room_wanted = False
         self._failing = False  # fail(): nothing more is queued in front of the close frame
         # The message being assembled: its bytes in one buffer (not one object per
         # fragment, which costs ~45 bytes each however small the fragment).
@@ -573,7 +577,8 @@ class ConnectionCore:
                 return chunks  # the rest in the next batch
         else:
             chunks = []
-        self._send_close()
+        if self._close_pending():
+            self._send_close()
         if protocol.writes:
             chunks.extend(protocol.data_to_send())
         return chunks
@@ -601,15 +606,14 @@ class ConnectionCore:
     def close_due(self) -> tuple[int, str] | None:
         """For a driver that sends whole messages, once nothing is queued: the close
         to send now, given once (recorded as the server's); else ``None``."""
-        if self.outbound or not self._send_close():
+        if self.outbound or not self._close_pending() or not self._send_close():
             return None
         self.protocol.data_to_send()  # the close frame: the driver's peer frames its own
         return self.close_request or (CloseCode.NORMAL_CLOSURE, "")
 
     def _send_close(self) -> bool:
-        """Start the closing handshake if a close was asked for and not sent yet."""
-        if not self._close_pending():
-            return False
+        """Start the closing handshake (a close was asked for and is not sent yet);
+        False if the protocol cannot send it any more."""
         code, reason = self.close_request or (CloseCode.NORMAL_CLOSURE, "")
         try:
             self.protocol.send_close(code, reason)

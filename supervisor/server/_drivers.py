@@ -44,7 +44,7 @@ from ._aio import enter_callback, exit_callback
 from ._outbound import OutboundItem
 
 if TYPE_CHECKING:
-    from ._connection import Connection
+    from ._connection import DriverPort
     from ._core import ConnectionCore
 
 __all__ = ["ASGIDriver", "StreamDriver", "TransportDriver"]
@@ -74,22 +74,23 @@ class TransportDriver(asyncio.Protocol):
 
     __slots__ = (
         "_blocked",
-        "_conn",
         "_core",
         "_done",
+        "_ended",
         "_eof_received",
         "_eof_sent",
         "_flush_scheduled",
         "_loop",
         "_output_paused",
         "_paused",
+        "_port",
         "_rate_paused",
         "_timer",
         "_timer_armed",
         "_transport",
     )
 
-    _conn: Connection
+    _port: DriverPort
     _core: ConnectionCore
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -105,10 +106,11 @@ class TransportDriver(asyncio.Protocol):
         self._timer_armed = False
         self._eof_sent = self._eof_received = False
         self._done: anyio.Event | None = None  # made on demand by closed()
+        self._ended = False  # the connection is finalized
 
-    def bind(self, conn: Connection) -> None:
-        self._conn = conn
-        self._core = conn._core
+    def bind(self, port: DriverPort) -> None:
+        self._port = port
+        self._core = port.core
 
     def start(self, resume: bool) -> None:
         """Take the transport over from the handshake's protocol.
@@ -118,7 +120,7 @@ class TransportDriver(asyncio.Protocol):
         """
         transport = self._transport
         transport.set_protocol(self)
-        now = self._conn._host.clock.now()
+        now = self._port.clock.now()
         self._process(self._core.receive_data(b"", now), now, inline=False)
         if transport.is_closing():
             self.connection_lost(None)  # the peer left while the handshake was decided
@@ -135,7 +137,7 @@ class TransportDriver(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         previous = enter_callback()
         try:
-            now = self._conn._host.clock.now()
+            now = self._port.clock.now()
             self._process(self._core.receive_data(data, now), now, inline=True)
         except Exception:
             self._failed()
@@ -146,7 +148,7 @@ class TransportDriver(asyncio.Protocol):
         previous = enter_callback()
         try:
             self._eof_received = True
-            now = self._conn._host.clock.now()
+            now = self._port.clock.now()
             self._process(self._core.receive_eof(now), now, inline=False)
             transport = self._transport
             if not transport.is_closing():
@@ -166,7 +168,7 @@ class TransportDriver(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         previous = enter_callback()
         try:
-            self._conn._lost()
+            self._port.lost()
             self._end()
         finally:
             exit_callback(previous)
@@ -179,8 +181,9 @@ class TransportDriver(asyncio.Protocol):
         self._scheduled_flush()
 
     def _failed(self) -> None:
-        _log.exception("connection.failed", conn=self._conn.address)
-        self._conn.abort()
+        conn = self._port.connection
+        _log.exception("connection.failed", conn=conn.address)
+        conn.abort()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -189,15 +192,15 @@ class TransportDriver(asyncio.Protocol):
             # Reading is paused but this batch was already read: keep the order.
             self._blocked.extend(messages)
             return
-        conn = self._conn
+        port = self._port
         if messages:
-            blocked = conn._deliver(messages, inline)
+            blocked = port.deliver(messages, inline)
             if blocked is not None:
                 self._blocked = messages[blocked:]
                 self._transport.pause_reading()
-                if not conn._host.start_soon(self._unblock):
+                if not port.start_soon(self._unblock):
                     self._blocked = None
-        if conn._settle(now) and not self._output_paused:
+        if port.settle(now) and not self._output_paused:
             # The socket does not take what reading queued (pongs): read nothing
             # more until it has (_flush resumes).
             self._output_paused = True
@@ -206,13 +209,13 @@ class TransportDriver(asyncio.Protocol):
         if core.read_pause:
             # Over the route's inbound rate: read nothing more for that long.
             pause, core.read_pause = core.read_pause, 0.0
-            if not self._rate_paused and conn._host.start_soon(lambda: self._rate_wait(pause)):
+            if not self._rate_paused and port.start_soon(lambda: self._rate_wait(pause)):
                 self._rate_paused = True
                 self._transport.pause_reading()
 
     async def _rate_wait(self, pause: float) -> None:
         try:
-            await self._conn._host.clock.sleep(pause)
+            await self._port.clock.sleep(pause)
         finally:
             self._rate_paused = False
             if self._may_read() and not self._transport.is_closing():
@@ -223,15 +226,15 @@ class TransportDriver(asyncio.Protocol):
         return self._blocked is None and not self._output_paused and not self._rate_paused
 
     async def _unblock(self) -> None:
-        conn = self._conn
+        port = self._port
         blocked = self._blocked
         while blocked:
             # Still in _blocked meanwhile: what the transport delivers goes behind.
-            await conn._deliver_waiting(blocked[0])
+            await port.deliver_waiting(blocked[0])
             del blocked[0]
-            stopped = conn._deliver(blocked, False)
+            stopped = port.deliver(blocked, False)
             del blocked[: len(blocked) if stopped is None else stopped]
-            conn._settle(conn._host.clock.now())
+            port.settle(port.clock.now())
         self._blocked = None
         transport = self._transport
         if not transport.is_closing() and self._may_read():
@@ -274,8 +277,7 @@ class TransportDriver(asyncio.Protocol):
         try:
             self._flush()
         except Exception:
-            _log.exception("connection.failed", conn=self._conn.address)
-            self._conn.abort()
+            self._failed()
         finally:
             exit_callback(previous)
 
@@ -283,16 +285,15 @@ class TransportDriver(asyncio.Protocol):
         """Frame what is queued and write it, a batch at a time, until the socket
         stops taking it (``pause_writing``) or all is written."""
         transport = self._transport
-        conn = self._conn
         core = self._core
         buffer = core.outbound
-        while not (self._paused or conn._finished or self._eof_sent):
+        while not (self._paused or self._ended or self._eof_sent):
             chunks = core.data_to_send()
-            if core.events is not None or conn._space is not None:
-                conn._after_output()
+            if core.events is not None or core.room_wanted:
+                self._port.after_output()
             if chunks:
                 if transport.is_closing():
-                    conn._lost()
+                    self._port.lost()
                     return
                 payload = b"".join(chunks)
                 if payload:
@@ -330,50 +331,50 @@ class TransportDriver(asyncio.Protocol):
     # -- the end ------------------------------------------------------------------------------
 
     def arm_close_timer(self) -> None:
-        conn = self._conn
-        if self._timer_armed or conn._finished:
+        if self._timer_armed or self._ended:
             return
         self._timer_armed = True
-        host = conn._host
-        if isinstance(host.clock, MonotonicClock):
+        port = self._port
+        if isinstance(port.clock, MonotonicClock):
             # A loop timer, not a task: a drain starts one per connection.
-            self._timer = self._loop.call_later(host.config.close_timeout, self._timed_out)
-        elif not host.start_soon(self._close_timer):
-            conn.abort()  # the server is stopping: no time left to wait
+            self._timer = self._loop.call_later(port.close_timeout, self._timed_out)
+        elif not port.start_soon(self._close_timer):
+            port.connection.abort()  # the server is stopping: no time left to wait
 
     def _timed_out(self) -> None:
         previous = enter_callback()
         try:
             self._timer = None
-            self._conn.abort()
+            self._port.connection.abort()
         finally:
             exit_callback(previous)
 
     async def _close_timer(self) -> None:
         # The peer has close_timeout seconds to answer our close frame (a test's clock).
-        conn = self._conn
+        port = self._port
         with anyio.CancelScope() as scope:
-            if conn._finished:
+            if self._ended:
                 return
             self._timer = scope
-            await conn._host.clock.sleep(conn._host.config.close_timeout)
-            conn.abort()
+            await port.clock.sleep(port.close_timeout)
+            port.connection.abort()
 
     def abort(self) -> None:
         self._transport.abort()
         self._end()
 
     def _end(self) -> None:
+        self._ended = True
         timer = self._timer
         if timer is not None:
             self._timer = None
             timer.cancel()
-        self._conn._finalize()
+        self._port.finalize()
         if self._done is not None:
             self._done.set()
 
     async def closed(self) -> None:
-        if self._conn._finished:
+        if self._ended:
             return
         done = self._done = self._done or anyio.Event()
         await done.wait()
@@ -391,9 +392,9 @@ class _TaskDriver:
 
     __slots__ = (
         "_blocked",
-        "_conn",
         "_core",
         "_new_event",
+        "_port",
         "_rate_paused",
         "_tg",
         "_timer_armed",
@@ -401,7 +402,7 @@ class _TaskDriver:
         "_writer_wake",
     )
 
-    _conn: Connection
+    _port: DriverPort
     _core: ConnectionCore
 
     def __init__(self) -> None:
@@ -413,14 +414,14 @@ class _TaskDriver:
         self._rate_paused = False  # reading waits: the client is over its inbound rate
         self._timer_armed = False
 
-    def bind(self, conn: Connection) -> None:
-        self._conn = conn
-        self._core = conn._core
+    def bind(self, port: DriverPort) -> None:
+        self._port = port
+        self._core = port.core
 
     def start(self, resume: bool) -> None:
         """Serve the connection in a task of the server."""
-        if not self._conn._host.start_soon(self.run):
-            self._conn.abort()
+        if not self._port.start_soon(self.run):
+            self._port.connection.abort()
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -428,18 +429,18 @@ class _TaskDriver:
     # -- reading ------------------------------------------------------------------------------
 
     async def _hand_on(self, messages: list[str | bytes], now: float) -> None:
-        conn = self._conn
+        port = self._port
         while messages:
-            blocked = conn._deliver(messages, False)
+            blocked = port.deliver(messages, False)
             if blocked is None:
                 break
             # Full under ``block``: stop reading until there is room (TCP backpressure).
             self._blocked = True
-            await conn._deliver_waiting(messages[blocked])
+            await port.deliver_waiting(messages[blocked])
             messages = messages[blocked + 1 :]
-            now = conn._host.clock.now()
+            now = port.clock.now()
         self._blocked = False
-        conn._settle(now)
+        port.settle(now)
 
     async def _rate_pause(self) -> None:
         """Over the route's inbound rate: read nothing more for that long."""
@@ -447,7 +448,7 @@ class _TaskDriver:
         pause, core.read_pause = core.read_pause, 0.0
         self._rate_paused = True
         try:
-            await self._conn._host.clock.sleep(pause)
+            await self._port.clock.sleep(pause)
         finally:
             self._rate_paused = False
 
@@ -479,15 +480,15 @@ class _TaskDriver:
     # -- the end ------------------------------------------------------------------------------
 
     def arm_close_timer(self) -> None:
-        if self._timer_armed or self._conn._finished or self._tg is None:
+        if self._timer_armed or self._tg is None:  # no task group: not serving (any more)
             return
         self._timer_armed = True
         self._tg.start_soon(self._close_timer)
 
     async def _close_timer(self) -> None:
         # The peer has close_timeout seconds to answer our close frame.
-        host = self._conn._host
-        await host.clock.sleep(host.config.close_timeout)
+        port = self._port
+        await port.clock.sleep(port.close_timeout)
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
@@ -514,14 +515,14 @@ class StreamDriver(_TaskDriver):
 
     async def run(self) -> None:
         """Read until the connection ends; the writer runs beside. Never raises for I/O."""
-        conn = self._conn
+        port = self._port
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._writer)
                 await self._reader()
                 # The peer is gone or closing: give the writer close_timeout to finish.
-                with anyio.move_on_after(conn._host.config.close_timeout):
+                with anyio.move_on_after(port.close_timeout):
                     await self._writer_done.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -529,14 +530,14 @@ class StreamDriver(_TaskDriver):
             self._writer_done.set()  # the writer may have been cancelled before it began
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
-                conn._finalize()
+                port.finalize()
 
     # -- reading ------------------------------------------------------------------------------
 
     async def _reader(self) -> None:
         stream = self._stream
         core = self._core
-        clock = self._conn._host.clock
+        clock = self._port.clock
         now = clock.now()
         await self._hand_on(core.receive_data(b"", now), now)
         # Read until the peer closes TCP or the writer closes the socket: after a
@@ -563,7 +564,7 @@ class StreamDriver(_TaskDriver):
         self._output_paused = True
         try:
             while core.over_limit() and not done.is_set():
-                await self._conn._wait_for_room()
+                await self._port.wait_for_room()
         finally:
             self._output_paused = False
 
@@ -573,7 +574,7 @@ class StreamDriver(_TaskDriver):
     # -- writing ------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        conn = self._conn
+        port = self._port
         core = self._core
         protocol = core.protocol
         stream = self._stream
@@ -583,8 +584,8 @@ class StreamDriver(_TaskDriver):
                     await self._sleep_until_woken()
                     continue
                 chunks = core.data_to_send()
-                if core.events is not None or conn._space is not None:
-                    conn._after_output()
+                if core.events is not None or core.room_wanted:
+                    port.after_output()
                 eof = bool(chunks) and chunks[-1] == b""
                 payload = b"".join(chunks)
                 if payload:
@@ -599,12 +600,12 @@ class StreamDriver(_TaskDriver):
                         await self._half_close()
                     break
         except _CLOSED_STREAM_ERRORS:
-            conn._lost()
+            port.lost()
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
         finally:
             self._writer_done.set()
-            conn._room()  # a reader waiting for the writer must not wait forever
+            port.room()  # a reader waiting for the writer must not wait forever
 
     async def _half_close(self) -> None:
         """After failing the connection: send EOF but keep reading until the peer closes.
@@ -662,12 +663,12 @@ class ASGIDriver(_TaskDriver):
         finally:
             self._tg = None
             self._writer_done.set()
-            self._conn._finalize()
+            self._port.finalize()
 
     async def _reader(self) -> None:
         receive = self._receive
         core = self._core
-        clock = self._conn._host.clock
+        clock = self._port.clock
         while True:
             message = await receive()
             kind = message["type"]
@@ -692,15 +693,15 @@ class ASGIDriver(_TaskDriver):
                 return
 
     async def _writer(self) -> None:
-        conn = self._conn
+        port = self._port
         core = self._core
         send = self._send
         try:
             while True:
                 items = core.take_messages()
                 close = None if items else core.close_due()
-                if core.events is not None or conn._space is not None:
-                    conn._after_output()
+                if core.events is not None or core.room_wanted:
+                    port.after_output()
                 for item in items:
                     if item.text:
                         await send({"type": "websocket.send", "text": item.payload.decode()})
@@ -714,7 +715,7 @@ class ASGIDriver(_TaskDriver):
                     await self._sleep_until_woken()
         except OSError:
             # The ASGI server says the client is gone (uvicorn's ClientDisconnected).
-            conn._lost()
+            port.lost()
         finally:
             self._writer_done.set()
-            conn._room()
+            port.room()

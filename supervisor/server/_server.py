@@ -633,16 +633,16 @@ class Server:
 
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
         started = self._handshakes.opened(ops_only)
-        conn: Connection | None = None
+        driver: Driver | None = None
         try:
-            conn = await self._handshake(stream, started, ops_only)
+            driver = await self._handshake(stream, started, ops_only)
         except BaseException:
             await _close_quietly(stream)
             raise
         finally:
             self._handshakes.settled(ops_only)
-        if conn is not None:
-            await conn._run()
+        if driver is not None:
+            await driver.run()
 
     async def _handle_safely(self, stream: anyio.abc.ByteStream, ops_only: bool) -> None:
         # One socket's unexpected error must never take the server down.
@@ -654,9 +654,9 @@ class Server:
 
     async def _handshake(
         self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
-    ) -> Connection | None:
+    ) -> Driver | None:
         """Read the request under the handshake timeout, decide (see ``_handshake``),
-        then write the answer or the 101; the accepted connection, if any."""
+        then write the answer or the 101; the accepted connection's driver, if any."""
         handshakes = self._handshakes
         config = self.config
         protocol = handshakes.new_protocol()
@@ -744,11 +744,12 @@ class Server:
         *,
         stream: anyio.abc.ByteStream | None = None,
         transport: asyncio.Transport | None = None,
-    ) -> Connection:
+    ) -> Driver:
         """Make the connection of an accepted handshake whose 101 is written, and count it.
 
-        Exactly one of ``stream`` (stream mode: the caller runs ``conn._run()``)
-        and ``transport`` (callback mode: the caller runs ``conn._start()``).
+        Exactly one of ``stream`` (stream mode: the caller awaits the driver's
+        ``run()``) and ``transport`` (callback mode: the caller calls its
+        ``start()``). Returns the connection's driver.
         """
         request = upgrade.request
         route = upgrade.route
@@ -774,7 +775,7 @@ class Server:
                 path=request.path,
                 client=request.client_address,
             )
-        return conn
+        return driver
 
     async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
         """The handshake hooks' verdict, for the ASGI adapter (its server did the rest)."""
@@ -1177,8 +1178,9 @@ class Handshakes:
         protocol: ServerProtocol,
         started: float,
         transport: asyncio.Transport,
-    ) -> Connection:
-        """Callback mode: the connection of an accepted handshake whose 101 is written."""
+    ) -> Driver:
+        """Callback mode: the connection of an accepted handshake whose 101 is written
+        (its driver, to start)."""
         return self._server._open_connection(upgrade, protocol, started, transport=transport)
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:

@@ -193,3 +193,24 @@ def test_every_subpackage_is_in_the_distribution() -> None:
         for init in (root / package).rglob("__init__.py")
     }
     assert set(listed) == found
+
+
+#: Private attributes a driver may reach on something other than itself.
+DRIVER_PRIVATE_OK = {"self._sock._accept"}  # socket.socket's C accept, under accept()
+
+
+@pytest.mark.parametrize("module", ["_drivers.py", "_aio.py"])
+def test_drivers_reach_a_connection_only_through_its_port(module: str) -> None:
+    """A driver touches no private member of a connection (or of anything but
+    itself): what it may reach is ``DriverPort``, a typed, narrow interface."""
+    path = Path(supervisor.__file__).parent / "server" / module
+    reached = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__") or (
+            isinstance(node.value, ast.Name) and node.value.id == "self"
+        ):
+            continue
+        reached.add(ast.unparse(node))
+    assert reached - DRIVER_PRIVATE_OK == set()
