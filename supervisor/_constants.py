@@ -16,11 +16,13 @@ from typing import Final
 
 __all__ = [
     "APP_CLOSE_CODES",
+    "CLEAN_CLOSE_CODES",
     "HEALTHZ",
     "METRICS",
     "OPS_PATHS",
     "PROTOCOL_CLOSE_CODES",
     "READYZ",
+    "SHUTDOWN_REASON",
     "CloseCode",
     "sendable_close_code",
 ]
@@ -30,8 +32,11 @@ class CloseCode(enum.IntEnum):
     """The WebSocket close codes wsup sends or counts (RFC 6455 §7.4.1).
 
     Named as in RFC 6455 and ``websockets.frames.CloseCode``; an ``int``, so
-    it compares equal to the number on the wire.
+    it compares equal to the number on the wire, and shown as that number
+    (``repr`` too: a user printing ``conn.close_info()`` sees ``1001``).
     """
+
+    __repr__ = int.__repr__
 
     NORMAL_CLOSURE = 1000
     """Closed cleanly: the handler returned, ``close()``."""
@@ -64,6 +69,14 @@ PROTOCOL_CLOSE_CODES: Final[frozenset[int]] = frozenset(
 """The codes below 3000 a close frame may carry: those RFC 6455 and its IANA
 registry define for the wire (1004, 1005, 1006 and 1015 never are; the rest of
 1000-2999 is unassigned, and websockets refuses to send it)."""
+
+CLEAN_CLOSE_CODES: Final[frozenset[int]] = frozenset(
+    (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+)
+"""The codes of a clean end: ``ConnectionClosedOK`` rather than ``ConnectionClosedError``."""
+
+SHUTDOWN_REASON: Final = "server shutting down"
+"""The close reason of the drain's 1001."""
 
 APP_CLOSE_CODES: Final = range(3000, 5000)
 """Codes left to libraries (3000-3999) and applications (4000-4999)."""

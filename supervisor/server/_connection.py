@@ -51,6 +51,7 @@ from actors import (
 )
 from actors._backend import primitives
 
+from .._constants import CLEAN_CLOSE_CODES, SHUTDOWN_REASON, CloseCode
 from .._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
 from ._app import FromClient, Handler, Request, RouteOptions
 from ._core import (
@@ -496,10 +497,10 @@ class Connection:
     def _closed_error(self) -> ConnectionClosed:
         core = self._core
         code, reason, initiator = core.close_info or (
-            *(core.close_request or (1006, "")),
+            *(core.close_request or (CloseCode.ABNORMAL_CLOSURE, "")),
             "server",
         )
-        cls = ConnectionClosedOK if code in (1000, 1001) else ConnectionClosedError
+        cls = ConnectionClosedOK if code in CLEAN_CLOSE_CODES else ConnectionClosedError
         return cls(self.address, code=code, reason=reason, initiator=initiator)
 
     def close_info(self) -> tuple[int, str]:
@@ -510,8 +511,8 @@ class Connection:
         if core.close_request is not None:
             return core.close_request
         if self.state is ConnectionState.DRAINING:
-            return 1001, "server shutting down"
-        return 1000, ""
+            return CloseCode.GOING_AWAY, SHUTDOWN_REASON
+        return CloseCode.NORMAL_CLOSURE, ""
 
     def _encode(self, message: str | bytes | bytearray | memoryview) -> OutboundItem:
         if isinstance(message, str):
@@ -589,7 +590,7 @@ class Connection:
             self._driver.flush_soon()
         return True
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close after flushing what is queued; returns when the socket is closed.
 
         Idempotent: later calls only wait.
@@ -598,7 +599,7 @@ class Connection:
         if not self._finished:
             await self._driver.closed()
 
-    def close_nowait(self, code: int = 1000, reason: str = "") -> None:
+    def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake after what is queued has been written."""
         if self._core.close(code, reason):
             self._set_state(ConnectionState.CLOSING)
@@ -663,7 +664,7 @@ class Connection:
             if self.cell is not None and not self.cell.is_terminated:
                 self.cell.request_drain()
             else:
-                self.close_nowait(1001, "server shutting down")
+                self.close_nowait(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
 
     def abort(self) -> None:
         """Stop all I/O at once (close timeout, forced shutdown)."""
@@ -723,11 +724,11 @@ class Connection:
     def _actor_ended(self, exit_: Exit) -> None:
         if exit_.kind is ExitKind.CRASHED:
             # Unlike a dead peer, a crash keeps what the handler sent before it: flush, then 1011.
-            self.close_nowait(1011, "internal error")
+            self.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
         elif self.state is ConnectionState.DRAINING:
-            self.close_nowait(1001, "server shutting down")
+            self.close_nowait(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
         else:
-            self.close_nowait(1000, "")
+            self.close_nowait(CloseCode.NORMAL_CLOSURE, "")
 
     def _set_state(self, state: ConnectionState) -> None:
         gauges = self._host.counters.states

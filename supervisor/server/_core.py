@@ -242,7 +242,7 @@ class ConnectionCore:
         now: float,
         outbound_limit: int,
         slow_consumer: SlowConsumerPolicy,
-        slow_consumer_code: int = 1013,
+        slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER,
         max_fragments: int = 1024,
         max_size: int | None = None,
         inbound: InboundLimiter | None = None,
@@ -356,7 +356,9 @@ class ConnectionCore:
                     try:
                         message = data.decode()
                     except UnicodeDecodeError as exc:
-                        self.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
+                        self.protocol.fail(
+                            CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}"
+                        )
                         self.reason_label = "invalid_data"
                         break  # what the peer sent after it is ignored
                     self._received_text += 1
@@ -384,7 +386,8 @@ class ConnectionCore:
         # message could keep a connection busy and its reader fed forever.
         self._fragments = None
         self.protocol.fail(
-            1009, f"more than {self._max_fragments} fragments in one message (max_fragments)"
+            CloseCode.MESSAGE_TOO_BIG,
+            f"more than {self._max_fragments} fragments in one message (max_fragments)",
         )
 
     def receive_message(self, message: str | bytes, size: int) -> bool:
@@ -437,7 +440,7 @@ class ConnectionCore:
                 )
                 if verdict.close:
                     self._emit(InboundLimited(closed=True))
-                    self.fail(1008, "inbound rate exceeded")
+                    self.fail(CloseCode.POLICY_VIOLATION, "inbound rate exceeded")
                 elif verdict.pause:
                     self._emit(InboundLimited(closed=False))
                     self.read_pause = verdict.pause
@@ -686,7 +689,7 @@ class ConnectionCore:
             # We were closing (e.g. a slow consumer) but our close frame never got out.
             self.close_info = (*self.close_request, "server")
         elif protocol.eof_sent or initiator == "network":
-            self.close_info = (1006, "", "network")
+            self.close_info = (CloseCode.ABNORMAL_CLOSURE, "", "network")
         else:
             return
         self._emit(CloseRecorded(*self.close_info))
@@ -712,7 +715,7 @@ class ConnectionCore:
             of the close metric.
         """
         self._record_close("network")
-        code, reason, initiator = self.close_info or (1006, "", "network")
+        code, reason, initiator = self.close_info or (CloseCode.ABNORMAL_CLOSURE, "", "network")
         self._dropped("disconnect", self.outbound.clear())
         self._fragments = None
         # Ends websockets' parser, a generator that refers back to its protocol (as

@@ -65,7 +65,7 @@ from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from .._constants import HEALTHZ, OPS_PATHS, READYZ
+from .._constants import HEALTHZ, METRICS, OPS_PATHS, READYZ
 from . import _api
 from ._admission import Refusal
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
@@ -557,7 +557,7 @@ class Handshake:
         if self._api_key is not None and self._serves_api(path, socket):
             return self._api_call(request, socket)
         if socket.ops_only and path not in OPS_PATHS:
-            return Answer(self.plain(404, "this port serves /metrics, /healthz, /readyz\n"))
+            return Answer(self.plain(404, f"this port serves {METRICS}, {HEALTHZ}, {READYZ}\n"))
         app = self._app
         not_here = self._api_not_here(path)
         if not_here is not None:

@@ -46,6 +46,7 @@ from websockets.server import ServerProtocol
 from actors import ALL, Backplane, Clock, CriticalFailure, DeadLetter, MonotonicClock
 from actors._backend import Waiter, primitives
 
+from .._constants import CloseCode
 from .._exceptions import ListenError, StartupError, find_exception
 from ..metrics import (
     ACCEPT_ERRORS,
@@ -1004,10 +1005,10 @@ class Server:
                 if action is KeepaliveAction.PING:
                     conn.send_ping()
                 elif action is KeepaliveAction.PONG_TIMEOUT:
-                    conn.fail(1011, "keepalive ping timeout", label="timeout")
+                    conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", label="timeout")
                     continue
                 elif action is KeepaliveAction.IDLE_TIMEOUT:
-                    conn.fail(1001, "idle timeout", label="timeout")
+                    conn.fail(CloseCode.GOING_AWAY, "idle timeout", label="timeout")
                     continue
                 self.schedule_keepalive(conn)
             self._keepalive_next = heap[0][0] if heap else math.inf

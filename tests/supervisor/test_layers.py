@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import supervisor
+from supervisor._constants import CLEAN_CLOSE_CODES, OPS_PATHS, SHUTDOWN_REASON, CloseCode
 
 #: Third-party packages that only the server, the metrics or the cluster need.
 SERVER_ONLY = ("websockets", "prometheus_client", "redis")
@@ -214,3 +215,38 @@ def test_drivers_reach_a_connection_only_through_its_port(module: str) -> None:
             continue
         reached.add(ast.unparse(node))
     assert reached - DRIVER_PRIVATE_OK == set()
+
+
+#: The connection and server modules, where every close code and operational path
+#: comes from ``supervisor/_constants.py``.
+CONNECTION_MODULES = (
+    "server/_connection.py",
+    "server/_core.py",
+    "server/_drivers.py",
+    "server/_server.py",
+    "server/_aio.py",
+    "server/_handshake.py",
+    "asgi.py",
+)
+
+
+@pytest.mark.parametrize("module", CONNECTION_MODULES)
+def test_close_codes_and_operational_paths_are_named_once(module: str) -> None:
+    """No close code (1000-1015) or operational path is written as a literal in code
+    (docstrings and comments may spell them out): each has its one name."""
+    path = Path(supervisor.__file__).parent / module
+    literals = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Constant):
+            continue
+        value = node.value
+        code = type(value) is int and 1000 <= value <= 1015
+        if code or (isinstance(value, str) and value in OPS_PATHS):
+            literals.append((node.lineno, value))
+    assert literals == []
+
+
+def test_a_close_code_shows_as_its_number() -> None:
+    """What handlers print (``conn.close_info()``, an exception's code) reads as the number."""
+    assert repr((CloseCode.GOING_AWAY, SHUTDOWN_REASON)) == "(1001, 'server shutting down')"
+    assert CloseCode.GOING_AWAY in CLEAN_CLOSE_CODES
