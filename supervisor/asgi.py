@@ -67,7 +67,7 @@ from .server._app import (
 from .server._config import ServerConfig
 from .server._connection import Connection
 from .server._drivers import ASGIDriver
-from .server._proxy import TrustedProxies
+from .server._proxy import Networks, TrustedProxies
 from .server._request import OriginPolicy, parse_cookies
 from .server._routing import RouteMatch
 from .server._server import Server
@@ -105,7 +105,8 @@ class ASGIApp:
             ``/metrics``).
         backplane: the cross-node transport (e.g. a :class:`~supervisor.RedisBackplane`).
         ops_endpoints: answer ``GET /healthz``, ``/readyz`` and ``/metrics``
-            (relative to where the app is mounted) before the fallback sees them.
+            (relative to where the app is mounted) before the fallback sees them,
+            to the clients ``config.ops_allow`` admits (403 for others).
         handle_signals: on the first SIGTERM or SIGINT, drain wsup's
             connections first (as ``wsup serve`` does), then hand the signal to
             the ASGI server's own handler; a second signal forces it at once.
@@ -137,6 +138,8 @@ class ASGIApp:
         self._backplane = backplane
         self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
+        allow = self.config.ops_allow
+        self._ops_allow = None if allow is None else Networks(allow, "ops_allow network")
         self.server: Server | None = None
 
     # -- the ASGI entry point ------------------------------------------------------------
@@ -285,6 +288,11 @@ class ASGIApp:
         path = _route_path(scope)
         method = scope.get("method", "GET")
         if self.ops_endpoints and path in OPS_PATHS and method in ("GET", "HEAD"):
+            client = self._ops_refused(scope, path)
+            if client is not None:
+                text = f"forbidden: {path} is not served to {client or 'this client'}\n"
+                await _respond(send, 403, b"" if method == "HEAD" else text.encode())
+                return
             status, body, content_type = self._ops_answer(path, scope)
             await _respond(send, status, b"" if method == "HEAD" else body, content_type)
         elif path in self.app.http_routes:
@@ -335,6 +343,14 @@ class ASGIApp:
             answer.content_type,
             headers=answer.headers,
         )
+
+    def _ops_refused(self, scope: Scope, path: str) -> str | None:
+        """The client address when ``ops_allow`` leaves it out (None: it may read ``path``)."""
+        allow = self._ops_allow
+        if allow is None:
+            return None
+        client = self._request(scope, path, None).client_address
+        return None if client in allow else client
 
     def _ops_answer(self, path: str, scope: Scope) -> tuple[int, bytes, str]:
         server = self.server

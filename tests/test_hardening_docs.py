@@ -13,6 +13,7 @@ from websockets.sync.client import connect
 from actors import FakeClock
 from examples.hardening import admission, limited_chat
 from supervisor import InboundPolicy, Rate, RouteOptions
+from tests.helpers.clients import http_get
 from tests.helpers.docs import assert_blocks_are_files
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import in_thread
@@ -37,8 +38,12 @@ async def test_the_example_serves_with_the_limits_it_declares() -> None:
     assert options.inbound_rate == Rate(20, burst=40)
     assert options.inbound_byte_rate == Rate(64 * 1024)
     assert options.inbound_policy is InboundPolicy.DELAY
-    async with running_server(app) as server:
+    assert (app.config.ops_port_only, app.config.server_header) == (True, "name")
+    async with running_server(app, metrics_port=0) as server:
         url = ws_url(server, "/room")
+        # The operational endpoints are on the metrics port only.
+        assert (await in_thread(http_get, server.ports[0][1], "/healthz"))[0] == 404
+        assert await in_thread(http_get, server.metrics_ports[0][1], "/healthz") == (200, "ok\n")
 
         def within_the_rates() -> list[str | bytes]:
             with connect(url) as ws:

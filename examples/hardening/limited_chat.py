@@ -10,6 +10,10 @@ app = App(
         max_connections=20_000,  # 503 past it; /readyz says "at capacity"
         handshake_timeout=5.0,  # 408 for a client that does not finish its request
         readiness_fd_fraction=0.8,  # /readyz 503 at 80 % of the descriptor limit
+        metrics_port=9100,  # /healthz, /readyz, /metrics on an internal port,
+        ops_port_only=True,  # not on the public one (404 there),
+        ops_allow=("10.0.0.0/8", "127.0.0.1/32"),  # and only to these networks (403)
+        server_header="name",  # Server: wsup, without the version (the default)
     )
 )
 

@@ -3,7 +3,8 @@
 Every option can also come from a ``WSUP_*`` environment variable (the
 command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``WSUP_PORT``, ``WSUP_DRAIN_TIMEOUT``, ``WSUP_LOG_FORMAT``, ``WSUP_LOG_LEVEL``,
-``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
+``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_OPS_PORT_ONLY``, ``WSUP_OPS_ALLOW``
+(networks separated by commas), ``WSUP_SERVER_HEADER``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
 ``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REDIS_PREFIX``,
 ``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE``, and those of
 admission control (``WSUP_MAX_HANDSHAKES``, ``WSUP_HANDSHAKE_RATE``...: see
@@ -53,7 +54,7 @@ from .._exceptions import ListenError, RedisUnavailable, StartupError, find_exce
 from ..observe._logging import configure_logging
 from ..redis import RedisBackplane
 from ..server._app import App
-from ..server._config import ServerConfig
+from ..server._config import SERVER_HEADERS, ServerConfig
 from ..server._server import VERSION, Server, serve
 from . import _admission
 from ._workers import Master, worker_channel
@@ -155,6 +156,27 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="also serve /metrics, /healthz, /readyz on this port (WSUP_METRICS_PORT)",
+    )
+    run.add_argument(
+        "--ops-port-only",
+        action="store_true",
+        default=None,
+        help="serve /metrics, /healthz, /readyz only on --metrics-port (or --api-port): "
+        "the main port answers them 404 (WSUP_OPS_PORT_ONLY)",
+    )
+    run.add_argument(
+        "--ops-allow",
+        metavar="CIDRS",
+        default=None,
+        help="client networks that may read /metrics, /healthz, /readyz, separated by "
+        "commas, e.g. 10.0.0.0/8,127.0.0.1/32; others get 403 (default any; WSUP_OPS_ALLOW)",
+    )
+    run.add_argument(
+        "--server-header",
+        choices=SERVER_HEADERS,
+        default=None,
+        help="the Server header: version (wsup/X.Y.Z), name (wsup) or none "
+        "(default name; WSUP_SERVER_HEADER)",
     )
     run.add_argument(
         "--drain-timeout",
@@ -448,6 +470,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["metrics_port"] = args.metrics_port
         elif _env("METRICS_PORT") is not None:
             overrides["metrics_port"] = _env_number("METRICS_PORT", "0", int)
+        if args.ops_port_only or _env_flag("OPS_PORT_ONLY"):
+            overrides["ops_port_only"] = True
+        ops_allow = args.ops_allow if args.ops_allow is not None else _env("OPS_ALLOW")
+        if ops_allow is not None:
+            overrides["ops_allow"] = tuple(n.strip() for n in ops_allow.split(",") if n.strip())
+        server_header = args.server_header or _env("SERVER_HEADER")
+        if server_header is not None:
+            if server_header not in SERVER_HEADERS:
+                choices = ", ".join(SERVER_HEADERS)
+                raise UsageError(f"WSUP_SERVER_HEADER must be {choices}, got {server_header!r}")
+            overrides["server_header"] = server_header
         if args.api_port is not None:
             overrides["api_port"] = args.api_port
         elif _env("API_PORT") is not None:
@@ -610,6 +643,11 @@ def _run_workers(
         command += ["--host", host]
     if config.metrics_port is not None:
         command += ["--metrics-port", str(config.metrics_port)]
+    if config.ops_port_only:
+        command.append("--ops-port-only")
+    if config.ops_allow is not None:
+        command += ["--ops-allow", ",".join(config.ops_allow)]
+    command += ["--server-header", config.server_header]
     if log_format is not None:
         command += ["--log-format", log_format]
     if cluster.redis_optional:

@@ -6,11 +6,18 @@ import math
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ._keepalive import KeepaliveConfig
 from ._limits import Rate
+from ._proxy import Networks
 
-__all__ = ["ServerConfig"]
+__all__ = ["SERVER_HEADERS", "ServerConfig", "ServerHeader"]
+
+ServerHeader = Literal["version", "name", "none"]
+"""What the ``Server`` header of every answer says: ``wsup/1.2.3``, ``wsup``, or
+no header at all."""
+SERVER_HEADERS: tuple[ServerHeader, ...] = ("version", "name", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +67,17 @@ class ServerConfig:
         loop_lag_threshold: seconds of event-loop stall worth a WARNING.
         readiness_loop_lag: ``/readyz`` answers 503 while the event loop's lag
             over the last second passed this many seconds (``None``: never).
-        metrics_port: also serve ``/metrics`` on this port (``None``: only on the main one).
+        metrics_port: also serve ``/metrics``, ``/healthz`` and ``/readyz`` on this
+            port (``None``: only on the main one).
+        ops_port_only: serve ``/metrics``, ``/healthz`` and ``/readyz`` only on
+            ``metrics_port`` (or ``api_port``): the main port answers them 404 like
+            any unknown path. Needs one of those ports.
+        ops_allow: the client networks (``"10.0.0.0/8"``, ``"127.0.0.1/32"``) that
+            may read ``/metrics``, ``/healthz`` and ``/readyz``, on every port;
+            others get 403 (``None``: any address). Matched against the client
+            address: the TCP peer, or what a trusted proxy forwarded.
+        server_header: the ``Server`` header of every answer, the 101 included:
+            ``"version"`` (``wsup/1.2.3``), ``"name"`` (``wsup``) or ``"none"``.
         readiness_fd_fraction: ``/readyz`` answers 503 while the process holds at
             least this fraction of its descriptor limit (soft ``RLIMIT_NOFILE``), so
             a load balancer sends new clients elsewhere before ``accept()`` fails
@@ -99,6 +116,9 @@ class ServerConfig:
     loop_lag_threshold: float = 0.25
     readiness_loop_lag: float | None = None
     metrics_port: int | None = None
+    ops_port_only: bool = False
+    ops_allow: Sequence[str] | None = None
+    server_header: ServerHeader = "name"
     readiness_fd_fraction: float | None = 0.9
     api_key: str | None = field(default=None, repr=False)
     api_port: int | None = None
@@ -114,6 +134,20 @@ class ServerConfig:
                 raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
             if self.metrics_port == self.port != 0:
                 raise ValueError(f"metrics_port must differ from port ({self.port})")
+        if self.ops_port_only and self.metrics_port is None and self.api_port is None:
+            raise ValueError(
+                "ops_port_only needs metrics_port (or api_port): "
+                "/healthz, /readyz and /metrics would be served nowhere"
+            )
+        # Parsed here, so that a typo stops the server at start-up.
+        allow = self.ops_allow
+        if allow is not None and not Networks(allow, "ops_allow network").networks:
+            raise ValueError("ops_allow must name at least one network (None: any address)")
+        if self.server_header not in SERVER_HEADERS:
+            raise ValueError(
+                f"server_header must be one of {', '.join(SERVER_HEADERS)}, "
+                f"got {self.server_header!r}"
+            )
         if self.api_key is not None and (
             not self.api_key or not all(33 <= ord(c) <= 126 for c in self.api_key)
         ):

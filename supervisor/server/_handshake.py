@@ -70,8 +70,8 @@ from . import _api
 from ._admission import Refusal
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
 from ._body import BodyReader, Head, parse_head, wants_body
-from ._config import ServerConfig
-from ._proxy import TrustedProxies
+from ._config import ServerConfig, ServerHeader
+from ._proxy import Networks, TrustedProxies
 from ._request import (
     OriginPolicy,
     header_list,
@@ -97,6 +97,7 @@ __all__ = [
     "answer_bytes",
     "plain",
     "remote_pair",
+    "server_header_value",
 ]
 
 _log = structlog.get_logger("wsup.server")
@@ -185,7 +186,8 @@ class Outcome:
             ``handshake.rejected``) or ``failed``/``timeout`` (not a usable
             handshake: ``handshake.failed``).
         reason: for ``rejected``, the ``reason`` label (``no_route``,
-            ``not_accepting``, ``max_connections``, ``origin``, ``hook``); for
+            ``not_accepting``, ``max_connections``, ``origin``, ``hook``,
+            ``ops_forbidden``); for
             the others, the error in words.
         path: the request path, when there was a request.
         client: the client address, when the hooks saw one (else the peer's).
@@ -241,26 +243,34 @@ Decision: TypeAlias = "Answer | Upgrade"
 
 
 def plain(
-    server_header: str,
+    server_header: str | None,
     status: int,
     body: str | bytes,
     content_type: str = "text/plain; charset=utf-8",
     headers: Iterable[tuple[str, str]] = (),
 ) -> Response:
-    """A complete non-101 answer: the body, ``Connection: close`` and no caching."""
+    """A complete non-101 answer: the body, ``Connection: close`` and no caching;
+    a ``Server`` header unless ``server_header`` is None."""
     data = body.encode() if isinstance(body, str) else body
-    all_headers = Headers(
-        [
-            ("Server", server_header),
-            ("Connection", "close"),
-            ("Content-Length", str(len(data))),
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-store"),
-        ]
-    )
+    fields = [
+        ("Connection", "close"),
+        ("Content-Length", str(len(data))),
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+    ]
+    if server_header is not None:
+        fields.insert(0, ("Server", server_header))
+    all_headers = Headers(fields)
     for name, value in headers:
         all_headers[name] = value
     return Response(status, http.HTTPStatus(status).phrase, all_headers, data)
+
+
+def server_header_value(setting: ServerHeader, version: str) -> str | None:
+    """The ``Server`` header ``ServerConfig.server_header`` asks for (None: no header)."""
+    if setting == "version":
+        return f"wsup/{version}"
+    return "wsup" if setting == "name" else None
 
 
 def answer_bytes(response: Response, date: str) -> bytes:
@@ -383,10 +393,12 @@ class Handshake:
 
     Args:
         app: the routes, HTTP routes and hooks (read at each decision).
-        config: ``origins``, ``trusted_proxies`` and the
-            server API's ``api_key``, ``api_port`` and ``api_max_body``.
+        config: ``origins``, ``trusted_proxies``, where the operational endpoints
+            are served and to whom (``ops_port_only``, ``ops_allow``),
+            ``server_header``, and the server API's ``api_key``, ``api_port`` and
+            ``api_max_body``.
         host: the server, as far as a decision needs it.
-        server_header: the ``Server`` header of every answer (``wsup/1.2``).
+        version: wsup's version, for ``config.server_header == "version"``.
 
     Raises:
         ValueError: an entry of ``config.origins`` or ``config.trusted_proxies``
@@ -399,22 +411,27 @@ class Handshake:
         "_api_port",
         "_app",
         "_host",
+        "_ops_allow",
+        "_ops_on_main_port",
         "_origins",
         "_proxies",
         "server_header",
     )
 
-    def __init__(
-        self, app: App, config: ServerConfig, host: HandshakeHost, server_header: str
-    ) -> None:
+    def __init__(self, app: App, config: ServerConfig, host: HandshakeHost, version: str) -> None:
         self._app = app
         self._host = host
         self._origins = OriginPolicy(config.origins)
         self._proxies = TrustedProxies(config.trusted_proxies)
+        self._ops_on_main_port = not config.ops_port_only
+        self._ops_allow = (
+            None if config.ops_allow is None else Networks(config.ops_allow, "ops_allow network")
+        )
+        #: The ``Server`` header of every answer, or None for none.
+        self.server_header = server_header_value(config.server_header, version)
         self._api_key = config.api_key
         self._api_port = config.api_port
         self._api_max_body = config.api_max_body
-        self.server_header = server_header
 
     # -- answers without a request ---------------------------------------------------------
 
@@ -562,9 +579,16 @@ class Handshake:
         not_here = self._api_not_here(path)
         if not_here is not None:
             return not_here
+        # Served here: on an ops port, or on the main one unless ops_port_only (then
+        # the path is any other path: the app's, or a 404).
+        ops = path in OPS_PATHS and (socket.ops_only or self._ops_on_main_port)
+        if ops and self._ops_allow is not None:
+            forbidden = self._ops_forbidden(request, socket)
+            if forbidden is not None:
+                return forbidden
         method = request.method
         if method == "HEAD":
-            return Answer(self._head(path))
+            return Answer(self._head(path, ops))
         options = app.http_options.get(path)
         if method not in (options.methods if options is not None else _GET_ONLY):
             # Only GET (and HEAD, for probes), or what a plain HTTP route declares.
@@ -575,7 +599,7 @@ class Handshake:
                     405, f"{method} is not supported: use {use}\n", headers=[("Allow", allow)]
                 )
             )
-        if path in OPS_PATHS:
+        if ops:
             return Answer(self._operational(path, headers))
         match = app.router.match(path)
         upgrade = "upgrade" in header_tokens(headers, "Connection")
@@ -605,6 +629,8 @@ class Handshake:
             return self._refuse(403, "origin not allowed\n", "origin", path)
         protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
         response = protocol.accept(WSRequest(request.target, headers))
+        if self.server_header is not None:
+            response.headers["Server"] = self.server_header
         if response.status_code != 101:
             # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
             error = protocol.handshake_exc
@@ -636,8 +662,25 @@ class Handshake:
         )
         return _APICall(self, self._request(request, socket.remote, {}), call, self._host)
 
-    def _refuse(self, status: int, body: str, reason: str, path: str) -> Answer:
-        return Answer(self.plain(status, body), Outcome("rejected", reason, path))
+    def _refuse(
+        self, status: int, body: str, reason: str, path: str, client: str | None = None
+    ) -> Answer:
+        return Answer(self.plain(status, body), Outcome("rejected", reason, path, client))
+
+    def _ops_forbidden(self, request: HTTPRequest, socket: Socket) -> Answer | None:
+        """The 403 for an operational path asked from outside ``ops_allow``, or None.
+
+        The client address is what a trusted proxy forwarded when the peer is one,
+        else the peer itself: matching the peer alone would let anyone in through
+        the proxy, and a forwarding header from anyone else is not believed.
+        """
+        assert self._ops_allow is not None
+        peer = socket.remote[0]
+        client = self._proxies.client_address(peer, list(request.headers.raw_items()))
+        if client in self._ops_allow:
+            return None
+        text = f"forbidden: {request.path} is not served to {client or 'this client'}\n"
+        return self._refuse(403, text, "ops_forbidden", request.path, client)
 
     def refused(
         self, refusal: Refusal, path: str | None = None, client: str | None = None
@@ -663,11 +706,12 @@ class Handshake:
         body, content_type = self._host.render_metrics(header_list(headers, "Accept"))
         return self.plain(200, body, content_type)
 
-    def _head(self, path: str) -> Response:
-        """The answer to HEAD: the status and headers of the GET, without its body."""
-        if path == READYZ:
+    def _head(self, path: str, ops: bool) -> Response:
+        """The answer to HEAD: the status and headers of the GET, without its body
+        (``ops``: ``path`` is an operational endpoint served here)."""
+        if ops and path == READYZ:
             status = 200 if self._host.readiness()[0] else 503
-        elif path in OPS_PATHS or path in self._app.http_routes:
+        elif ops or path in self._app.http_routes:
             status = 200
         elif self._app.router.match(path) is not None:
             status = 426  # a WebSocket route: needs GET with Upgrade

@@ -1,4 +1,4 @@
-"""The real client address behind trusted reverse proxies.
+"""The real client address behind trusted reverse proxies, and sets of networks.
 
 Theory of operation:
     A reverse proxy that forwards a connection records the address it received
@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-__all__ = ["TrustedProxies"]
+__all__ = ["Networks", "TrustedProxies"]
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,6 +177,54 @@ def _x_forwarded_for_hops(lines: Iterable[str]) -> list[str | None]:
     return [entry for line in lines for entry in line.split(",") if entry.strip()]
 
 
+class Networks:
+    """A set of IP networks: which addresses are in it.
+
+    Args:
+        networks: networks or single addresses, as strings (``"10.0.0.0/8"``,
+            ``"127.0.0.1"``, ``"::1"``, ``"fd00::/8"``) or :mod:`ipaddress` objects.
+        what: what an entry is, for error messages (``"trusted proxy network"``).
+
+    Raises:
+        ValueError: an entry is not a network or address, or has host bits set
+            (``10.0.0.1/8``, probably a typo for ``10.0.0.0/8``); the message
+            names the entry.
+        TypeError: ``networks`` is a single string instead of a collection.
+
+    IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``, what a dual-stack socket
+    reports for an IPv4 peer) are matched as the IPv4 address they map. Cost:
+    linear in the number of networks.
+    """
+
+    __slots__ = ("networks",)
+
+    def __init__(self, networks: Iterable[str | _Network | _Address], what: str) -> None:
+        if isinstance(networks, str):
+            raise TypeError(f"{what}s must be a collection, not a single str")
+        parsed: list[_Network] = []
+        for entry in networks:
+            try:
+                network = ipaddress.ip_network(entry, strict=True)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"invalid {what} {entry!r}: {exc}") from None
+            parsed.append(network)
+        #: The networks, in the order given.
+        self.networks: tuple[_Network, ...] = tuple(parsed)
+
+    def holds(self, address: _Address) -> bool:
+        """Whether ``address`` is in one of the networks."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        # ``in`` is simply False across IP versions, so no version check is needed.
+        return any(address in network for network in self.networks)
+
+    def __contains__(self, ip: object) -> bool:
+        """Whether the address written in ``ip`` is in one of the networks (text
+        that is not an IP address never is)."""
+        address = _parse_ip(ip) if isinstance(ip, str) else None
+        return address is not None and self.holds(address)
+
+
 class TrustedProxies:
     """The networks whose forwarding headers are believed.
 
@@ -196,34 +244,22 @@ class TrustedProxies:
     headers and in the number of networks.
     """
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_set",)
 
     def __init__(
         self,
         networks: Iterable[str | _Network | _Address],
     ) -> None:
         """Parse the trusted networks."""
-        if isinstance(networks, str):
-            raise TypeError("trusted proxy networks must be a collection, not a single str")
-        parsed: list[_Network] = []
-        for entry in networks:
-            try:
-                network = ipaddress.ip_network(entry, strict=True)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"invalid trusted proxy network {entry!r}: {exc}") from None
-            parsed.append(network)
-        self._networks = tuple(parsed)
+        self._set = Networks(networks, "trusted proxy network")
 
     @property
     def networks(self) -> tuple[_Network, ...]:
         """The trusted networks, in the order given."""
-        return self._networks
+        return self._set.networks
 
     def _trusts(self, address: _Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        # ``in`` is simply False across IP versions, so no version check is needed.
-        return any(address in network for network in self._networks)
+        return self._set.holds(address)
 
     def is_trusted(self, ip: str) -> bool:
         """Whether ``ip`` belongs to a trusted network.
@@ -231,8 +267,7 @@ class TrustedProxies:
         Args:
             ip: An IPv4 or IPv6 address; anything else is not trusted.
         """
-        address = _parse_ip(ip)
-        return address is not None and self._trusts(address)
+        return ip in self._set
 
     def client_address(self, peer_ip: str, headers: Sequence[tuple[str, str]]) -> str:
         """Return the real client address of a request.
@@ -250,7 +285,7 @@ class TrustedProxies:
             result is always ``peer_ip`` or an address found in the headers.
             See the module documentation for the walk. Never raises.
         """
-        if not self._networks:
+        if not self._set.networks:
             return peer_ip  # nothing is trusted: no need to parse the peer's address
         peer = _parse_ip(peer_ip)
         if peer is None or not self._trusts(peer):
@@ -274,4 +309,4 @@ class TrustedProxies:
 
     def __repr__(self) -> str:
         """Show the networks, for debugging."""
-        return f"TrustedProxies({[str(network) for network in self._networks]!r})"
+        return f"TrustedProxies({[str(network) for network in self.networks]!r})"

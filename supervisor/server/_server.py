@@ -1048,7 +1048,7 @@ class Handshakes:
         self._server = server
         self.config = server.config
         #: The decision (see ``_handshake``).
-        self.decider = Handshake(server.app, server.config, self, f"wsup/{VERSION}")
+        self.decider = Handshake(server.app, server.config, self, VERSION)
         #: Callback-mode sockets no connection owns yet: handshaking, or closing after
         #: an HTTP answer (see ``HandshakeProtocol.linger``). Aborted when the server stops.
         self.unowned: set[HandshakeProtocol] = set()

@@ -398,3 +398,17 @@ async def test_a_client_that_never_answers_the_close_is_dropped_after_close_time
         body, _ = server.metrics.render_for(None)
     text = body.decode()
     assert 'wsup_connections_closed_total{initiator="server",reason="message_too_big"} 1.0' in text
+
+
+async def test_ops_allow_applies_to_the_ops_endpoints() -> None:
+    """``config.ops_allow``: /healthz answers the listed networks, 403 naming the client
+    to others (the ASGI server's ``client``)."""
+    app = make_app()
+    asgi = ASGIApp(app, config=ServerConfig(ops_allow=["10.0.0.0/8"]), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, http_scope("/healthz", client=("10.1.2.3", 5000)))
+        assert (await peer.next())["status"] == 200
+        assert (await peer.next())["body"] == b"ok\n"
+        peer = start(tg, asgi, http_scope("/healthz", client=("127.0.0.1", 5000)))
+        assert (await peer.next())["status"] == 403
+        assert (await peer.next())["body"] == b"forbidden: /healthz is not served to 127.0.0.1\n"

@@ -255,6 +255,49 @@ def test_command_line_wins_over_the_environment() -> None:
         assert server.wait(20) == 0
 
 
+def get(port: int, path: str) -> tuple[int, str | None]:
+    """Return the status and the ``Server`` header of ``GET path``."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Server")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("how", ["options", "variables"])
+def test_ops_endpoints_off_the_main_port_for_listed_networks(how: str) -> None:
+    """--ops-port-only, --ops-allow and --server-header (or their WSUP_* variables):
+    the main port answers /healthz 404, the metrics port 403 outside the networks."""
+    port, metrics_port = free_port(), free_port()
+    settings = {
+        "ops-port-only": "1",
+        "ops-allow": "10.0.0.0/8",
+        "server-header": "none",
+        "metrics-port": str(metrics_port),
+    }
+    if how == "options":
+        args = ["--ops-port-only", "--ops-allow", "10.0.0.0/8", "--server-header", "none"]
+        args += ["--metrics-port", str(metrics_port)]
+        env = {}
+    else:
+        args = []
+        env = {f"WSUP_{name.replace('-', '_').upper()}": value for name, value in settings.items()}
+    with ServerProcess(ECHO, *args, port=port, env=env) as server:
+        server.wait_for_event("server.started")
+        assert get(port, "/healthz") == (404, None)
+        assert get(port, "/nowhere") == (404, None)
+        assert get(metrics_port, "/healthz") == (403, None)
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+    with ServerProcess(ECHO, "--ops-allow", "127.0.0.1/32,10.0.0.0/8", port=port) as server:
+        server.wait_for_event("server.started")
+        assert get(port, "/healthz") == (200, "wsup")
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+
+
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_wsup_host_takes_several_hosts() -> None:
     """WSUP_HOST="127.0.0.1,::1" listens on both addresses."""

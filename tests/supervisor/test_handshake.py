@@ -79,7 +79,7 @@ def make(app: App | None = None, **config: Any) -> tuple[Handshake, Host]:
     host = Host()
     settings = ServerConfig(**config)
     host.admission = Admission(settings, 0.0, jitter=lambda: 0.0)
-    return Handshake(app, settings, host, "wsup/test"), host
+    return Handshake(app, settings, host, "9.9.9"), host
 
 
 def raw(
@@ -109,9 +109,13 @@ def read(handshake: Handshake, *chunks: bytes) -> Any:
 
 
 def decide(
-    handshake: Handshake, *chunks: bytes, ops_only: bool = False, api_port: bool = False
+    handshake: Handshake,
+    *chunks: bytes,
+    ops_only: bool = False,
+    api_port: bool = False,
+    peer: tuple[str, int] = PEER,
 ) -> Any:
-    socket = Socket(PEER, ops_only, api_port)
+    socket = Socket(peer, ops_only, api_port)
     protocol = ServerProtocol()
     reader = RequestReader(protocol, handshake, socket)
     for chunk in chunks[:-1]:
@@ -164,7 +168,7 @@ def test_what_is_not_a_request_gets_an_answer_counted_as_failed(data: bytes, sta
     assert parsed.outcome is not None
     assert parsed.outcome.result == "failed"
     assert parsed.outcome.reason.startswith("invalid HTTP request")
-    assert parsed.response.headers["Server"] == "wsup/test"
+    assert parsed.response.headers["Server"] == "wsup"
 
 
 # --- request bodies -----------------------------------------------------------------
@@ -297,6 +301,93 @@ def test_the_metrics_port_serves_only_the_operational_paths() -> None:
     handshake, _ = make()
     assert answer(handshake, raw("/chat/lobby"), ops_only=True).status == 404
     assert answer(handshake, raw("/healthz", upgrade=False), ops_only=True).status == 200
+
+
+def test_ops_port_only_makes_the_main_port_answer_them_as_unknown_paths() -> None:
+    """ops_port_only: the main port answers /healthz as it does /nowhere; the ops port serves it."""
+    handshake, _ = make(ops_port_only=True, metrics_port=9100)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        refused = answer(handshake, raw(path, upgrade=False))
+        unknown = answer(handshake, raw("/nowhere", upgrade=False))
+        assert refused.status == unknown.status == 404
+        assert refused.response.body == f"no route for {path}\n".encode()
+        assert refused.outcome is not None
+        assert (refused.outcome.result, refused.outcome.reason) == ("rejected", "no_route")
+        assert answer(handshake, raw(path, method="HEAD", upgrade=False)).status == 404
+        assert answer(handshake, raw(path, upgrade=False), ops_only=True).status == 200
+        head = answer(handshake, raw(path, method="HEAD", upgrade=False), ops_only=True)
+        assert head.status == 200
+
+
+def test_ops_port_only_needs_a_port_that_serves_them() -> None:
+    """Without metrics_port or api_port the endpoints would be served nowhere: refused."""
+    with pytest.raises(ValueError, match="ops_port_only needs metrics_port"):
+        ServerConfig(ops_port_only=True)
+    ServerConfig(ops_port_only=True, api_port=9101, api_key="k")
+
+
+def test_ops_allow_admits_the_listed_networks_only() -> None:
+    """A peer outside ops_allow gets 403 naming its address, for GET and HEAD, on every
+    port; inside it, the answer; WebSocket routes are not concerned."""
+    handshake, _ = make(ops_allow=["10.0.0.0/8", "127.0.0.1/32"])
+    assert answer(handshake, raw("/metrics", upgrade=False)).status == 200
+    assert answer(handshake, raw("/healthz", upgrade=False), peer=("127.0.0.1", 5)).status == 200
+    outsider = ("203.0.113.5", 4000)
+    for ops_only in (False, True):
+        refused = answer(
+            handshake, raw("/metrics", upgrade=False), peer=outsider, ops_only=ops_only
+        )
+        assert refused.status == 403
+        assert refused.response.body == b"forbidden: /metrics is not served to 203.0.113.5\n"
+        assert refused.outcome is not None
+        assert (refused.outcome.reason, refused.outcome.client) == ("ops_forbidden", "203.0.113.5")
+        head = answer(handshake, raw("/readyz", method="HEAD", upgrade=False), peer=outsider)
+        assert head.status == 403
+    # A dual-stack socket reports an IPv4 peer as an IPv4-mapped address.
+    mapped = answer(handshake, raw("/healthz", upgrade=False), peer=("::ffff:10.9.9.9", 5))
+    assert mapped.status == 200
+    assert isinstance(decide(handshake, raw(), peer=outsider), Upgrade)
+
+
+def test_ops_allow_matches_the_client_a_trusted_proxy_names() -> None:
+    """Behind a trusted proxy the forwarded client is matched, not the proxy; from
+    anyone else a forwarding header is not believed."""
+    handshake, _ = make(ops_allow=["192.168.0.0/16"], trusted_proxies=["10.0.0.0/8"])
+    via_proxy = [("X-Forwarded-For", "203.0.113.9")]
+    refused = answer(handshake, raw("/metrics", upgrade=False, headers=via_proxy))
+    assert (refused.status, refused.response.body) == (
+        403,
+        b"forbidden: /metrics is not served to 203.0.113.9\n",
+    )
+    inside = [("X-Forwarded-For", "192.168.1.20")]
+    assert answer(handshake, raw("/metrics", upgrade=False, headers=inside)).status == 200
+    # The proxy's own probe (no header) comes from the proxy: not in the list.
+    assert answer(handshake, raw("/healthz", upgrade=False)).status == 403
+    spoofed = answer(
+        handshake, raw("/metrics", upgrade=False, headers=inside), peer=("203.0.113.5", 1)
+    )
+    assert spoofed.status == 403
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("version", "wsup/9.9.9"), ("name", "wsup"), ("none", None)]
+)
+def test_the_server_header_on_every_answer_and_the_101(setting: str, expected: str | None) -> None:
+    """server_header: the version, the name alone, or no header, on answers, on
+    websockets' own refusals (426) and on the 101."""
+    handshake, _ = make(server_header=setting)
+    upgrade = decide(handshake, raw())
+    assert isinstance(upgrade, Upgrade)
+    responses = [
+        upgrade.response,
+        answer(handshake, raw("/healthz", upgrade=False)).response,
+        answer(handshake, raw("/nowhere")).response,
+        answer(handshake, raw("/chat/lobby", upgrade=False)).response,  # 426
+        read(handshake, b"NOT HTTP\r\n\r\n").response,
+    ]
+    assert [r.headers.get_all("Server") for r in responses] == [
+        [expected] if expected else []
+    ] * len(responses)
 
 
 def test_head_gets_the_status_of_the_get_without_a_body() -> None:
@@ -619,7 +710,7 @@ def test_answer_bytes_adds_the_date_the_driver_read() -> None:
     lines = head.split(b"\r\n")
     assert lines[0] == b"HTTP/1.1 200 OK"
     assert lines[1] == b"Date: Sun, 06 Dec 2026 14:00:00 GMT"
-    assert b"Server: wsup/test" in lines
+    assert b"Server: wsup" in lines
     assert body == b"ok\n"
 
 
