@@ -167,12 +167,15 @@ ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
 LimitName = Literal[
     "inbound_delay", "inbound_close", "max_connections", "max_handshakes",
     "max_connections_per_address", "accept_rate", "handshake_rate", "handshake_rate_per_address",
+    "message_timeout",
 ]  # fmt: skip
 """Which limit acted: a connection over its route's inbound rate had its reading
 paused (``inbound_delay``) or was closed with 1008 (``inbound_close``); accepting
 paused, new connections left in the listen backlog (``max_handshakes``,
-``accept_rate``); or an upgrade was answered 503 (``max_connections``,
-``max_connections_per_address``, ``handshake_rate``, ``handshake_rate_per_address``)."""
+``accept_rate``); an upgrade was answered 503 (``max_connections``,
+``max_connections_per_address``, ``handshake_rate``, ``handshake_rate_per_address``);
+or a connection that left a frame or message unfinished past ``message_timeout``
+was closed with 1008 (``message_timeout``)."""
 LIMIT_NAMES: Final[tuple[LimitName, ...]] = get_args(LimitName)
 
 ApiEndpoint = Literal["send", "broadcast", "presence", "other"]
@@ -243,7 +246,8 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_limited_total": (
             "Times a limit acted, by limit: reading paused or a close for going over "
-            "a route's inbound rate; accepting paused or a 503 from admission control."
+            "a route's inbound rate; accepting paused or a 503 from admission control; "
+            "a close for a message left unfinished."
         ),
         "wsup_handshakes_total": "Opening handshakes completed, by result.",
         "wsup_handshake_duration_seconds": (

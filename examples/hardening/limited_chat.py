@@ -1,7 +1,15 @@
 # examples/hardening/limited_chat.py
 """A public endpoint with every limit set: sizes, counts, rates, buffers."""
 
-from supervisor import App, Handler, InboundPolicy, Rate, ServerConfig, SlowConsumerPolicy
+from supervisor import (
+    App,
+    Handler,
+    InboundPolicy,
+    KeepaliveConfig,
+    Rate,
+    ServerConfig,
+    SlowConsumerPolicy,
+)
 
 app = App(
     config=ServerConfig(
@@ -14,6 +22,7 @@ app = App(
         ops_port_only=True,  # not on the public one (404 there),
         ops_allow=("10.0.0.0/8", "127.0.0.1/32"),  # and only to these networks (403)
         server_header="name",  # Server: wsup, without the version (the default)
+        keepalive=KeepaliveConfig(message_timeout=30.0),  # 1008 for a message unfinished after 30 s
     )
 )
 

@@ -9,6 +9,7 @@ app = App(
             ping_interval=20.0,  # ping after 20 s without any frame from the client
             ping_timeout=20.0,  # no pong 20 s later: the peer is gone, close with 1011
             idle_timeout=300.0,  # 5 minutes without a message: close with 1001
+            message_timeout=60.0,  # a message unfinished 60 s after it began: close with 1008
         )
     )
 )

@@ -4,7 +4,8 @@ Every option can also come from a ``WSUP_*`` environment variable (the
 command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 ``WSUP_PORT``, ``WSUP_DRAIN_TIMEOUT``, ``WSUP_LOG_FORMAT``, ``WSUP_LOG_LEVEL``,
 ``WSUP_BACKEND``, ``WSUP_METRICS_PORT``, ``WSUP_OPS_PORT_ONLY``, ``WSUP_OPS_ALLOW``
-(networks separated by commas), ``WSUP_SERVER_HEADER``, ``WSUP_WORKERS``, ``WSUP_REDIS``,
+(networks separated by commas), ``WSUP_SERVER_HEADER``, ``WSUP_MESSAGE_TIMEOUT``
+(seconds, or ``off``), ``WSUP_WORKERS``, ``WSUP_REDIS``,
 ``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REDIS_PREFIX``,
 ``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE``, and those of
 admission control (``WSUP_MAX_HANDSHAKES``, ``WSUP_HANDSHAKE_RATE``...: see
@@ -136,6 +137,23 @@ def _env_number(name: str, default: str, kind: type[int] | type[float]) -> Any:
         raise UsageError(f"WSUP_{name} must be {what}, got {raw!r}") from None
 
 
+_OFF = "off"
+
+
+def _seconds_or_off(text: str) -> float | str:
+    """A number of seconds, or ``off``.
+
+    Raises:
+        argparse.ArgumentTypeError: neither (argparse names the option).
+    """
+    if text.strip().lower() == _OFF:
+        return _OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds or off, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wsup", description="A WebSocket server in which every connection is an actor."
@@ -177,6 +195,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the Server header: version (wsup/X.Y.Z), name (wsup) or none "
         "(default name; WSUP_SERVER_HEADER)",
+    )
+    run.add_argument(
+        "--message-timeout",
+        type=_seconds_or_off,
+        default=None,
+        metavar="S",
+        help="seconds a client has to finish a frame or message it began, then close 1008; "
+        "off: no limit (default 60; WSUP_MESSAGE_TIMEOUT)",
     )
     run.add_argument(
         "--drain-timeout",
@@ -488,6 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key = _api_key(args)
         if api_key is not None:
             overrides["api_key"] = api_key
+        message_timeout = args.message_timeout
+        if message_timeout is None and _env("MESSAGE_TIMEOUT") is not None:
+            try:
+                message_timeout = _seconds_or_off(_env("MESSAGE_TIMEOUT"))
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"WSUP_MESSAGE_TIMEOUT {exc}") from None
+        if message_timeout is not None:
+            seconds = None if message_timeout == _OFF else message_timeout
+            overrides["message_timeout"] = seconds
         if args.drain_timeout is not None:
             overrides["drain_timeout"] = args.drain_timeout
         elif _env("DRAIN_TIMEOUT") is not None:
@@ -522,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(exc)) from None
         app = load_app(args.app)
         try:
+            if "message_timeout" in overrides:
+                seconds = overrides.pop("message_timeout")
+                keepalive = dataclasses.replace(app.config.keepalive, message_timeout=seconds)
+                overrides["keepalive"] = keepalive
             config = dataclasses.replace(app.config, **overrides)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -648,6 +687,8 @@ def _run_workers(
     if config.ops_allow is not None:
         command += ["--ops-allow", ",".join(config.ops_allow)]
     command += ["--server-header", config.server_header]
+    message_timeout = config.keepalive.message_timeout
+    command += ["--message-timeout", _OFF if message_timeout is None else repr(message_timeout)]
     if log_format is not None:
         command += ["--log-format", log_format]
     if cluster.redis_optional:

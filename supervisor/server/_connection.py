@@ -57,6 +57,7 @@ from ._app import FromClient, Handler, Request, RouteOptions
 from ._core import (
     ARM_CLOSE_TIMER,
     FAILED,
+    RESCHEDULE,
     CloseRecorded,
     ConnectionCore,
     InboundLimited,
@@ -834,6 +835,8 @@ class Connection:
                 self._driver.flush_now()
             elif event is ARM_CLOSE_TIMER and not self._finished:
                 self._driver.arm_close_timer()
+            elif event is RESCHEDULE:
+                self._host.schedule_keepalive(self)
 
     def _room(self) -> None:
         """Wake whoever waits for the outbound buffer to shrink (a ``send`` under

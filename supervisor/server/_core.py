@@ -4,7 +4,8 @@ messages, events and bytes to write out.
 Theory of operation: a :class:`ConnectionCore` owns everything about a
 connection that does not need a socket, a task or a clock: websockets'
 ``ServerProtocol`` (the parser and the closing handshake), the assembly of
-fragmented messages and its bound (``max_fragments``, then 1009), UTF-8
+fragmented messages and its bounds (``max_fragments``, then 1009; the
+keepalive's ``message_timeout`` for a frame or message left unfinished), UTF-8
 checks (1007), the outbound buffer and its slow-consumer verdicts, the control
 frames the protocol produces (pongs, keepalive pings; they count against the
 outbound limit), the keepalive deadlines, and the close bookkeeping (who
@@ -32,7 +33,7 @@ What comes out:
 * :attr:`~ConnectionCore.events`: what the driver or the connection must act on
   (rare, so ``None`` while empty): :class:`CloseRecorded`,
   :class:`MessagesDropped`, :class:`PongReceived`, :data:`ARM_CLOSE_TIMER`,
-  :data:`FAILED`.
+  :data:`FAILED`, :data:`RESCHEDULE`.
   :meth:`~ConnectionCore.take_events` empties it.
 * :meth:`~ConnectionCore.over_limit`: the outbound buffer holds more than its
   limit; stop reading (reading is what queues pongs) until it does not.
@@ -79,6 +80,7 @@ from ._outbound import (
 __all__ = [
     "ARM_CLOSE_TIMER",
     "FAILED",
+    "RESCHEDULE",
     "CloseRecorded",
     "InboundLimited",
     "ConnectionCore",
@@ -169,10 +171,14 @@ class CoreSignal(enum.Enum):
     FAILED = "failed"
     """The connection fails: what was queued is dropped and the close frame is
     due. The connection is closing from now on (wake whoever waits to send)."""
+    RESCHEDULE = "reschedule"
+    """A keepalive deadline moved earlier than the one the server waits for (a
+    message left unfinished, with ``message_timeout`` shorter than the others)."""
 
 
 ARM_CLOSE_TIMER = CoreSignal.ARM_CLOSE_TIMER
 FAILED = CoreSignal.FAILED
+RESCHEDULE = CoreSignal.RESCHEDULE
 
 CoreEvent: TypeAlias = CloseRecorded | MessagesDropped | PongReceived | InboundLimited | CoreSignal
 
@@ -324,10 +330,14 @@ class ConnectionCore:
             protocol.receive_data(data)
         events: Sequence[object] = protocol.events_received()
         messages: list[str | bytes] = []
+        keepalive = self.keepalive
         if not events:
+            if data and keepalive.on_unfinished(now):
+                # Bytes of a frame not complete yet: it has message_timeout to end.
+                self._emit(RESCHEDULE)
             return messages
         # Complete frames only: bytes of an unfinished frame are no sign of life.
-        self.keepalive.on_frame(now)
+        keepalive.on_frame(now)
         for event in events:
             frame: Frame = event  # type: ignore[assignment]  # after the handshake, frames
             opcode = frame.opcode
@@ -373,6 +383,13 @@ class ConnectionCore:
                     self._emit(PongReceived(rtt))
             # A close frame is recorded by after_read, once the messages before it
             # have been handed on.
+        if self._fragments is not None:
+            # A fragmented message: it has message_timeout from its first frame,
+            # however many fragments (each a sign of life) come in between.
+            if keepalive.on_unfinished(now):
+                self._emit(RESCHEDULE)
+        elif keepalive.message_by is not None:
+            keepalive.on_finished()
         self.messages_in += len(messages)
         return messages
 

@@ -6,9 +6,14 @@ complete frame from the peer proves it alive, so it pushes the next ping back;
 bytes of a frame not yet complete do not (a peer trickling one byte at a time
 must not hold a dead connection open). Separately,
 an optional idle deadline closes a connection that sent no *message* for
-``idle_timeout`` seconds. :meth:`Keepalive.due` says what, if anything, is due
-at ``now``; the server's single keepalive task acts on it for every connection,
-so idle connections cost no task of their own.
+``idle_timeout`` seconds, and a message deadline one that leaves a message
+unfinished for ``message_timeout`` seconds: from the first bytes of a frame that
+is not complete yet, or the first frame of a fragmented message, to the end of
+that frame or message. Complete frames are signs of life but not progress: a
+client that trickles the fragments of one message, answering every ping between
+them, is closed all the same. :meth:`Keepalive.due` says what, if anything, is
+due at ``now``; the server's single keepalive task acts on it for every
+connection, so idle connections cost no task of their own.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class KeepaliveAction(enum.Enum):
     PING = "ping"
     PONG_TIMEOUT = "pong_timeout"
     IDLE_TIMEOUT = "idle_timeout"
+    MESSAGE_TIMEOUT = "message_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +47,14 @@ class KeepaliveConfig:
         ping_timeout: seconds to wait for the pong before closing with 1011.
         idle_timeout: seconds without a message from the client before closing
             with 1001 (``None``: never).
+        message_timeout: seconds the client has to finish a frame or message it
+            started before the connection closes with 1008 (``None``: no limit).
     """
 
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
     idle_timeout: float | None = None
+    message_timeout: float | None = 60.0
 
     def __post_init__(self) -> None:
         if self.ping_interval is not None and self.ping_interval <= 0:
@@ -54,6 +63,8 @@ class KeepaliveConfig:
             raise ValueError("ping_timeout must be > 0")
         if self.idle_timeout is not None and self.idle_timeout <= 0:
             raise ValueError("idle_timeout must be > 0 or None")
+        if self.message_timeout is not None and not self.message_timeout > 0:
+            raise ValueError("message_timeout must be > 0 or None")
 
     @property
     def slack(self) -> float:
@@ -69,13 +80,23 @@ class KeepaliveConfig:
             periods.append(self.ping_interval)
         if self.idle_timeout is not None:
             periods.append(self.idle_timeout)
+        if self.message_timeout is not None:
+            periods.append(self.message_timeout)
         return min(_MAX_SLACK, min(periods) / 20)
 
 
 class Keepalive:
     """Deadlines of one connection. All methods take ``now``; none performs I/O."""
 
-    __slots__ = ("_counter", "config", "idle_by", "ping_at", "ping_payload", "ping_sent_at")
+    __slots__ = (
+        "_counter",
+        "config",
+        "idle_by",
+        "message_by",
+        "ping_at",
+        "ping_payload",
+        "ping_sent_at",
+    )
 
     def __init__(self, config: KeepaliveConfig, now: float) -> None:
         self.config = config
@@ -83,11 +104,15 @@ class Keepalive:
         self.ping_sent_at: float | None = None
         self.ping_payload = b""
         self.idle_by = now + config.idle_timeout if config.idle_timeout is not None else None
+        #: When the frame or message being received must be complete, if one is.
+        self.message_by: float | None = None
         self._counter = 0
 
     def next_deadline(self) -> float | None:
         """Return the earliest moment something may be due, or ``None``."""
-        deadlines = [d for d in (self.ping_at, self.pong_by, self.idle_by) if d is not None]
+        deadlines = [
+            d for d in (self.ping_at, self.pong_by, self.idle_by, self.message_by) if d is not None
+        ]
         return min(deadlines) if deadlines else None
 
     @property
@@ -101,6 +126,8 @@ class Keepalive:
         """Return what is due at ``now``; a ``PING`` is recorded as sent."""
         if self.idle_by is not None and now >= self.idle_by:
             return KeepaliveAction.IDLE_TIMEOUT
+        if self.message_by is not None and now >= self.message_by:
+            return KeepaliveAction.MESSAGE_TIMEOUT
         pong_by = self.pong_by
         if pong_by is not None:
             return KeepaliveAction.PONG_TIMEOUT if now >= pong_by else KeepaliveAction.NOTHING
@@ -126,6 +153,25 @@ class Keepalive:
         """A complete frame from the peer (of any kind): no ping is needed for a while."""
         if self.ping_sent_at is None and self.config.ping_interval is not None:
             self.ping_at = now + self.config.ping_interval
+
+    def on_unfinished(self, now: float) -> bool:
+        """The peer left a frame or a message unfinished: start the message
+        deadline, unless it runs already.
+
+        Returns:
+            Whether the deadline is now the earliest: the keepalive task, which
+            waits for the deadline it knew, must look at the connection sooner.
+        """
+        timeout = self.config.message_timeout
+        if timeout is None or self.message_by is not None:
+            return False
+        earliest = self.next_deadline()
+        self.message_by = now + timeout
+        return earliest is None or self.message_by < earliest
+
+    def on_finished(self) -> None:
+        """Nothing is left unfinished: the message deadline is off."""
+        self.message_by = None
 
     def on_message(self, now: float) -> None:
         """A complete message from the peer: push the idle deadline back."""

@@ -94,8 +94,9 @@ from ._limits import EveryInterval, Rate
 __all__ = ["Server", "serve"]
 
 _log = structlog.get_logger("wsup.server")
-#: The ``limit`` labels of admission control's refusals (``_admission``).
-_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {"inbound_delay", "inbound_close"}
+#: The ``limit`` labels of admission control's refusals (``_admission``): all but
+#: those that act on an open connection.
+_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {"inbound_delay", "inbound_close", "message_timeout"}
 #: The settings of admission control, as ``server.started`` lists them.
 _ADMISSION_SETTINGS = (*(n for n in LIMIT_NAMES if n in _ADMISSION_LIMITS), "readiness_loop_lag")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
@@ -1009,6 +1010,14 @@ class Server:
                     continue
                 elif action is KeepaliveAction.IDLE_TIMEOUT:
                     conn.fail(CloseCode.GOING_AWAY, "idle timeout", label="timeout")
+                    continue
+                elif action is KeepaliveAction.MESSAGE_TIMEOUT:
+                    if conn.state is not ConnectionState.CLOSING:  # else closing already
+                        # 1008, not 1009: the message is late, not too big (RFC 6455 7.4.1).
+                        timeout = conn.keepalive.config.message_timeout
+                        why = f"message not finished within {timeout:g} s"
+                        conn.fail(CloseCode.POLICY_VIOLATION, why)
+                        self.limited("message_timeout", conn)
                     continue
                 self.schedule_keepalive(conn)
             self._keepalive_next = heap[0][0] if heap else math.inf

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
 from supervisor import Rate, ServerConfig, cli
@@ -294,6 +295,30 @@ def test_ops_endpoints_off_the_main_port_for_listed_networks(how: str) -> None:
     with ServerProcess(ECHO, "--ops-allow", "127.0.0.1/32,10.0.0.0/8", port=port) as server:
         server.wait_for_event("server.started")
         assert get(port, "/healthz") == (200, "wsup")
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+
+
+@pytest.mark.parametrize("how", ["options", "variables"])
+def test_message_timeout_from_the_command_line(how: str) -> None:
+    """--message-timeout (or WSUP_MESSAGE_TIMEOUT): a message left unfinished is closed
+    with 1008 once it is that old."""
+    port = free_port()
+    args = ["--message-timeout", "0.5"] if how == "options" else []
+    env = {"WSUP_MESSAGE_TIMEOUT": "0.5"} if how == "variables" else {}
+    with ServerProcess(ECHO, *args, port=port, env=env) as server:
+        server.wait_for_event("server.started")
+        with connect(server.url("/echo"), open_timeout=20, proxy=None) as ws:
+            with ws.protocol_mutex:  # the first fragment of a message, never the rest
+                ws.protocol.send_text(b"begun", fin=False)
+                ws.send_data()
+            with pytest.raises(ConnectionClosedError) as closed:
+                ws.recv(timeout=20)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            1008,
+            "message not finished within 0.5 s",
+        )
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
 

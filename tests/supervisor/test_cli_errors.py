@@ -97,6 +97,8 @@ def test_version_prints_the_installed_package_version() -> None:
         (["--ops-allow", "10.0.0.1/8"], "invalid ops_allow network '10.0.0.1/8'"),
         (["--ops-allow", ","], "ops_allow must name at least one network"),
         (["--server-header", "full"], "argument --server-header: invalid choice: 'full'"),
+        (["--message-timeout", "soon"], "argument --message-timeout: must be seconds or off"),
+        (["--message-timeout", "0"], "message_timeout must be > 0 or None"),
         (["--redis", "not-a-url"], "--redis: Redis URL must specify one of"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],

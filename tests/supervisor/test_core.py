@@ -18,12 +18,13 @@ from websockets.uri import parse_uri
 from supervisor.server._core import (
     ARM_CLOSE_TIMER,
     FAILED,
+    RESCHEDULE,
     CloseRecorded,
     ConnectionCore,
     MessagesDropped,
     PongReceived,
 )
-from supervisor.server._keepalive import KeepaliveConfig
+from supervisor.server._keepalive import KeepaliveAction, KeepaliveConfig
 from supervisor.server._outbound import (
     WRITE_BATCH,
     OutboundItem,
@@ -60,6 +61,7 @@ def make_core(
     *,
     max_fragments: int = 1024,
     deflate: bool = False,
+    keepalive: KeepaliveConfig = KEEPALIVE,
 ) -> tuple[ConnectionCore, Counters]:
     protocol = ServerProtocol(state=State.OPEN, max_size=1 << 20)
     if deflate:
@@ -68,7 +70,7 @@ def make_core(
     core = ConnectionCore(
         protocol,
         counters,
-        keepalive=KEEPALIVE,
+        keepalive=keepalive,
         now=0.0,
         outbound_limit=limit,
         slow_consumer=policy,
@@ -151,6 +153,47 @@ def test_only_complete_frames_push_the_next_ping_back() -> None:
     assert core.keepalive.ping_at == 10.0
     core.receive_data(data[50:], 7.0)
     assert core.keepalive.ping_at == 17.0
+
+
+def test_fragments_trickled_with_pongs_between_them_meet_the_message_deadline() -> None:
+    """A message in fragments, each one a sign of life, every ping answered in between:
+    the deadline set by its first fragment still comes; a finished message clears it."""
+    core, _ = make_core(keepalive=KeepaliveConfig(ping_interval=10, message_timeout=60))
+    assert core.receive_data(frame(Opcode.TEXT, b"a", fin=False), 1.0) == []
+    assert core.keepalive.message_by == 61.0
+    pongs = 0
+    for now in (13.0, 25.0, 37.0, 49.0):
+        assert core.keepalive.due(now) is KeepaliveAction.PING
+        core.ping(core.keepalive.ping_payload)
+        drain(core)
+        pong = frame(Opcode.PONG, core.keepalive.ping_payload)
+        assert core.receive_data(pong + frame(Opcode.CONT, b"", fin=False), now) == []
+        pongs += core.take_events().count(PongReceived(0.0))
+    assert pongs == 4
+    assert core.keepalive.message_by == 61.0
+    assert core.keepalive.due(60.0) is not KeepaliveAction.MESSAGE_TIMEOUT
+    assert core.keepalive.due(61.0) is KeepaliveAction.MESSAGE_TIMEOUT
+    assert core.receive_data(frame(Opcode.CONT, b"z"), 61.0) == ["az"]
+    assert core.keepalive.message_by is None
+
+
+def test_the_bytes_of_an_unfinished_frame_start_the_message_deadline() -> None:
+    """One frame trickled a byte at a time has message_timeout to end, from its first
+    byte; with no earlier deadline the core asks to be looked at sooner."""
+    quiet = KeepaliveConfig(ping_interval=None, message_timeout=30)
+    core, _ = make_core(keepalive=quiet)
+    data = frame(Opcode.BINARY, b"x" * 20)
+    assert core.receive_data(data[:1], 2.0) == []
+    assert core.take_events() == [RESCHEDULE]
+    for index in range(1, len(data) - 1):
+        core.receive_data(data[index : index + 1], 2.0 + index)
+    assert core.take_events() == []
+    assert core.keepalive.message_by == 32.0
+    assert core.receive_data(data[-1:], 40.0) == [b"x" * 20]
+    assert core.keepalive.message_by is None
+    # Whole messages in one read leave nothing unfinished.
+    core.receive_data(frame(Opcode.TEXT, b"a") + frame(Opcode.TEXT, b"b"), 41.0)
+    assert core.keepalive.message_by is None
 
 
 def test_a_message_pushes_the_idle_deadline_back_once_the_read_is_settled() -> None:

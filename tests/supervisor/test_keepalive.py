@@ -21,6 +21,8 @@ def test_config_rejects_non_positive_durations() -> None:
         KeepaliveConfig(ping_timeout=0)
     with pytest.raises(ValueError, match="idle_timeout"):
         KeepaliveConfig(idle_timeout=-1)
+    with pytest.raises(ValueError, match="message_timeout"):
+        KeepaliveConfig(message_timeout=0)
     assert KeepaliveConfig(ping_interval=None, idle_timeout=None).ping_interval is None
 
 
@@ -115,6 +117,37 @@ def test_idle_timeout_wins_over_an_outstanding_ping() -> None:
     ka = Keepalive(KeepaliveConfig(ping_interval=1, ping_timeout=10, idle_timeout=2), now=0.0)
     assert ka.due(1.0) is PING
     assert ka.due(2.0) is KeepaliveAction.IDLE_TIMEOUT
+
+
+def test_a_message_left_unfinished_is_due_at_its_deadline_however_alive_the_peer() -> None:
+    """The message deadline starts once, is not moved by frames or pongs, and is off
+    once nothing is unfinished."""
+    ka = Keepalive(KeepaliveConfig(ping_interval=10, ping_timeout=5, message_timeout=30), 0.0)
+    assert ka.message_by is None
+    assert ka.on_unfinished(2.0) is False  # the ping at 10 comes first: no need to look sooner
+    assert ka.message_by == 32.0
+    for now in range(3, 32):
+        ka.on_frame(float(now))  # every fragment is a sign of life...
+        assert ka.on_unfinished(float(now)) is False  # ...and the deadline stays put
+        assert ka.due(float(now)) is NOTHING
+    assert ka.due(32.0) is KeepaliveAction.MESSAGE_TIMEOUT
+    ka.on_finished()
+    assert ka.message_by is None
+    assert ka.due(33.0) is NOTHING
+
+
+def test_an_unfinished_message_earlier_than_every_other_deadline_asks_to_look_sooner() -> None:
+    """When the message deadline comes before the one the server waits for, say so."""
+    quiet = Keepalive(KeepaliveConfig(ping_interval=None, message_timeout=5), 0.0)
+    assert quiet.next_deadline() is None
+    assert quiet.on_unfinished(1.0) is True
+    assert quiet.next_deadline() == 6.0
+    ka = Keepalive(KeepaliveConfig(ping_interval=60, message_timeout=5), 0.0)
+    assert ka.on_unfinished(1.0) is True
+    assert ka.next_deadline() == 6.0
+    off = Keepalive(KeepaliveConfig(message_timeout=None), 0.0)
+    assert off.on_unfinished(1.0) is False
+    assert off.message_by is None
 
 
 def test_disabled_keepalive_has_no_deadline() -> None:

@@ -89,6 +89,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
         "accept_rate",
         "handshake_rate",
         "handshake_rate_per_address",
+        "message_timeout",
     ),
 }
 
