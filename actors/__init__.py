@@ -4,7 +4,7 @@ Nothing here knows about WebSockets; :mod:`supervisor` builds the supervision
 tree and the server on top of it.
 """
 
-from ._actor import Actor, ActorRef, Cell, Context, Exit, ExitKind
+from ._actor import Actor, ActorRef, Context
 from ._backplane import Backplane, InProcessBackplane, Node
 from ._clock import Clock, FakeClock, MonotonicClock
 from ._deadletters import DEAD_LETTER_REASONS, DeadLetter, DeadLetterOffice, DeadLetterReason
@@ -29,7 +29,6 @@ from ._exceptions import (
 from ._history import (
     HistoryRead,
     HistorySpec,
-    MemoryHistory,
     Position,
     Record,
     Recovery,
@@ -37,22 +36,16 @@ from ._history import (
     decide_recovery,
 )
 from ._instrument import Instrumentation
-from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
+from ._mailbox import MailboxConfig, MailboxStatistics
 from ._monitor import Down, DownReason
 from ._policy import (
     Backoff,
-    BackoffState,
     Intensity,
-    IntensityWindow,
-    LeaseAction,
     LeasePolicy,
-    Overflow,
     OverflowPolicy,
-    decide_overflow,
-    lease_step,
 )
 from ._runtime import ALL, Delivery, Runtime, RuntimeStatistics
-from ._timers import Timers, TimerService, next_deadline
+from ._timers import Timers
 
 __all__ = [
     "ALL",
@@ -66,11 +59,9 @@ __all__ = [
     "AskFailed",
     "AskTimeout",
     "Backoff",
-    "BackoffState",
     "Backplane",
     "BackplaneError",
     "BackplaneUnavailable",
-    "Cell",
     "Clock",
     "Context",
     "CriticalFailure",
@@ -81,27 +72,20 @@ __all__ = [
     "Down",
     "DownReason",
     "Escalation",
-    "Exit",
-    "ExitKind",
     "FakeClock",
     "HistoryRead",
     "HistorySpec",
     "InProcessBackplane",
     "Instrumentation",
     "Intensity",
-    "IntensityWindow",
-    "LeaseAction",
     "LeasePolicy",
-    "Mailbox",
     "MailboxClosed",
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",
-    "MemoryHistory",
     "MonotonicClock",
     "NoRecipient",
     "Node",
-    "Overflow",
     "OverflowPolicy",
     "Position",
     "Record",
@@ -111,11 +95,7 @@ __all__ = [
     "RuntimeStatistics",
     "SupervisionError",
     "SystemFailed",
-    "TimerService",
     "Timers",
     "WsupError",
-    "decide_overflow",
     "decide_recovery",
-    "lease_step",
-    "next_deadline",
 ]

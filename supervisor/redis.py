@@ -76,7 +76,6 @@ import structlog
 
 from actors import (
     Backoff,
-    BackoffState,
     Backplane,
     BackplaneUnavailable,
     HistoryRead,
@@ -88,6 +87,7 @@ from actors import (
     decide_recovery,
 )
 from actors._history import new_epoch
+from actors._policy import BackoffState
 
 from ._exceptions import RedisUnavailable
 

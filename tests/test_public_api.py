@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 import sys
 import types
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 import actors
 import supervisor
+import supervisor.lowlevel
 
 PACKAGES = [pytest.param(actors, id="actors"), pytest.param(supervisor, id="supervisor")]
 
@@ -170,3 +172,63 @@ def test_the_drawn_exception_trees_are_the_real_one() -> None:
     runtime = importlib.import_module("actors._exceptions").__doc__
     assert runtime is not None
     assert _drawn_tree(runtime) == _real_tree(_exported_exceptions(actors))
+
+
+DOCS = Path(__file__).parents[1] / "docs"
+#: Pages that are not guides: the contributors' map, the history of changes and the
+#: development set-up (the API reference lives in docs/reference/, not read here).
+NOT_GUIDES = {"architecture.md", "changelog.md", "development.md"}
+#: Internals that left ``actors.__all__``: still importable from their private
+#: modules (for wsup itself and its tests), no longer the public API.
+INTERNALS = {
+    "BackoffState": "actors._policy",
+    "Cell": "actors._actor",
+    "Exit": "actors._actor",
+    "ExitKind": "actors._actor",
+    "IntensityWindow": "actors._policy",
+    "LeaseAction": "actors._policy",
+    "Mailbox": "actors._mailbox",
+    "MemoryHistory": "actors._history",
+    "Overflow": "actors._policy",
+    "TimerService": "actors._timers",
+    "decide_overflow": "actors._policy",
+    "lease_step": "actors._policy",
+    "next_deadline": "actors._timers",
+}
+
+
+def _code_in_guides() -> str:
+    """The code of every guide in docs/: fenced blocks and inline code spans."""
+    code: list[str] = []
+    for page in sorted(DOCS.glob("*.md")):
+        if page.name in NOT_GUIDES:
+            continue
+        text = page.read_text(encoding="utf-8")
+        code += re.findall(r"```.*?```", text, flags=re.DOTALL)
+        code += re.findall(r"`[^`\n]+`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    return "\n".join(code)
+
+
+@pytest.mark.parametrize(
+    "package",
+    [*PACKAGES, pytest.param(supervisor.lowlevel, id="supervisor.lowlevel")],
+)
+def test_every_public_name_is_shown_in_a_guide(package: types.ModuleType) -> None:
+    """Each name of ``__all__`` appears as code in at least one guide of docs/, not only
+    in the API reference: what users call is shown where they learn to call it."""
+    code = _code_in_guides()
+    unseen = [
+        name
+        for name in package.__all__
+        if not re.search(r"(?<![\w])" + re.escape(name) + r"(?!\w)", code)
+    ]
+    assert unseen == []
+
+
+@pytest.mark.parametrize("name", sorted(INTERNALS))
+def test_internals_are_out_of_the_api_but_importable(name: str) -> None:
+    """The runtime's internals are not public names of ``actors``; their private
+    modules still have them (for wsup itself, its tests and its extensions)."""
+    assert name not in actors.__all__
+    assert not hasattr(actors, name)
+    assert hasattr(importlib.import_module(INTERNALS[name]), name)

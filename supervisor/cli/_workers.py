@@ -44,7 +44,8 @@ from typing import Any, TypeAlias
 
 import structlog
 
-from actors import Backoff, BackoffState
+from actors import Backoff
+from actors._policy import BackoffState
 
 __all__ = ["WORKER_FD_VARIABLE", "Master", "worker_channel"]
 

@@ -19,7 +19,7 @@ from types import FrameType
 import anyio
 import structlog
 
-from actors import Cell
+from actors._actor import Cell
 
 from ..metrics import Metrics
 

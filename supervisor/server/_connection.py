@@ -39,16 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from websockets.server import ServerProtocol
 
-from actors import (
-    ActorRef,
-    Cell,
-    Clock,
-    DeadLetter,
-    Exit,
-    ExitKind,
-    MailboxClosed,
-    MailboxFull,
-)
+from actors import ActorRef, Clock, DeadLetter, MailboxClosed, MailboxFull
+from actors._actor import Cell, Exit, ExitKind
 from actors._backend import primitives
 
 from .._constants import CLEAN_CLOSE_CODES, SHUTDOWN_REASON, CloseCode

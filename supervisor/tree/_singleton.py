@@ -6,7 +6,7 @@ in the backplane (``acquire_lease``: a Redis key with an expiry, and a fencing
 token that grows with every new holder); while another node holds it, it
 retries every ``retry_every`` seconds. Once it holds the lease it starts the
 service under a supervisor of its own and renews the lease on the schedule
-:func:`actors.lease_step` decides. When a renewal fails for long enough that
+:func:`actors._policy.lease_step` decides. When a renewal fails for long enough that
 the lease may have lapsed, the keeper stops the service at once (before the
 key expires in Redis, by ``margin``) and goes back to waiting. When it stops
 (shutdown, drain, a critical failure) it releases the lease, so a standby takes
@@ -28,16 +28,8 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from actors import (
-    ActorRef,
-    BackplaneError,
-    CriticalFailure,
-    Escalation,
-    LeaseAction,
-    LeasePolicy,
-    Runtime,
-    lease_step,
-)
+from actors import ActorRef, BackplaneError, CriticalFailure, Escalation, LeasePolicy, Runtime
+from actors._policy import LeaseAction, lease_step
 
 from ._tree import ChildSpec, SingletonSpec, Supervisor, SupervisorSpec
 

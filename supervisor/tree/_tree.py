@@ -47,19 +47,16 @@ from actors import (
     Actor,
     ActorRef,
     Backoff,
-    BackoffState,
-    Cell,
     CriticalFailure,
     Escalation,
-    Exit,
-    ExitKind,
     Intensity,
-    IntensityWindow,
     LeasePolicy,
     MailboxConfig,
     Runtime,
 )
+from actors._actor import Cell, Exit, ExitKind
 from actors._backend import Waiter, primitives
+from actors._policy import BackoffState, IntensityWindow
 
 if TYPE_CHECKING:
     from ._singleton import SingletonKeeper

@@ -18,10 +18,7 @@ from actors import (
     ActorStopped,
     AskFailed,
     AskTimeout,
-    Cell,
     DeadLetter,
-    Exit,
-    ExitKind,
     FakeClock,
     MailboxClosed,
     MailboxConfig,
@@ -29,6 +26,7 @@ from actors import (
     OverflowPolicy,
     Runtime,
 )
+from actors._actor import Cell, Exit, ExitKind
 from supervisor import ActorSystem
 
 pytestmark = pytest.mark.anyio

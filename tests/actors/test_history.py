@@ -22,7 +22,6 @@ from actors import (
     HistoryRead,
     HistorySpec,
     Instrumentation,
-    MemoryHistory,
     Node,
     Position,
     Record,
@@ -31,6 +30,7 @@ from actors import (
     Runtime,
     decide_recovery,
 )
+from actors._history import MemoryHistory
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ from typing import Any
 import anyio
 import pytest
 
-from actors import Actor, Cell, Exit, ExitKind
+from actors import Actor
+from actors._actor import Cell, Exit, ExitKind
 from actors._inline import Resume, TaskRunning, step_as
 from actors._mailbox import Mailbox
 from tests.actors.test_actor import Stage, stage

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from actors import FakeClock, Mailbox, MailboxClosed, MailboxConfig, MailboxFull, OverflowPolicy
+from actors import FakeClock, MailboxClosed, MailboxConfig, MailboxFull, OverflowPolicy
+from actors._mailbox import Mailbox
 
 pytestmark = pytest.mark.anyio
 

@@ -8,15 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import (
-    Backoff,
+from actors import Backoff, Intensity, LeasePolicy, OverflowPolicy
+from actors._policy import (
     BackoffState,
-    Intensity,
     IntensityWindow,
     LeaseAction,
-    LeasePolicy,
     Overflow,
-    OverflowPolicy,
     decide_overflow,
     lease_step,
 )

@@ -19,8 +19,6 @@ from actors import (
     BackplaneUnavailable,
     DeadLetter,
     Delivery,
-    Exit,
-    ExitKind,
     FakeClock,
     InProcessBackplane,
     Instrumentation,
@@ -30,6 +28,7 @@ from actors import (
     NoRecipient,
     Runtime,
 )
+from actors._actor import Exit, ExitKind
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import Actor, Backoff, FakeClock, Runtime, next_deadline
+from actors import Actor, Backoff, FakeClock, Runtime
+from actors._timers import next_deadline
 from supervisor import ActorSystem, Restart
 from tests.helpers.tasks import settle
 

@@ -15,15 +15,14 @@ from actors import (
     Actor,
     ActorRef,
     Backoff,
-    Cell,
     DeadLetter,
     Escalation,
-    ExitKind,
     FakeClock,
     Intensity,
     MailboxConfig,
     SystemFailed,
 )
+from actors._actor import Cell, ExitKind
 from supervisor import ActorSystem, ChildSpec, Restart, SupervisorSpec
 from tests.helpers.tasks import live_tasks, settle
 

@@ -19,13 +19,13 @@ from actors import (
     CriticalFailure,
     DeadLetter,
     Escalation,
-    ExitKind,
     FakeClock,
     Instrumentation,
     Intensity,
     MailboxClosed,
     Runtime,
 )
+from actors._actor import ExitKind
 from supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
 from tests.helpers.tasks import settle
 
