@@ -186,7 +186,8 @@ async def run(args: argparse.Namespace) -> int:
         f"{machine['kernel']}, {machine['python']}",
         f"pinning: {pin.description}",
         "versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()),
-        "compression: off unless the scenario says otherwise; client is picows on uvloop",
+        "compression: off unless the scenario says otherwise; client is picows on uvloop "
+        "(storm: websockets' Sans-I/O client on uvloop)",
         f"table: median (min-max) over repeats; ratio = median / {registry.BASELINE} median",
     ]
     header.extend(f"{name} runs with: {shlex.join(value)}" for name, value in extra_args.items())
