@@ -12,7 +12,8 @@ exponential backoff with full jitter (attempt *n* waits a random time between
 ``--reconnect-url``; a ``503`` with ``Retry-After`` adds the time it asks for
 to the next wait. Each attempt (connect, opening handshake) gets
 :data:`ATTEMPT_TIMEOUT` seconds. Failed attempts are counted by reason
-(:data:`REASONS`).
+(:data:`REASONS`). With ``--source-addresses``, the clients connect from those
+local addresses in turn, each with the whole ephemeral port range.
 
 The opening handshake and the frames are websockets' Sans-I/O
 ``ClientProtocol`` over a bare asyncio protocol: callbacks rather than a task
