@@ -23,7 +23,7 @@ LOWEST_VENV := .venv-lowest
 LOWEST_REQS := tests/lowest-direct.txt
 
 .PHONY: demo test test-suite test-lowest lint typecheck check bench test-deps \
-	lock lock-check clean docs fuzz soak
+	lock lock-check clean docs fuzz soak attacks
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -109,6 +109,12 @@ fuzz: lock-check $(VENV)/.installed-dev
 SOAK_SECONDS ?= 300
 soak: lock-check $(VENV)/.installed-dev
 	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
+
+# Each limit against the attack it answers, wsup beside the websockets server
+# (bench/attacks.py): RSS, descriptors and CPU before, at the peak and after, and
+# what the hostile clients saw. About ten minutes; 127.0.0.1 only.
+attacks: lock-check $(VENV)/.installed-dev
+	$(BIN)/python -m bench.attacks
 
 # Re-resolve on purpose; uv prints each package that moved. `make lock UPGRADE=1`
 # also takes newer releases of everything already locked.

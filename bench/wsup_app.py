@@ -9,13 +9,21 @@
   bench.soak``: ``/echo`` (the defaults), ``/echo-drop`` (``drop_oldest``),
   ``/echo-block`` (``block``) and ``/echo-disconnect`` (``disconnect``), the last
   three with a 64 KiB outbound limit so that clients that never read reach it soon.
+* ``attacks``: ``/echo`` with the settings ``python -m bench.attacks`` tries:
+  pings every 5 s (5 s to answer, like the websockets server it is compared
+  with), a 10 s message deadline, ``max_connections=1000``, and an inbound
+  rate of 1,000 messages a second per connection (``delay``).
+  ``attacks_per_address`` is the same with at most 100 connections per client
+  address.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from examples.echo import Echo
 from examples.echo import app as echo_app
-from supervisor import App, Handler, ServerConfig, SlowConsumerPolicy
+from supervisor import App, Handler, KeepaliveConfig, Rate, ServerConfig, SlowConsumerPolicy
 from supervisor.asgi import ASGIApp
 
 
@@ -46,3 +54,14 @@ for _path, _policy in (
     ("/echo-disconnect", SlowConsumerPolicy.DISCONNECT),
 ):
     soak.add_route(_path, Echo, outbound_limit=64 << 10, slow_consumer=_policy)
+
+attacks = App(
+    config=ServerConfig(
+        keepalive=KeepaliveConfig(ping_interval=5.0, ping_timeout=5.0, message_timeout=10.0),
+        max_connections=1000,
+    )
+)
+attacks.add_route("/echo", Echo, inbound_rate=Rate(1000, burst=1000))
+
+attacks_per_address = App(config=replace(attacks.config, max_connections_per_address=100))
+attacks_per_address.add_route("/echo", Echo, inbound_rate=Rate(1000, burst=1000))
