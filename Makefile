@@ -128,7 +128,7 @@ lock: | $(UV)
 	  --resolution lowest-direct --all-extras --no-annotate --custom-compile-command "make lock" \
 	  --output-file $(LOWEST_REQS) pyproject.toml "$$tools"
 	@echo "lowest-direct pins in $(LOWEST_REQS):"
-	@grep -E '^(anyio|structlog|prometheus-client|websockets|sniffio|uvloop|redis|trio)==' $(LOWEST_REQS)
+	@grep -E '^(anyio|structlog|prometheus-client|websockets|httptools|sniffio|uvloop|redis|trio)==' $(LOWEST_REQS)
 
 clean:
 	rm -rf $(VENV) $(LOWEST_VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache site \

@@ -168,6 +168,7 @@ LimitName = Literal[
     "inbound_delay", "inbound_close", "max_connections", "max_handshakes",
     "max_connections_per_address", "accept_rate", "handshake_rate", "handshake_rate_per_address",
     "message_timeout",
+    "request_head",
 ]  # fmt: skip
 """Which limit acted: a connection over its route's inbound rate had its reading
 paused (``inbound_delay``) or was closed with 1008 (``inbound_close``); accepting
@@ -175,7 +176,9 @@ paused, new connections left in the listen backlog (``max_handshakes``,
 ``accept_rate``); an upgrade was answered 503 (``max_connections``,
 ``max_connections_per_address``, ``handshake_rate``, ``handshake_rate_per_address``);
 or a connection that left a frame or message unfinished past ``message_timeout``
-was closed with 1008 (``message_timeout``)."""
+was closed with 1008 (``message_timeout``);
+or a request head over ``max_header_bytes``, ``max_headers`` or the 8 KiB line
+limit got 431 or 414 (``request_head``)."""
 LIMIT_NAMES: Final[tuple[LimitName, ...]] = get_args(LimitName)
 
 ApiEndpoint = Literal["send", "broadcast", "presence", "other"]

@@ -7,7 +7,8 @@ command line wins): ``WSUP_HOST`` (several hosts separated by commas),
 (networks separated by commas), ``WSUP_SERVER_HEADER``, ``WSUP_MESSAGE_TIMEOUT``
 (seconds, or ``off``), ``WSUP_WORKERS``, ``WSUP_REDIS``,
 ``WSUP_REDIS_OPTIONAL``, ``WSUP_REDIS_NODE_TTL``, ``WSUP_REDIS_PREFIX``,
-``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE``, and those of
+``WSUP_REUSE_PORT``, ``WSUP_API_PORT``, ``WSUP_API_KEY_FILE``,
+``WSUP_MAX_HEADER_BYTES``, ``WSUP_MAX_HEADERS``, and those of
 admission control (``WSUP_MAX_HANDSHAKES``, ``WSUP_HANDSHAKE_RATE``...: see
 ``_admission``) (flags take
 ``1``/``true``/``yes`` or ``0``/``false``/``no``); ``WSUP_API_KEY`` holds the
@@ -289,6 +290,21 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the server API on this port instead of under /api/ (WSUP_API_PORT)",
     )
     run.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest request head in bytes; bigger gets 431 (default 32768; "
+        "WSUP_MAX_HEADER_BYTES)",
+    )
+    run.add_argument(
+        "--max-headers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most header fields in a request; more get 431 (default 100; WSUP_MAX_HEADERS)",
+    )
+    run.add_argument(
         "--reuse-port",
         action="store_true",
         default=None,
@@ -539,6 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.update(_admission.overrides(args))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        for name in ("max_header_bytes", "max_headers"):
+            value = getattr(args, name)
+            if value is None and _env(name.upper()) is not None:
+                value = _env_number(name.upper(), "0", int)
+            if value is not None:
+                overrides[name] = value
         log_format = args.log_format or _env("LOG_FORMAT")
         if log_format not in (None, "json", "console"):
             raise UsageError(f"WSUP_LOG_FORMAT must be json or console, got {log_format!r}")

@@ -88,6 +88,10 @@ class ServerConfig:
         api_port: serve the API on this port instead of under ``/api/`` on the main
             one (for an internal network); it also answers the operational endpoints.
         api_max_body: the largest API request body, in bytes; a bigger one gets 413.
+        max_header_bytes: the largest request head (request line and header
+            lines), in bytes; a bigger one gets 431 (a request line over it or over
+            8 KiB gets 414, a header line over 8 KiB gets 431).
+        max_headers: the most header fields a request may have; more get 431.
     """
 
     hosts: Sequence[str] = ("127.0.0.1",)
@@ -123,6 +127,8 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     api_port: int | None = None
     api_max_body: int = 1 << 20
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -162,6 +168,10 @@ class ServerConfig:
                 )
             if self.api_key is None:
                 raise ValueError("api_port needs an API key (WSUP_API_KEY or --api-key-file)")
+        if self.max_header_bytes < 1024:
+            raise ValueError("max_header_bytes must be >= 1024 bytes")
+        if self.max_headers < 1:
+            raise ValueError("max_headers must be >= 1")
         if self.api_max_body < 1:
             raise ValueError("api_max_body must be >= 1 byte")
         for name in ("handshake_timeout", "close_timeout", "drain_timeout"):

@@ -50,18 +50,14 @@ import http
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeAlias
 
+import httptools
 import structlog
 from websockets.datastructures import Headers
-from websockets.exceptions import (
-    HeaderLineTooLong,
-    InvalidMessage,
-    RequestLineTooLong,
-    TooManyHeaders,
-)
-from websockets.http11 import MAX_LINE_LENGTH, MAX_NUM_HEADERS, Response
+from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.http11 import Request as WSRequest
+from websockets.protocol import Protocol as WSProtocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -69,7 +65,6 @@ from .._constants import HEALTHZ, METRICS, OPS_PATHS, READYZ
 from . import _api
 from ._admission import Refusal
 from ._app import Accept, App, HTTPResponse, Reject, Request, RouteOptions
-from ._body import BodyReader, Head, parse_head, wants_body
 from ._config import ServerConfig, ServerHeader
 from ._proxy import Networks, TrustedProxies
 from ._request import (
@@ -81,6 +76,9 @@ from ._request import (
     single_header,
     split_target,
 )
+
+if TYPE_CHECKING:
+    from ..metrics import LimitName
 
 __all__ = [
     "LINGER_BYTES",
@@ -191,12 +189,14 @@ class Outcome:
             the others, the error in words.
         path: the request path, when there was a request.
         client: the client address, when the hooks saw one (else the peer's).
+        limit: the limit that refused the request, for ``wsup_limited_total``.
     """
 
     result: str
     reason: str
     path: str | None = None
     client: str | None = None
+    limit: LimitName | None = None
 
 
 @dataclass(slots=True)
@@ -290,102 +290,247 @@ def remote_pair(peer: Any) -> tuple[str, int]:
 class RequestReader:
     """Collects a request, head and body, from the bytes a driver reads.
 
-    Backed by the ``ServerProtocol`` that will carry the connection: bytes
-    past the request (frames a client sent early) stay in its buffer for the
-    connection. A request that announces a body is parsed again from its
-    bytes, and its body collected up to what :meth:`Handshake.body_plan`
-    allows. One per socket.
+    httptools (llhttp) parses the bytes: the request line, the headers (each
+    line within 8 KiB, their count within ``max_headers``, the whole head within
+    ``max_header_bytes``) and, for a target that takes one, the body, up to what
+    :meth:`Handshake.body_plan` allows. websockets' ``ServerProtocol``, which
+    will carry the connection, never sees the head: once a request is complete
+    its parser is moved on to frames, and the bytes past an upgrade request
+    (frames a client sent before the 101) are fed to it for the connection.
+    One per socket.
 
     Both drivers only loop on :meth:`feed` until it returns something; another
     parser for the head would change this class alone.
     """
 
-    __slots__ = ("_body", "_handshake", "_head", "_protocol", "_request", "_socket")
+    __slots__ = ("_message", "_parser", "_protocol")
 
     def __init__(self, protocol: ServerProtocol, handshake: Handshake, socket: Socket) -> None:
         self._protocol = protocol
-        self._handshake = handshake
-        self._socket = socket
-        #: What arrived of the request while it was incomplete, in case it has a body.
-        self._head: bytes | bytearray = b""
-        #: The body being read, and the head it belongs to.
-        self._body: BodyReader | None = None
-        self._request: WSRequest | None = None
+        self._message = message = _Message(handshake, socket)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(message)
+        message.parser = self._parser
 
     @property
     def reading_body(self) -> bool:
         """Whether the head is read and the body is still coming."""
-        return self._body is not None
+        return self._message.body is not None
 
     def feed(self, data: bytes) -> HTTPRequest | Answer | None:
         """Take ``data``; the request once it is complete, an :class:`Answer` if the
         bytes are not a request wsup serves, else None (need more)."""
-        body = self._body
-        if body is not None:
-            return self._complete() if body.feed(data) else None
+        parser = self._parser
+        if parser is None:
+            return None  # decided already: what still arrives is not read here
+        message = self._message
+        message.chunk_completed = False
+        rest = b""
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0] :]
+        except httptools.HttpParserError as error:
+            return self._done(message.refusal or message.invalid(error))
+        request = message.request
+        if request is None:
+            return self._done(message.held(len(data)))
+        self._done(request)
+        # As websockets does once it has parsed a request itself: its parser goes
+        # on to frames, and gets the frames that came with the request.
         protocol = self._protocol
-        protocol.receive_data(data)
-        events = protocol.events_received()
-        if events:
-            ws_request, *early = events
-            assert isinstance(ws_request, WSRequest)
-            if early:
-                # Frames read with the request (a client that did not wait for the
-                # 101): the connection takes them from the protocol at its start.
-                protocol.events[:0] = early
-            return _http_request(ws_request, b"")
-        # Usually the whole head comes in one read and this copies nothing.
-        head = self._head
-        if not head:
-            self._head = data
-        elif isinstance(head, bytearray):
-            head += data
-        else:
-            self._head = bytearray(head) + data
-        error = protocol.handshake_exc
-        if error is None:
-            return None
-        if wants_body(protocol):
-            return self._start_body(parse_head(bytes(self._head)))
-        return self._invalid(error)
-
-    def _start_body(self, head: Head | None) -> HTTPRequest | Answer | None:
-        self._head = b""
-        plan = self._handshake.body_plan(head, self._socket)
-        if isinstance(plan, Answer):
-            return plan
-        assert head is not None
-        assert head.length is not None
-        self._request = head.request
-        self._body = BodyReader(head.length)
-        return self._complete() if self._body.feed(head.rest) else None
-
-    def _complete(self) -> HTTPRequest:
-        assert self._request is not None
-        assert self._body is not None
-        request = _http_request(self._request, bytes(self._body.body))
-        self._body = None
+        frames = WSProtocol.parse(protocol)
+        next(frames)
+        protocol.parser = frames
+        if rest:
+            protocol.receive_data(rest)
         return request
 
-    def _invalid(self, error: Exception) -> Answer:
-        cause = error.__cause__ if isinstance(error, InvalidMessage) else None
-        outcome = Outcome("failed", f"invalid HTTP request: {cause or error}")
-        # websockets answers these itself, worded for a WebSocket client: an HTTP
-        # answer fits any client (a browser, curl, a webhook sender).
-        if isinstance(error, RequestLineTooLong):
-            status = 414
-            body = f"request line too long: path and query must fit in {MAX_LINE_LENGTH} bytes\n"
-        elif isinstance(error, HeaderLineTooLong | TooManyHeaders):
-            limits = f"at most {MAX_NUM_HEADERS} lines of {MAX_LINE_LENGTH} bytes"
-            status, body = 431, f"request header fields too large: {limits}\n"
+    def _done(self, result: HTTPRequest | Answer | None) -> HTTPRequest | Answer | None:
+        if result is not None:
+            self._parser = self._message.parser = None  # no cycle left through the callbacks
+        return result
+
+
+class _Message:
+    """httptools' callbacks: the request being parsed, and the limits it must keep."""
+
+    __slots__ = (
+        "body",
+        "chunk_completed",
+        "handshake",
+        "head_bytes",
+        "head_read",
+        "headers",
+        "in_head",
+        "parser",
+        "pending",
+        "refusal",
+        "request",
+        "socket",
+        "url",
+    )
+
+    def __init__(self, handshake: Handshake, socket: Socket) -> None:
+        self.handshake = handshake
+        self.socket = socket
+        self.parser: httptools.HttpRequestParser | None = None
+        self.url = b""
+        self.headers = Headers()
+        #: The head's size as the limits count it: request line and header lines.
+        self.head_bytes = 0
+        #: Bytes read while the head was incomplete (what the parser may be holding).
+        self.head_read = 0
+        self.in_head = False
+        #: A message completed in the bytes being parsed (the next one began in them).
+        self.chunk_completed = False
+        #: The request whose body is being collected, and the body.
+        self.pending: HTTPRequest | None = None
+        self.body: bytearray | None = None
+        #: The complete request.
+        self.request: HTTPRequest | None = None
+        #: The answer a callback decided on, stopping the parser.
+        self.refusal: Answer | None = None
+
+    # -- httptools' callbacks (raising stops the parser) -----------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = Headers()
+        self.head_bytes = 0
+        self.in_head = True
+        # Begun after another message in these bytes: their start is not counted.
+        self.head_read = -1 if self.chunk_completed else 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url = self.url + url if self.url else url  # in pieces when it spans reads
+        assert self.parser is not None
+        # The request line is "METHOD SP target SP HTTP/1.1 CRLF".
+        line = len(self.parser.get_method()) + len(self.url) + 12
+        if line > min(MAX_LINE_LENGTH, self.handshake.max_header_bytes):
+            limit = min(MAX_LINE_LENGTH, self.handshake.max_header_bytes)
+            self._stop(
+                414,
+                f"request line too long: path and query must fit in {limit} bytes",
+                "request line too long",
+                "request_head",
+            )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; websockets strips it
+        line = len(name) + len(value) + 4  # "name: value CRLF"
+        headers = self.headers
+        if not headers._list:
+            assert self.parser is not None
+            self.head_bytes = len(self.parser.get_method()) + len(self.url) + 12
+        self.head_bytes += line
+        handshake = self.handshake
+        if line > MAX_LINE_LENGTH:
+            self._too_large(f"a header line over {MAX_LINE_LENGTH} bytes")
+        if len(headers._list) >= handshake.max_headers:
+            self._too_large(f"more than {handshake.max_headers} header fields")
+        if self.head_bytes + 2 > handshake.max_header_bytes:
+            self._too_large(f"a request head over {handshake.max_header_bytes} bytes")
+        # Names are tokens (llhttp checked them); values may hold obs-text, kept as
+        # ISO-8859-1 like websockets does.
+        headers.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        assert parser is not None
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._stop(400, f"HTTP/{version} is not supported: use HTTP/1.1", "HTTP version")
+        if not self.headers._list and len(parser.get_method()) + len(self.url) + 14 > (
+            self.handshake.max_header_bytes
+        ):
+            self._too_large(f"a request head over {self.handshake.max_header_bytes} bytes")
+        try:
+            target = self.url.decode("ascii")
+        except UnicodeDecodeError:
+            self._stop(400, "the request target is not ASCII", "request target not ASCII")
+        method = parser.get_method().decode("ascii")
+        path, query = split_target(target)
+        request = HTTPRequest(method, target, path, query, self.headers)
+        length = _announced(self.headers)
+        if length:
+            plan = self.handshake.body_plan(method, path, length, self.socket)
+            if isinstance(plan, Answer):
+                self.refusal = plan
+                raise _Stop
+            self.body = bytearray()
+        self.pending = request
+
+    def on_body(self, data: bytes) -> None:
+        assert self.body is not None
+        self.body += data  # no more than Content-Length, checked against the limit already
+
+    def on_message_complete(self) -> None:
+        self.chunk_completed = True
+        request = self.pending
+        assert request is not None
+        self.pending = None
+        if self.body is not None:
+            request.body = bytes(self.body)
+            self.body = None
+        if self.request is None:
+            self.request = request
+        # A request pipelined behind it waits for no one: the connection closes after
+        # the answer to the first (parsed, not served).
+
+    # -- the answers -----------------------------------------------------------------------
+
+    def held(self, size: int) -> Answer | None:
+        """After ``size`` more bytes and no complete request: the 431 if the head
+        being read passed ``max_header_bytes`` (it may never end), else None."""
+        if not self.in_head:
+            return None
+        # Begun after another message in the same read: that read is not counted.
+        self.head_read = 0 if self.head_read < 0 else self.head_read + size
+        limit = self.handshake.max_header_bytes
+        if self.head_read <= limit:
+            return None
+        problem = f"a request head over {limit} bytes"
+        return self._answer(
+            431, f"request header fields too large: {problem}", problem, "request_head"
+        )
+
+    def invalid(self, error: Exception) -> Answer:
+        """The 400 for bytes that are not an HTTP/1.1 request."""
+        if isinstance(error, httptools.HttpParserInvalidMethodError):
+            problem = "unknown request method"
         else:
-            status, body = 400, "bad request: not a valid HTTP/1.1 request\n"
-        return Answer(plain(self._handshake.server_header, status, body), outcome)
+            problem = f"not a valid HTTP/1.1 request ({error})"
+        return self._answer(400, f"bad request: {problem}", problem)
+
+    def _stop(
+        self, status: int, text: str, problem: str, limit: LimitName | None = None
+    ) -> NoReturn:
+        self.refusal = self._answer(status, text, problem, limit)
+        raise _Stop
+
+    def _too_large(self, problem: str) -> NoReturn:
+        self._stop(431, f"request header fields too large: {problem}", problem, "request_head")
+
+    def _answer(
+        self, status: int, text: str, problem: str | None = None, limit: LimitName | None = None
+    ) -> Answer:
+        path = split_target(self.url.decode("ascii", "replace"))[0] if self.url else None
+        outcome = Outcome("failed", f"invalid HTTP request: {problem or text}", path, None, limit)
+        return Answer(plain(self.handshake.server_header, status, text + "\n"), outcome)
 
 
-def _http_request(request: WSRequest, body: bytes) -> HTTPRequest:
-    path, query = split_target(request.path)
-    return HTTPRequest(request.method, request.path, path, query, request.headers, body)
+class _Stop(Exception):
+    """Raised by a callback to stop the parser: the answer is in ``_Message.refusal``."""
+
+
+def _announced(headers: Headers) -> int:
+    """The body a request announces: its ``Content-Length`` (0: none), or -1 for
+    ``Transfer-Encoding`` (llhttp refused both together, or a malformed length)."""
+    if "Transfer-Encoding" in headers:
+        return -1
+    length = headers.get("Content-Length")
+    return 0 if length is None else int(length)
 
 
 class Handshake:
@@ -415,6 +560,8 @@ class Handshake:
         "_ops_on_main_port",
         "_origins",
         "_proxies",
+        "max_header_bytes",
+        "max_headers",
         "server_header",
     )
 
@@ -432,6 +579,9 @@ class Handshake:
         self._api_key = config.api_key
         self._api_port = config.api_port
         self._api_max_body = config.api_max_body
+        #: The request head's limits (``RequestReader`` keeps them).
+        self.max_header_bytes = config.max_header_bytes
+        self.max_headers = config.max_headers
 
     # -- answers without a request ---------------------------------------------------------
 
@@ -456,29 +606,23 @@ class Handshake:
 
     # -- requests with a body --------------------------------------------------------------
 
-    def body_plan(self, head: Head | None, socket: Socket) -> int | Answer:
+    def body_plan(self, method: str, path: str, length: int, socket: Socket) -> int | Answer:
         """How much body a request that announces one may send, or the answer at once.
 
         Args:
-            head: the request's head, parsed again (None: not a valid head).
+            method: the request method.
+            path: the request path.
+            length: its ``Content-Length``, or -1 for a ``Transfer-Encoding`` body.
             socket: where it came from.
 
         Returns:
-            The largest body its target takes, when its ``Content-Length`` is within
-            it; otherwise the answer: 400 for a malformed head, 404 for ``/api/``
-            where the API is not served, 405 when the target takes no body, 411
-            for a chunked one, 413 when ``Content-Length`` passes the limit.
+            The largest body its target takes, when the length is within it;
+            otherwise the answer: 404 for ``/api/`` where the API is not served,
+            405 when the target takes no body, 411 for a chunked one, 413 when
+            ``Content-Length`` passes the limit.
         """
-        if head is None or head.problem:
-            problem = head.problem if head is not None else "not a valid HTTP/1.1 request"
-            return Answer(
-                self.plain(400, f"bad request: {problem}\n"),
-                Outcome("failed", f"invalid HTTP request: {problem}"),
-            )
-        request = head.request
-        path, _ = split_target(request.path)
         api = self._serves_api(path, socket)
-        limit = self._body_limit(request.method, path, socket, api)
+        limit = self._body_limit(method, path, socket, api)
         if limit is None:
             not_here = None if socket.ops_only else self._api_not_here(path)
             if not_here is not None:
@@ -491,13 +635,13 @@ class Handshake:
                     f"requests with a body are not supported here: use {allow}\n",
                     headers=[("Allow", allow)],
                 ),
-                Outcome("failed", f"{request.method} with a body", path),
+                Outcome("failed", f"{method} with a body", path),
             )
-        if head.length is None:
+        if length < 0:
             text = "send the body with Content-Length: chunked bodies are not supported"
             return self._body_refused(411, text, path, api, socket)
-        if head.length > limit:
-            text = f"request body too large: {head.length} bytes, at most {limit}"
+        if length > limit:
+            text = f"request body too large: {length} bytes, at most {limit}"
             return self._body_refused(413, text, path, api, socket)
         return limit
 

@@ -1159,6 +1159,8 @@ class Handshakes:
         outcome = answer.outcome
         if outcome is None:
             return
+        if outcome.limit is not None:
+            self._server.note_limit(outcome.limit, peer, outcome.path)
         if outcome.result == "rejected":
             self._refused(answer.status, outcome.reason, outcome.path, outcome.client or peer)
         else:

@@ -220,6 +220,23 @@ async def test_too_many_headers_get_431() -> None:
         request = upgrade_request("/echo").replace(b"\r\n\r\n", b"\r\n" + extra)
         answer = await exchange(server, request + b"\r\n")
         assert status(answer) == 431
+        assert b"more than 100 header fields" in answer
+        assert sample(server, "wsup_limited_total", limit="request_head") == 1
+
+
+async def test_the_head_limits_are_the_servers_settings() -> None:
+    """``max_header_bytes`` and ``max_headers`` set by the app: 431 past them, each
+    refusal counted as a limit and as a failed handshake; under them, an answer."""
+    async with running_server(echo_app, max_header_bytes=2048, max_headers=12) as server:
+        big = upgrade_request("/echo").replace(b"\r\n\r\n", b"\r\nX-Big: " + b"a" * 2100)
+        assert status(await exchange(server, big + b"\r\n\r\n")) == 431
+        extra = b"".join(b"X-H%d: v\r\n" % i for i in range(8))
+        many = upgrade_request("/echo").replace(b"\r\n\r\n", b"\r\n" + extra)
+        assert status(await exchange(server, many + b"\r\n")) == 431
+        assert sample(server, "wsup_limited_total", limit="request_head") == 2
+        assert sample(server, "wsup_handshakes_total", result="failed") == 2
+        fits = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1900 + b"\r\n\r\n"
+        assert status(await exchange(server, fits)) == 200
 
 
 async def test_an_overlong_request_line_gets_414() -> None:

@@ -15,7 +15,6 @@ from supervisor import ServerConfig
 from supervisor.metrics import API_RESULTS
 from supervisor.redis import RedisBackplane
 from supervisor.server import _api
-from supervisor.server._body import BodyReader, parse_head
 
 KEY = "k3y"
 AUTH = [("Authorization", f"Bearer {KEY}")]
@@ -153,52 +152,6 @@ async def test_perform_sends_and_reports_what_was_reached() -> None:
 
 
 # --- request bodies ---------------------------------------------------------------------
-
-
-def test_a_head_with_content_length_gives_the_length_and_the_start_of_the_body() -> None:
-    """The head is parsed; bytes after it are the start of the body."""
-    head = parse_head(b"POST /hook?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
-    assert head is not None
-    assert (head.request.method, head.request.path, head.length, head.rest) == (
-        "POST",
-        "/hook?a=1",
-        5,
-        b"ab",
-    )
-
-
-@pytest.mark.parametrize(
-    ("data", "length", "problem"),
-    [
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None, ""),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", None, "conflicting"),
-        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", None, "invalid Content-Length"),
-    ],
-)
-def test_heads_whose_body_cannot_be_read(data: bytes, length: int | None, problem: str) -> None:
-    """A chunked body has no length; two lengths or a bad one are a problem."""
-    head = parse_head(data)
-    assert head is not None
-    assert head.length == length
-    assert problem in head.problem
-
-
-def test_an_incomplete_or_broken_head_is_none() -> None:
-    """No blank line yet, or a request line without three parts: not a head."""
-    assert parse_head(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n") is None
-    assert parse_head(b"POST\r\nContent-Length: 1\r\n\r\n") is None
-
-
-@given(st.lists(st.binary(max_size=20), max_size=10), st.integers(0, 100))
-def test_a_body_reader_keeps_exactly_its_length(chunks: list[bytes], length: int) -> None:
-    """Whatever the chunks, the body holds at most ``length`` bytes, in order."""
-    reader = BodyReader(length)
-    complete = reader.feed(b"")
-    for chunk in chunks:
-        complete = reader.feed(chunk)
-    data = b"".join(chunks)
-    assert bytes(reader.body) == data[:length]
-    assert complete == (len(data) >= length)
 
 
 @pytest.mark.parametrize(

@@ -173,8 +173,19 @@ def test_port_in_use_is_one_line_naming_address_and_fix() -> None:
         ({"WSUP_DRAIN_TIMEOUT": "0"}, "drain_timeout must be > 0"),
         ({"WSUP_DRAIN_WINDOW": "-1"}, "drain_window must be >= 0 seconds"),
         ({"WSUP_DRAIN_BATCH_SIZE": "0"}, "drain_batch_size must be >= 1"),
+        ({"WSUP_MAX_HEADERS": "0"}, "max_headers must be >= 1"),
+        ({"WSUP_MAX_HEADER_BYTES": "100"}, "max_header_bytes must be >= 1024 bytes"),
     ],
-    ids=["log-format", "log-level", "backend", "drain-timeout", "drain-window", "drain-batch"],
+    ids=[
+        "log-format",
+        "log-level",
+        "backend",
+        "drain-timeout",
+        "drain-window",
+        "drain-batch",
+        "max-headers",
+        "max-header-bytes",
+    ],
 )
 def test_invalid_environment_value_is_exit_2(env: dict[str, str], expected: str) -> None:
     """An invalid WSUP_* value: one clear line, exit 2, nothing served."""
@@ -184,7 +195,15 @@ def test_invalid_environment_value_is_exit_2(env: dict[str, str], expected: str)
 
 
 @pytest.mark.parametrize(
-    "variable", ["WSUP_PORT", "WSUP_DRAIN_TIMEOUT", "WSUP_DRAIN_WINDOW", "WSUP_DRAIN_BATCH_SIZE"]
+    "variable",
+    [
+        "WSUP_PORT",
+        "WSUP_DRAIN_TIMEOUT",
+        "WSUP_DRAIN_WINDOW",
+        "WSUP_DRAIN_BATCH_SIZE",
+        "WSUP_MAX_HEADERS",
+        "WSUP_MAX_HEADER_BYTES",
+    ],
 )
 def test_non_numeric_environment_value_names_the_variable(variable: str) -> None:
     """A non-numeric number variable (WSUP_PORT, WSUP_DRAIN_*) is reported by its name."""
@@ -228,6 +247,29 @@ def test_wsup_environment_variables_are_honoured() -> None:
         server.signal(signal.SIGTERM)
         started = server.wait_for_event("server.drain_started")
         assert (started["timeout"], started["window"]) == (7.5, 2.5)
+        assert server.wait(20) == 0
+
+
+def test_the_head_limits_come_from_the_environment_and_the_command_line() -> None:
+    """WSUP_MAX_HEADERS applies; --max-header-bytes wins over WSUP_MAX_HEADER_BYTES."""
+    port = free_port()
+    env = {"WSUP_MAX_HEADERS": "8", "WSUP_MAX_HEADER_BYTES": "65536"}
+    with ServerProcess(ECHO, "--max-header-bytes", "2048", port=port, env=env) as server:
+        server.wait_for_event("server.started")
+
+        def status(headers: list[bytes]) -> bytes:
+            head = b"\r\n".join([b"GET /echo HTTP/1.1", b"Host: x", *headers]) + b"\r\n\r\n"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head)
+                return sock.recv(4096).split(b"\r\n", 1)[0]
+
+        assert (
+            status([b"X-%d: v" % n for n in range(8)])
+            == b"HTTP/1.1 431 Request Header Fields Too Large"
+        )
+        assert status([b"X: " + b"a" * 2100]) == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert status([b"X: " + b"a" * 1900]) == b"HTTP/1.1 426 Upgrade Required"
+        server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -169,6 +170,94 @@ def test_what_is_not_a_request_gets_an_answer_counted_as_failed(data: bytes, sta
     assert parsed.outcome.result == "failed"
     assert parsed.outcome.reason.startswith("invalid HTTP request")
     assert parsed.response.headers["Server"] == "wsup"
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "status", "problem"),
+    [
+        ({"max_headers": 10}, [(f"X-{n}", "v") for n in range(6)], 431, "more than 10 header"),
+        ({"max_header_bytes": 2048}, [("X-A", "a" * 1000), ("X-B", "b" * 1000)], 431, "head over"),
+        ({"max_header_bytes": 1024}, [], 414, "request line too long"),
+    ],
+    ids=["count", "bytes", "line-over-the-head-limit"],
+)
+def test_the_head_limits_are_settings(
+    config: dict[str, int], extra: list[tuple[str, str]], status: int, problem: str
+) -> None:
+    """``max_headers`` and ``max_header_bytes``: 431 past them (414 for the request
+    line), counted as a limit; within them the same request is upgraded."""
+    handshake, _ = make(None, **config)
+    target = "/chat/lobby?q=" + "x" * 1100 if status == 414 else "/chat/lobby"
+    refused = read(handshake, raw(target, headers=extra))
+    assert isinstance(refused, Answer)
+    assert refused.status == status
+    assert refused.outcome is not None
+    assert refused.outcome.limit == "request_head"
+    assert problem in refused.outcome.reason
+    assert isinstance(decide(make()[0], raw(target, headers=extra)), Upgrade)
+
+
+def test_a_head_that_never_ends_is_refused_once_past_the_limit() -> None:
+    """A header value streamed without end is not held: 431 as soon as the head
+    read passes ``max_header_bytes``, long before the client stops sending."""
+    handshake, _ = make(max_header_bytes=4096)
+    reader = RequestReader(ServerProtocol(), handshake, Socket(PEER))
+    assert reader.feed(b"GET /chat/lobby HTTP/1.1\r\nX-Endless: ") is None
+    fed = 0
+    result = None
+    while result is None and fed < 1 << 20:
+        result = reader.feed(b"a" * 1000)
+        fed += 1000
+    assert isinstance(result, Answer)
+    assert result.status == 431
+    assert fed <= 5000
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"GET /chat/lobby HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0 is not supported"),
+        (b"BREW /chat/lobby HTTP/1.1\r\n\r\n", "unknown request method"),
+        (b"GET /chat/lobby HTTP/1.1\r\nBad Name: x\r\n\r\n", "Invalid header token"),
+        (
+            b"POST /hook HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "Content-Length",
+        ),
+        (b"POST /hook HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+    ],
+    ids=["http2", "method", "header-name", "two-lengths", "bad-length"],
+)
+def test_the_parser_names_what_is_wrong(data: bytes, problem: str) -> None:
+    """A request httptools refuses gets 400 with the problem in its body."""
+    handshake, _ = make(webhook_app())
+    refused = read(handshake, data)
+    assert isinstance(refused, Answer)
+    assert refused.status == 400
+    assert problem in refused.response.body.decode()
+
+
+def test_the_protocol_keeps_frames_sent_with_the_request_but_not_the_head() -> None:
+    """Frames in the same read as the request reach the protocol; the head, even a
+    large one, never enters its buffer, so the connection holds none of it."""
+    handshake, _ = make()
+    protocol = ServerProtocol()
+    frame = b"\x81\x85\x00\x00\x00\x00hello"  # a masked text frame, zero mask
+    data = raw(headers=[(f"X-Pad-{n}", "p" * 500) for n in range(50)]) + frame
+    reader = RequestReader(protocol, handshake, Socket(PEER))
+    request = reader.feed(data)
+    assert isinstance(request, HTTPRequest)
+    upgrade = handshake.decide(request, protocol, Socket(PEER))
+    assert isinstance(upgrade, Upgrade)
+    protocol.send_response(upgrade.response)
+    assert [event.data for event in protocol.events_received()] == [b"hello"]  # type: ignore[union-attr]
+    assert sys.getsizeof(protocol.reader.buffer) < 1024
+
+
+def test_two_connection_lines_are_one_valid_upgrade() -> None:
+    """``Connection: keep-alive`` and ``Connection: Upgrade`` on two lines: upgraded."""
+    handshake, _ = make()
+    data = raw().replace(b"Connection: Upgrade", b"Connection: keep-alive\r\nConnection: Upgrade")
+    assert isinstance(decide(handshake, data), Upgrade)
 
 
 # --- request bodies -----------------------------------------------------------------

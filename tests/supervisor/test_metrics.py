@@ -90,6 +90,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
         "handshake_rate",
         "handshake_rate_per_address",
         "message_timeout",
+        "request_head",
     ),
 }
 
