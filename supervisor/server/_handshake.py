@@ -527,10 +527,10 @@ class _Stop(Exception):
 def _announced(headers: Headers) -> int:
     """The body a request announces: its ``Content-Length`` (0: none), or -1 for
     ``Transfer-Encoding`` (llhttp refused both together, or a malformed length)."""
-    if "Transfer-Encoding" in headers:
+    if headers.get_all("Transfer-Encoding"):
         return -1
-    length = headers.get("Content-Length")
-    return 0 if length is None else int(length)
+    length = headers.get_all("Content-Length")
+    return int(length[0]) if length else 0
 
 
 class Handshake:
