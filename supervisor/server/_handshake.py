@@ -37,10 +37,10 @@ where the traceback is.
 
 A request that announces a body (a webhook to an ``@app.http`` route declared
 with ``methods=("POST",)``, a server API call) is read whole by the
-:class:`RequestReader` before the decision: websockets' parser refuses it, the
-reader parses the head again (``_body``), asks :meth:`Handshake.body_plan`
-how much body the target takes (405, 411, 413 or a limit), and collects
-``Content-Length`` bytes. The server API (``_api``) is decided here like any
+:class:`RequestReader` before the decision: once httptools has parsed its
+head, the reader asks :meth:`Handshake.body_plan` how much body the target
+takes (405, 411, 413 or a limit) and collects the ``Content-Length`` bytes
+httptools frames. The server API (``_api``) is decided here like any
 target; performing a call is the server's (:meth:`HandshakeHost.call_api`).
 """
 
