@@ -95,8 +95,13 @@ __all__ = ["Server", "serve"]
 
 _log = structlog.get_logger("wsup.server")
 #: The ``limit`` labels of admission control's refusals (``_admission``): all but
-#: those that act on an open connection.
-_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {"inbound_delay", "inbound_close", "message_timeout"}
+#: those that act on an open connection, and the request head's.
+_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {
+    "inbound_delay",
+    "inbound_close",
+    "message_timeout",
+    "request_head",
+}
 #: The settings of admission control, as ``server.started`` lists them.
 _ADMISSION_SETTINGS = (*(n for n in LIMIT_NAMES if n in _ADMISSION_LIMITS), "readiness_loop_lag")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
