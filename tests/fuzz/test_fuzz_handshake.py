@@ -182,9 +182,11 @@ class Attempt:
 
     Attributes:
         data: everything written.
-        finished: the data holds the end of a request head (a blank line), so
-            the server must answer; otherwise the client half-closes after
-            writing, and the server may answer or simply close.
+        finished: the data holds the end of a request head (a blank line after
+            something else than empty lines, which a server ignores before a
+            request line, RFC 9112 2.2), so the server must answer; otherwise the
+            client half-closes after writing, and the server may answer or simply
+            close.
     """
 
     data: bytes
@@ -192,7 +194,7 @@ class Attempt:
 
 
 def _attempt(data: bytes) -> Attempt:
-    return Attempt(data, b"\r\n\r\n" in data)
+    return Attempt(data, b"\r\n\r\n" in data.lstrip(b"\r\n"))
 
 
 @st.composite
