@@ -40,6 +40,7 @@ if typing.TYPE_CHECKING:
     from .server._keepalive import KeepaliveConfig
     from .server._limits import InboundPolicy, Rate
     from .server._outbound import SlowConsumerPolicy
+    from .server._resume import Resume
     from .server._server import Server, serve
     from .tree._system import ActorSystem
     from .tree._tree import ChildSpec, Restart, SingletonSpec, Strategy, Supervisor, SupervisorSpec
@@ -71,6 +72,7 @@ _SOURCES: dict[str, str] = {
     "Rate": ".server._limits",
     "configure_logging": ".observe._logging",
     "SlowConsumerPolicy": ".server._outbound",
+    "Resume": ".server._resume",
     "Server": ".server._server",
     "serve": ".server._server",
     "ActorSystem": ".tree._system",
@@ -112,6 +114,7 @@ __all__ = [
     "Reject",
     "Request",
     "Restart",
+    "Resume",
     "RouteOptions",
     "ServerConfig",
     "SingletonSpec",

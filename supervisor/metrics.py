@@ -98,7 +98,9 @@ __all__ = [
     "MessageKind",
     "Metrics",
     "RECOVERY_RESULTS",
+    "RESUME_RESULTS",
     "RecoveryResult",
+    "ResumeResult",
     "close_reason_for_code",
     "multiprocess_directory",
 ]
@@ -107,8 +109,10 @@ __all__ = [
 # Each Literal is the single source of its values; the tuple next to it is derived
 # from it so the two can never disagree.
 
-ConnectionState = Literal["handshaking", "open", "draining", "closing"]
-"""Where a connection is in its lifecycle (label ``state`` of ``wsup_connections``)."""
+ConnectionState = Literal["handshaking", "open", "detached", "draining", "closing"]
+"""Where a connection is in its lifecycle (label ``state`` of ``wsup_connections``):
+``detached`` is a resumable connection whose socket broke, its actor waiting
+for the client to come back."""
 CONNECTION_STATES: Final[tuple[ConnectionState, ...]] = get_args(ConnectionState)
 
 HandshakeResult = Literal["accepted", "rejected", "failed", "timeout"]
@@ -128,10 +132,13 @@ CloseReason = Literal[
     "policy",
     "timeout",
     "abnormal",
+    "resume_expired",
     "other",
 ]
 """Why a connection closed; see :func:`close_reason_for_code`. ``timeout`` covers
-keepalive (pong) and idle timeouts, which the close code alone cannot tell."""
+keepalive (pong) and idle timeouts, which the close code alone cannot tell;
+``resume_expired`` a detached connection whose client did not come back within
+its route's grace window."""
 CLOSE_REASONS: Final[tuple[CloseReason, ...]] = get_args(CloseReason)
 
 CloseInitiator = Literal["server", "client", "network"]
@@ -194,6 +201,13 @@ missing field, a chunked body); ``unauthorized`` (401); ``not_found`` (404);
 ``method_not_allowed`` (405); ``too_large`` (413); ``unavailable`` (503: the
 backplane is down, or a mailbox refused the message)."""
 API_RESULTS: Final[tuple[ApiResult, ...]] = get_args(ApiResult)
+ResumeResult = Literal["resumed", "expired", "unknown", "mismatch", "other_node"]
+"""What became of a detached connection (``resumed``, ``expired``), or why a
+resume token was refused: ``unknown`` (not issued, expired or ended),
+``mismatch`` (the hooks accepted other values, or another route or path),
+``other_node`` (the token's connection is on another node)."""
+RESUME_RESULTS: Final[tuple[ResumeResult, ...]] = get_args(ResumeResult)
+
 RecoveryResult = Literal["recovered", "epoch_changed", "trimmed", "unavailable", "invalid"]
 """How a recovery from an address's history ended (see ``actors.RecoveryResult``)."""
 RECOVERY_RESULTS: Final[tuple[RecoveryResult, ...]] = get_args(RecoveryResult)
@@ -295,6 +309,9 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         ),
         "wsup_history_recovered_messages_total": (
             "Messages handed back from history by successful recoveries."
+        ),
+        "wsup_resumes_total": (
+            "Detached connections resumed or expired, and resume tokens refused, by result."
         ),
         "wsup_build_info": "Build information; the value is always 1.",
         "wsup_api_requests_total": "Server API requests answered, by endpoint and result.",
@@ -636,6 +653,9 @@ class Metrics:
         self.history_recoveries: Final = counter("wsup_history_recoveries_total", ("result",))
         self.history_recovered_messages: Final = counter("wsup_history_recovered_messages_total")
 
+        # Resumable connections (detached ones are wsup_connections{state="detached"}).
+        self.resumes: Final = counter("wsup_resumes_total", ("result",))
+
         # Its label values are whatever the running build is, not a fixed set, so
         # no child exists until set_build_info() is called.
         self.build_info: Final = gauge("wsup_build_info", ("version", "python", "backend"))
@@ -655,6 +675,7 @@ class Metrics:
         _prefill(self.backplane_messages, BACKPLANE_DIRECTIONS)
         _prefill(self.api_requests, API_ENDPOINTS, API_RESULTS)
         _prefill(self.history_recoveries, RECOVERY_RESULTS)
+        _prefill(self.resumes, RESUME_RESULTS)
 
     def set_build_info(self, version: str, python: str, backend: str) -> None:
         """Publish ``wsup_build_info{version, python, backend} 1``.

@@ -33,6 +33,7 @@ from ..tree._tree import ChildSpec, SupervisorSpec
 from ._config import ServerConfig
 from ._limits import InboundPolicy, Rate
 from ._outbound import SlowConsumerPolicy, wire_message
+from ._resume import Resume
 from ._routing import Router
 
 if TYPE_CHECKING:
@@ -325,6 +326,9 @@ class RouteOptions:
         inbound_policy: over either rate, ``delay`` stops reading from the socket
             until the rate allows more (TCP backpressure on that client alone);
             ``close`` closes with 1008.
+        resume: keep a connection's actor for a while when its socket breaks,
+            for its client to come back to (see ``docs/resume.md``); ``None``:
+            a connection ends with its socket.
     """
 
     handler: Callable[..., Handler]
@@ -340,6 +344,7 @@ class RouteOptions:
     inbound_rate: Rate | None = None
     inbound_byte_rate: Rate | None = None
     inbound_policy: InboundPolicy = InboundPolicy.DELAY
+    resume: Resume | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
@@ -358,6 +363,8 @@ class RouteOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Rate):
                 raise TypeError(f"{name} must be a Rate or None, got {value!r}")
+        if self.resume is not None and not isinstance(self.resume, Resume):
+            raise TypeError(f"resume must be a Resume or None, got {self.resume!r}")
 
 
 class App:

@@ -22,6 +22,14 @@ Closing: whoever closes, the connection ends up telling its actor to drain
 the connection closes — with 1011 if the actor crashed past its restart
 intensity, 1001 while the server drains, 1000 otherwise.
 
+Detaching (routes with ``resume``, see ``_resume``): when the socket breaks
+without a closing handshake, the connection keeps its actor and swaps its
+socket side for a parked one (a core without a socket, :class:`_Parked` for a
+driver), where what the actor sends waits under the same limit and policy; the
+old driver finishes with a :class:`_Husk` in its place. A resume swaps in the
+new socket's core and driver (:meth:`Connection._reattach`); the grace window's
+end finalizes the connection as any other end would.
+
 A connection reaches its server only through :class:`ConnectionHost`, and its
 socket only through a :class:`Driver`; the driver reaches the connection only
 through the :class:`DriverPort` the connection gives it. A driver for another
@@ -34,9 +42,10 @@ import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from actors import ActorRef, Clock, DeadLetter, MailboxClosed, MailboxFull
@@ -60,6 +69,7 @@ from ._core import (
 from ._keepalive import Keepalive
 from ._limits import InboundLimiter
 from ._outbound import OutboundItem, OutboundVerdict, frame_header, wire_message
+from ._resume import ResumeRefusal, announcement
 
 if TYPE_CHECKING:
     from ..metrics import LimitName
@@ -82,6 +92,8 @@ class ConnectionState(enum.StrEnum):
     """Where a connection is in its life."""
 
     OPEN = "open"
+    DETACHED = "detached"
+    """Its socket broke; its actor waits for the client to resume (routes with ``resume``)."""
     DRAINING = "draining"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -148,6 +160,9 @@ class ConnectionHost(Protocol):
     def clock(self) -> Clock: ...
     @property
     def counters(self) -> HostCounters: ...
+    @property
+    def draining(self) -> bool:
+        """Whether the server is shutting down (a connection then never detaches)."""
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``fn`` in a task of the server; False once the server is stopping."""
@@ -163,6 +178,9 @@ class ConnectionHost(Protocol):
 
     def limited(self, limit: LimitName, conn: Connection) -> None:
         """A limit acted on ``conn`` (counted, and logged at a bounded rate)."""
+
+    def connection_detached(self, conn: Connection) -> None:
+        """The connection's socket broke and its actor waits for a resume."""
 
     def connection_closed(
         self, conn: Connection, code: int, reason: str, initiator: str, label: str
@@ -323,6 +341,98 @@ class _Ended:
 _ENDED = _Ended()
 
 
+class _Parked(_Ended):
+    """The driver of a detached connection: no socket, so nothing is written; what
+    is sent waits in the outbound buffer. Closing it (the handler's ``close``, the
+    actor's end, a slow-consumer disconnect) ends the connection at once."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def flush_now(self) -> None:
+        """Nothing is written; a close ends the detached connection now."""
+        conn = self._conn
+        if conn._core.closing:
+            conn._finalize()
+
+    def abort(self) -> None:
+        """End the detached connection now."""
+        self._conn._finalize()
+
+
+class _Husk:
+    """What the driver of a broken socket serves once its connection detached.
+
+    Detaching points the driver's :class:`DriverPort` here: the driver runs to
+    its end (a last callback, a cancelled task) against the socket's own core,
+    and nothing it reads or reports reaches the connection, which has moved on.
+    """
+
+    __slots__ = ("_core", "_driver", "_finished", "address")
+
+    def __init__(self, address: str, core: ConnectionCore, driver: Driver) -> None:
+        self._core = core
+        self._driver = driver
+        self._finished = False
+        self.address = address
+
+    def take_over(self, port: DriverPort) -> None:
+        """Make ``port``'s steps this husk's (the driver holds the port itself)."""
+        port.connection = cast("Connection", self)  # for its address and abort() only
+        port.deliver = self.deliver
+        port.deliver_waiting = self.deliver_waiting
+        port.settle = self.settle
+        port.after_output = self.after_output
+        port.wait_for_room = self.wait_for_room
+        port.room = self.room
+        port.lost = self.lost
+        port.finalize = self.finalize
+
+    def deliver(self, messages: list[str | bytes], inline: bool) -> int | None:
+        return None  # read from a socket its client left: nobody reads them
+
+    async def deliver_waiting(self, message: str | bytes) -> None:
+        """Nobody reads it."""
+
+    def settle(self, now: float) -> bool:
+        self._core.after_read(now)
+        self._core.take_events()
+        return False
+
+    def after_output(self) -> None:
+        self._core.take_events()
+        self._core.room_wanted = False
+
+    async def wait_for_room(self) -> None:
+        """Nothing is queued: never wait."""
+
+    def room(self) -> None:
+        """Nobody waits."""
+
+    def lost(self) -> None:
+        self._core.lost()
+        self._core.take_events()
+
+    def abort(self) -> None:
+        self._driver.abort()
+
+    def finalize(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._core.finish()  # ends the parser; the buffer was moved on already
+            self._core.take_events()
+            self._driver = _ENDED
+
+
+def _parked_protocol() -> ServerProtocol:
+    """A protocol past its handshake with no socket behind it: a detached core's."""
+    protocol = ServerProtocol()
+    protocol.state = State.OPEN
+    return protocol
+
+
 class Connection:
     """One open WebSocket connection, as its actor and the app see it.
 
@@ -333,15 +443,21 @@ class Connection:
         address: the connection actor's address (``conn:<node>.<n>``).
         state: the :class:`ConnectionState`.
         ref: a reference to the connection's actor.
+        resume_token: on a route with ``resume``, the token its client resumes
+            it with (also the connection's first message); else ``None``.
     """
 
     __slots__ = (
+        "_attachments",
         "_checkpoint",
         "_core",
         "_driver",
         "_finished",
         "_frames_once",
+        "_grace",
         "_host",
+        "_parked",
+        "_port",
         "_sends",
         "_space",
         "_uses_callbacks",
@@ -351,6 +467,7 @@ class Connection:
         "opened_at",
         "ref",
         "request",
+        "resume_token",
         "route",
         "state",
         "subprotocol",
@@ -371,11 +488,59 @@ class Connection:
         self.subprotocol = subprotocol
         self.address = ""
         self.state = ConnectionState.OPEN
-        config = host.config
         self.opened_at = now = host.clock.now()
-        self._core = core = ConnectionCore(
+        self._core = core = self._new_core(protocol, now)
+        #: The keepalive deadlines (the server's keepalive task reads them).
+        self.keepalive: Keepalive = core.keepalive
+        self._space: anyio.Event | None = None
+        self._checkpoint = primitives().checkpoint
+        self._sends = 0
+        self._finished = False
+        self.cell: Cell | None = None
+        self.ref: ActorRef | None = None
+        #: The token a client resumes this connection with (routes with ``resume``).
+        self.resume_token: str | None = None
+        self._parked = False  # detached: the socket side is a parked core
+        self._attachments = 0  # sockets it was re-attached to
+        self._grace: anyio.CancelScope | None = None
+        self._driver: Driver = driver
+        self._uses_callbacks = driver.uses_callbacks
+        self._port: DriverPort | None = None
+        self._frames_once = False
+        self._bind(driver, protocol)
+
+    def _bind(self, driver: Driver, protocol: ServerProtocol) -> None:
+        """Serve the connection through ``driver``, over the current core."""
+        self._driver = driver
+        self._uses_callbacks = driver.uses_callbacks
+        # Fan-out may frame a message once for every member (see _deliver_direct).
+        self._frames_once = driver.framed and not protocol.extensions
+        host = self._host
+        port = DriverPort(
+            self,
+            self._core,
+            host.clock,
+            host.config.close_timeout,
+            host.start_soon,
+            self._deliver,
+            self._deliver_waiting,
+            self._settle,
+            self._after_output,
+            self._wait_for_room,
+            self._room,
+            self._lost,
+            self._finalize,
+        )
+        # Kept only on a route with ``resume``: detaching turns the port into a husk's.
+        self._port = port if self.route.resume is not None else None
+        driver.bind(port)
+
+    def _new_core(self, protocol: ServerProtocol, now: float) -> ConnectionCore:
+        route = self.route
+        config = self._host.config
+        return ConnectionCore(
             protocol,
-            host.counters,
+            self._host.counters,
             keepalive=config.keepalive,
             now=now,
             outbound_limit=route.outbound_limit,
@@ -393,35 +558,6 @@ class Connection:
                     policy=route.inbound_policy,
                 )
             ),
-        )
-        #: The keepalive deadlines (the server's keepalive task reads them).
-        self.keepalive: Keepalive = core.keepalive
-        self._space: anyio.Event | None = None
-        self._checkpoint = primitives().checkpoint
-        self._sends = 0
-        self._finished = False
-        self.cell: Cell | None = None
-        self.ref: ActorRef | None = None
-        self._driver: Driver = driver
-        self._uses_callbacks = driver.uses_callbacks
-        # Fan-out may frame a message once for every member (see _deliver_direct).
-        self._frames_once = driver.framed and not protocol.extensions
-        driver.bind(
-            DriverPort(
-                self,
-                core,
-                host.clock,
-                config.close_timeout,
-                host.start_soon,
-                self._deliver,
-                self._deliver_waiting,
-                self._settle,
-                self._after_output,
-                self._wait_for_room,
-                self._room,
-                self._lost,
-                self._finalize,
-            )
         )
 
     # -- what handlers call ------------------------------------------------------------
@@ -652,7 +788,7 @@ class Connection:
 
     def drain(self) -> None:
         """Server shutdown: let the actor finish its mailbox, then close with 1001."""
-        if self.state is ConnectionState.OPEN:
+        if self.state is ConnectionState.OPEN or self.state is ConnectionState.DETACHED:
             self._set_state(ConnectionState.DRAINING)
             if self.cell is not None and not self.cell.is_terminated:
                 self.cell.request_drain()
@@ -663,6 +799,111 @@ class Connection:
         """Stop all I/O at once (close timeout, forced shutdown)."""
         self._lost()
         self._driver.abort()
+
+    def keepalive_timed_out(self) -> None:
+        """The client stopped answering pings: fail with 1011, or detach (``resume``)."""
+        if self._detachable():
+            self._detach()
+        else:
+            self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", label="timeout")
+
+    # -- resuming (routes with ``resume``) ----------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a client may resume this connection now: it is detached, or
+        open (its client came back before the server saw the old socket break)."""
+        return (self._parked and self.state is ConnectionState.DETACHED) or self._detachable()
+
+    def _detachable(self) -> bool:
+        cell = self.cell
+        return (
+            self.resume_token is not None  # not under the ASGI adapter, which issues none
+            and self.state is ConnectionState.OPEN
+            and not self._parked
+            and self._core.close_request is None
+            and cell is not None
+            and not cell.is_terminated
+            and not self._host.draining
+        )
+
+    def _announce(self, token: str, *, resumed: bool, refused: ResumeRefusal | None = None) -> None:
+        """Queue the token's message, the first the client gets on this socket."""
+        resume = self.route.resume
+        assert resume is not None
+        self.resume_token = token
+        text = announcement(token, resume.grace, resumed=resumed, refused=refused)
+        self._core.outbound.append(OutboundItem(text.encode(), True))
+        self._driver.flush_soon()
+
+    def _detach(self) -> None:
+        """The socket is gone: keep the actor, park what waits to be sent, and let
+        the old driver finish with a husk (see :class:`_Husk`)."""
+        old, driver, port = self._core, self._driver, self._port
+        assert port is not None
+        _Husk(self.address, old, driver).take_over(port)
+        self._port = None
+        parked = self._new_core(_parked_protocol(), self._host.clock.now())
+        for item in old.outbound.take_all():  # what the socket never took; not control frames
+            parked.outbound.append(item)
+        _carry_counts(old, parked)
+        self._core = parked
+        self.keepalive = parked.keepalive
+        self._driver = _Parked(self)
+        self._uses_callbacks = False
+        self._parked = True
+        self._set_state(ConnectionState.DETACHED)
+        self._room()  # a sender waiting for room looks again, at the parked buffer
+        driver.abort()  # gone already, or given up for a new socket
+        self._host.connection_detached(self)
+        resume = self.route.resume
+        assert resume is not None
+        scope = self._grace = anyio.CancelScope()
+        attachments = self._attachments
+
+        async def grace() -> None:
+            with scope:
+                await self._host.clock.sleep(resume.grace)
+                if self._parked and self._attachments == attachments:
+                    self._expire()
+
+        if not self._host.start_soon(grace):
+            self._expire()
+
+    def _expire(self) -> None:
+        """Nobody came back within the grace window: end as a broken connection."""
+        core = self._core
+        if self._finished or core.closing:
+            return
+        core.close_info = (CloseCode.ABNORMAL_CLOSURE, "resume window expired", "network")
+        core.reason_label = "resume_expired"
+        self._finalize()
+
+    def _reattach(
+        self, protocol: ServerProtocol, request: Request, subprotocol: str | None, driver: Driver
+    ) -> None:
+        """Serve this connection on a new socket whose 101 is written: the client is
+        told first, then gets what waited, then live traffic."""
+        if not self._parked:
+            self._detach()  # taken over: the old socket is still open
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._attachments += 1
+        parked = self._core
+        core = self._core = self._new_core(protocol, self._host.clock.now())
+        _carry_counts(parked, core)
+        self.keepalive = core.keepalive
+        self.request = request
+        self.subprotocol = subprotocol
+        self._parked = False
+        self._bind(driver, protocol)
+        self._set_state(ConnectionState.OPEN)
+        assert self.resume_token is not None
+        self._announce(self.resume_token, resumed=True)
+        for item in parked.outbound.take_all():
+            core.outbound.append(item)
+        self._room()  # a sender waiting for room looks again, at the new buffer
 
     # -- wiring to the actor -------------------------------------------------------------
 
@@ -802,6 +1043,10 @@ class Connection:
         core = self._core
         for event in core.take_events():
             if event.__class__ is CloseRecorded:
+                assert isinstance(event, CloseRecorded)
+                if event.code == CloseCode.ABNORMAL_CLOSURE and self._detachable():
+                    self._detach()  # no closing handshake: the client may come back
+                    return
                 if self.state is not ConnectionState.CLOSING and self.state is not (
                     ConnectionState.CLOSED
                 ):
@@ -859,6 +1104,9 @@ class Connection:
         if self._finished:
             return
         self._finished = True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         core = self._core
         code, reason, initiator, label = core.finish()
         if self.state is not ConnectionState.CLOSED:
@@ -869,4 +1117,11 @@ class Connection:
             self._handle_events()
         self._room()
         self._driver = _ENDED  # no cycle left: freed without the garbage collector
+        self._port = None
         self._host.connection_closed(self, code, reason, initiator, label)
+
+
+def _carry_counts(old: ConnectionCore, new: ConnectionCore) -> None:
+    """A connection's traffic counts span its sockets."""
+    new.messages_in, new.messages_out = old.messages_in, old.messages_out
+    new.bytes_in, new.bytes_out = old.bytes_in, old.bytes_out

@@ -90,6 +90,7 @@ from ._handshake import (
 )
 from ._keepalive import KeepaliveAction, wake_time
 from ._limits import EveryInterval, Rate
+from ._resume import RESUME_PARAM, ResumeRefusal, ResumeTable
 
 __all__ = ["Server", "serve"]
 
@@ -175,6 +176,8 @@ class Server:
             on_critical=self._critical_failed,
         )
         self.runtime = self.system.runtime
+        #: This node's resumable connections, by token.
+        self.resumes = ResumeTable(self.runtime.node_id)
         for history in app.histories:
             self.runtime.add_history(history)
         for pattern in app.presence_patterns:
@@ -766,15 +769,44 @@ class Server:
         else:
             assert stream is not None
             driver = StreamDriver(stream)
+        refused: ResumeRefusal | None = None
+        token = None if route.resume is None else request.query_param(RESUME_PARAM)
+        if token:
+            claimed = self.resumes.claim(token, route, request.path, upgrade.values)
+            if not isinstance(claimed, str):
+                # Admission counts it under the address it comes back from.
+                self.admission.connection_closed(claimed.request.client_address)
+                claimed._reattach(protocol, request, upgrade.subprotocol, driver)
+                self.admission.connection_opened(request.client_address)
+                self._opened(claimed, started)
+                self.metrics.resumes.labels(result="resumed").inc()
+                _log.info(
+                    "connection.resumed",
+                    conn=claimed.address,
+                    path=request.path,
+                    client=request.client_address,
+                    buffered_bytes=claimed.buffered_bytes,
+                )
+                return driver
+            refused = claimed
+            self.metrics.resumes.labels(result=refused).inc()
+            _log.info(
+                "connection.resume_refused",
+                path=request.path,
+                client=request.client_address,
+                refused=refused,
+            )
         conn = Connection(self, protocol, request, route, upgrade.subprotocol, driver)
+        if route.resume is not None:
+            # Before the actor starts: the token is the first message the client gets.
+            conn._announce(
+                self.resumes.issue(conn, route, upgrade.values), resumed=False, refused=refused
+            )
         self._spawn(conn, route, upgrade.values, upgrade.pattern)
         self.connections.add(conn)
         self.admission.connection_opened(request.client_address)
-        counters = self.counters
         self.states["open"].inc()
-        self.handshakes["accepted"].inc()
-        counters.handshake_duration.observe(self.clock.now() - started)
-        self.schedule_keepalive(conn)
+        self._opened(conn, started)
         if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
             _log.debug(
                 "connection.opened",
@@ -783,6 +815,24 @@ class Server:
                 client=request.client_address,
             )
         return driver
+
+    def _opened(self, conn: Connection, started: float) -> None:
+        self.handshakes["accepted"].inc()
+        self.counters.handshake_duration.observe(self.clock.now() - started)
+        self.schedule_keepalive(conn)
+
+    def connection_detached(self, conn: Connection) -> None:
+        """``conn``'s socket broke; its actor waits for a resume (see ``ConnectionHost``)."""
+        self._forget_keepalive(conn)
+        resume = conn.route.resume
+        _log.info(
+            "connection.detached",
+            conn=conn.address,
+            path=conn.request.path,
+            client=conn.request.client_address,
+            grace=None if resume is None else resume.grace,
+            buffered_bytes=conn.buffered_bytes,
+        )
 
     async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
         """The handshake hooks' verdict, for the ASGI adapter (its server did the rest)."""
@@ -894,6 +944,9 @@ class Server:
         self.connections.discard(conn)
         self.admission.connection_closed(conn.request.client_address)
         self._forget_keepalive(conn)
+        self.resumes.forget(conn.resume_token)
+        if label == "resume_expired":
+            self.metrics.resumes.labels(result="expired").inc()
         duration = self.clock.now() - conn.opened_at
         counters = self.counters
         counters.closed(label, initiator).inc()
@@ -1011,7 +1064,7 @@ class Server:
                 if action is KeepaliveAction.PING:
                     conn.send_ping()
                 elif action is KeepaliveAction.PONG_TIMEOUT:
-                    conn.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", label="timeout")
+                    conn.keepalive_timed_out()  # fails with 1011, or detaches (resume)
                     continue
                 elif action is KeepaliveAction.IDLE_TIMEOUT:
                     conn.fail(CloseCode.GOING_AWAY, "idle timeout", label="timeout")

@@ -12,58 +12,35 @@ sees no close frame.
 from __future__ import annotations
 
 import json
-import secrets
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
 
 import anyio
 import pytest
-import redis
 from websockets.sync.client import ClientConnection, connect
 
 from supervisor import Server
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.history_app import make_app
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer, quick_backplane
+from tests.helpers.redis_server import (
+    REDIS_SERVER,
+    SHARED_REDIS,
+    RedisServer,
+    needs_shared_redis,
+    quick_backplane,
+)
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 TIMEOUT = 20.0
 """Seconds a client waits for one message (a deadlock guard, not a measurement)."""
-
-
-def shared_redis_up() -> bool:
-    """Whether the machine's Redis answers on 127.0.0.1:6379."""
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-needs_shared_redis = pytest.mark.skipif(not shared_redis_up(), reason="no Redis on 127.0.0.1:6379")
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    """A key prefix of this test's own on the shared Redis; its keys are deleted after."""
-    name = f"wsup-test-{secrets.token_hex(6)}"
-    yield name
-    client = redis.Redis.from_url(SHARED_REDIS)
-    try:
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @asynccontextmanager
@@ -169,30 +146,97 @@ async def test_offsets_are_one_sequence_per_address_across_nodes(prefix: str) ->
 # --- recovery ------------------------------------------------------------------------------------
 
 
-def flapping_reader(urls: list[str], total: int, first: Member) -> tuple[list[str], int]:
-    """Read ``total`` messages from a room, dropping the connection every few messages
-    and coming back, on the other node each time, with the last position seen.
+def every_few_messages() -> Callable[[int], bool]:
+    """Drop after 1 message, then 8, 15, 22, ...: at ever different places."""
+    burst = 1
+
+    def due(read: int) -> bool:
+        nonlocal burst
+        if read < burst:
+            return False
+        burst = burst % 53 + 7
+        return True
+
+    return due
+
+
+def every_few_seconds(seconds: float) -> Callable[[int], bool]:
+    """Drop once ``seconds`` have passed on the connection."""
+    deadline = time.monotonic() + seconds
+
+    def due(read: int) -> bool:
+        nonlocal deadline
+        if time.monotonic() < deadline:
+            return False
+        deadline = time.monotonic() + seconds
+        return True
+
+    return due
+
+
+def flapping_reader(
+    urls: list[str], total: int, first: Member, due: Callable[[int], bool]
+) -> tuple[list[str], int]:
+    """Read ``total`` messages from a room, dropping the connection whenever ``due(read)``
+    says so (``read``: the messages read on that connection) and coming back, on the
+    next node each time, with the last position seen.
 
     Returns what was read, in order, and how many times it came back.
     """
     got: list[str] = []
     current = first
-    returns = 0
-    burst = 1
+    returns = read = 0
     while True:
-        record: dict[str, Any] | None = None
-        for _ in range(burst):
-            record = current.record()
-            got.append(record["message"])
-            if len(got) == total:
-                current.close()
-                return got, returns
-        assert record is not None
-        current.drop()
-        burst = burst % 53 + 7  # 8, 15, 22, ... : drops at ever different places
-        returns += 1
-        current = Member(f"{urls[returns % len(urls)]}?since={position(record)}")
-        assert current.hello["recovery"] == "recovered", current.hello
+        record = current.record()
+        got.append(record["message"])
+        read += 1
+        if len(got) == total:
+            current.close()
+            return got, returns
+        if due(read):
+            current.drop()
+            returns += 1
+            read = 0
+            current = Member(f"{urls[returns % len(urls)]}?since={position(record)}")
+            assert current.hello["recovery"] == "recovered", current.hello
+
+
+def paced(publisher: Member, total: int, rate: float) -> None:
+    """Publish the messages ``0`` to ``total - 1`` at ``rate`` a second, ten at a time."""
+    start = time.monotonic()
+    for first in range(0, total, 10):
+        ahead = start + first / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+        publisher.say(*map(str, range(first, min(first + 10, total))))
+
+
+def read_while_publishing(
+    servers: list[Server], total: int, due: Callable[[int], bool], say: Callable[[Member], None]
+) -> tuple[list[str], int]:
+    """A reader of ``/room/busy`` on the first node flaps over every node (see
+    :func:`flapping_reader`) while a publisher on the first node runs ``say``."""
+    urls = [ws_url(server, "/room/busy") for server in servers]
+    reader = Member(urls[0])
+    with (
+        member(f"{urls[0]}?listen=0") as publisher,
+        anyio.from_thread.start_blocking_portal() as portal,
+    ):
+        sending = portal.start_task_soon(partial(anyio.to_thread.run_sync, say, publisher))
+        got, returns = flapping_reader(urls, total, reader, due)
+        sending.result(TIMEOUT)
+    return got, returns
+
+
+def recoveries(servers: list[Server]) -> float:
+    """The successful recoveries of every node."""
+    return sum(
+        server.metrics.registry.get_sample_value(
+            "wsup_history_recoveries_total", {"result": "recovered"}
+        )
+        or 0.0
+        for server in servers
+    )
 
 
 @needs_shared_redis
@@ -203,30 +247,42 @@ async def test_a_client_that_keeps_dropping_loses_nothing_and_gets_nothing_twice
     every few messages and it comes back on the other node with ``since``: it reads every
     message exactly once, in order."""
     total = 1500
-    async with cluster(SHARED_REDIS, prefix=prefix) as (a, b):
-        urls = [ws_url(a, "/room/busy"), ws_url(b, "/room/busy")]
-
-        def scenario() -> tuple[list[str], int]:
-            reader = Member(urls[0])
-            with member(ws_url(a, "/room/busy?listen=0")) as publisher:
-                with anyio.from_thread.start_blocking_portal() as portal:
-                    sending = portal.start_task_soon(
-                        partial(anyio.to_thread.run_sync, publisher.say, *map(str, range(total)))
-                    )
-                    result = flapping_reader(urls, total, reader)
-                    sending.result(TIMEOUT)
-                return result
-
-        got, returns = await in_thread(scenario)
-        recovered = sum(
-            node.metrics.registry.get_sample_value(
-                "wsup_history_recoveries_total", {"result": "recovered"}
-            )
-            or 0.0
-            for node in (a, b)
+    async with cluster(SHARED_REDIS, prefix=prefix) as nodes:
+        got, returns = await in_thread(
+            read_while_publishing,
+            nodes,
+            total,
+            every_few_messages(),
+            lambda publisher: publisher.say(*map(str, range(total))),
         )
+        recovered = recoveries(nodes)
     assert got == [str(n) for n in range(total)]
     assert returns > 20
+    assert recovered == returns
+
+
+@needs_shared_redis
+@pytest.mark.parametrize("nodes", [1, 2])
+async def test_a_reader_reset_every_few_seconds_under_1000_messages_a_second_misses_nothing(
+    prefix: str, nodes: int
+) -> None:
+    """A publisher sends 1,000 numbered messages a second for 6 s while the reader's TCP
+    connection is reset every 1.5 s and comes back with ``since`` (to the same node, or
+    to the other one): it reads every message exactly once, in order."""
+    rate, seconds = 1000, 6
+    total = rate * seconds
+    async with cluster(SHARED_REDIS, nodes=nodes, prefix=prefix) as servers:
+        got, returns = await in_thread(
+            read_while_publishing,
+            servers,
+            total,
+            every_few_seconds(1.5),
+            lambda publisher: paced(publisher, total, rate),
+        )
+        recovered = recoveries(servers)
+    assert len(got) == total
+    assert got == [str(n) for n in range(total)]
+    assert returns >= 2
     assert recovered == returns
 
 

@@ -87,7 +87,7 @@ async def test_connection_metrics_mean_what_the_catalogue_says() -> None:
         assert value("wsup_connection_duration_seconds_count") == 1
         assert value("wsup_connections_closed_total", reason="normal", initiator="client") == 1
         # Gauges are back to zero once the connection is gone.
-        for state in ("handshaking", "open", "draining", "closing"):
+        for state in ("handshaking", "open", "detached", "draining", "closing"):
             assert value("wsup_connections", state=state) == 0
         assert value("wsup_actors", kind="connection") == 0
         assert value("wsup_outbound_buffer_bytes") == 0

@@ -22,16 +22,43 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from actors import Backoff
 from supervisor.redis import RedisBackplane
 from tests.helpers.processes import StopsOnExit, free_port
 
-__all__ = ["REDIS_SERVER", "RedisServer", "free_port", "quick_backplane", "running_redis"]
+__all__ = [
+    "REDIS_SERVER",
+    "SHARED_REDIS",
+    "RedisServer",
+    "free_port",
+    "needs_shared_redis",
+    "quick_backplane",
+    "running_redis",
+    "shared_redis_up",
+]
 
 REDIS_SERVER = shutil.which("redis-server")
 """The ``redis-server`` executable, or None when it is not installed."""
 
 _READY = "Ready to accept connections"
+
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+"""The machine's own Redis, which tests share under key prefixes of their own."""
+
+
+def shared_redis_up() -> bool:
+    """Whether the machine's Redis answers on 127.0.0.1:6379."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+needs_shared_redis = pytest.mark.skipif(not shared_redis_up(), reason="no Redis on 127.0.0.1:6379")
 
 
 class RedisServer(StopsOnExit):

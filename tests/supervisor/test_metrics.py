@@ -67,11 +67,12 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_history_appends_total": ("counter", ()),
     "wsup_history_recoveries_total": ("counter", ("result",)),
     "wsup_history_recovered_messages_total": ("counter", ()),
+    "wsup_resumes_total": ("counter", ("result",)),
 }
 
 # Label name -> every value it may take (build_info's labels are free-form).
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
-    "state": ("handshaking", "open", "draining", "closing"),
+    "state": ("handshaking", "open", "detached", "draining", "closing"),
     "result": ("accepted", "rejected", "failed", "timeout"),
     "reason": (),  # two metrics use "reason" with different sets; checked per metric
     "initiator": ("server", "client", "network"),
@@ -111,6 +112,7 @@ PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
             "policy",
             "timeout",
             "abnormal",
+            "resume_expired",
             "other",
         ),
         "initiator": LABEL_VALUES["initiator"],
@@ -140,6 +142,7 @@ PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "wsup_history_recoveries_total": {
         "result": ("recovered", "epoch_changed", "trimmed", "unavailable", "invalid")
     },
+    "wsup_resumes_total": {"result": ("resumed", "expired", "unknown", "mismatch", "other_node")},
 }
 
 

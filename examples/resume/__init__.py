@@ -1,0 +1,1 @@
+"""Examples of the resumable connections guide (docs/resume.md)."""
