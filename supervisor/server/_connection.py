@@ -26,7 +26,8 @@ Detaching (routes with ``resume``, see ``_resume``): when the socket breaks
 without a closing handshake, the connection keeps its actor and swaps its
 socket side for a parked one (a core without a socket, :class:`_Parked` for a
 driver), where what the actor sends waits under the same limit and policy; the
-old driver finishes with a :class:`_Husk` in its place. A resume swaps in the
+old driver's :class:`DriverPort` is pointed at a :class:`_Husk`, and the driver
+finishes against it. A resume swaps in the
 new socket's core and driver (:meth:`Connection._reattach`); the grace window's
 end finalizes the connection as any other end would.
 
@@ -844,8 +845,9 @@ class Connection:
         _Husk(self.address, old, driver).take_over(port)
         self._port = None
         parked = self._new_core(_parked_protocol(), self._host.clock.now())
-        for item in old.outbound.take_all():  # what the socket never took; not control frames
+        for item in old.outbound.take_all():  # what the socket never took
             parked.outbound.append(item)
+        old.outbound.clear()  # its control frames: the old driver waits for room no more
         _carry_counts(old, parked)
         self._core = parked
         self.keepalive = parked.keepalive
