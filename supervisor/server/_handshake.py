@@ -358,10 +358,11 @@ class _Message:
         "body",
         "chunk_completed",
         "handshake",
-        "head_bytes",
         "head_read",
-        "headers",
         "in_head",
+        "line_limit",
+        "max_headers",
+        "pairs",
         "parser",
         "pending",
         "refusal",
@@ -372,12 +373,13 @@ class _Message:
 
     def __init__(self, handshake: Handshake, socket: Socket) -> None:
         self.handshake = handshake
+        self.max_headers = handshake.max_headers
+        self.line_limit = min(MAX_LINE_LENGTH, handshake.max_header_bytes)
         self.socket = socket
         self.parser: httptools.HttpRequestParser | None = None
         self.url = b""
-        self.headers = Headers()
-        #: The head's size as the limits count it: request line and header lines.
-        self.head_bytes = 0
+        #: The header lines as llhttp delivers them, name and value.
+        self.pairs: list[tuple[bytes, bytes]] = []
         #: Bytes read while the head was incomplete (what the parser may be holding).
         self.head_read = 0
         self.in_head = False
@@ -395,19 +397,18 @@ class _Message:
 
     def on_message_begin(self) -> None:
         self.url = b""
-        self.headers = Headers()
-        self.head_bytes = 0
+        self.pairs = []
         self.in_head = True
         # Begun after another message in these bytes: their start is not counted.
         self.head_read = -1 if self.chunk_completed else 0
 
     def on_url(self, url: bytes) -> None:
-        self.url = self.url + url if self.url else url  # in pieces when it spans reads
-        assert self.parser is not None
+        if self.url:
+            url = self.url + url  # in pieces when it spans reads
+        self.url = url
         # The request line is "METHOD SP target SP HTTP/1.1 CRLF".
-        line = len(self.parser.get_method()) + len(self.url) + 12
-        if line > min(MAX_LINE_LENGTH, self.handshake.max_header_bytes):
-            limit = min(MAX_LINE_LENGTH, self.handshake.max_header_bytes)
+        limit = self.line_limit
+        if len(url) + 12 > limit and len(url) + len(self._method()) + 12 > limit:
             self._stop(
                 414,
                 f"request line too long: path and query must fit in {limit} bytes",
@@ -415,46 +416,50 @@ class _Message:
                 "request_head",
             )
 
+    def _method(self) -> bytes:
+        assert self.parser is not None
+        return self.parser.get_method()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; websockets strips it
-        line = len(name) + len(value) + 4  # "name: value CRLF"
-        headers = self.headers
-        if not headers._list:
-            assert self.parser is not None
-            self.head_bytes = len(self.parser.get_method()) + len(self.url) + 12
-        self.head_bytes += line
-        handshake = self.handshake
-        if line > MAX_LINE_LENGTH:
-            self._too_large(f"a header line over {MAX_LINE_LENGTH} bytes")
-        if len(headers._list) >= handshake.max_headers:
-            self._too_large(f"more than {handshake.max_headers} header fields")
-        if self.head_bytes + 2 > handshake.max_header_bytes:
-            self._too_large(f"a request head over {handshake.max_header_bytes} bytes")
-        # Names are tokens (llhttp checked them); values may hold obs-text, kept as
-        # ISO-8859-1 like websockets does.
-        headers.set_insecure(name.decode("ascii"), value.decode("iso-8859-1"))
+        pairs = self.pairs
+        if len(pairs) >= self.max_headers:
+            self._too_large(f"more than {self.max_headers} header fields")
+        pairs.append((name, value))  # checked and decoded once the head is complete
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
         assert parser is not None
+        handshake = self.handshake
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             self._stop(400, f"HTTP/{version} is not supported: use HTTP/1.1", "HTTP version")
-        if not self.headers._list and len(parser.get_method()) + len(self.url) + 14 > (
-            self.handshake.max_header_bytes
-        ):
-            self._too_large(f"a request head over {self.handshake.max_header_bytes} bytes")
+        raw_method = parser.get_method()
+        # The request line, "METHOD SP target SP HTTP/1.1 CRLF", and the final CRLF.
+        size = len(raw_method) + len(self.url) + 14
+        headers = Headers()
+        add = headers.set_insecure
+        for name, value in self.pairs:
+            value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; websockets not
+            line = len(name) + len(value) + 4  # "name: value CRLF"
+            if line > MAX_LINE_LENGTH:
+                self._too_large(f"a header line over {MAX_LINE_LENGTH} bytes")
+            size += line
+            # Names are tokens (llhttp checked them); values may hold obs-text, kept
+            # as ISO-8859-1 like websockets does.
+            add(name.decode("ascii"), value.decode("iso-8859-1"))
+        if size > handshake.max_header_bytes:
+            self._too_large(f"a request head over {handshake.max_header_bytes} bytes")
         try:
             target = self.url.decode("ascii")
         except UnicodeDecodeError:
             self._stop(400, "the request target is not ASCII", "request target not ASCII")
-        method = parser.get_method().decode("ascii")
+        method = raw_method.decode("ascii")
         path, query = split_target(target)
-        request = HTTPRequest(method, target, path, query, self.headers)
-        length = _announced(self.headers)
+        request = HTTPRequest(method, target, path, query, headers)
+        length = _announced(headers)
         if length:
-            plan = self.handshake.body_plan(method, path, length, self.socket)
+            plan = handshake.body_plan(method, path, length, self.socket)
             if isinstance(plan, Answer):
                 self.refusal = plan
                 raise _Stop
@@ -522,6 +527,20 @@ class _Message:
 
 class _Stop(Exception):
     """Raised by a callback to stop the parser: the answer is in ``_Message.refusal``."""
+
+
+def _switching_protocols(accept: str, extensions: str | None, subprotocol: str | None) -> Response:
+    """The 101 that ``ServerProtocol.accept`` would make, without its ``Date``
+    (optional in a 1xx answer, RFC 9110 6.6.1, and a clock read and a format)."""
+    headers = Headers()
+    headers["Upgrade"] = "websocket"
+    headers["Connection"] = "Upgrade"
+    headers["Sec-WebSocket-Accept"] = accept
+    if extensions is not None:
+        headers["Sec-WebSocket-Extensions"] = extensions
+    if subprotocol is not None:
+        headers["Sec-WebSocket-Protocol"] = subprotocol
+    return Response(101, "Switching Protocols", headers)
 
 
 def _announced(headers: Headers) -> int:
@@ -772,18 +791,24 @@ class Handshake:
         if not origins.allows_all and not origins.allows(single_header(headers, "Origin")):
             return self._refuse(403, "origin not allowed\n", "origin", path)
         protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
-        response = protocol.accept(WSRequest(request.target, headers))
-        if self.server_header is not None:
-            response.headers["Server"] = self.server_header
-        if response.status_code != 101:
-            # Not a valid WebSocket handshake (426 for a plain GET, 400 for a bad key...).
+        ws_request = WSRequest(request.target, headers)
+        try:
+            # websockets' checks and negotiation (key, version, extensions, subprotocol).
+            accept, extensions, subprotocol = protocol.process_request(ws_request)
+        except Exception:
+            # Not a valid WebSocket handshake: websockets words the answer (426 for a
+            # plain GET, 400 for a bad key...), running the same checks again.
+            refused = protocol.accept(ws_request)
+            if self.server_header is not None:
+                refused.headers["Server"] = self.server_header
             error = protocol.handshake_exc
             return Answer(
-                response,
-                Outcome(
-                    "failed", f"{response.status_code}: {error or response.reason_phrase}", path
-                ),
+                refused,
+                Outcome("failed", f"{refused.status_code}: {error or refused.reason_phrase}", path),
             )
+        response = _switching_protocols(accept, extensions, subprotocol)
+        if self.server_header is not None:
+            response.headers["Server"] = self.server_header
         user_request = self._request(request, socket.remote, match.params)
         hooks = app.hooks
         pattern = match.route.pattern

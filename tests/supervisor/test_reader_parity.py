@@ -142,7 +142,7 @@ def verdict(handshake: Handshake, parsed: Any, protocol: ServerProtocol) -> Any:
     assert isinstance(decision, Upgrade)
     request = decision.request
     headers = dict(decision.response.headers.raw_items())
-    del headers["Date"]
+    headers.pop("Date", None)  # websockets dates its 101; a 1xx needs no Date
     return (
         101,
         decision.pattern,
