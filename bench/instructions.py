@@ -44,7 +44,7 @@ from pathlib import Path
 
 from bench.registry import Launch, ServerSpec, select
 
-_STARTUP_TIMEOUT = 180.0
+_STARTUP_TIMEOUT = 600.0
 """Seconds a server may take to listen under valgrind."""
 
 #: ``--scenario`` to the ``bench.loadgen`` mode that produces its load.
@@ -129,8 +129,17 @@ def _operations(port: int, seconds: float, load: Load) -> int:
     return done
 
 
-def _count(spec: ServerSpec, seconds: float, workdir: Path, load: Load) -> tuple[int, int]:
-    """One run: ``(operations, instructions)`` of the server process from start to exit."""
+def _count(
+    spec: ServerSpec,
+    seconds: float,
+    workdir: Path,
+    load: Load,
+    env: dict[str, str] | None = None,
+) -> tuple[int, int]:
+    """One run: ``(operations, instructions)`` of the server process from start to exit.
+
+    ``env``: the server's environment (by default this process's).
+    """
     port = _free_port()
     log = workdir / f"{spec.name}-{seconds:g}.log"
     command = [
@@ -140,7 +149,9 @@ def _count(spec: ServerSpec, seconds: float, workdir: Path, load: Load) -> tuple
         f"--log-file={log}",
         *spec.command(Launch(port=port, app="echo", compression=False, ping_interval=20.0)),
     ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
         _wait_listening(port, server)
         done = _operations(port, seconds, load)

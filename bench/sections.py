@@ -1,0 +1,280 @@
+"""Where a server's instructions go: callgrind counts per C function and per chosen Python function.
+
+Not a test. ``python -m bench.instructions`` counts a server's instructions per
+operation; this breaks that count down, with the same method (two windows
+under callgrind, the difference divided by the difference in operations), into
+
+* every C function's *self* count (interpreter, uvloop, the C parts of
+  websockets and aiohttp, libc), and
+* the *inclusive* count of chosen Python functions (:data:`SECTIONS`), which
+  callgrind cannot tell apart on its own: on Python 3.11 every Python function
+  runs inside ``_PyEval_EvalFrameDefault``. ``bench/_sections.c``, compiled on
+  the fly, gives each chosen function a C frame of its own (``section_NN``; a
+  coroutine's or a generator's steps run in ``section_NN_send``), put in
+  place in the server process by a ``sitecustomize`` module before the server
+  starts. That frame costs about 100 instructions per call on top of the
+  function itself, so the total per operation is somewhat higher than
+  ``bench.instructions`` reports; the instrumented total is printed with it.
+
+Usage: ``python -m bench.sections [--scenario rr-echo] [--servers wsup,aiohttp]
+[--conns 100] [--size 4096] [--top 25]``. Requires valgrind, a C compiler and
+Python's headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.instructions import MODES, Load, _count
+from bench.registry import ServerSpec, select
+
+_HERE = Path(__file__).resolve().parent
+_ENV = "BENCH_SECTIONS"
+
+#: Python functions given a C frame of their own, per server: ``module:attribute``
+#: (``Class.method``, or a module-level function as the module that calls it
+#: sees it), and whether calling it returns a coroutine or a generator whose
+#: steps are to be counted too.
+_PARSER = [
+    ("websockets.protocol:Protocol.receive_data", False),
+    ("websockets.protocol:Protocol.events_received", False),
+    ("websockets.protocol:Protocol.recv_frame", False),
+    ("websockets.frames:Frame.parse", True),
+    ("websockets.frames:Frame.check", False),
+    ("websockets.streams:StreamReader.feed_data", False),
+    ("websockets.streams:StreamReader.read_exact", True),
+    ("websockets.streams:StreamReader.at_eof", True),
+]
+SECTIONS: dict[str, list[tuple[str, bool]]] = {
+    "wsup": [
+        ("supervisor.server._drivers:TransportDriver.data_received", False),
+        ("supervisor.server._drivers:enter_callback", False),
+        ("supervisor.server._drivers:exit_callback", False),
+        ("actors._clock:MonotonicClock.now", False),
+        ("supervisor.server._core:ConnectionCore.receive_data", False),
+        ("supervisor.server._core:ConnectionCore._at_frame_start", False),
+        ("supervisor.server._core:ConnectionCore._take_frames", False),
+        ("websockets.protocol:Protocol.receive_data", False),
+        ("supervisor.server._keepalive:Keepalive.on_frame", False),
+        ("supervisor.server._connection:Connection._deliver", False),
+        ("actors._actor:Cell.step_inline", False),
+        ("actors._actor:step_as", False),
+        ("supervisor.server._app:Handler._dispatch", True),
+        ("supervisor.server._connection:Connection.send", True),
+        ("supervisor.server._connection:Connection._encode", False),
+        ("supervisor.server._connection:Connection._enqueue", False),
+        ("supervisor.server._drivers:TransportDriver.flush_soon", False),
+        ("supervisor.observe._instrumentation:MetricsInstrumentation.message_processed", False),
+        ("supervisor.server._connection:Connection._settle", False),
+        ("supervisor.server._core:ConnectionCore.after_read", False),
+        ("supervisor.server._keepalive:Keepalive.on_message", False),
+        ("supervisor.observe._instrumentation:BatchedCounter.inc", False),
+        ("supervisor.server._drivers:TransportDriver._scheduled_flush", False),
+        ("supervisor.server._drivers:TransportDriver._flush", False),
+        ("supervisor.server._core:ConnectionCore.data_to_send", False),
+        ("supervisor.server._outbound:OutboundBuffer.__bool__", False),
+        ("supervisor.server._outbound:OutboundBuffer.take", False),
+        ("supervisor.server._core:ConnectionCore._close_pending", False),
+        ("supervisor.server._core:ConnectionCore._frame", False),
+        ("supervisor.server._core:frame_header", False),
+    ],
+    "websockets": [
+        *_PARSER,
+        ("websockets.asyncio.connection:Connection.data_received", False),
+        ("websockets.asyncio.connection:Connection.recv", True),
+        ("websockets.asyncio.connection:Connection.send", True),
+        ("websockets.asyncio.messages:Assembler.put", False),
+        ("websockets.asyncio.messages:Assembler.get", True),
+        ("websockets.protocol:Protocol.send_binary", False),
+        ("websockets.protocol:Protocol.data_to_send", False),
+    ],
+    "aiohttp": [
+        ("aiohttp.web_protocol:RequestHandler.data_received", False),
+        ("aiohttp.web_ws:WebSocketResponse.receive", True),
+        ("aiohttp.web_ws:WebSocketResponse.send_bytes", True),
+        ("aiohttp._websocket.writer:WebSocketWriter.send_frame", True),
+    ],
+}
+
+#: Put in the server process's ``sys.path`` as ``sitecustomize``: wraps the sections.
+_SITECUSTOMIZE = """
+import importlib, json, os, sys
+sys.path.insert(0, os.path.dirname(__file__))
+import _sections
+
+def _install(index, target, coroutine):
+    module_name, _, attribute = target.partition(":")
+    owner = importlib.import_module(module_name)
+    *path, name = attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    raw = owner.__dict__[name] if path else getattr(owner, name)
+    kind = type(raw) if isinstance(raw, (classmethod, staticmethod)) else None
+    function = raw.__func__ if kind else raw
+    wrapped = _sections.wrap(function, index, coroutine)
+    setattr(owner, name, kind(wrapped) if kind else wrapped)
+
+for _index, (_target, _coroutine) in enumerate(json.loads(os.environ.pop("BENCH_SECTIONS"))):
+    _install(_index, _target, _coroutine)
+"""
+
+
+def section_name(index: int) -> str:
+    """The C function that counts section ``index`` (see ``bench/_sections.c``)."""
+    return f"section_{index // 8 + 1}{index % 8}"
+
+
+def build(directory: Path) -> None:
+    """Compile ``_sections.c`` and write the ``sitecustomize`` module into ``directory``."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            "-fno-ipa-icf",
+            "-shared",
+            "-fPIC",
+            f"-I{sysconfig.get_paths()['include']}",
+            "-o",
+            str(directory / f"_sections{suffix}"),
+            str(_HERE / "_sections.c"),
+        ],
+        check=True,
+    )
+    (directory / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+
+
+_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*?)(?:\s+\[(.*)\])?\s*$")
+
+
+def annotate(path: Path, *, inclusive: bool) -> dict[str, int]:
+    """Instructions per function (``function (object)``) in a callgrind output file."""
+    out = subprocess.run(
+        [
+            "callgrind_annotate",
+            f"--inclusive={'yes' if inclusive else 'no'}",
+            "--threshold=100",
+            "--auto=no",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    counts: dict[str, int] = {}
+    started = False
+    for line in out.splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        found = _LINE.match(line) if started else None
+        if found is None:
+            continue
+        count, where, obj = found.groups()
+        function = where.rpartition(":")[2] if ":" in where else where
+        key = f"{function} ({Path(obj).name})" if obj else function
+        counts[key] = counts.get(key, 0) + int(count.replace(",", ""))
+    return counts
+
+
+def _per_operation(
+    short: dict[str, int], long: dict[str, int], operations: int
+) -> dict[str, float]:
+    return {
+        key: (long.get(key, 0) - short.get(key, 0)) / operations for key in set(short) | set(long)
+    }
+
+
+def measure(
+    spec: ServerSpec, load: Load, short: float, long: float, workdir: Path
+) -> tuple[float, dict[str, float], dict[str, float], dict[str, float]]:
+    """Run ``spec`` twice under callgrind with its sections.
+
+    Returns:
+        ``(total, self counts, inclusive counts, section counts)`` per operation;
+        a section's count is the sum of its call and its steps.
+    """
+    sections = SECTIONS.get(spec.name, [])
+    env = {
+        **os.environ,
+        _ENV: json.dumps(sections),
+        "PYTHONPATH": os.pathsep.join(
+            [str(workdir), str(_HERE.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_count, spec, short, workdir, load, env)
+        second = pool.submit(_count, spec, long, workdir, load, env)
+        (n1, i1), (n2, i2) = first.result(), second.result()
+    if n2 <= n1:
+        raise RuntimeError(f"the long run did no more operations ({n2}) than the short ({n1})")
+    files = [workdir / f"{spec.name}-{seconds:g}.out" for seconds in (short, long)]
+    first_file, second_file = files
+    own = _per_operation(
+        annotate(first_file, inclusive=False), annotate(second_file, inclusive=False), n2 - n1
+    )
+    inclusive = _per_operation(
+        annotate(first_file, inclusive=True), annotate(second_file, inclusive=True), n2 - n1
+    )
+    by_section: dict[str, float] = {}
+    for index, (target, _) in enumerate(sections):
+        name = section_name(index)
+        by_section[target.partition(":")[2]] = sum(
+            count
+            for key, count in inclusive.items()
+            if key.startswith((f"{name} ", f"{name}_send "))
+        )
+    return (i2 - i1) / (n2 - n1), own, inclusive, by_section
+
+
+def _top(counts: dict[str, float], top: int, skip: Iterable[str] = ()) -> list[tuple[str, float]]:
+    hidden = tuple(skip)
+    rows = [(key, value) for key, value in counts.items() if not key.startswith(hidden)]
+    return sorted(rows, key=lambda row: -row[1])[:top]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure the servers named on the command line and print their breakdowns."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=sorted(MODES), default="rr-echo")
+    parser.add_argument("--servers", default="wsup,aiohttp", help="comma-separated names")
+    parser.add_argument("--conns", type=int, default=100, help="echo connections")
+    parser.add_argument("--size", type=int, default=4096, help="echo message size (bytes)")
+    parser.add_argument("--short", type=float, default=5.0, help="short window (s)")
+    parser.add_argument("--long", type=float, default=20.0, help="long window (s)")
+    parser.add_argument("--top", type=int, default=25, help="C functions to list")
+    parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
+    args = parser.parse_args(argv)
+    load = Load(MODES[args.scenario], conns=args.conns, size=args.size)
+    specs = select([name for name in args.servers.split(",") if name])
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            workdir = args.keep / spec.name if args.keep else Path(tmp) / spec.name
+            workdir.mkdir(parents=True, exist_ok=True)
+            build(workdir)
+            total, own, inclusive, by_section = measure(spec, load, args.short, args.long, workdir)
+            print(f"{spec.name}: {total:,.0f} instructions per {load.unit} (instrumented)")
+            if by_section:
+                print("  Python functions, inclusive:")
+                for name, value in by_section.items():
+                    print(f"    {value:>9,.0f}  {name}")
+            print("  C functions, self:")
+            for name, value in _top(own, args.top, skip=("section_",)):
+                print(f"    {value:>9,.0f}  {name}")
+            print("  C functions, inclusive:")
+            for name, value in _top(inclusive, args.top, skip=("section_",)):
+                print(f"    {value:>9,.0f}  {name}")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
