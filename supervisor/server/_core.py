@@ -57,12 +57,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from .._constants import CloseCode
 from ..metrics import close_reason_for_code
@@ -100,6 +106,8 @@ _OPEN = State.OPEN
 _ACCEPT = OutboundVerdict.ACCEPT
 #: What a peer's server reports when no close frame arrived (never on the wire).
 _NO_CLOSE_FRAME = (CloseCode.NO_STATUS_RCVD, CloseCode.ABNORMAL_CLOSURE)
+#: The code websockets' parser runs while it waits for the first byte of a frame.
+_AT_EOF = StreamReader.at_eof.__code__
 
 
 class Counter(Protocol):
@@ -210,6 +218,10 @@ class ConnectionCore:
             while nothing did.
         messages_in, messages_out, bytes_in, bytes_out: traffic so far.
     """
+
+    #: Whether :meth:`receive_data` may take whole frames without websockets' parser
+    #: (``False`` in a subclass: every byte through the protocol, as a reference).
+    _fast_frames = True
 
     __slots__ = (
         "_counters",
@@ -325,14 +337,27 @@ class ConnectionCore:
         the handshake request, read with it).
         """
         protocol = self.protocol
-        if data:
-            self.bytes_in += len(data)
-            protocol.receive_data(data)
-        events: Sequence[object] = protocol.events_received()
-        messages: list[str | bytes] = []
         keepalive = self.keepalive
+        messages: list[str | bytes] = []
+        events: Sequence[object] = ()
+        if not data:
+            events = protocol.events_received()
+        else:
+            self.bytes_in += len(data)
+            taken = self._take_frames(data, messages) if self._at_frame_start() else 0
+            if taken < len(data):
+                protocol.receive_data(data[taken:] if taken else data)
+                events = protocol.events_received()
         if not events:
-            if data and keepalive.on_unfinished(now):
+            if messages:
+                # Whole messages that websockets' parser never saw: complete
+                # frames, and nothing left unfinished (the parser waits at a frame
+                # start, no fragmented message under way).
+                keepalive.on_frame(now)
+                if keepalive.message_by is not None:
+                    keepalive.on_finished()
+                self.messages_in += len(messages)
+            elif data and keepalive.on_unfinished(now):
                 # Bytes of a frame not complete yet: it has message_timeout to end.
                 self._emit(RESCHEDULE)
             return messages
@@ -392,6 +417,81 @@ class ConnectionCore:
             keepalive.on_finished()
         self.messages_in += len(messages)
         return messages
+
+    def _at_frame_start(self) -> bool:
+        """Whether the next byte read begins a frame, with nothing of websockets'
+        protocol in between: open, no extension, no fragmented message under way,
+        no event or byte pending, its parser waiting for a frame's first byte."""
+        protocol = self.protocol
+        if (
+            not self._fast_frames
+            or protocol.state is not _OPEN
+            or protocol.extensions
+            or protocol.current_size is not None
+            or protocol.events
+            or protocol.debug
+        ):
+            return False
+        reader = protocol.reader
+        if reader.buffer or reader.eof:
+            return False
+        # Between frames parse() waits in at_eof() (ServerProtocol's parse() in
+        # Protocol's), within one in Frame.parse().
+        waiting: Any = protocol.parser
+        while waiting is not None:
+            if getattr(waiting, "gi_code", None) is _AT_EOF:
+                return True
+            waiting = getattr(waiting, "gi_yieldfrom", None)
+        return False
+
+    def _take_frames(self, data: bytes, messages: list[str | bytes]) -> int:
+        """Append the messages of the complete, unfragmented, masked text and binary
+        frames at the start of ``data`` (valid UTF-8 for text, within the size
+        limit, length in 7 or 16 bits); return how many bytes they took.
+
+        Called only at the start of a frame (:meth:`_at_frame_start`): these frames
+        would change nothing in websockets' protocol but its list of events, so
+        they skip its parser (a generator per frame, the largest cost of a small
+        message) and are unmasked with its C ``apply_mask``. Whatever follows,
+        from the first frame that is not one of them, goes to the protocol.
+        ``tests/supervisor/test_core_frames.py`` holds the two ways equal.
+        """
+        protocol = self.protocol
+        limit = protocol.max_message_size
+        fragment_limit = protocol.max_fragment_size
+        if fragment_limit is not None and (limit is None or fragment_limit < limit):
+            limit = fragment_limit
+        end_of_data = len(data)
+        taken = 0
+        while end_of_data - taken >= 6:
+            head = data[taken]
+            if head != 0x82 and head != 0x81:  # FIN, no RSV bit, binary or text
+                break
+            length = data[taken + 1] ^ 0x80  # 128 or more: not masked
+            start = taken + 6
+            if length > 125:
+                if length != 126 or end_of_data - taken < 8:
+                    break  # 64-bit length, unmasked, or not all here
+                length = (data[taken + 2] << 8) | data[taken + 3]
+                start = taken + 8
+            end = start + length
+            if end > end_of_data or (limit is not None and length > limit):
+                break
+            payload = apply_mask(data[start:end], data[start - 4 : start])
+            message: str | bytes
+            if head == 0x81:
+                try:
+                    message = payload.decode()
+                except UnicodeDecodeError:
+                    break  # the protocol's way, with the 1007
+                self._received_text += 1
+            else:
+                message = payload
+                self._received_binary += 1
+            self._received_bytes += length
+            messages.append(message)
+            taken = end
+        return taken
 
     def receive_eof(self, now: float) -> list[str | bytes]:
         """The peer ended its stream; return the messages still complete before it."""

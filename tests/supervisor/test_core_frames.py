@@ -1,0 +1,68 @@
+"""The core's frame fast path: whole, plain messages taken without websockets'
+parser, everything else left to it, with the same result for every input."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from websockets.frames import Opcode
+
+from supervisor.server._core import ConnectionCore
+from tests.helpers.core_frames import ProtocolOnlyCore, Stream, check_same, make_core, streams
+from tests.helpers.fuzz import RawFrame
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams())
+def test_the_fast_path_gives_what_the_protocol_gives(stream: Stream) -> None:
+    """Any frames cut into any reads, compression on or off: the same messages,
+    events, bytes written and close, read after read."""
+    check_same(stream)
+
+
+def binary(payload: bytes, key: bytes = b"abcd") -> bytes:
+    return RawFrame(Opcode.BINARY.value, payload).encode(key)
+
+
+def test_plain_messages_skip_the_parser_and_the_rest_goes_to_it() -> None:
+    core, counters = make_core(ConnectionCore)
+    assert core._at_frame_start()
+    ping = RawFrame(Opcode.PING.value, b"p").encode(b"wxyz")
+    data = binary(b"one") + RawFrame(Opcode.TEXT.value, "twö".encode()).encode(b"\x00\xff\x10\x01")
+    data += binary(b"x" * 300) + ping + binary(b"four")
+    probe, _ = make_core(ConnectionCore)
+    assert probe._take_frames(data, []) == len(data) - len(ping) - len(binary(b"four"))
+    assert core.receive_data(data, 1.0) == [b"one", "twö", b"x" * 300, b"four"]
+    assert counters.received_text.total == 0  # counted once the read is settled
+    assert core.after_read(1.0)  # the pong
+    assert (counters.received_text.total, counters.received_binary.total) == (1, 3)
+    assert core.messages_in == 4
+    assert core.bytes_in == len(data)
+
+
+def test_only_a_frame_start_takes_the_fast_path() -> None:
+    """websockets' parser waits for a frame's first byte between frames: the fast
+    path sees that (a change in websockets that hides it would turn it off)."""
+    core, _ = make_core(ConnectionCore)
+    frame = binary(b"payload")
+    for cut in (1, 2, 6, len(frame) - 1):
+        assert core.receive_data(frame[:cut], 0.0) == []
+        assert not core._at_frame_start()
+        assert core.receive_data(frame[cut:], 0.0) == [b"payload"]
+        assert core._at_frame_start()
+    core.receive_data(RawFrame(Opcode.BINARY.value, b"a", fin=False).encode(b"abcd"), 0.0)
+    assert not core._at_frame_start()  # a fragmented message is under way
+
+
+def test_compression_and_the_reference_never_take_the_fast_path() -> None:
+    deflated, _ = make_core(ConnectionCore, deflate=True)
+    reference, _ = make_core(ProtocolOnlyCore)
+    assert not deflated._at_frame_start()
+    assert not reference._at_frame_start()
+    assert reference.receive_data(binary(b"same"), 0.0) == [b"same"]
+
+
+def test_a_message_over_the_limit_fails_as_the_protocol_says() -> None:
+    core, _ = make_core(ConnectionCore, max_size=100)
+    assert core.receive_data(binary(b"a" * 100) + binary(b"b" * 101), 0.0) == [b"a" * 100]
+    core.after_read(0.0)
+    assert core.close_info == (1009, "frame with 101 bytes exceeds limit of 100 bytes", "server")
