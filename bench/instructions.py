@@ -45,7 +45,9 @@ from pathlib import Path
 from bench.registry import Launch, ServerSpec, select
 
 _STARTUP_TIMEOUT = 600.0
-"""Seconds a server may take to listen under valgrind."""
+"""Seconds a server may take to listen under valgrind (minutes on a busy machine)."""
+_STARTS = 3
+"""Attempts to start a server that exits before it listens."""
 
 #: ``--scenario`` to the ``bench.loadgen`` mode that produces its load.
 MODES = {"handshake": "handshake", "echo": "echo", "rr-echo": "rr"}
@@ -58,11 +60,15 @@ def _free_port() -> int:
         return port
 
 
+class _ExitedEarly(RuntimeError):
+    """The server exited before it listened."""
+
+
 def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + _STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode} before listening")
+            raise _ExitedEarly(f"the server exited with {server.returncode} before listening")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -140,20 +146,34 @@ def _count(
 
     ``env``: the server's environment (by default this process's).
     """
-    port = _free_port()
     log = workdir / f"{spec.name}-{seconds:g}.log"
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={workdir / f'{spec.name}-{seconds:g}.out'}",
-        f"--log-file={log}",
-        *spec.command(Launch(port=port, app="echo", compression=False, ping_interval=20.0)),
-    ]
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
+    errors = workdir / f"{spec.name}-{seconds:g}.err"
+    for attempt in range(_STARTS):
+        port = _free_port()
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={workdir / f'{spec.name}-{seconds:g}.out'}",
+            f"--log-file={log}",
+            *spec.command(Launch(port=port, app="echo", compression=False, ping_interval=20.0)),
+        ]
+        with errors.open("wb") as stderr:
+            server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        try:
+            _wait_listening(port, server)
+        except _ExitedEarly:
+            # Most likely the port went to another process's connection meanwhile
+            # (on a machine where other benchmarks run): once more on another port.
+            tail = errors.read_text(errors="replace")[-2000:]
+            if attempt == _STARTS - 1:
+                raise RuntimeError(f"the server exited before listening:\n{tail}") from None
+            continue
+        except BaseException:
+            server.kill()
+            server.wait()
+            raise
+        break
     try:
-        _wait_listening(port, server)
         done = _operations(port, seconds, load)
         time.sleep(1.0)  # let the last closes finish before the shutdown
     finally:

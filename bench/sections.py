@@ -171,6 +171,7 @@ def annotate(path: Path, *, inclusive: bool) -> dict[str, int]:
         text=True,
     ).stdout
     counts: dict[str, int] = {}
+    objects: dict[str, str] = {}
     started = False
     for line in out.splitlines():
         if "file:function" in line:
@@ -180,9 +181,16 @@ def annotate(path: Path, *, inclusive: bool) -> dict[str, int]:
         if found is None:
             continue
         count, where, obj = found.groups()
-        function = where.rpartition(":")[2] if ":" in where else where
+        # Recursion levels ('2) and a function listed with and without its object: one.
+        function = re.sub(r"'\d+$", "", where.rpartition(":")[2])
         key = f"{function} ({Path(obj).name})" if obj else function
         counts[key] = counts.get(key, 0) + int(count.replace(",", ""))
+        if obj:
+            objects[function] = key
+    # Merge "f" into "f (object)" where both appear.
+    for function, key in objects.items():
+        if function in counts and function != key:
+            counts[key] += counts.pop(function)
     return counts
 
 
@@ -196,11 +204,11 @@ def _per_operation(
 
 def measure(
     spec: ServerSpec, load: Load, short: float, long: float, workdir: Path
-) -> tuple[float, dict[str, float], dict[str, float], dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, float]]:
     """Run ``spec`` twice under callgrind with its sections.
 
     Returns:
-        ``(total, self counts, inclusive counts, section counts)`` per operation;
+        ``(total, self counts, section counts)`` per operation;
         a section's count is the sum of its call and its steps.
     """
     sections = SECTIONS.get(spec.name, [])
@@ -233,7 +241,16 @@ def measure(
             for key, count in inclusive.items()
             if key.startswith((f"{name} ", f"{name}_send "))
         )
-    return (i2 - i1) / (n2 - n1), own, inclusive, by_section
+    return (i2 - i1) / (n2 - n1), own, by_section
+
+
+def _by_object(counts: dict[str, float]) -> dict[str, float]:
+    """Self counts added up per shared object (the interpreter, uvloop, libc...)."""
+    totals: dict[str, float] = {}
+    for key, value in counts.items():
+        obj = key.rpartition(" (")[2].rstrip(")") if key.endswith(")") else "?"
+        totals[obj] = totals.get(obj, 0.0) + value
+    return totals
 
 
 def _top(counts: dict[str, float], top: int, skip: Iterable[str] = ()) -> list[tuple[str, float]]:
@@ -261,17 +278,17 @@ def main(argv: list[str] | None = None) -> None:
             workdir = args.keep / spec.name if args.keep else Path(tmp) / spec.name
             workdir.mkdir(parents=True, exist_ok=True)
             build(workdir)
-            total, own, inclusive, by_section = measure(spec, load, args.short, args.long, workdir)
+            total, own, by_section = measure(spec, load, args.short, args.long, workdir)
             print(f"{spec.name}: {total:,.0f} instructions per {load.unit} (instrumented)")
             if by_section:
                 print("  Python functions, inclusive:")
                 for name, value in by_section.items():
                     print(f"    {value:>9,.0f}  {name}")
+            print("  self, by object:")
+            for name, value in _top(_by_object(own), args.top):
+                print(f"    {value:>9,.0f}  {name}")
             print("  C functions, self:")
             for name, value in _top(own, args.top, skip=("section_",)):
-                print(f"    {value:>9,.0f}  {name}")
-            print("  C functions, inclusive:")
-            for name, value in _top(inclusive, args.top, skip=("section_",)):
                 print(f"    {value:>9,.0f}  {name}")
             print(flush=True)
 
