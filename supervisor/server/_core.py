@@ -110,6 +110,21 @@ _NO_CLOSE_FRAME = (CloseCode.NO_STATUS_RCVD, CloseCode.ABNORMAL_CLOSURE)
 _AT_EOF = StreamReader.at_eof.__code__
 
 
+def _parser_waits(protocol: ServerProtocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame, nothing buffered."""
+    reader = protocol.reader
+    if reader.buffer or reader.eof:
+        return False
+    # Between frames parse() waits in at_eof() (ServerProtocol's parse() in
+    # Protocol's), within one in Frame.parse().
+    waiting: Any = protocol.parser
+    while waiting is not None:
+        if getattr(waiting, "gi_code", None) is _AT_EOF:
+            return True
+        waiting = getattr(waiting, "gi_yieldfrom", None)
+    return False
+
+
 class Counter(Protocol):
     """Something that counts (a batched Prometheus counter, in the server)."""
 
@@ -219,10 +234,6 @@ class ConnectionCore:
         messages_in, messages_out, bytes_in, bytes_out: traffic so far.
     """
 
-    #: Whether :meth:`receive_data` may take whole frames without websockets' parser
-    #: (``False`` in a subclass: every byte through the protocol, as a reference).
-    _fast_frames = True
-
     __slots__ = (
         "_counters",
         "_failing",
@@ -232,6 +243,7 @@ class ConnectionCore:
         "_inbound",
         "_max_fragments",
         "_max_size",
+        "_parser_idle",
         "_received_binary",
         "_received_bytes",
         "_received_text",
@@ -292,6 +304,9 @@ class ConnectionCore:
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         # Received since the last after_read: counted once per read, not per message.
         self._received_text = self._received_binary = self._received_bytes = 0
+        #: websockets' parser waits for a frame's first byte with nothing buffered
+        #: (see _take_frames); known again whenever the protocol is fed.
+        self._parser_idle = _parser_waits(protocol)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -344,9 +359,10 @@ class ConnectionCore:
             events = protocol.events_received()
         else:
             self.bytes_in += len(data)
-            taken = self._take_frames(data, messages) if self._at_frame_start() else 0
+            taken = self._take_frames(data, messages) if self._parser_idle else 0
             if taken < len(data):
                 protocol.receive_data(data[taken:] if taken else data)
+                self._parser_idle = _parser_waits(protocol)
                 events = protocol.events_received()
         if not events:
             if messages:
@@ -418,45 +434,30 @@ class ConnectionCore:
         self.messages_in += len(messages)
         return messages
 
-    def _at_frame_start(self) -> bool:
-        """Whether the next byte read begins a frame, with nothing of websockets'
-        protocol in between: open, no extension, no fragmented message under way,
-        no event or byte pending, its parser waiting for a frame's first byte."""
-        protocol = self.protocol
-        if (
-            not self._fast_frames
-            or protocol.state is not _OPEN
-            or protocol.extensions
-            or protocol.current_size is not None
-            or protocol.events
-            or protocol.debug
-        ):
-            return False
-        reader = protocol.reader
-        if reader.buffer or reader.eof:
-            return False
-        # Between frames parse() waits in at_eof() (ServerProtocol's parse() in
-        # Protocol's), within one in Frame.parse().
-        waiting: Any = protocol.parser
-        while waiting is not None:
-            if getattr(waiting, "gi_code", None) is _AT_EOF:
-                return True
-            waiting = getattr(waiting, "gi_yieldfrom", None)
-        return False
-
     def _take_frames(self, data: bytes, messages: list[str | bytes]) -> int:
         """Append the messages of the complete, unfragmented, masked text and binary
         frames at the start of ``data`` (valid UTF-8 for text, within the size
         limit, length in 7 or 16 bits); return how many bytes they took.
 
-        Called only at the start of a frame (:meth:`_at_frame_start`): these frames
-        would change nothing in websockets' protocol but its list of events, so
-        they skip its parser (a generator per frame, the largest cost of a small
-        message) and are unmasked with its C ``apply_mask``. Whatever follows,
-        from the first frame that is not one of them, goes to the protocol.
-        ``tests/supervisor/test_core_frames.py`` holds the two ways equal.
+        Only while websockets' parser waits for a frame's first byte with nothing
+        buffered, the connection open, without extensions, no fragmented message
+        under way, no event pending: then these frames would change nothing in
+        the protocol but its list of events, so they skip its parser (a
+        generator per frame, the largest cost of a small message) and are
+        unmasked with its C ``apply_mask``. Whatever follows, from the first
+        frame that is not one of them, goes to the protocol.
+        ``tests/supervisor/test_core_frames.py`` and the fuzz target
+        ``tests/fuzz/test_fuzz_core_frames.py`` hold the two ways equal.
         """
         protocol = self.protocol
+        if (
+            protocol.state is not _OPEN
+            or protocol.extensions
+            or protocol.current_size is not None
+            or protocol.events
+            or protocol.debug
+        ):
+            return 0
         limit = protocol.max_message_size
         fragment_limit = protocol.max_fragment_size
         if fragment_limit is not None and (limit is None or fragment_limit < limit):
@@ -496,6 +497,7 @@ class ConnectionCore:
     def receive_eof(self, now: float) -> list[str | bytes]:
         """The peer ended its stream; return the messages still complete before it."""
         self.protocol.receive_eof()
+        self._parser_idle = False
         return self.receive_data(b"", now)
 
     def _too_many_fragments(self) -> None:
@@ -683,6 +685,16 @@ class ConnectionCore:
         :attr:`outbound` is not empty."""
         outbound = self.outbound
         protocol = self.protocol
+        if (
+            not outbound.control_bytes
+            and outbound.bytes <= WRITE_BATCH
+            and self.close_request is None
+            and protocol.state is _OPEN
+            and not protocol.writes
+        ):
+            # The usual case, in one step: messages only, all of them in this
+            # batch, nothing of the protocol's own to write around them.
+            return self._frame(outbound.take_all())
         if outbound:
             control = outbound.take_control(WRITE_BATCH) if outbound.control_bytes else b""
             # Past OPEN, _frame drops messages: take them all at once.
@@ -838,4 +850,5 @@ class ConnectionCore:
         # Ends websockets' parser, a generator that refers back to its protocol (as
         # websockets' own connections do when the socket goes): no cycle is left.
         self.protocol.receive_eof()
+        self._parser_idle = False
         return code, reason, initiator, self.reason_label or close_reason_for_code(code)

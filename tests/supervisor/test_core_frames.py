@@ -25,7 +25,7 @@ def binary(payload: bytes, key: bytes = b"abcd") -> bytes:
 
 def test_plain_messages_skip_the_parser_and_the_rest_goes_to_it() -> None:
     core, counters = make_core(ConnectionCore)
-    assert core._at_frame_start()
+    assert core._parser_idle
     ping = RawFrame(Opcode.PING.value, b"p").encode(b"wxyz")
     data = binary(b"one") + RawFrame(Opcode.TEXT.value, "twö".encode()).encode(b"\x00\xff\x10\x01")
     data += binary(b"x" * 300) + ping + binary(b"four")
@@ -40,24 +40,29 @@ def test_plain_messages_skip_the_parser_and_the_rest_goes_to_it() -> None:
 
 
 def test_only_a_frame_start_takes_the_fast_path() -> None:
-    """websockets' parser waits for a frame's first byte between frames: the fast
-    path sees that (a change in websockets that hides it would turn it off)."""
+    """websockets' parser waits for a frame's first byte between frames: the core
+    sees that (a change in websockets that hid it would turn the fast path off,
+    and fail this test)."""
     core, _ = make_core(ConnectionCore)
     frame = binary(b"payload")
     for cut in (1, 2, 6, len(frame) - 1):
         assert core.receive_data(frame[:cut], 0.0) == []
-        assert not core._at_frame_start()
+        assert not core._parser_idle
         assert core.receive_data(frame[cut:], 0.0) == [b"payload"]
-        assert core._at_frame_start()
+        assert core._parser_idle
+    assert core._take_frames(frame, []) == len(frame)
     core.receive_data(RawFrame(Opcode.BINARY.value, b"a", fin=False).encode(b"abcd"), 0.0)
-    assert not core._at_frame_start()  # a fragmented message is under way
+    assert core._parser_idle
+    assert core._take_frames(frame, []) == 0  # a fragmented message is under way
 
 
-def test_compression_and_the_reference_never_take_the_fast_path() -> None:
+def test_compression_and_the_end_of_the_stream_turn_the_fast_path_off() -> None:
     deflated, _ = make_core(ConnectionCore, deflate=True)
+    assert deflated._take_frames(binary(b"x"), []) == 0
+    ended, _ = make_core(ConnectionCore)
+    ended.receive_eof(0.0)
+    assert not ended._parser_idle
     reference, _ = make_core(ProtocolOnlyCore)
-    assert not deflated._at_frame_start()
-    assert not reference._at_frame_start()
     assert reference.receive_data(binary(b"same"), 0.0) == [b"same"]
 
 
