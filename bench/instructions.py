@@ -202,18 +202,28 @@ def measure(
     return (i2 - i1) / (n2 - n1), n1, n2
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Measure the servers named on the command line and print one line each."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=sorted(MODES), default="handshake")
-    parser.add_argument("--servers", default="websockets,wsup", help="comma-separated names")
+def arguments(description: str, scenario: str, servers: str) -> argparse.ArgumentParser:
+    """The command line of this module (and of ``bench.sections``), with its defaults."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scenario", choices=sorted(MODES), default=scenario)
+    parser.add_argument("--servers", default=servers, help="comma-separated names")
     parser.add_argument("--conns", type=int, default=100, help="echo connections")
     parser.add_argument("--size", type=int, default=4096, help="echo message size (bytes)")
     parser.add_argument("--short", type=float, default=5.0, help="short window (s)")
     parser.add_argument("--long", type=float, default=20.0, help="long window (s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def chosen(args: argparse.Namespace) -> tuple[list[ServerSpec], Load]:
+    """The servers and the load the parsed command line names."""
     specs = select([name for name in args.servers.split(",") if name])
-    load = Load(MODES[args.scenario], conns=args.conns, size=args.size)
+    return specs, Load(MODES[args.scenario], conns=args.conns, size=args.size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure the servers named on the command line and print one line each."""
+    args = arguments(__doc__.splitlines()[0], "handshake", "websockets,wsup").parse_args(argv)
+    specs, load = chosen(args)
     results: dict[str, float] = {}
     for spec in specs:
         per, n1, n2 = measure(spec, args.short, args.long, load)

@@ -23,7 +23,6 @@ Python's headers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -34,8 +33,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.instructions import MODES, Load, _count
-from bench.registry import ServerSpec, select
+from bench.instructions import Load, _count, arguments, chosen
+from bench.registry import ServerSpec
 
 _HERE = Path(__file__).resolve().parent
 _ENV = "BENCH_SECTIONS"
@@ -268,18 +267,11 @@ def _top(counts: dict[str, float], top: int, skip: Iterable[str] = ()) -> list[t
 
 def main(argv: list[str] | None = None) -> None:
     """Measure the servers named on the command line and print their breakdowns."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=sorted(MODES), default="rr-echo")
-    parser.add_argument("--servers", default="wsup,aiohttp", help="comma-separated names")
-    parser.add_argument("--conns", type=int, default=100, help="echo connections")
-    parser.add_argument("--size", type=int, default=4096, help="echo message size (bytes)")
-    parser.add_argument("--short", type=float, default=5.0, help="short window (s)")
-    parser.add_argument("--long", type=float, default=20.0, help="long window (s)")
+    parser = arguments(__doc__.splitlines()[0], "rr-echo", "wsup,aiohttp")
     parser.add_argument("--top", type=int, default=25, help="C functions to list")
     parser.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     args = parser.parse_args(argv)
-    load = Load(MODES[args.scenario], conns=args.conns, size=args.size)
-    specs = select([name for name in args.servers.split(",") if name])
+    specs, load = chosen(args)
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
             workdir = args.keep / spec.name if args.keep else Path(tmp) / spec.name

@@ -75,9 +75,12 @@ class Stream:
 def make_core(
     cls: type[ConnectionCore],
     *,
+    limit: int = 1 << 20,
+    policy: SlowConsumerPolicy = SlowConsumerPolicy.BLOCK,
     deflate: bool = False,
     max_size: int | tuple[int, int] = 1 << 20,
     max_fragments: int = 1024,
+    keepalive: KeepaliveConfig = KEEPALIVE,
 ) -> tuple[ConnectionCore, Counters]:
     """A core past its handshake, as the server makes it."""
     protocol = ServerProtocol(state=State.OPEN, max_size=max_size)
@@ -87,10 +90,11 @@ def make_core(
     core = cls(
         protocol,
         counters,
-        keepalive=KEEPALIVE,
+        keepalive=keepalive,
         now=0.0,
-        outbound_limit=1 << 20,
-        slow_consumer=SlowConsumerPolicy.BLOCK,
+        outbound_limit=limit,
+        slow_consumer=policy,
+        slow_consumer_code=1013,
         max_fragments=max_fragments,
     )
     return core, counters

@@ -5,8 +5,6 @@ websockets ``ClientProtocol``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -32,27 +30,8 @@ from supervisor.server._outbound import (
     SlowConsumerPolicy,
     frame_header,
 )
-
-
-@dataclass
-class Count:
-    total: int = 0
-
-    def inc(self, amount: int = 1) -> None:
-        self.total += amount
-
-
-@dataclass
-class Counters:
-    received_text: Count = field(default_factory=Count)
-    received_binary: Count = field(default_factory=Count)
-    received_bytes: Count = field(default_factory=Count)
-    sent_text: Count = field(default_factory=Count)
-    sent_binary: Count = field(default_factory=Count)
-    sent_bytes: Count = field(default_factory=Count)
-
-
-KEEPALIVE = KeepaliveConfig(ping_interval=10.0, ping_timeout=5.0, idle_timeout=60.0)
+from tests.helpers import core_frames
+from tests.helpers.core_frames import KEEPALIVE, Counters
 
 
 def make_core(
@@ -63,21 +42,14 @@ def make_core(
     deflate: bool = False,
     keepalive: KeepaliveConfig = KEEPALIVE,
 ) -> tuple[ConnectionCore, Counters]:
-    protocol = ServerProtocol(state=State.OPEN, max_size=1 << 20)
-    if deflate:
-        protocol.extensions = [PerMessageDeflate(False, False, 15, 15)]
-    counters = Counters()
-    core = ConnectionCore(
-        protocol,
-        counters,
-        keepalive=keepalive,
-        now=0.0,
-        outbound_limit=limit,
-        slow_consumer=policy,
-        slow_consumer_code=1013,
+    return core_frames.make_core(
+        ConnectionCore,
+        limit=limit,
+        policy=policy,
         max_fragments=max_fragments,
+        deflate=deflate,
+        keepalive=keepalive,
     )
-    return core, counters
 
 
 def frame(opcode: Opcode, data: bytes = b"", *, fin: bool = True) -> bytes:
