@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from bench.registry import Launch, ServerSpec, select
 
 _STARTUP_TIMEOUT = 600.0
@@ -64,16 +66,24 @@ class _ExitedEarly(RuntimeError):
     """The server exited before it listened."""
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on ``port``: a server that takes minutes
+    to start under valgrind may find its port taken by another process meanwhile."""
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
+
+
 def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + _STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise _ExitedEarly(f"the server exited with {server.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if _listens(server.pid, port):
             return
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise RuntimeError(f"the server did not listen within {_STARTUP_TIMEOUT:g} s")
 
 
