@@ -30,7 +30,9 @@ go side by side).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -41,8 +43,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from bench.registry import Launch, ServerSpec, select
 
@@ -67,13 +67,31 @@ class _ExitedEarly(RuntimeError):
 
 
 def _listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` itself listens on ``port``: a server that takes minutes
-    to start under valgrind may find its port taken by another process meanwhile."""
+    """Whether process ``pid`` itself listens on ``port`` (Linux ``/proc``): a
+    server that takes minutes to start under valgrind may find its port taken by
+    another process meanwhile."""
+    sockets = set()
     try:
-        sockets = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.Error:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sockets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        table = [
+            line
+            for name in ("tcp", "tcp6")
+            for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
+        ]
+    except OSError:
         return False
-    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
+    for line in table:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if (
+            state == "0A"  # LISTEN
+            and int(local.rpartition(":")[2], 16) == port
+            and f"socket:[{inode}]" in sockets
+        ):
+            return True
+    return False
 
 
 def _wait_listening(port: int, server: subprocess.Popen[bytes]) -> None:
