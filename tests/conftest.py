@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# No test may depend on how fast this machine is: hypothesis's per-example time
+# limit (200 ms by default) is a timing assertion, and it fails on a busy CI host.
+settings.register_profile("wsup", deadline=None)
+settings.load_profile("wsup")
 
 #: The programs tests/e2e drives, and how each tells its version.
 PROGRAMS = {
