@@ -4,10 +4,11 @@
 ``wsup serve examples.echo:app --redis ...`` nodes with an API key, then:
 
 1. **sends/s**: ``--clients`` threads POST ``/api/send`` to node one as fast as
-   they can for ``--seconds`` (each request on its own TCP connection: the API
-   closes after each answer), to an address held by one WebSocket connection on
-   node two, whose client reads every message. Prints requests/s and the
-   latency percentiles.
+   they can for ``--seconds``, to an address held by one WebSocket connection on
+   node two, whose client reads every message: once with a new TCP connection
+   per request (``Connection: close``), once with one kept-alive connection per
+   thread (HTTP/1.1 keep-alive), ``--repeats`` times in turn. Prints
+   requests/s and the latency percentiles of each run, then the medians.
 2. **presence**: writes ``--members`` members of ``room:big`` into the presence
    hash, half under each node's id (what the nodes write when that many
    connections join; the query reads the same data), then times
@@ -72,6 +73,51 @@ def _request(port: int, method: str, path: str, body: bytes | None = None) -> tu
         connection.close()
 
 
+def _sends(port: int, payload: bytes, clients: int, seconds: float, keep_alive: bool) -> str:
+    """``clients`` threads POST ``/api/send`` for ``seconds``; one line of results."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    if not keep_alive:
+        headers["Connection"] = "close"
+
+    def client(mine: list[float]) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                connection.request("POST", "/api/send", body=payload, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                mine.append(time.perf_counter() - started)
+                assert response.status == 200
+                if not keep_alive:
+                    connection.close()  # the next request opens a new one
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(mine,)) for mine in latencies]
+    begun = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - begun
+    flat = [x for mine in latencies for x in mine]
+    p50, p99 = (_percentile(flat, q) * 1000 for q in (0.5, 0.99))
+    rate = len(flat) / elapsed
+    how = "keep-alive" if keep_alive else "a new TCP connection per request"
+    _RATES.setdefault(keep_alive, []).append((rate, p50))
+    return (
+        f"sends ({how}): {len(flat)} in {elapsed:.1f} s = {rate:.0f}/s "
+        f"({clients} clients); latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
+
+
+#: sends/s and p50 (ms) of each run, by keep-alive.
+_RATES: dict[bool, list[tuple[float, float]]] = {}
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -84,6 +130,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each sends mode")
+    parser.add_argument("--no-presence", action="store_true", help="measure sends only")
     args = parser.parse_args()
     redis_server = shutil.which("redis-server")
     if redis_server is None:
@@ -136,30 +184,16 @@ def main() -> None:
 
         threading.Thread(target=read, daemon=True).start()
         payload = json.dumps({"address": "all", "message": "x" * 64}).encode()
-        latencies: list[list[float]] = [[] for _ in range(args.clients)]
-        stop = time.monotonic() + args.seconds
-
-        def client(mine: list[float]) -> None:
-            while time.monotonic() < stop:
-                started = time.perf_counter()
-                status, _ = _request(ports[0], "POST", "/api/send", payload)
-                mine.append(time.perf_counter() - started)
-                assert status == 200
-
-        threads = [threading.Thread(target=client, args=(mine,)) for mine in latencies]
-        begun = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - begun
-        flat = [x for mine in latencies for x in mine]
-        p50, p99 = (_percentile(flat, q) * 1000 for q in (0.5, 0.99))
-        print(
-            f"sends: {len(flat)} in {elapsed:.1f} s = {len(flat) / elapsed:.0f}/s "
-            f"({args.clients} clients, a new TCP connection per request); "
-            f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms"
-        )
+        for _ in range(args.repeats):
+            for keep_alive in (False, True):
+                print(_sends(ports[0], payload, args.clients, args.seconds, keep_alive))
+        for keep_alive, runs in sorted(_RATES.items()):
+            how = "keep-alive" if keep_alive else "a new TCP connection per request"
+            rate = statistics.median(r for r, _ in runs)
+            p50 = statistics.median(p for _, p in runs)
+            print(f"median of {len(runs)} ({how}): {rate:.0f} sends/s, p50 {p50:.2f} ms")
+        if args.no_presence:
+            return
 
         # 2. presence over --members members, half on each node.
         import redis as redis_module

@@ -42,7 +42,15 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from ._accept import AcceptFailure, classify_accept_error
-from ._handshake import LINGER_BYTES, Answer, HookCall, RequestReader, Socket, Upgrade
+from ._handshake import (
+    LINGER_BYTES,
+    Answer,
+    HookCall,
+    HTTPRequest,
+    RequestReader,
+    Socket,
+    Upgrade,
+)
 
 if TYPE_CHECKING:
     from ._server import Handshakes, Server
@@ -90,11 +98,14 @@ class HandshakeProtocol(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_decided",
+        "_held",
         "_host",
         "_linger_left",
         "_ops_only",
         "_protocol",
         "_reader",
+        "_request",
+        "_served",
         "_socket",
         "_started",
         "_timer",
@@ -113,6 +124,12 @@ class HandshakeProtocol(asyncio.Protocol):
         self._protocol = host.new_protocol()
         self._socket: Socket | None = None
         self._reader: RequestReader | None = None
+        #: The request being answered (None for an answer to bytes that were not one).
+        self._request: HTTPRequest | None = None
+        #: Requests answered with the connection kept alive.
+        self._served = 0
+        #: Bytes read while a decision ran in a task: the next requests.
+        self._held: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         host = self._host
@@ -148,45 +165,67 @@ class HandshakeProtocol(asyncio.Protocol):
             if self._linger_left < 0 and self._transport is not None:
                 self._transport.abort()  # enough: more than an answer is worth
             return
-        if self._decided:
-            # Read before pausing took effect: the parser keeps it for the connection.
-            self._protocol.receive_data(data)
-            return
         reader = self._reader
         assert reader is not None
-        parsed = reader.feed(data)
-        if parsed is None:
+        if self._decided:
+            # Read before pausing took effect: after an upgrade request, the parser
+            # keeps it for the connection; else it is the next request.
+            if reader.reading:
+                self._held.append(data)
+            else:
+                self._protocol.receive_data(data)
             return
-        self._settle()
-        if isinstance(parsed, Answer):
-            self._conclude(parsed)
-            return
-        transport = self._transport
-        assert transport is not None
-        assert self._socket is not None
-        step = self._host.decider.decide(parsed, self._protocol, self._socket)
-        if isinstance(step, HookCall):
-            ran = step.run()
-            if not isinstance(ran, Answer | Upgrade):
-                # A hook returned an awaitable: the rest needs a task, and what
-                # arrives meanwhile waits in the socket.
-                transport.pause_reading()
-                if not self._host.start_soon(lambda: self._conclude_later(ran)):
-                    ran.close()
-                    transport.abort()
+        self._serve(reader.feed(data))
+
+    def _serve(self, parsed: HTTPRequest | Answer | None) -> None:
+        """Answer ``parsed`` and, while the connection is kept alive, the requests
+        already read behind it."""
+        while parsed is not None:
+            self._settle()
+            if isinstance(parsed, Answer):
+                self._request = None
+                self._conclude(parsed)
                 return
-            step = ran
-        self._conclude(step)
+            transport = self._transport
+            assert transport is not None
+            assert self._socket is not None
+            self._request = parsed
+            step = self._host.decider.decide(parsed, self._protocol, self._socket)
+            if isinstance(step, HookCall):
+                ran = step.run()
+                if not isinstance(ran, Answer | Upgrade):
+                    # A hook returned an awaitable: the rest needs a task, and what
+                    # arrives meanwhile waits in the socket.
+                    transport.pause_reading()
+                    if not self._host.start_soon(functools.partial(self._conclude_later, ran)):
+                        ran.close()
+                        transport.abort()
+                    return
+                step = ran
+            if not self._conclude(step):
+                return
+            parsed = self._next()
+
+    def _next(self) -> HTTPRequest | Answer | None:
+        """After an answer that kept the connection alive: the next request, if read."""
+        assert self._reader is not None
+        held = self._held
+        if held:
+            self._held = []
+            return self._reader.feed(b"".join(held))
+        return self._reader.next()
 
     async def _conclude_later(self, pending: Coroutine[Any, Any, Answer | Upgrade]) -> None:
         try:
-            self._conclude(await pending, resume=True)
+            if self._conclude(await pending, resume=True):
+                self._serve(self._next())
         except Exception:
             _log.exception("connection.failed")
             self.abort()
 
-    def _conclude(self, decision: Answer | Upgrade, *, resume: bool = False) -> None:
-        """Write the answer and linger, or write the 101 and hand the socket over.
+    def _conclude(self, decision: Answer | Upgrade, *, resume: bool = False) -> bool:
+        """Write the answer and linger (or wait for the next request), or write the 101
+        and hand the socket over; whether the connection waits for another request.
 
         ``resume``: reading was paused while the hooks ran in a task.
         """
@@ -195,10 +234,24 @@ class HandshakeProtocol(asyncio.Protocol):
         assert transport is not None
         if isinstance(decision, Answer):
             host.answered(decision, self._peer())
-            if not transport.is_closing():
-                transport.write(host.answer_bytes(decision))
-            self.linger(host.config.close_timeout, LINGER_BYTES)
-            return
+            request = self._request
+            keep = request is not None and host.decider.keeps_alive(
+                request, decision, self._served + 1
+            )
+            if transport.is_closing():
+                return False
+            transport.write(host.answer_bytes(decision, keep))
+            if not keep:
+                self.linger(host.config.close_timeout, LINGER_BYTES)
+                return False
+            self._served += 1
+            self._decided = False
+            self._started = host.now()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
+            if resume:
+                transport.resume_reading()
+            return True
         protocol = self._protocol
         protocol.send_response(decision.response)
         if transport.is_closing():
@@ -209,10 +262,11 @@ class HandshakeProtocol(asyncio.Protocol):
                 decision.request.path,
             )
             transport.close()
-            return
+            return False
         transport.write(b"".join(protocol.data_to_send()))
         host.unowned.discard(self)  # the connection owns the socket from here
         host.open_connection(decision, protocol, self._started, transport).start(resume)
+        return False
 
     def eof_received(self) -> bool:
         if not self._decided:
@@ -262,21 +316,37 @@ class HandshakeProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._host.settled(self._ops_only)
+        if not self._served:  # once kept alive, the socket was settled already
+            self._host.settled(self._ops_only)
 
     def _reading_body(self) -> bool:
         return self._reader is not None and self._reader.reading_body
 
     def _failed(self) -> None:
         self._settle()
+        if self._kept_idle():
+            # A kept-alive client closed between requests: nothing failed.
+            if self._transport is not None:
+                self._transport.close()
+            return
         what = "request body" if self._reading_body() else "request"
         self._host.failed("failed", f"connection closed before the {what}", self._peer())
         if self._transport is not None:
             self._transport.close()
 
+    def _kept_idle(self) -> bool:
+        """Whether the connection was kept alive and nothing of another request came."""
+        return self._served > 0 and self._reader is not None and self._reader.idle
+
     def _timed_out(self) -> None:
         if not self._decided:
             self._settle()
+            if self._kept_idle():
+                # The idle timeout between kept-alive requests: close, say nothing.
+                if self._transport is not None:
+                    self._transport.close()
+                return
+            self._request = None  # the 408 answers no request: it closes
             previous = enter_callback()
             try:
                 self._conclude(self._host.decider.timed_out(reading_body=self._reading_body()))

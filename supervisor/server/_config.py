@@ -92,6 +92,9 @@ class ServerConfig:
             lines), in bytes; a bigger one gets 431 (a request line over it or over
             8 KiB gets 414, a header line over 8 KiB gets 431).
         max_headers: the most header fields a request may have; more get 431.
+        max_http_requests: the most plain HTTP requests (server API, HTTP routes,
+            operational endpoints) one connection may send with keep-alive; the
+            answer to the last says ``Connection: close``. 1: one per connection.
     """
 
     hosts: Sequence[str] = ("127.0.0.1",)
@@ -129,6 +132,7 @@ class ServerConfig:
     api_max_body: int = 1 << 20
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
+    max_http_requests: int = 1000
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -172,6 +176,8 @@ class ServerConfig:
             raise ValueError("max_header_bytes must be >= 1024 bytes")
         if self.max_headers < 1:
             raise ValueError("max_headers must be >= 1")
+        if self.max_http_requests < 1:
+            raise ValueError("max_http_requests must be >= 1")
         if self.api_max_body < 1:
             raise ValueError("api_max_body must be >= 1 byte")
         for name in ("handshake_timeout", "close_timeout", "drain_timeout"):

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import http
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, TypeAlias
@@ -103,6 +104,8 @@ _log = structlog.get_logger("wsup.server")
 #: At most this many bytes are read and discarded after an HTTP answer before closing
 #: (the lingering close of both drivers).
 LINGER_BYTES: Final = 1 << 20
+#: At most this many requests pipelined in one read are parsed before they are answered.
+_PIPELINED: Final = 32
 _GET_ONLY: Final = ("GET",)
 
 
@@ -165,6 +168,9 @@ class HTTPRequest:
         headers: the headers (look them up with the ``_request`` helpers:
             a repeated header makes ``Headers.__getitem__`` raise).
         body: the request body (empty but for a target that takes one).
+        keep_alive: the client keeps the connection open after the answer
+            (HTTP/1.1 without ``Connection: close``, or HTTP/1.0 with
+            ``Connection: keep-alive``).
     """
 
     method: str
@@ -173,6 +179,7 @@ class HTTPRequest:
     query: dict[str, list[str]]
     headers: Headers
     body: bytes = b""
+    keep_alive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +280,16 @@ def server_header_value(setting: ServerHeader, version: str) -> str | None:
     return "wsup" if setting == "name" else None
 
 
-def answer_bytes(response: Response, date: str) -> bytes:
-    """The bytes of an answer, with its ``Date`` header (``date``, read by the driver)."""
-    if "Date" not in response.headers:
-        response.headers = Headers([("Date", date), *response.headers.raw_items()])
+def answer_bytes(response: Response, date: str, keep_alive: bool = False) -> bytes:
+    """The bytes of an answer, with its ``Date`` header (``date``, read by the driver);
+    ``keep_alive``: the connection stays open for another request (``Connection:
+    keep-alive`` instead of ``close``)."""
+    headers = response.headers
+    if keep_alive and "Connection" in headers:
+        del headers["Connection"]
+        headers["Connection"] = "keep-alive"
+    if "Date" not in headers:
+        response.headers = Headers([("Date", date), *headers.raw_items()])
     return response.serialize()
 
 
@@ -309,46 +322,80 @@ class RequestReader:
         self._protocol = protocol
         self._message = message = _Message(handshake, socket)
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(message)
-        message.parser = self._parser
 
     @property
     def reading_body(self) -> bool:
         """Whether the head is read and the body is still coming."""
         return self._message.body is not None
 
-    def feed(self, data: bytes) -> HTTPRequest | Answer | None:
-        """Take ``data``; the request once it is complete, an :class:`Answer` if the
-        bytes are not a request wsup serves, else None (need more)."""
-        parser = self._parser
-        if parser is None:
-            return None  # decided already: what still arrives is not read here
+    @property
+    def idle(self) -> bool:
+        """Whether nothing of another request has arrived (a kept-alive connection
+        waiting for its next request)."""
         message = self._message
-        message.chunk_completed = False
-        rest = b""
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            rest = data[upgrade.args[0] :]
-        except httptools.HttpParserError as error:
-            return self._done(message.refusal or message.invalid(error))
-        request = message.request
-        if request is None:
-            return self._done(message.held(len(data)))
-        self._done(request)
+        return not message.in_head and message.body is None and not message.ready
+
+    @property
+    def reading(self) -> bool:
+        """Whether another request may still be read from these bytes (False after an
+        upgrade request, a malformed one, or too many pipelined at once)."""
+        return self._parser is not None
+
+    def feed(self, data: bytes) -> HTTPRequest | Answer | None:
+        """Take ``data``; the next request once it is complete, an :class:`Answer` if
+        the bytes are not a request wsup serves, else None (need more).
+
+        Requests pipelined behind the one returned are parsed too: :meth:`next`
+        gives them, one per answer.
+        """
+        parser = self._parser
+        if parser is not None:
+            message = self._message
+            message.chunk_completed = False
+            # The callbacks reach the parser only while it runs: no cycle between them
+            # outlives a read (a kept-alive socket's reader is freed without the collector).
+            message.parser = parser
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                message.upgrade_rest = data[upgrade.args[0] :]
+                self._stop()
+            except httptools.HttpParserError as error:
+                if not message.overflow:
+                    message.failure = message.refusal or message.invalid(error)
+                self._stop()
+            else:
+                message.failure = message.held(len(data))
+                if message.failure is not None:
+                    self._stop()
+            finally:
+                message.parser = None
+        return self.next()
+
+    def next(self) -> HTTPRequest | Answer | None:
+        """The next request already read (pipelined behind the last one answered), or
+        what ended the reading; None: more bytes are needed."""
+        message = self._message
+        ready = message.ready
+        if not ready:
+            failure = message.failure
+            message.failure = None
+            return failure
+        request = ready.popleft()
         # As websockets does once it has parsed a request itself: its parser goes
-        # on to frames, and gets the frames that came with the request.
+        # on to frames, and gets the frames that came with an upgrade request.
         protocol = self._protocol
         frames = WSProtocol.parse(protocol)
         next(frames)
         protocol.parser = frames
-        if rest:
+        rest = message.upgrade_rest
+        if rest and not ready:
+            message.upgrade_rest = b""
             protocol.receive_data(rest)
         return request
 
-    def _done(self, result: HTTPRequest | Answer | None) -> HTTPRequest | Answer | None:
-        if result is not None:
-            self._parser = self._message.parser = None  # no cycle left through the callbacks
-        return result
+    def _stop(self) -> None:
+        self._parser = None
 
 
 class _Message:
@@ -357,17 +404,20 @@ class _Message:
     __slots__ = (
         "body",
         "chunk_completed",
+        "failure",
         "handshake",
         "head_read",
         "in_head",
         "line_limit",
         "max_headers",
+        "overflow",
         "pairs",
         "parser",
         "pending",
+        "ready",
         "refusal",
-        "request",
         "socket",
+        "upgrade_rest",
         "url",
     )
 
@@ -388,8 +438,14 @@ class _Message:
         #: The request whose body is being collected, and the body.
         self.pending: HTTPRequest | None = None
         self.body: bytearray | None = None
-        #: The complete request.
-        self.request: HTTPRequest | None = None
+        #: Complete requests not returned yet (pipelined), in order.
+        self.ready: deque[HTTPRequest] = deque()
+        #: Too many of them in one read: parsing stopped there.
+        self.overflow = False
+        #: What ends the reading once the ready requests are answered.
+        self.failure: Answer | None = None
+        #: The bytes past an upgrade request (the last ready one): the protocol's.
+        self.upgrade_rest = b""
         #: The answer a callback decided on, stopping the parser.
         self.refusal: Answer | None = None
 
@@ -457,6 +513,7 @@ class _Message:
         method = raw_method.decode("ascii")
         path, query = split_target(target)
         request = HTTPRequest(method, target, path, query, headers)
+        request.keep_alive = parser.should_keep_alive()
         length = _announced(headers)
         if length:
             plan = handshake.body_plan(method, path, length, self.socket)
@@ -478,10 +535,14 @@ class _Message:
         if self.body is not None:
             request.body = bytes(self.body)
             self.body = None
-        if self.request is None:
-            self.request = request
-        # A request pipelined behind it waits for no one: the connection closes after
-        # the answer to the first (parsed, not served).
+        ready = self.ready
+        ready.append(request)
+        if len(ready) >= _PIPELINED:
+            # A read full of tiny pipelined requests: parse no more of it. The
+            # connection closes after answering these (the client may send the rest
+            # again on a new one).
+            self.overflow = True
+            raise _Stop
 
     # -- the answers -----------------------------------------------------------------------
 
@@ -575,6 +636,7 @@ class Handshake:
         "_api_port",
         "_app",
         "_host",
+        "_max_http_requests",
         "_ops_allow",
         "_ops_on_main_port",
         "_origins",
@@ -601,6 +663,7 @@ class Handshake:
         #: The request head's limits (``RequestReader`` keeps them).
         self.max_header_bytes = config.max_header_bytes
         self.max_headers = config.max_headers
+        self._max_http_requests = config.max_http_requests
 
     # -- answers without a request ---------------------------------------------------------
 
@@ -621,6 +684,26 @@ class Handshake:
         return Answer(
             self.plain(408, "handshake timed out\n"),
             Outcome("timeout", f"no {what} before the handshake timeout"),
+        )
+
+    def keeps_alive(self, request: HTTPRequest, answer: Answer, served: int) -> bool:
+        """Whether the connection stays open for another request after ``answer`` to
+        ``request``, the ``served``-th request on it (HTTP/1.1 keep-alive).
+
+        Not after an upgrade request (whatever its answer: a kept-alive connection
+        may end with an upgrade, never go on after a refused one), a 400 or a 5xx,
+        ``max_http_requests`` requests, or once the server drains; not when the
+        client asked to close (``Connection: close``, or HTTP/1.0 without
+        ``Connection: keep-alive``).
+        """
+        status = answer.status
+        return (
+            request.keep_alive
+            and served < self._max_http_requests
+            and status != 400
+            and status < 500
+            and self._host.accepting
+            and "upgrade" not in header_tokens(request.headers, "Connection")
         )
 
     # -- requests with a body --------------------------------------------------------------

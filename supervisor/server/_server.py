@@ -644,13 +644,22 @@ class Server:
     async def _handle(self, stream: anyio.abc.ByteStream, ops_only: bool = False) -> None:
         started = self._handshakes.opened(ops_only)
         driver: Driver | None = None
+        settled = False
+
+        def settle() -> None:
+            # Once: at the first answer that keeps the socket alive, or at the end.
+            nonlocal settled
+            if not settled:
+                settled = True
+                self._handshakes.settled(ops_only)
+
         try:
-            driver = await self._handshake(stream, started, ops_only)
+            driver = await self._handshake(stream, started, ops_only, settle)
         except BaseException:
             await _close_quietly(stream)
             raise
         finally:
-            self._handshakes.settled(ops_only)
+            settle()
         if driver is not None:
             await driver.run()
 
@@ -663,10 +672,19 @@ class Server:
             await _close_quietly(stream)
 
     async def _handshake(
-        self, stream: anyio.abc.ByteStream, started: float, ops_only: bool
+        self,
+        stream: anyio.abc.ByteStream,
+        started: float,
+        ops_only: bool,
+        settle: Callable[[], None],
     ) -> Driver | None:
         """Read the request under the handshake timeout, decide (see ``_handshake``),
-        then write the answer or the 101; the accepted connection's driver, if any."""
+        then write the answer or the 101; the accepted connection's driver, if any.
+
+        After an answer that keeps the connection alive (HTTP/1.1 keep-alive), the
+        next request is read under the same timeout, and so on; ``settle`` is called
+        at the first of them (a kept-alive socket is no handshake in progress).
+        """
         handshakes = self._handshakes
         config = self.config
         protocol = handshakes.new_protocol()
@@ -687,36 +705,51 @@ class Server:
                     handshakes.failed("failed", f"TLS: {exc}", peer_host(stream))
                     await _close_quietly(stream)
                     return None
-            while parsed is None:
-                try:
-                    data = await stream.receive()
-                except _CLOSED_STREAM_ERRORS:
-                    what = "request body" if reader.reading_body else "request"
-                    handshakes.failed(
-                        "failed", f"connection closed before the {what}", peer_host(stream)
-                    )
-                    await _close_quietly(stream)
+            try:
+                parsed = await self._read_request(stream, reader, kept=False)
+            except _ClientClosed:
+                await _close_quietly(stream)
+                return None
+        served = 0
+        while True:
+            # Decided and answered outside the read deadline: a lingering close has its own.
+            remote = socket.remote
+            decision: Answer | Upgrade
+            if parsed is None:
+                if served and reader.idle:
+                    await _close_quietly(stream)  # kept alive, and nothing came: close
                     return None
-                parsed = reader.feed(data)
-        # Decided and answered outside the handshake deadline: a lingering close has its own.
-        remote = socket.remote
-        decision: Answer | Upgrade
-        if parsed is None:
-            decision = handshakes.decider.timed_out(reading_body=reader.reading_body)
-        elif isinstance(parsed, Answer):
-            decision = parsed
-        else:
-            step = handshakes.decider.decide(parsed, protocol, socket)
-            if isinstance(step, HookCall):
-                ran = step.run()
-                decision = ran if isinstance(ran, Answer | Upgrade) else await ran
+                decision = handshakes.decider.timed_out(reading_body=reader.reading_body)
+            elif isinstance(parsed, Answer):
+                decision = parsed
             else:
-                decision = step
-        if isinstance(decision, Answer):
+                step = handshakes.decider.decide(parsed, protocol, socket)
+                if isinstance(step, HookCall):
+                    ran = step.run()
+                    decision = ran if isinstance(ran, Answer | Upgrade) else await ran
+                else:
+                    decision = step
+            if isinstance(decision, Upgrade):
+                break
             handshakes.answered(decision, remote[0])
-            await _send_all(stream, [handshakes.answer_bytes(decision)])
-            await self._linger(stream)
-            return None
+            keep = isinstance(parsed, HTTPRequest) and handshakes.decider.keeps_alive(
+                parsed, decision, served + 1
+            )
+            await _send_all(stream, [handshakes.answer_bytes(decision, keep)])
+            if not keep:
+                await self._linger(stream)
+                return None
+            served += 1
+            settle()
+            started = self.clock.now()
+            parsed = reader.next()
+            if parsed is None:
+                with anyio.move_on_after(config.handshake_timeout):
+                    try:
+                        parsed = await self._read_request(stream, reader, kept=True)
+                    except _ClientClosed:
+                        await _close_quietly(stream)
+                        return None
         protocol.send_response(decision.response)
         try:
             await stream.send(b"".join(protocol.data_to_send()))
@@ -730,6 +763,29 @@ class Server:
             await _close_quietly(stream)
             return None
         return self._open_connection(decision, protocol, started, stream=stream)
+
+    async def _read_request(
+        self, stream: anyio.abc.ByteStream, reader: RequestReader, *, kept: bool
+    ) -> HTTPRequest | Answer:
+        """Read until ``reader`` has a request (or an answer).
+
+        Raises:
+            _ClientClosed: the client closed first (counted as a failed handshake,
+                unless it closed a ``kept`` alive connection between requests).
+        """
+        parsed = None
+        while parsed is None:
+            try:
+                data = await stream.receive()
+            except _CLOSED_STREAM_ERRORS:
+                if not (kept and reader.idle):
+                    what = "request body" if reader.reading_body else "request"
+                    self._handshakes.failed(
+                        "failed", f"connection closed before the {what}", peer_host(stream)
+                    )
+                raise _ClientClosed from None
+            parsed = reader.feed(data)
+        return parsed
 
     async def _linger(self, stream: anyio.abc.ByteStream) -> None:
         """Close after an HTTP answer: half-close, discard what still comes, then close.
@@ -1189,6 +1245,11 @@ class Handshakes:
         if not ops_only:
             server.socket_settled()
 
+    def now(self) -> float:
+        """The clock's reading (when a kept-alive socket starts waiting for a request:
+        it no longer counts as handshaking, nor against ``max_handshakes``)."""
+        return self._server.clock.now()
+
     def new_protocol(self) -> ServerProtocol:
         """The WebSocket protocol for one socket: it parses the request, then the frames."""
         return ServerProtocol(
@@ -1208,9 +1269,10 @@ class Handshakes:
         """The request reader over ``protocol``."""
         return RequestReader(protocol, self.decider, socket)
 
-    def answer_bytes(self, answer: Answer) -> bytes:
-        """What to write for ``answer`` (its ``Date`` is now)."""
-        return answer_bytes(answer.response, email.utils.formatdate(usegmt=True))
+    def answer_bytes(self, answer: Answer, keep_alive: bool = False) -> bytes:
+        """What to write for ``answer`` (its ``Date`` is now); ``keep_alive``: the
+        connection stays open for another request."""
+        return answer_bytes(answer.response, email.utils.formatdate(usegmt=True), keep_alive)
 
     def answered(self, answer: Answer, peer: str) -> None:
         """Count and log what ``answer`` says about the handshake (``peer``: its host)."""
@@ -1361,6 +1423,10 @@ async def _send_all(stream: anyio.abc.ByteStream, chunks: Sequence[bytes]) -> No
     if data:
         with contextlib.suppress(*_CLOSED_STREAM_ERRORS):
             await stream.send(data)
+
+
+class _ClientClosed(Exception):
+    """The client closed its connection before its request was complete."""
 
 
 def peer_host(stream: anyio.abc.ByteStream) -> str:

@@ -45,7 +45,7 @@ from supervisor import (
 )
 from supervisor.metrics import HANDSHAKE_RESULTS
 from tests.helpers.metrics import sample
-from tests.helpers.raw import STREAM_ENDED, exchange_bytes, read_head
+from tests.helpers.raw import STREAM_ENDED, exchange_bytes, kept_alive, read_head
 from tests.helpers.server import running_server
 from tests.helpers.waiting import eventually, wait_until
 
@@ -568,7 +568,9 @@ def _first_answer(address: tuple[str, int], data: bytes) -> bytes:
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-            if answer.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in answer:
+            if (answer.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in answer) or kept_alive(
+                answer
+            ):
                 break  # the connection stays open: close it from this side
         return answer
 

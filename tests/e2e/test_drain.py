@@ -53,6 +53,7 @@ from supervisor.metrics import Metrics
 from tests.e2e.apps import slow_app
 from tests.e2e.apps.server_process import ServerProcess
 from tests.helpers.clients import http_get
+from tests.helpers.raw import kept_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -119,11 +120,11 @@ class BlockingClient:
 def http_exchange(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
     """Send a raw HTTP request on an open socket; return the status and body of the answer.
 
-    The server answers with ``Connection: close``, so the answer ends at EOF.
+    The answer ends at EOF, or once whole when the server keeps the connection alive.
     """
     sock.sendall(request)
     data = b""
-    while chunk := sock.recv(1 << 16):
+    while not kept_alive(data) and (chunk := sock.recv(1 << 16)):
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])

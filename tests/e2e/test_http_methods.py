@@ -11,7 +11,7 @@ import pytest
 
 from examples.chat import app
 from tests.e2e.apps.api_app import app as api_app
-from tests.helpers.raw import STREAM_ENDED, exchange_bytes
+from tests.helpers.raw import STREAM_ENDED, exchange_bytes, kept_alive
 from tests.helpers.server import running_server
 
 pytestmark = pytest.mark.anyio
@@ -56,11 +56,12 @@ async def _chunked_exchange(port: int, chunks: list[bytes]) -> bytes:
             await stream.send(chunk)
             await anyio.lowlevel.checkpoint()
         with anyio.fail_after(10):
-            while True:
+            while not kept_alive(answer):
                 try:
                     answer += await stream.receive()
                 except STREAM_ENDED:
-                    return answer
+                    break
+    return answer
 
 
 async def test_a_post_route_reads_a_body_that_comes_in_pieces(anyio_backend: Any) -> None:

@@ -155,7 +155,7 @@ async def test_healthz_is_200() -> None:
         answer = await http_get(server, "/healthz")
         assert answer.status == 200
         assert answer.body == b"ok\n"
-        assert answer.headers["connection"] == "close"
+        assert answer.headers["connection"] == "keep-alive"  # HTTP/1.1: the default
 
 
 async def test_readyz_is_200_then_503_while_draining() -> None:

@@ -48,6 +48,7 @@ from websockets.uri import parse_uri
 from supervisor import Server
 from supervisor.metrics import CONNECTION_STATES
 from tests.helpers.metrics import sample
+from tests.helpers.raw import complete_response
 from tests.helpers.server import ws_url
 
 #: Environment variable that switches the fuzz tests to the ``fuzz`` profile:
@@ -285,17 +286,6 @@ def parse_response(data: bytes) -> Response:
     return response
 
 
-def _complete(answer: bytes) -> bool:
-    """Whether ``answer`` holds a whole response: a 101 head, or a head and its announced body."""
-    head, separator, body = answer.partition(b"\r\n\r\n")
-    if not separator:
-        return False
-    if head.startswith(b"HTTP/1.1 101 "):
-        return True
-    length = re.search(rb"\r\ncontent-length:[ \t]*([0-9]+)", head, re.IGNORECASE)
-    return length is not None and len(body) >= int(length.group(1))
-
-
 def read_response(sock: socket.socket) -> tuple[bytes, str]:
     """Read one response; return the bytes and how reading ended.
 
@@ -313,7 +303,7 @@ def read_response(sock: socket.socket) -> tuple[bytes, str]:
         if not chunk:
             return answer, "eof"
         answer += chunk
-        if _complete(answer):
+        if complete_response(answer):
             return answer, "complete"
 
 
