@@ -235,8 +235,12 @@ class HandshakeProtocol(asyncio.Protocol):
         if isinstance(decision, Answer):
             host.answered(decision, self._peer())
             request = self._request
-            keep = request is not None and host.decider.keeps_alive(
-                request, decision, self._served + 1
+            reader = self._reader
+            keep = (
+                request is not None
+                and reader is not None
+                and reader.more
+                and host.decider.keeps_alive(request, decision, self._served + 1)
             )
             if transport.is_closing():
                 return False

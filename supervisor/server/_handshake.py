@@ -336,6 +336,13 @@ class RequestReader:
         return not message.in_head and message.body is None and not message.ready
 
     @property
+    def more(self) -> bool:
+        """Whether anything may follow the request just answered: a request read
+        already, what ended the reading, or more bytes to parse."""
+        message = self._message
+        return self._parser is not None or bool(message.ready) or message.failure is not None
+
+    @property
     def reading(self) -> bool:
         """Whether another request may still be read from these bytes (False after an
         upgrade request, a malformed one, or too many pipelined at once)."""

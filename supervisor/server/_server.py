@@ -732,8 +732,10 @@ class Server:
             if isinstance(decision, Upgrade):
                 break
             handshakes.answered(decision, remote[0])
-            keep = isinstance(parsed, HTTPRequest) and handshakes.decider.keeps_alive(
-                parsed, decision, served + 1
+            keep = (
+                isinstance(parsed, HTTPRequest)
+                and reader.more
+                and handshakes.decider.keeps_alive(parsed, decision, served + 1)
             )
             await _send_all(stream, [handshakes.answer_bytes(decision, keep)])
             if not keep:

@@ -207,6 +207,20 @@ async def test_a_connection_serves_at_most_max_http_requests(anyio_backend: Any)
             assert await closed_by_server(stream) == b""
 
 
+async def test_at_most_32_pipelined_requests_of_one_read_are_answered(
+    anyio_backend: Any,
+) -> None:
+    """40 requests in one write: the first 32 are answered, the last of them with
+    ``Connection: close``, then the server closes."""
+    async with running_server(keepalive_app()) as server:
+        host, port = server.ports[0]
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(get("/sync?n=1") * 40)
+            answers = await read_answers(stream, 32)
+            assert [b"Connection: close" in a for a in answers] == [False] * 31 + [True]
+            assert await closed_by_server(stream) == b""
+
+
 async def test_refusals_that_leave_bytes_unread_close(anyio_backend: Any) -> None:
     """A 413 (the body is not read) and a 400 close the connection."""
     async with running_server(keepalive_app()) as server:
