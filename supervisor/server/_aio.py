@@ -26,7 +26,10 @@ connections wait in the listen backlog.
 
 After an HTTP answer other than 101 the socket lingers (:meth:`HandshakeProtocol.linger`):
 closing a socket with unread input makes the kernel send a reset, and a
-client still sending an oversized request would lose the answer to it.
+client still sending an oversized request would lose the answer to it. Unless
+the answer keeps the connection alive (HTTP/1.1 keep-alive,
+``Handshake.keeps_alive``): then the same protocol takes the next request,
+under the handshake timeout again.
 """
 
 from __future__ import annotations

@@ -312,8 +312,10 @@ class RequestReader:
     (frames a client sent before the 101) are fed to it for the connection.
     One per socket.
 
-    Both drivers only loop on :meth:`feed` until it returns something; another
-    parser for the head would change this class alone.
+    Both drivers only loop on :meth:`feed` until it returns something, and, on a
+    connection kept alive after an answer, ask :meth:`next` for a request read
+    already before feeding more; another parser for the head would change this
+    class alone.
     """
 
     __slots__ = ("_message", "_parser", "_protocol")
