@@ -557,6 +557,7 @@ class Connection:
                     messages=route.inbound_rate,
                     bytes_=route.inbound_byte_rate,
                     policy=route.inbound_policy,
+                    max_pause=config.keepalive.ping_timeout / 2,
                 )
             ),
         )

@@ -231,14 +231,15 @@ class InboundVerdict:
 
 _GO_ON: Final = InboundVerdict()
 
-#: The longest a single ``delay`` verdict pauses reading, in seconds.
-MAX_PAUSE: Final = 1.0
+#: The longest a single ``delay`` verdict pauses reading, in seconds, unless the
+#: connection's keepalive asks for less (see :class:`InboundLimiter`).
+MAX_PAUSE: Final = 10.0
 
 
 class InboundLimiter:
     """The message and byte rates of one connection's reads."""
 
-    __slots__ = ("_bytes", "_messages", "_policy")
+    __slots__ = ("_bytes", "_max_pause", "_messages", "_policy")
 
     def __init__(
         self,
@@ -247,10 +248,16 @@ class InboundLimiter:
         messages: Rate | None = None,
         bytes_: Rate | None = None,
         policy: InboundPolicy = InboundPolicy.DELAY,
+        max_pause: float = MAX_PAUSE,
     ) -> None:
+        """``max_pause``: the longest one pause, in seconds; the connection gives half
+        its ``ping_timeout``, so that a pong behind the paused reads is read in time."""
+        if not max_pause > 0:
+            raise ValueError(f"max_pause must be > 0 seconds, got {max_pause}")
         self._messages = TokenBucket(messages, now) if messages is not None else None
         self._bytes = TokenBucket(bytes_, now) if bytes_ is not None else None
         self._policy: Final = InboundPolicy(policy)
+        self._max_pause: Final = min(max_pause, MAX_PAUSE)
 
     def received(self, now: float, messages: int, size: int) -> InboundVerdict:
         """Account for ``messages`` messages of ``size`` bytes in all, just read.
@@ -266,6 +273,8 @@ class InboundLimiter:
             return _GO_ON
         if self._policy is InboundPolicy.CLOSE:
             return InboundVerdict(close=True)
-        # At most a second at a time: the next read is judged again (the debt
-        # stays), and pongs in between are read, so keepalive does not time out.
-        return InboundVerdict(pause=min(wait, MAX_PAUSE))
+        # The whole debt, up to max_pause: nothing is read meanwhile, so the debt
+        # cannot grow and the rate holds on average (a shorter cap would let one
+        # read's worth through per pause, whatever the rate). Past the cap the next
+        # read is judged again and pongs in it are read, so keepalive holds.
+        return InboundVerdict(pause=min(wait, self._max_pause))

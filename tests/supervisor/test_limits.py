@@ -133,12 +133,22 @@ def test_inbound_limiter_delays_reading_by_the_debt() -> None:
     assert limiter.received(0.0, 10, 100) == InboundVerdict()
     # 5 messages over: half a second at 10 a second.
     assert limiter.received(0.0, 5, 10).pause == pytest.approx(0.5)
-    # Bytes: 3,000 more with 890 left at 1,000 a second: 2.11 s of debt, paid a
-    # second at a time (reads in between are judged again).
-    assert limiter.received(0.0, 0, 3000).pause == MAX_PAUSE
-    assert limiter.received(1.0, 0, 1).pause == MAX_PAUSE  # 1.111 s still owed
-    assert limiter.received(2.0, 0, 1).pause == pytest.approx(0.112)
-    assert limiter.received(3.2, 1, 1) == InboundVerdict()
+    # Bytes: 3,000 more with 890 left at 1,000 a second: 2.11 s of debt, paid in
+    # one pause (nothing is read meanwhile, so the debt does not grow).
+    assert limiter.received(0.0, 0, 3000).pause == pytest.approx(2.11)
+    assert limiter.received(2.2, 1, 1) == InboundVerdict()
+
+
+def test_one_pause_is_capped_by_max_pause_then_judged_again() -> None:
+    """A debt longer than the cap is paid in several pauses: after each, one read
+    (with the pongs in it) is taken and judged again."""
+    limiter = InboundLimiter(0.0, messages=Rate(10, burst=10), max_pause=1.0)
+    assert limiter.received(0.0, 35, 0).pause == 1.0  # 2.5 s owed
+    assert limiter.received(1.0, 1, 0).pause == 1.0  # 1.6 s owed
+    assert limiter.received(2.0, 1, 0).pause == pytest.approx(0.7)
+    assert InboundLimiter(0.0, max_pause=60.0)._max_pause == MAX_PAUSE
+    with pytest.raises(ValueError, match="max_pause"):
+        InboundLimiter(0.0, max_pause=0)
 
 
 def test_inbound_limiter_closes_under_the_close_policy() -> None:
