@@ -73,12 +73,14 @@ $(LOWEST_VENV)/.installed: $(LOWEST_REQS) | $(UV)
 	touch $@
 
 # Unit tests only: the end-to-end tests drive browsers, Prometheus and Redis
-# servers, which say nothing more about the library's lower bounds.
+# servers, and the bench's tests its peer servers and load generators (dev
+# dependencies, not installed here): neither says more about the library's
+# lower bounds.
 test-lowest: lock-check $(LOWEST_VENV)/.installed
 	@$(LOWEST_VENV)/bin/python -c 'import importlib.metadata as m; \
 	  print("lowest-direct:", ", ".join(f"{d}=={m.version(d)}" for d in \
 	  ("anyio", "structlog", "prometheus-client", "websockets", "sniffio", "uvloop", "redis", "trio")))'
-	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e --ignore=tests/bench
 
 # The docs site (mkdocs.yml): docs/ and the API reference from the docstrings,
 # into site/. Strict: a broken link or anchor, a page left out of the nav, a
