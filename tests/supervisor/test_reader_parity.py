@@ -296,5 +296,10 @@ def test_the_differences_are_real() -> None:
     }
     for data, why in cases.items():
         old, new = both(data)
+        if why == "ambiguous" and old == new:
+            # websockets 17.0 (the lowest version allowed) refuses a repeated
+            # Content-Length itself, 17.4 does not: then both refuse.
+            assert new == 400, new
+            continue
         assert old != new, data
         assert why in (known_difference(data, old, new) or ""), data
