@@ -146,7 +146,9 @@ def test_one_pause_is_capped_by_max_pause_then_judged_again() -> None:
     assert limiter.received(0.0, 35, 0).pause == 1.0  # 2.5 s owed
     assert limiter.received(1.0, 1, 0).pause == 1.0  # 1.6 s owed
     assert limiter.received(2.0, 1, 0).pause == pytest.approx(0.7)
-    assert InboundLimiter(0.0, max_pause=60.0)._max_pause == MAX_PAUSE
+    # A longer cap than MAX_PAUSE is cut to it.
+    long_cap = InboundLimiter(0.0, messages=Rate(1, burst=1), max_pause=60.0)
+    assert long_cap.received(0.0, 100, 0).pause == MAX_PAUSE
     with pytest.raises(ValueError, match="max_pause"):
         InboundLimiter(0.0, max_pause=0)
 
