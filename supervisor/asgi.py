@@ -9,14 +9,17 @@ Theory of operation:
     flush, exactly as ``wsup serve`` runs them. Its ``shutdown`` is wsup's
     drain.
 
-    A ``websocket`` scope whose path matches a route is decided like a
-    handshake on wsup's own port (readiness, ``max_connections``, ``Origin``,
-    subprotocols, the hooks), then accepted or refused with an HTTP status
-    (the ``websocket.http.response`` extension) or, where the server lacks
-    it, with a close before accept, which ASGI servers answer with HTTP 403.
-    An accepted scope becomes a :class:`~supervisor.Connection`, the same
-    class as on wsup's own port, spawned by the server's own spawn logic
-    under the ``connections`` supervisor; its third driver,
+    A ``websocket`` scope whose path matches a route is decided by the same
+    decision as a handshake on wsup's own port (``Handshake.decide_scope``:
+    readiness, admission control, ``Origin``, subprotocols, the hooks), then
+    accepted or refused with an HTTP status (the ``websocket.http.response``
+    extension) or, where the server lacks it, with a close before accept
+    (1013 for a 503, else 1008), which ASGI servers answer with HTTP 403. The
+    adapter reaches the server only through ``Server.handshake_gate``, as the
+    callback driver does. An accepted scope becomes a
+    :class:`~supervisor.Connection`, the same class as on wsup's own port,
+    opened by the server's own hand-off under the ``connections``
+    supervisor; its third driver,
     ``ASGIDriver`` (``server/_drivers.py``), runs two loops in the scope's
     task. The *reader* awaits ``receive()`` and hands each message to the
     connection's core, whole; under a full ``block`` mailbox it stops calling
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import inspect
 import signal
 import threading
 import urllib.parse
@@ -48,6 +51,7 @@ import anyio
 import anyio.abc
 import sniffio
 import structlog
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -55,22 +59,14 @@ from actors import Backplane
 
 from ._constants import HEALTHZ, OPS_PATHS, READYZ, CloseCode
 from .metrics import Metrics
-from .server._app import (
-    App,
-    HTTPResponse,
-    HTTPRouteOptions,
-    Reject,
-    Request,
-    RouteOptions,
-    call_maybe_async,
-)
+from .server._app import App, HTTPResponse, HTTPRouteOptions, Request, call_maybe_async
 from .server._config import ServerConfig
-from .server._connection import Connection
 from .server._drivers import ASGIDriver
+from .server._handshake import Answer, HookCall, plain
 from .server._proxy import Networks, TrustedProxies
-from .server._request import OriginPolicy, parse_cookies
+from .server._request import parse_cookies
 from .server._routing import RouteMatch
-from .server._server import Server
+from .server._server import Handshakes, Server
 
 __all__ = ["ASGIApp"]
 
@@ -81,7 +77,8 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApplication: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = structlog.get_logger("wsup.asgi")
-_std_log = logging.getLogger("wsup.asgi")
+#: The longest close reason (RFC 6455 5.5: a control frame's payload is at most 125 bytes).
+_MAX_REASON = 123
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -136,7 +133,6 @@ class ASGIApp:
         self.handle_signals = handle_signals
         self._metrics = metrics
         self._backplane = backplane
-        self._origins = OriginPolicy(self.config.origins)
         self._proxies = TrustedProxies(self.config.trusted_proxies)
         allow = self.config.ops_allow
         self._ops_allow = None if allow is None else Networks(allow, "ops_allow network")
@@ -379,106 +375,58 @@ class ASGIApp:
         server = self.server
         if server is None:
             _log.error("asgi.not_running", path=path)
-            await _refuse(scope, send, 503, "wsup is not running (see docs/asgi.md: lifespan)\n")
+            text = "wsup is not running (see docs/asgi.md: lifespan)\n"
+            await _answer(scope, send, plain(None, 503, text))
             return
-        started = server.clock.now()
-        server.states["handshaking"].inc()
+        gate = server.handshake_gate
+        started = gate.scope_opened()
         try:
-            driver = await self._handshake(server, scope, receive, send, path, match, started)
+            driver = await self._handshake(gate, scope, send, path, match, started, receive)
         finally:
-            server.states["handshaking"].dec()
+            gate.scope_settled()
         if driver is not None:
             await driver.run()
 
     async def _handshake(
         self,
-        server: Server,
+        gate: Handshakes,
         scope: Scope,
-        receive: Receive,
         send: Send,
         path: str,
         match: RouteMatch | None,
         started: float,
+        receive: Receive,
     ) -> ASGIDriver | None:
+        """Decide the scope's handshake as wsup's own server would (``_handshake``),
+        then refuse it or accept it; the accepted connection's driver."""
         request = self._request(scope, path, match)
-        if match is None:
-            return await self._refused(server, scope, send, request, 404, "no_route")
-        route: RouteOptions = match.target  # type: ignore[assignment]
-        if not server.accepting:
-            why = "server is shutting down" if server.draining else "not accepting new connections"
-            return await self._refused(server, scope, send, request, 503, "not_accepting", why)
-        if len(server.connections) >= self.config.max_connections:
-            return await self._refused(
-                server, scope, send, request, 503, "max_connections", "too many connections"
-            )
-        origins = self._origins
-        if not origins.allows_all and not origins.allows(request.header("origin")):
-            return await self._refused(
-                server, scope, send, request, 403, "origin", "origin not allowed"
-            )
-        subprotocol, problem = _select_subprotocol(route.subprotocols, request.subprotocols)
-        if problem is not None:
-            server.handshakes["failed"].inc()
-            await _refuse(scope, send, 400, f"bad request: {problem}\n")
+        decision = gate.decider.decide_scope(request, match)
+        if isinstance(decision, HookCall):
+            ran = decision.run()
+            decision = await ran if inspect.isawaitable(ran) else ran
+        if isinstance(decision, Answer):
+            gate.answered(decision, request.client_address)
+            await _answer(scope, send, decision.response)
             return None
-        verdict = await server._run_hooks(request, route)
-        if isinstance(verdict, Reject):
-            server.handshakes["rejected"].inc()
-            _log_rejected(verdict.status, "hook", request)
-            await _refuse(
-                scope, send, verdict.status, verdict.body or "rejected\n", verdict.headers
-            )
-            return None
-        if verdict.subprotocol is not None:
-            if verdict.subprotocol not in request.subprotocols:
-                _log.error("handshake.bad_subprotocol", subprotocol=verdict.subprotocol)
-                server.handshakes["failed"].inc()
-                await _refuse(scope, send, 500, "internal server error\n")
-                return None
-            subprotocol = verdict.subprotocol
         accept: Message = {
             "type": "websocket.accept",
             "headers": [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in decision.response.headers.raw_items()
+                if k.lower() != "sec-websocket-protocol"  # the server writes "subprotocol"
             ],
         }
-        if subprotocol is not None:
-            accept["subprotocol"] = subprotocol
+        if decision.subprotocol is not None:
+            accept["subprotocol"] = decision.subprotocol
         try:
             await send(accept)
         except OSError:
-            server.handshakes["failed"].inc()
+            gate.failed("failed", "client gone before the accept", request.client_address, path)
             return None
-        protocol = ServerProtocol(state=State.OPEN)  # keeps the close's state; never parses
         driver = ASGIDriver(receive, send)
-        conn = Connection(server, protocol, request, route, subprotocol, driver)
-        server._spawn(conn, route, verdict.values, match.route.pattern)
-        server.connections.add(conn)
-        server.admission.connection_opened(request.client_address)  # counted as on wsup's port
-        server.states["open"].inc()
-        server.handshakes["accepted"].inc()
-        server.counters.handshake_duration.observe(server.clock.now() - started)
-        if _std_log.isEnabledFor(logging.DEBUG):
-            _log.debug(
-                "connection.opened", conn=conn.address, path=path, client=request.client_address
-            )
+        # A ServerProtocol that never parses: it keeps the close's state.
+        gate.open_scope(decision, ServerProtocol(state=State.OPEN), started, driver)
         return driver
-
-    async def _refused(
-        self,
-        server: Server,
-        scope: Scope,
-        send: Send,
-        request: Request,
-        status: int,
-        reason: str,
-        body: str | None = None,
-    ) -> ASGIDriver | None:
-        """Count and log a handshake the server turned away, and answer it; returns None."""
-        server.handshakes["rejected"].inc()
-        _log_rejected(status, reason, request)
-        await _refuse(scope, send, status, (body or f"no route for {request.path}") + "\n")
-        return None
 
     def _request(
         self,
@@ -615,65 +563,33 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _select_subprotocol(
-    available: tuple[str, ...], offered: tuple[str, ...]
-) -> tuple[str | None, str | None]:
-    """The route's first subprotocol that the client offered, as websockets chooses.
-
-    Returns:
-        ``(subprotocol, None)``, or ``(None, problem)`` when the route needs one
-        and the client offered none of them.
-    """
-    if not available:
-        return None, None
-    if not offered:
-        return None, "missing subprotocol"
-    for subprotocol in available:
-        if subprotocol in offered:
-            return subprotocol, None
-    return None, "invalid subprotocol; expected one of " + ", ".join(available)
-
-
-def _log_rejected(status: int, reason: str, request: Request) -> None:
-    level = logging.WARNING if reason == "max_connections" else logging.INFO
-    if _std_log.isEnabledFor(level):
-        _log.log(
-            level,
-            "handshake.rejected",
-            reason=reason,
-            status=status,
-            path=request.path,
-            client=request.client_address,
-        )
-
-
-async def _refuse(
-    scope: Scope,
-    send: Send,
-    status: int,
-    body: str,
-    headers: Any = (),
-) -> None:
-    """Refuse a WebSocket handshake: an HTTP answer where the server can send one
-    (the ``websocket.http.response`` extension), else a close before accept (the
-    server answers 403)."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        data = body.encode()
+async def _answer(scope: Scope, send: Send, response: Response) -> None:
+    """Refuse a WebSocket handshake with ``response``: as an HTTP answer where the
+    server can send one (the ``websocket.http.response`` extension), else as a
+    close before accept, which the server turns into HTTP 403: code 1013 (try
+    again later) for a 503, 1008 (policy violation) for any other status, and the
+    body's first line as the reason."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in response.headers.raw_items()
+            # The ASGI server names itself and owns the connection.
+            if name.lower() not in ("server", "connection")
+        ]
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(data)).encode()),
-                    *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers),
-                ],
+                "status": response.status_code,
+                "headers": headers,
             }
         )
-        await send({"type": "websocket.http.response.body", "body": data})
-    else:
-        code = CloseCode.POLICY_VIOLATION
-        await send({"type": "websocket.close", "code": int(code), "reason": body.strip()[:120]})
+        await send({"type": "websocket.http.response.body", "body": response.body})
+        return
+    code = CloseCode.TRY_AGAIN_LATER if response.status_code == 503 else CloseCode.POLICY_VIOLATION
+    reason = bytes(response.body).decode("utf-8", "replace").strip().partition("\n")[0]
+    # A close reason is at most 123 bytes of UTF-8.
+    reason = reason.encode()[:_MAX_REASON].decode("utf-8", "ignore")
+    await send({"type": "websocket.close", "code": int(code), "reason": reason})
 
 
 async def _respond(

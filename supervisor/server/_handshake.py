@@ -28,6 +28,11 @@ result is one of three:
   value, or an awaitable of it when one returns an awaitable (``async def``):
   only then does a driver need to wait, and the callback path a task.
 
+Under an ASGI server (``supervisor.asgi``), the server parsed the request and
+checked its WebSocket headers: :meth:`Handshake.decide_scope` makes the same
+decision from the route on (readiness, admission control, ``Origin``, the
+route's subprotocols, the hooks), with the same three results.
+
 Nothing here reads a socket, a clock or the event loop: what it needs from
 the server at decision time comes through :class:`HandshakeHost` (readiness,
 whether it accepts, whether admission control lets a client in, the metrics exposition).
@@ -80,6 +85,7 @@ from ._request import (
 
 if TYPE_CHECKING:
     from ..metrics import LimitName
+    from ._routing import RouteMatch
 
 __all__ = [
     "LINGER_BYTES",
@@ -911,6 +917,52 @@ class Handshake:
         pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
         return pending
 
+    def decide_scope(
+        self, request: Request, match: RouteMatch | None
+    ) -> Answer | Upgrade | HookCall:
+        """Decide a WebSocket handshake that an ASGI server parsed (``supervisor.asgi``).
+
+        The checks of :meth:`decide` once a request names a WebSocket route, in
+        the same order and with the same answers: 404 for no route; 503 while not
+        accepting; admission control's 503 with ``Retry-After``; 403 for a
+        refused ``Origin``; 400 when the route needs a subprotocol the client did
+        not offer; last the hooks. The ASGI server checked the WebSocket headers
+        and writes the 101 itself: an :class:`Upgrade`'s response carries only
+        the headers the hooks add.
+
+        Args:
+            request: the request as hooks see it, built from the scope.
+            match: the route the scope's path matched, if any.
+        """
+        path = request.path
+        if match is None:
+            return self._refuse(404, f"no route for {path}\n", "no_route", path)
+        route: RouteOptions = match.target  # type: ignore[assignment]
+        host = self._host
+        if not host.accepting:
+            why = "server is shutting down" if host.draining else "not accepting new connections"
+            return self._refuse(503, why + "\n", "not_accepting", path)
+        client = request.client_address
+        refusal = host.admit(client)
+        if refusal is not None:
+            return self.refused(refusal, path, client)
+        origins = self._origins
+        if not origins.allows_all and not origins.allows(request.header("origin")):
+            return self._refuse(403, "origin not allowed\n", "origin", path)
+        subprotocol, problem = _select_subprotocol(route.subprotocols, request.subprotocols)
+        if problem is not None:
+            return Answer(
+                self.plain(400, f"bad request: {problem}\n"), Outcome("failed", problem, path)
+            )
+        response = Response(101, "Switching Protocols", Headers())
+        hooks = self._app.hooks
+        pattern = match.route.pattern
+        if route.hook is None and not hooks:
+            return Upgrade(route, pattern, request, subprotocol, {}, response)
+        pending = _UpgradeCall(self, request, route, pattern, subprotocol, response)
+        pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
+        return pending
+
     def _api_call(self, request: HTTPRequest, socket: Socket) -> HookCall:
         assert self._api_key is not None
         call = _api.parse(
@@ -1002,6 +1054,26 @@ class Handshake:
             method=request.method,
             body=request.body,
         )
+
+
+def _select_subprotocol(
+    available: Sequence[str], offered: Sequence[str]
+) -> tuple[str | None, str | None]:
+    """The route's first subprotocol that the client offered, as websockets chooses
+    (for a handshake whose headers an ASGI server parsed).
+
+    Returns:
+        ``(subprotocol, None)``, or ``(None, problem)`` when the route needs one
+        and the client offered none of them.
+    """
+    if not available:
+        return None, None
+    if not offered:
+        return None, "missing subprotocol"
+    for subprotocol in available:
+        if subprotocol in offered:
+            return subprotocol, None
+    return None, "invalid subprotocol; expected one of " + ", ".join(available)
 
 
 class HookCall:

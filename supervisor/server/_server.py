@@ -9,8 +9,9 @@ An accepted socket becomes a :class:`~supervisor.server._connection.Connection`
 whose actor is a dynamic child of the connection supervisor
 (:meth:`Server._open_connection`). One keepalive task serves every connection.
 On asyncio without TLS the callback driver does the same in transport callbacks
-instead of a task per socket (see ``_aio``); both drivers reach the server
-through :class:`Handshakes`.
+instead of a task per socket (see ``_aio``), and under an ASGI server the
+adapter (``supervisor.asgi``) decides each ``websocket`` scope; every driver
+reaches the server through :class:`Handshakes` (``Server.handshake_gate``).
 
 Shutdown is phased: ``/readyz`` turns 503 → (optional grace) → listeners close,
 handshakes in flight get 503 → the connections drain in shuffled batches
@@ -71,7 +72,7 @@ from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
 from ._admission import Admission, Refusal
 from ._aio import HandshakeProtocol, serve_sockets
-from ._app import Accept, App, Handler, Reject, Request, RouteOptions, call_maybe_async
+from ._app import App, Handler, RouteOptions, call_maybe_async
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState, Driver
 from ._drain import drain_paced
@@ -553,6 +554,13 @@ class Server:
             for resume in waiting:
                 resume()
 
+    @property
+    def handshake_gate(self) -> Handshakes:
+        """The server as a handshake driver sees it: the decision, counting and
+        logging, and the hand-off to a connection. The callback driver and the
+        ASGI adapter (``supervisor.asgi``) reach the server through it alone."""
+        return self._handshakes
+
     def when_handshake_ends(self, resume: Callable[[], None]) -> None:
         """Call ``resume`` once, when the next server-port handshake is over."""
         self._accept_waiters.append(resume)
@@ -764,7 +772,7 @@ class Server:
             )
             await _close_quietly(stream)
             return None
-        return self._open_connection(decision, protocol, started, stream=stream)
+        return self._open_connection(decision, protocol, started, StreamDriver(stream))
 
     async def _read_request(
         self, stream: anyio.abc.ByteStream, reader: RequestReader, *, kept: bool
@@ -809,26 +817,20 @@ class Server:
         upgrade: Upgrade,
         protocol: ServerProtocol,
         started: float,
+        driver: Driver,
         *,
-        stream: anyio.abc.ByteStream | None = None,
-        transport: asyncio.Transport | None = None,
+        resumable: bool = True,
     ) -> Driver:
         """Make the connection of an accepted handshake whose 101 is written, and count it.
 
-        Exactly one of ``stream`` (stream mode: the caller awaits the driver's
-        ``run()``) and ``transport`` (callback mode: the caller calls its
-        ``start()``). Returns the connection's driver.
+        ``driver`` moves its bytes (or messages): the caller awaits its ``run()``
+        (stream and ASGI) or calls its ``start()`` (callback mode). ``resumable``:
+        a route's ``resume`` applies (not under ASGI). Returns ``driver``.
         """
         request = upgrade.request
         route = upgrade.route
-        driver: Driver
-        if transport is not None:
-            driver = TransportDriver(transport)
-        else:
-            assert stream is not None
-            driver = StreamDriver(stream)
         refused: ResumeRefusal | None = None
-        token = None if route.resume is None else request.query_param(RESUME_PARAM)
+        token = None if route.resume is None or not resumable else request.query_param(RESUME_PARAM)
         if token:
             claimed = self.resumes.claim(token, route, request.path, upgrade.values)
             if not isinstance(claimed, str):
@@ -855,7 +857,7 @@ class Server:
                 refused=refused,
             )
         conn = Connection(self, protocol, request, route, upgrade.subprotocol, driver)
-        if route.resume is not None:
+        if route.resume is not None and resumable:
             # Before the actor starts: the token is the first message the client gets.
             conn._announce(
                 self.resumes.issue(conn, route, upgrade.values), resumed=False, refused=refused
@@ -891,26 +893,6 @@ class Server:
             grace=None if resume is None else resume.grace,
             buffered_bytes=conn.buffered_bytes,
         )
-
-    async def _run_hooks(self, request: Request, route: RouteOptions) -> Accept | Reject:
-        """The handshake hooks' verdict, for the ASGI adapter (its server did the rest)."""
-        headers: list[tuple[str, str]] = []
-        values: dict[str, Any] = {}
-        subprotocol: str | None = None
-        hooks = [*self.app.hooks, *([route.hook] if route.hook else [])]
-        for hook in hooks:
-            try:
-                result = await call_maybe_async(hook, request)
-            except Exception:
-                _log.exception("handshake.hook_failed", path=request.path)
-                return Reject(500, "internal server error\n")
-            if isinstance(result, Reject):
-                return result
-            if isinstance(result, Accept):
-                headers.extend(result.headers)
-                values.update(result.values)
-                subprotocol = result.subprotocol or subprotocol
-        return Accept(headers=headers, subprotocol=subprotocol, values=values)
 
     def _spawn(
         self,
@@ -1315,7 +1297,28 @@ class Handshakes:
     ) -> Driver:
         """Callback mode: the connection of an accepted handshake whose 101 is written
         (its driver, to start)."""
-        return self._server._open_connection(upgrade, protocol, started, transport=transport)
+        return self._server._open_connection(upgrade, protocol, started, TransportDriver(transport))
+
+    # -- for the ASGI driver (``supervisor.asgi``) --------------------------------------------
+
+    def scope_opened(self) -> float:
+        """Count an ASGI ``websocket`` scope that starts its handshake (the ASGI server
+        accepted its socket: it counts neither as accepted nor against
+        ``max_handshakes``); the clock reading it started at."""
+        server = self._server
+        server.states["handshaking"].inc()
+        return server.clock.now()
+
+    def scope_settled(self) -> None:
+        """An ASGI scope's handshake is over (answered, accepted or failed)."""
+        self._server.states["handshaking"].dec()
+
+    def open_scope(
+        self, upgrade: Upgrade, protocol: ServerProtocol, started: float, driver: Driver
+    ) -> None:
+        """The connection of an ASGI handshake the server accepted, driven by ``driver``
+        (an ``ASGIDriver``, whose ``run()`` the caller awaits). No resume under ASGI."""
+        self._server._open_connection(upgrade, protocol, started, driver, resumable=False)
 
     def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``fn`` in the server's task group; False once the server is stopping."""

@@ -412,3 +412,97 @@ async def test_ops_allow_applies_to_the_ops_endpoints() -> None:
         peer = start(tg, asgi, http_scope("/healthz", client=("127.0.0.1", 5000)))
         assert (await peer.next())["status"] == 403
         assert (await peer.next())["body"] == b"forbidden: /healthz is not served to 127.0.0.1\n"
+
+
+#: Each admission limit that applies under ASGI, set so that a second handshake
+#: from 127.0.0.1 (the first still open) is refused.
+ADMISSION = {
+    "max_connections": ServerConfig(max_connections=1),
+    "max_connections_per_address": ServerConfig(max_connections_per_address=1),
+    "handshake_rate": ServerConfig(handshake_rate=Rate(0.001, burst=1)),
+    "handshake_rate_per_address": ServerConfig(handshake_rate_per_address=Rate(0.001, burst=1)),
+}
+
+
+def limited(asgi: ASGIApp, limit: str) -> str:
+    """The ``wsup_limited_total`` sample of ``limit`` as ``/metrics`` shows it."""
+    server = asgi.server
+    assert server is not None
+    body, _ = server.metrics.render_for(None)
+    for line in body.decode().splitlines():
+        if line.startswith(f'wsup_limited_total{{limit="{limit}"}} '):
+            return line.rpartition(" ")[2]
+    raise AssertionError(f"no wsup_limited_total for {limit}")
+
+
+@pytest.mark.parametrize("limit", sorted(ADMISSION))
+async def test_admission_limits_answer_503_with_retry_after(limit: str) -> None:
+    """Each admission limit refuses a handshake with 503 and ``Retry-After``, counted in
+    ``wsup_limited_total{limit}``, as on wsup's own port."""
+    asgi = ASGIApp(make_app(), config=ADMISSION[limit], handle_signals=False)
+    async with running(asgi) as tg:
+        first = await accepted(tg, asgi, ws_scope("/echo"))
+        peer = start(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.connect"})
+        answer = await peer.next()
+        assert (answer["type"], answer["status"]) == ("websocket.http.response.start", 503)
+        headers = dict(answer["headers"])
+        assert int(headers[b"retry-after"]) >= 1
+        assert b"server" not in headers  # the ASGI server names itself
+        assert (await peer.next())["body"].startswith(b"too many")
+        await peer.done.wait()
+        assert limited(asgi, limit) == "1.0"
+        first.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_the_per_address_limits_count_each_client_address_apart() -> None:
+    """``max_connections_per_address`` refuses the second connection of one address,
+    not the first of another."""
+    config = ServerConfig(max_connections_per_address=1)
+    asgi = ASGIApp(make_app(), config=config, handle_signals=False)
+    async with running(asgi) as tg:
+        first = await accepted(tg, asgi, ws_scope("/echo"))
+        other = await accepted(tg, asgi, ws_scope("/echo", client=("10.0.0.2", 40000)))
+        peer = start(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["status"] == 503
+        first.put({"type": "websocket.disconnect", "code": 1000})
+        await first.done.wait()
+        again = await accepted(tg, asgi, ws_scope("/echo"))  # room again once it closed
+        for client in (other, again):
+            client.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_an_admission_refusal_without_the_extension_closes_with_1013() -> None:
+    """Without ``websocket.http.response``: close 1013 (try again later) before accept."""
+    asgi = ASGIApp(make_app(), config=ServerConfig(max_connections=1), handle_signals=False)
+    async with running(asgi) as tg:
+        first = await accepted(tg, asgi, ws_scope("/echo"))
+        peer = start(tg, asgi, ws_scope("/echo", extensions={}))
+        peer.put({"type": "websocket.connect"})
+        assert await peer.next() == {
+            "type": "websocket.close",
+            "code": 1013,
+            "reason": "too many connections",
+        }
+        first.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_a_handshake_hook_that_raises_answers_500() -> None:
+    """A hook that raises is logged and answers 500, counted as a rejected handshake."""
+    app = make_app()
+
+    @app.handshake
+    def broken(request: Request) -> None:
+        raise RuntimeError("broken hook")
+
+    asgi = ASGIApp(app, handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, ws_scope("/echo"))
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["status"] == 500
+        assert (await peer.next())["body"] == b"internal server error\n"
+        server = asgi.server
+        assert server is not None
+        body, _ = server.metrics.render_for(None)
+    assert 'wsup_handshakes_total{result="rejected"} 1.0' in body.decode()

@@ -200,11 +200,12 @@ def test_every_subpackage_is_in_the_distribution() -> None:
 DRIVER_PRIVATE_OK = {"self._sock._accept"}  # socket.socket's C accept, under accept()
 
 
-@pytest.mark.parametrize("module", ["_drivers.py", "_aio.py"])
+@pytest.mark.parametrize("module", ["server/_drivers.py", "server/_aio.py", "asgi.py"])
 def test_drivers_reach_a_connection_only_through_its_port(module: str) -> None:
-    """A driver touches no private member of a connection (or of anything but
-    itself): what it may reach is ``DriverPort``, a typed, narrow interface."""
-    path = Path(supervisor.__file__).parent / "server" / module
+    """A driver touches no private member of a connection, of the server (or of
+    anything but itself): what it may reach is ``DriverPort``, a typed, narrow
+    interface, and the server's ``handshake_gate`` (the ASGI adapter too)."""
+    path = Path(supervisor.__file__).parent / module
     reached = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
