@@ -3,9 +3,12 @@
 Each test starts the ASGI server as a child process on a free loopback port
 and talks to it with the websockets client, Node's ``ws`` or a raw socket:
 ``examples/fastapi_app.py`` (wsup mounted in FastAPI under ``/ws``) for the
-chat protocol of the SPEC, and ``tests/e2e/apps/asgi_app.py`` (wsup wrapping a
-Starlette app, JSON logs) for echo, restarts, the slow-consumer policy and
-the wrapped app.
+chat protocol of the SPEC, ``tests/e2e/apps/asgi_app.py`` (wsup wrapping a
+Starlette app, JSON logs) for echo, restarts, the slow-consumer policy,
+admission limits and the wrapped app, and ``tests/e2e/apps/asgi_mount_app.py``
+(wsup in a Starlette ``Mount``). Every case runs under both servers; the drain
+on SIGTERM runs hypercorn from Python with the shutdown trigger of
+``docs/asgi.md`` (``tests/e2e/apps/hypercorn_drain.py``).
 """
 
 from __future__ import annotations
@@ -34,13 +37,24 @@ pytestmark = pytest.mark.e2e
 SERVERS = ("uvicorn", "hypercorn")
 E2E = Path(__file__).resolve().parent
 TEST_APP = "tests.e2e.apps.asgi_app:application"
+LIMITED_APP = "tests.e2e.apps.asgi_app:limited"
+MOUNT_APP = "tests.e2e.apps.asgi_mount_app:application"
 EXAMPLE = "examples.fastapi_app:app"
+CHAT_CLIENT = E2E / "node" / "chat_client.js"
 
 
-def asgi_server(server: str, target: str) -> ServerProcess:
-    """Start ``server`` (uvicorn or hypercorn) serving ``target``; wait until it listens."""
+def asgi_server(server: str, target: str, *, drain: str | None = None) -> ServerProcess:
+    """Start ``server`` (uvicorn or hypercorn) serving ``target``; wait until it listens.
+
+    ``drain``: the ``module:attr`` of ``target``'s ASGIApp, to run hypercorn
+    from Python with a shutdown trigger that drains it (uvicorn needs none).
+    """
     port = free_port()
-    if server == "uvicorn":
+    if server == "hypercorn" and drain is not None:
+        command = [sys.executable, "-m", "tests.e2e.apps.hypercorn_drain", target, drain]
+        command.append(str(port))
+        ready = "Running on"
+    elif server == "uvicorn":
         command = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
         command += ["--host", "127.0.0.1"]
         ready = "Uvicorn running on"
@@ -69,6 +83,20 @@ def example(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
 def wrapped(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     """``tests/e2e/apps/asgi_app.py`` (wsup wrapping Starlette) under each ASGI server."""
     with asgi_server(request.param, TEST_APP) as process:
+        yield process
+
+
+@pytest.fixture(params=SERVERS)
+def limited(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``asgi_app.limited`` (one connection per address) under each ASGI server."""
+    with asgi_server(request.param, LIMITED_APP) as process:
+        yield process
+
+
+@pytest.fixture(params=SERVERS)
+def mounted(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``tests/e2e/apps/asgi_mount_app.py`` (wsup in a Starlette ``Mount``) under each server."""
+    with asgi_server(request.param, MOUNT_APP) as process:
         yield process
 
 
@@ -249,16 +277,130 @@ def test_a_client_that_reads_nothing_is_disconnected_as_a_slow_consumer(
     assert closed == 1
 
 
-def test_sigterm_drains_wsup_connections_before_uvicorn_stops() -> None:
-    """uvicorn + SIGTERM: wsup's drain closes each chat connection with 1001 (not
-    uvicorn's 1012), then uvicorn shuts down and the process exits."""
-    with asgi_server("uvicorn", EXAMPLE) as process:
+@pytest.mark.parametrize("server", SERVERS)
+def test_sigterm_drains_wsup_connections_before_the_server_stops(server: str) -> None:
+    """SIGTERM: wsup's drain closes each chat connection with 1001 (not uvicorn's 1012
+    nor hypercorn's cancellation), then the ASGI server shuts down and the process exits."""
+    with asgi_server(server, EXAMPLE, drain="examples.fastapi_app:ws") as process:
         with chat(process, "lobby", "ann") as ann:
             ann.send(json.dumps({"type": "say", "text": "hi"}))
             assert said(ann)["text"] == "hi"
             process.signal(signal.SIGTERM)
             _, code, reason = recv_until_closed(ann)
         assert (code, reason) == (1001, "server shutting down")
-        process.wait(30)
+        # uvicorn raises the signal it caught again once it has shut down.
+        assert process.wait(30) in (0, -signal.SIGTERM)
         assert "server.drain_completed" in process.log()
-        assert "Application shutdown complete" in process.log()
+        event = process.wait_for_event("connection.closed")
+        assert (event["code"], event["initiator"]) == (1001, "server")
+
+
+def run_node_chat(process: ServerProcess, clients: dict[str, str], steps: list[Any]) -> Any:
+    """Run ``chat_client.js`` against ``process`` with ``clients`` (id → path) and
+    ``steps``; its report."""
+    spec = {"clients": {cid: process.url(path) for cid, path in clients.items()}, "steps": steps}
+    result = subprocess.run(
+        [node(), str(CHAT_CLIENT)],
+        cwd=E2E,
+        input=json.dumps(spec) + "\ngo\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["errors"] == [], report
+    return report
+
+
+def test_node_ws_speaks_the_chat_protocol(example: ServerProcess) -> None:
+    """Node's ws against the FastAPI example: a ``say`` reaches the room and no other,
+    a ``dm`` its user, bad input an ``error``; no ``?user`` is refused with HTTP 400."""
+    # "not json" answers an error: once it is back, that client has joined its room.
+    report = run_node_chat(
+        example,
+        {
+            "ann": "/ws/chat/lobby?user=ann",
+            "bob": "/ws/chat/lobby?user=bob",
+            "cy": "/ws/chat/kitchen?user=cy",
+            "nobody": "/ws/chat/lobby",
+        },
+        [
+            *({"send": c, "data": "not json"} for c in ("ann", "bob", "cy")),
+            *({"expect": c, "count": 1} for c in ("ann", "bob", "cy")),
+            {"send": "ann", "data": json.dumps({"type": "say", "text": "hi"})},
+            {"expect": "ann", "count": 2},
+            {"expect": "bob", "count": 2},
+            {"send": "bob", "data": json.dumps({"type": "dm", "to": "cy", "text": "psst"})},
+            {"expect": "cy", "count": 2},
+        ],
+    )
+    clients = report["clients"]
+    assert [m["type"] for m in clients["ann"]["received"]] == ["error", "said"]
+    for user in ("ann", "bob"):
+        event = clients[user]["received"][1]
+        assert (event["type"], event["from"], event["text"]) == ("said", "ann", "hi")
+    assert clients["cy"]["received"][1] == {"type": "dm", "from": "bob", "text": "psst"}
+    nobody = clients["nobody"]
+    assert (nobody["opened"], nobody["status"]) == (False, 400)
+    assert "missing ?user=NAME" in nobody["body"]
+    assert clients["ann"]["close"]["code"] == 1000
+
+
+def test_admission_limits_answer_503_with_retry_after(limited: ServerProcess) -> None:
+    """``max_connections_per_address`` and ``handshake_rate_per_address`` refuse with
+    HTTP 503 and ``Retry-After`` through the real server, counted per limit."""
+    with open_ws(limited.url("/echo")) as ws:
+        ws.send("one")
+        assert ws.recv(timeout=TIMEOUT) == "one"
+        with pytest.raises(InvalidStatus) as caught:
+            open_ws(limited.url("/echo"))
+        response = caught.value.response
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) >= 1
+        assert b"too many connections from this address" in response.body
+    limited.wait_for_event("connection.closed", where=lambda r: r["path"] == "/echo")
+    with open_ws(limited.url("/echo")) as ws:  # room again; the rate's second token
+        ws.send("two")
+        assert ws.recv(timeout=TIMEOUT) == "two"
+    with pytest.raises(InvalidStatus) as caught:
+        open_ws(limited.url("/echo"))  # the rate has no token left
+    assert caught.value.response.status_code == 503
+    assert int(caught.value.response.headers["Retry-After"]) >= 1
+    for limit in ("max_connections_per_address", "handshake_rate_per_address"):
+        assert metric(limited, "/metrics", "wsup_limited_total", limit=limit) == 1
+    assert metric(limited, "/metrics", "wsup_handshakes_total", result="rejected") == 2
+
+
+def test_starlette_mount_serves_wsup_under_its_path(mounted: ServerProcess) -> None:
+    """wsup in a Starlette ``Mount("/live")``: echo (websockets and Node's ws), a crash
+    and restart, the ops endpoints under the mount; Starlette keeps its own routes."""
+    with open_ws(mounted.url("/live/echo")) as ws:
+        ws.send("hello")
+        assert ws.recv(timeout=TIMEOUT) == "hello"
+    with open_ws(mounted.url("/live/crash")) as ws:
+        assert ws.recv(timeout=TIMEOUT) == "connected"
+        ws.send("crash")
+        assert ws.recv(timeout=TIMEOUT) == "connected"
+    spec = {"messages": [{"type": "text", "data": "héllo"}], "close": {"code": 1000, "reason": ""}}
+    result = subprocess.run(
+        [node(), str(E2E / "node" / "echo_client.js"), mounted.url("/live/echo")],
+        cwd=E2E,
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert [base64.b64decode(m["base64"]) for m in report["received"]] == ["héllo".encode()]
+    assert http(mounted, "/plain")[::2] == (200, "plain")
+    assert http(mounted, "/live/healthz")[0] == 200
+    assert metric(mounted, "/live/metrics", "wsup_handshakes_total", result="accepted") == 3
+    assert metric(mounted, "/live/metrics", "wsup_actor_restarts_total", kind="connection") == 1
+    with pytest.raises(InvalidStatus) as caught:
+        open_ws(mounted.url("/live/nowhere"))
+    assert caught.value.response.status_code == 404

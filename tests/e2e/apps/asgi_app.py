@@ -11,6 +11,9 @@ For ``tests/e2e/test_asgi_servers.py``: ``uvicorn tests.e2e.apps.asgi_app:applic
 * ``/flood``: sends 1 KiB messages without end to a route whose outbound
   buffer holds 4 KiB, under the ``disconnect`` policy;
 * ``/plain``: plain HTTP, answered by the wrapped Starlette app.
+
+``limited`` serves the same app under admission limits: one connection per
+client address, and one handshake per address every 1,000 s after the first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from supervisor import App, Handler, configure_logging
+from supervisor import App, Handler, Rate, ServerConfig, configure_logging
 from supervisor.asgi import ASGIApp
 
 configure_logging("json", "info")
@@ -64,3 +67,11 @@ async def plain(request: HTTPRequest) -> PlainTextResponse:
 
 
 application = ASGIApp(app, fallback=Starlette(routes=[Route("/plain", plain)]))
+
+limited = ASGIApp(
+    app,
+    config=ServerConfig(
+        max_connections_per_address=1,
+        handshake_rate_per_address=Rate(0.001, burst=2),
+    ),
+)
