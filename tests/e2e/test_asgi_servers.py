@@ -404,3 +404,38 @@ def test_starlette_mount_serves_wsup_under_its_path(mounted: ServerProcess) -> N
     with pytest.raises(InvalidStatus) as caught:
         open_ws(mounted.url("/live/nowhere"))
     assert caught.value.response.status_code == 404
+
+
+DJANGO_APP = "tests.e2e.apps.django_app:application"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_django_channels_router_serves_a_view_and_wsup_chat_then_drains(server: str) -> None:
+    """Django Channels' ``ProtocolTypeRouter``: a Django view answers HTTP, wsup the
+    chat (a handshake without ``?user`` gets 400), and SIGTERM drains with 1001."""
+    with asgi_server(server, DJANGO_APP, drain="tests.e2e.apps.django_app:ws") as process:
+        status, content_type, body = http(process, "/hello")
+        assert (status, content_type, json.loads(body)) == (
+            200,
+            "application/json",
+            {"hello": "django"},
+        )
+        with pytest.raises(InvalidStatus) as caught:
+            open_ws(process.url("/chat/lobby"))
+        assert caught.value.response.status_code == 400
+        with (
+            open_ws(process.url("/chat/lobby?user=ann")) as ann,
+            open_ws(process.url("/chat/lobby?user=bob")) as bob,
+        ):
+            bob.send("not json")  # once the error is back, bob has joined the room
+            assert said(bob)["type"] == "error"
+            ann.send(json.dumps({"type": "say", "text": "hi"}))
+            for client in (ann, bob):
+                event = said(client)
+                assert (event["type"], event["from"], event["text"]) == ("said", "ann", "hi")
+            process.signal(signal.SIGTERM)
+            for client in (ann, bob):
+                _, code, reason = recv_until_closed(client)
+                assert (code, reason) == (1001, "server shutting down")
+        assert process.wait(30) in (0, -signal.SIGTERM)
+        assert "server.drain_completed" in process.log()
