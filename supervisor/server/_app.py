@@ -476,7 +476,7 @@ class App:
         must come with ``Content-Length`` (411 otherwise) and hold at most
         ``max_body`` bytes (413 otherwise, before it is read). For a full HTTP
         application, serve wsup's routes from an ASGI app (FastAPI,
-        Starlette) with :class:`supervisor.asgi.ASGIApp`.
+        Starlette, Django Channels) with :class:`supervisor.asgi.ASGIApp`.
 
         Raises:
             ValueError: ``path`` is reserved (``/healthz``, ``/readyz``, ``/metrics``),
