@@ -20,17 +20,20 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
 from tests.e2e.apps.server_process import ServerProcess, free_port
 from tests.helpers.clients import TIMEOUT, get_url, open_ws, recv_until_closed
 from tests.helpers.node import node
+from tests.helpers.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -43,11 +46,14 @@ EXAMPLE = "examples.fastapi_app:app"
 CHAT_CLIENT = E2E / "node" / "chat_client.js"
 
 
-def asgi_server(server: str, target: str, *, drain: str | None = None) -> ServerProcess:
+def asgi_server(
+    server: str, target: str, *, drain: str | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
     """Start ``server`` (uvicorn or hypercorn) serving ``target``; wait until it listens.
 
     ``drain``: the ``module:attr`` of ``target``'s ASGIApp, to run hypercorn
     from Python with a shutdown trigger that drains it (uvicorn needs none).
+    ``env``: more environment variables for the server.
     """
     port = free_port()
     if server == "hypercorn" and drain is not None:
@@ -63,7 +69,7 @@ def asgi_server(server: str, target: str, *, drain: str | None = None) -> Server
         command = [sys.executable, "-m", "hypercorn", target, "--workers", "0"]
         command += ["--bind", f"127.0.0.1:{port}"]
         ready = "Running on"
-    process = ServerProcess(target, port=port, command=command)
+    process = ServerProcess(target, port=port, command=command, env=env)
     try:
         process.wait_for_line(ready, timeout=30)
     except BaseException:
@@ -439,3 +445,45 @@ def test_django_channels_router_serves_a_view_and_wsup_chat_then_drains(server: 
                 assert (code, reason) == (1001, "server shutting down")
         assert process.wait(30) in (0, -signal.SIGTERM)
         assert "server.drain_completed" in process.log()
+
+
+def wait_subscribed(url: str, address: str, nodes: int) -> None:
+    """Wait until ``nodes`` nodes subscribe to ``address`` in Redis (a bounded poll: a
+    child process gives no other sign that a join or a name has reached Redis)."""
+    channel = f"wsup:addr:{address}".encode()
+    inspector = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while inspector.pubsub_numsub(channel) != [(channel, nodes)]:
+            assert time.monotonic() < deadline, f"{address}: not {nodes} subscribers"
+            time.sleep(0.01)
+    finally:
+        inspector.close()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_two_asgi_nodes_chat_through_the_redis_backplane(redis_server: RedisServer) -> None:
+    """``ASGIApp(backplane=RedisBackplane(url))``: a node under uvicorn and one under
+    hypercorn, one Redis; a ``dm`` crosses from each node to the other, and a room's
+    ``say`` reaches its member on the other node."""
+    env = {"WSUP_TEST_REDIS": redis_server.url}
+    target = "tests.e2e.apps.asgi_cluster_app:app"
+    with (
+        asgi_server("uvicorn", target, env=env) as a,
+        asgi_server("hypercorn", target, env=env) as b,
+        chat(a, "lobby", "ann") as ann,
+        chat(b, "lobby", "bob") as bob,
+    ):
+        for user in ("ann", "bob"):
+            wait_subscribed(redis_server.url, f"user:{user}", 1)
+        wait_subscribed(redis_server.url, "room:lobby", 2)
+        ann.send(json.dumps({"type": "dm", "to": "bob", "text": "across"}))
+        assert said(bob) == {"type": "dm", "from": "ann", "text": "across"}
+        bob.send(json.dumps({"type": "dm", "to": "ann", "text": "back"}))
+        assert said(ann) == {"type": "dm", "from": "bob", "text": "back"}
+        bob.send(json.dumps({"type": "say", "text": "hi all"}))
+        for client in (bob, ann):
+            event = said(client)
+            assert (event["type"], event["from"], event["text"]) == ("said", "bob", "hi all")
+    for node_process in (a, b):
+        assert "redis.connected" in node_process.log()

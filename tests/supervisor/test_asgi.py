@@ -17,7 +17,9 @@ import anyio
 import anyio.abc
 import pytest
 
+from actors import MailboxConfig
 from supervisor import (
+    Accept,
     App,
     Connection,
     Handler,
@@ -29,6 +31,7 @@ from supervisor import (
     ServerConfig,
 )
 from supervisor.asgi import ASGIApp, ASGIApplication, Message, Scope
+from tests.helpers.tasks import settle
 
 pytestmark = pytest.mark.anyio
 
@@ -506,3 +509,111 @@ async def test_a_handshake_hook_that_raises_answers_500() -> None:
         assert server is not None
         body, _ = server.metrics.render_for(None)
     assert 'wsup_handshakes_total{result="rejected"} 1.0' in body.decode()
+
+
+async def test_hooks_see_the_scope_and_their_accept_reaches_the_client_and_handler() -> None:
+    """A hook sees the scope's path, parameters, query, headers, cookies, addresses (the
+    forwarded one behind ``trusted_proxies``) and offered subprotocols; its ``Accept``
+    chooses the subprotocol, adds headers and hands ``values`` to the handler."""
+    app = make_app()
+    seen: list[Request] = []
+
+    def look(request: Request) -> Accept:
+        seen.append(request)
+        return Accept(headers=[("X-Seen", "yes")], subprotocol="v1", values={"who": "ann"})
+
+    @app.route("/rooms/{room}", hook=look, subprotocols=("v2", "v1"))
+    class Room(Handler):
+        async def on_connect(self) -> None:
+            await self.conn.send(
+                f"{self.params['room']} {self.values['who']} {self.conn.subprotocol}"
+            )
+
+    config = ServerConfig(trusted_proxies=["127.0.0.1/32"])
+    asgi = ASGIApp(app, config=config, handle_signals=False)
+    scope = ws_scope(
+        "/rooms/tea",
+        query=b"user=ann&tag=a&tag=b",
+        headers=[
+            (b"host", b"127.0.0.1"),
+            (b"cookie", b"session=abc; theme=dark"),
+            (b"x-forwarded-for", b"203.0.113.9"),
+        ],
+        subprotocols=["v1", "v2"],
+    )
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, scope)
+        peer.put({"type": "websocket.connect"})
+        accept = await peer.next()
+        assert (accept["type"], accept["subprotocol"]) == ("websocket.accept", "v1")
+        assert (b"x-seen", b"yes") in accept["headers"]
+        assert await peer.next() == {"type": "websocket.send", "text": "tea ann v1"}
+        peer.put({"type": "websocket.disconnect", "code": 1000})
+    [request] = seen
+    assert (request.path, request.params) == ("/rooms/tea", {"room": "tea"})
+    assert request.query == {"user": ["ann"], "tag": ["a", "b"]}
+    assert request.header("cookie") == "session=abc; theme=dark"
+    assert request.cookies == {"session": "abc", "theme": "dark"}
+    assert request.remote_address == ("127.0.0.1", 50000)
+    assert request.client_address == "203.0.113.9"
+    assert request.subprotocols == ("v1", "v2")
+
+
+async def test_a_route_needing_a_subprotocol_the_client_did_not_offer_gets_400() -> None:
+    """The route's ``subprotocols`` are negotiated as websockets does: none offered is a
+    400, counted as a failed handshake."""
+    app = make_app()
+
+    @app.route("/v2only", subprotocols=("v2",))
+    class V2(Handler):
+        pass
+
+    asgi = ASGIApp(app, handle_signals=False)
+    async with running(asgi) as tg:
+        peer = start(tg, asgi, ws_scope("/v2only", subprotocols=["v1"]))
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["status"] == 400
+        assert (await peer.next())["body"].startswith(b"bad request: invalid subprotocol")
+        server = asgi.server
+        assert server is not None
+        body, _ = server.metrics.render_for(None)
+    assert 'wsup_handshakes_total{result="failed"} 1.0' in body.decode()
+
+
+async def test_a_full_block_mailbox_stops_the_reader_calling_receive() -> None:
+    """Under ``block``, a full mailbox stops the reader: the ASGI server's messages stay
+    in its queue (where its own bound stops it reading the socket) until there is room,
+    then every one arrives, in order."""
+    app = make_app()
+    release = anyio.Event()
+
+    @app.route("/slow", mailbox=MailboxConfig(capacity=1))
+    class Slow(Handler):
+        async def on_message(self, message: str | bytes) -> None:
+            await release.wait()
+            await self.conn.send(message)
+
+    asgi = ASGIApp(app, handle_signals=False)
+    async with running(asgi) as tg:
+        peer = ASGIPeer()
+        calls = 0
+
+        async def receive() -> Message:
+            nonlocal calls
+            calls += 1
+            return await peer.receive()
+
+        tg.start_soon(asgi, ws_scope("/slow"), receive, peer.send)
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["type"] == "websocket.accept"
+        for number in range(20):
+            peer.put({"type": "websocket.receive", "text": str(number)})
+        await settle()
+        # The connect, one message in the handler, one in the mailbox, one in hand.
+        assert calls <= 5
+        release.set()
+        for number in range(20):
+            assert await peer.next() == {"type": "websocket.send", "text": str(number)}
+        await settle()
+        assert calls == 21 + 1  # and the reader waits for the next
+        peer.put({"type": "websocket.disconnect", "code": 1000})
