@@ -28,7 +28,7 @@ import contextlib
 import math
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from types import MappingProxyType
@@ -159,6 +159,8 @@ class Runtime:
         self._presence_out: deque[tuple[str, dict[str, Any]]] = deque()
         # The live nodes at the last check, for presence events (None: not checked yet).
         self._live_seen: set[str] | None = None
+        # Address -> the function that takes what other nodes send there (no actor).
+        self._receivers: dict[str, Callable[[Any], None]] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -247,6 +249,25 @@ class Runtime:
                 self.unwatch_remote(cell, target)
         if self._cells.pop(cell.address, None) is not None:
             self.instrumentation.actor_stopped(cell.kind)
+
+    def add_receiver(self, address: str, receiver: Callable[[Any], None]) -> None:
+        """Hand what other nodes send to ``address`` to ``receiver``, synchronously,
+        in the order the backplane delivers it: a node-level endpoint with no actor
+        and no mailbox (``receiver`` must not block). Local sends do not reach it.
+
+        Raises:
+            ValueError: ``address`` has a receiver already.
+        """
+        if address in self._receivers:
+            raise ValueError(f"{address!r} has a receiver already")
+        self._receivers[address] = receiver
+        if self.backplane.remote:
+            self.backplane.subscribe(address)
+
+    def remove_receiver(self, address: str) -> None:
+        """Undo :meth:`add_receiver`."""
+        if self._receivers.pop(address, None) is not None and self.backplane.remote:
+            self.backplane.unsubscribe(address)
 
     def members(self, address: str) -> list[ActorRef]:
         """Return the local actors that answer to ``address``."""
@@ -511,6 +532,11 @@ class Runtime:
         if message.__class__ is dict and WIRE_KEY in message:
             self._monitor_message(message)
             return 1
+        if self._receivers:
+            receiver = self._receivers.get(address)
+            if receiver is not None:
+                receiver(message)
+                return 1
         members = self._members.get(address)
         return self._offer(list(members), message) if members else 0
 

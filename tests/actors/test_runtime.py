@@ -557,6 +557,31 @@ async def test_remote_backplane_learns_which_addresses_have_local_members() -> N
         assert sorted(backplane.unsubscribed) == sorted([a.address, b.address, "room"])
 
 
+async def test_a_receiver_takes_what_other_nodes_send_to_its_address() -> None:
+    """``add_receiver`` subscribes the address and hands it, in order and synchronously,
+    what arrives from other nodes; members of other addresses are untouched; a second
+    receiver of one address is refused; ``remove_receiver`` unsubscribes."""
+    backplane = FakeBackplane()
+    async with stage(backplane) as st:
+        got: list[Any] = []
+        st.runtime.add_receiver("node:endpoint", got.append)
+        assert backplane.subscribed == ["node:endpoint"]
+        with pytest.raises(ValueError, match="has a receiver already"):
+            st.runtime.add_receiver("node:endpoint", got.append)
+        ref, inbox = await st.inbox("room")
+        assert st.runtime.deliver_remote("node:endpoint", {"n": 1}) == 1
+        assert st.runtime.deliver_remote("node:endpoint", "two") == 1
+        assert st.runtime.deliver_remote("room", "for the room") == 1
+        await anyio.wait_all_tasks_blocked()
+        assert got == [{"n": 1}, "two"]
+        assert inbox == ["for the room"]
+        st.runtime.remove_receiver("node:endpoint")
+        assert backplane.unsubscribed == ["node:endpoint"]
+        assert st.runtime.deliver_remote("node:endpoint", "late") == 0
+        assert got == [{"n": 1}, "two"]
+        del ref
+
+
 async def test_remote_send_publishes_and_delivers_locally() -> None:
     """With other nodes, a send reaches local members and is also published to the backplane."""
     backplane = FakeBackplane()
