@@ -59,6 +59,8 @@ class CloseCode(enum.IntEnum):
     """A message past ``max_size`` or ``max_fragments``."""
     INTERNAL_ERROR = 1011
     """The connection's actor crashed past its intensity, or a ping went unanswered."""
+    SERVICE_RESTART = 1012
+    """A resumed connection relayed from another node lost that node (``docs/resume.md``)."""
     TRY_AGAIN_LATER = 1013
     """The ``disconnect`` slow-consumer policy's default code."""
 

@@ -201,11 +201,12 @@ missing field, a chunked body); ``unauthorized`` (401); ``not_found`` (404);
 ``method_not_allowed`` (405); ``too_large`` (413); ``unavailable`` (503: the
 backplane is down, or a mailbox refused the message)."""
 API_RESULTS: Final[tuple[ApiResult, ...]] = get_args(ApiResult)
-ResumeResult = Literal["resumed", "expired", "unknown", "mismatch", "other_node"]
-"""What became of a detached connection (``resumed``, ``expired``), or why a
-resume token was refused: ``unknown`` (not issued, expired or ended),
-``mismatch`` (the hooks accepted other values, or another route or path),
-``other_node`` (the token's connection is on another node)."""
+ResumeResult = Literal["resumed", "relayed", "expired", "unknown", "mismatch", "other_node"]
+"""What became of a detached connection (``resumed`` on its own node,
+``relayed`` from another node, ``expired``), or why a resume token was
+refused: ``unknown`` (not issued, expired or ended), ``mismatch`` (the hooks
+accepted other values, or another route or path), ``other_node`` (the token's
+connection is on another node, which cannot be reached)."""
 RESUME_RESULTS: Final[tuple[ResumeResult, ...]] = get_args(ResumeResult)
 
 RecoveryResult = Literal["recovered", "epoch_changed", "trimmed", "unavailable", "invalid"]

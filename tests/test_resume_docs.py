@@ -8,6 +8,7 @@ client in a worker thread; a client that drops resets its TCP connection.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import socket
@@ -19,9 +20,11 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from examples.resume import session
-from supervisor import Server
+from supervisor import App, Server
+from supervisor.redis import RedisBackplane
 from tests.helpers.docs import assert_blocks_are_files
 from tests.helpers.metrics import sample
+from tests.helpers.redis_server import REDIS_SERVER, quick_backplane, running_redis
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import eventually, in_thread
 
@@ -84,18 +87,75 @@ async def test_a_session_comes_back_with_its_state_and_what_was_posted_meanwhile
 
         def resume() -> list[Any]:
             with opened(f"{url}&resume={token}") as back:
-                seen = [recv(back), recv(back)]
+                seen = [recv(back), recv(back), recv(back)]
                 back.send("again")
                 seen.append(recv(back))
                 with opened(f"{ws_url(server, '/session?user=bob')}&resume={token}") as bob:
                     seen.append(recv(bob))
             return seen
 
-        back, news, count, bob = await in_thread(resume)
+        back, news, welcome, count, bob = await in_thread(resume)
         await in_thread(poster.close)
     assert back == {"type": "wsup.resume", "token": token, "grace": 30.0, "resumed": True}
     assert news == "news"
+    assert welcome == {"type": "welcome_back", "sent": 1}
     assert count == {"type": "count", "sent": 2}
     assert bob["resumed"] is False
     assert bob["refused"] == "mismatch"
     assert bob["token"] != token
+
+
+def another_node() -> App:
+    """The example's app as a second process would load it: a fresh copy of the module
+    (one ``App`` is served once)."""
+    spec = importlib.util.spec_from_file_location("session_on_another_node", session.__file__)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = module.app
+    assert isinstance(app, App)
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_a_session_comes_back_through_another_node() -> None:
+    """Two nodes on Redis: Ada drops on one and comes back on the other, with her
+    token; she gets the post, her welcome back, and her count goes on (the page's
+    cross-node walk-through)."""
+    with running_redis() as redis_server:
+        await come_back_elsewhere(redis_server.url)
+
+
+async def come_back_elsewhere(url: str) -> None:
+    async with (
+        running_server(session.app, backplane=quick_backplane(url)) as a,
+        running_server(another_node(), backplane=quick_backplane(url)) as b,
+    ):
+        for server in (a, b):
+            backplane = server.runtime.backplane
+            assert isinstance(backplane, RedisBackplane)
+            await backplane.synced()
+        ada = await in_thread(opened, ws_url(a, "/session?user=ada"))
+        token = (await in_thread(recv, ada))["token"]
+        await in_thread(ada.send, "hi")
+        assert await in_thread(recv, ada) == {"type": "count", "sent": 1}
+        await in_thread(drop, ada)
+        await eventually(lambda: detached(a))
+        poster = await in_thread(opened, ws_url(b, "/post"))
+        await in_thread(poster.send, "news")
+
+        def resume() -> list[Any]:
+            with opened(f"{ws_url(b, '/session?user=ada')}&resume={token}") as back:
+                seen = [recv(back), recv(back), recv(back)]
+                back.send("again")
+                seen.append(recv(back))
+            return seen
+
+        back, news, welcome, count = await in_thread(resume)
+        await in_thread(poster.close)
+    assert back == {"type": "wsup.resume", "token": token, "grace": 30.0, "resumed": True}
+    assert news == "news"
+    assert welcome == {"type": "welcome_back", "sent": 1}
+    assert count == {"type": "count", "sent": 2}

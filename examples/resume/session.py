@@ -3,8 +3,9 @@
 
 Serve it with ``wsup serve examples.resume.session:app``. Connect to
 ``ws://127.0.0.1:8765/session?user=ada``: the first message carries a token.
-After a drop, come back within 30 s to ``/session?user=ada&resume=TOKEN``.
-Anyone may post to everyone's session through ``/post``.
+After a drop, come back within 30 s to ``/session?user=ada&resume=TOKEN``, on
+this node or (nodes joined by ``--redis``) on another one. Anyone may post to
+everyone's session through ``/post``.
 """
 
 import json
@@ -34,6 +35,9 @@ class Session(Handler):
     async def on_message(self, message: str | bytes) -> None:
         self.sent += 1
         await self.conn.send(json.dumps({"type": "count", "sent": self.sent}))
+
+    async def on_resume(self) -> None:  # after what waited, before anything newer
+        await self.conn.send(json.dumps({"type": "welcome_back", "sent": self.sent}))
 
 
 @app.route("/post")

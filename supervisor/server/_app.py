@@ -11,7 +11,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, cast
 
 import anyio
 
@@ -236,6 +236,16 @@ class Handler(Actor):
     async def on_close(self, code: int, reason: str) -> None:
         """Called once when the connection ends, with the close code and reason."""
 
+    async def on_resume(self) -> None:
+        """Called when the client resumes this connection with its token (routes with
+        ``resume``), on this node or through another one (see ``docs/resume.md``).
+
+        ``on_connect`` does not run again: the actor, its state and its groups
+        stayed. By the time it runs, what waited for the client is queued (and
+        the ``wsup.resume`` announcement ahead of it); what it sends comes after.
+        It runs in its turn in the mailbox, like a message.
+        """
+
     # -- the actor hooks, mapped onto the connection hooks ----------------------------
 
     async def on_start(self) -> None:
@@ -257,6 +267,8 @@ class Handler(Actor):
                     self._closed_here(exc)
                     return None
             return await self._hook(self.on_message, message.data)
+        if message is RESUMED:
+            return await self._hook(self.on_resume)
         return await self._hook(self.on_receive, message)
 
     async def on_stop(self) -> None:
@@ -279,6 +291,18 @@ class Handler(Actor):
         """
         if exc.address != self.conn.address:
             raise exc
+
+
+class _Resumed:
+    """The marker a resumed connection puts in its actor's mailbox (``on_resume``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "RESUMED"
+
+
+RESUMED: Final = _Resumed()
 
 
 class FromClient:

@@ -50,12 +50,12 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from actors import ActorRef, Clock, DeadLetter, MailboxClosed, MailboxFull
-from actors._actor import Cell, Exit, ExitKind
+from actors._actor import Cell, Envelope, Exit, ExitKind
 from actors._backend import primitives
 
 from .._constants import CLEAN_CLOSE_CODES, SHUTDOWN_REASON, CloseCode
 from .._exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, OutboundFull
-from ._app import FromClient, Handler, Request, RouteOptions
+from ._app import RESUMED, FromClient, Handler, Request, RouteOptions
 from ._core import (
     ARM_CLOSE_TIMER,
     FAILED,
@@ -67,7 +67,7 @@ from ._core import (
     PongReceived,
     TrafficCounters,
 )
-from ._keepalive import Keepalive
+from ._keepalive import Keepalive, KeepaliveConfig
 from ._limits import InboundLimiter
 from ._outbound import OutboundItem, OutboundVerdict, frame_header, wire_message
 from ._resume import ResumeRefusal, announcement
@@ -427,6 +427,10 @@ class _Husk:
             self._driver = _ENDED
 
 
+#: A relayed connection's keepalive: none (the relay's node keeps its socket alive).
+_NO_KEEPALIVE = KeepaliveConfig(ping_interval=None, message_timeout=None)
+
+
 def _parked_protocol() -> ServerProtocol:
     """A protocol past its handshake with no socket behind it: a detached core's."""
     protocol = ServerProtocol()
@@ -449,8 +453,10 @@ class Connection:
     """
 
     __slots__ = (
+        "_announcement",
         "_attachments",
         "_checkpoint",
+        "_claiming",
         "_core",
         "_driver",
         "_finished",
@@ -503,11 +509,15 @@ class Connection:
         self.resume_token: str | None = None
         self._parked = False  # detached: the socket side is a parked core
         self._attachments = 0  # sockets it was re-attached to
+        self._announcement: OutboundItem | None = None  # the current socket's, until taken
         self._grace: anyio.CancelScope | None = None
         self._driver: Driver = driver
         self._uses_callbacks = driver.uses_callbacks
         self._port: DriverPort | None = None
         self._frames_once = False
+        # Set while another node is asked for this connection's actor (see ``_relay``):
+        # what the client sends meanwhile waits in the socket.
+        self._claiming: anyio.Event | None = None
         self._bind(driver, protocol)
 
     def _bind(self, driver: Driver, protocol: ServerProtocol) -> None:
@@ -536,13 +546,15 @@ class Connection:
         self._port = port if self.route.resume is not None else None
         driver.bind(port)
 
-    def _new_core(self, protocol: ServerProtocol, now: float) -> ConnectionCore:
+    def _new_core(
+        self, protocol: ServerProtocol, now: float, keepalive: KeepaliveConfig | None = None
+    ) -> ConnectionCore:
         route = self.route
         config = self._host.config
         return ConnectionCore(
             protocol,
             self._host.counters,
-            keepalive=config.keepalive,
+            keepalive=keepalive or config.keepalive,
             now=now,
             outbound_limit=route.outbound_limit,
             slow_consumer=route.slow_consumer,
@@ -835,7 +847,8 @@ class Connection:
         assert resume is not None
         self.resume_token = token
         text = announcement(token, resume.grace, resumed=resumed, refused=refused)
-        self._core.outbound.append(OutboundItem(text.encode(), True))
+        item = self._announcement = OutboundItem(text.encode(), True)
+        self._core.outbound.append(item)
         self._driver.flush_soon()
 
     def _detach(self) -> None:
@@ -847,7 +860,9 @@ class Connection:
         self._port = None
         parked = self._new_core(_parked_protocol(), self._host.clock.now())
         for item in old.outbound.take_all():  # what the socket never took
-            parked.outbound.append(item)
+            if item is not self._announcement:  # that socket's own: the next gets its own
+                parked.outbound.append(item)
+        self._announcement = None
         old.outbound.clear()  # its control frames: the old driver waits for room no more
         _carry_counts(old, parked)
         self._core = parked
@@ -883,18 +898,24 @@ class Connection:
         self._finalize()
 
     def _reattach(
-        self, protocol: ServerProtocol, request: Request, subprotocol: str | None, driver: Driver
+        self,
+        protocol: ServerProtocol,
+        request: Request,
+        subprotocol: str | None,
+        driver: Driver,
+        keepalive: KeepaliveConfig | None = None,
     ) -> None:
-        """Serve this connection on a new socket whose 101 is written: the client is
-        told first, then gets what waited, then live traffic."""
+        """Serve this connection on a new socket whose 101 is written (or on a relay to
+        another node's socket, see ``_relay``): the client is told first, then gets
+        what waited, then live traffic."""
         if not self._parked:
-            self._detach()  # taken over: the old socket is still open
+            self._detach()  # taken over: the old socket (or relay) is still open
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
         self._attachments += 1
         parked = self._core
-        core = self._core = self._new_core(protocol, self._host.clock.now())
+        core = self._core = self._new_core(protocol, self._host.clock.now(), keepalive)
         _carry_counts(parked, core)
         self.keepalive = core.keepalive
         self.request = request
@@ -904,21 +925,58 @@ class Connection:
         self._set_state(ConnectionState.OPEN)
         assert self.resume_token is not None
         self._announce(self.resume_token, resumed=True)
+        framed = driver.framed
         for item in parked.outbound.take_all():
+            if item.frame and not framed:  # a fan-out's frame: its payload, for a relay
+                item = OutboundItem(item.payload[len(item.payload) - item.size :], item.text)
             core.outbound.append(item)
         self._room()  # a sender waiting for room looks again, at the new buffer
+        self._tell_resumed()
+
+    def _relay(self, driver: Driver) -> None:
+        """Serve this connection through a relay to a socket on another node (see
+        ``_relay``): no keepalive here, the relay's node pings its own socket."""
+        self._reattach(_parked_protocol(), self.request, self.subprotocol, driver, _NO_KEEPALIVE)
+
+    def _tell_resumed(self) -> None:
+        """Have the handler's ``on_resume`` run, after what waited was queued."""
+        cell = self.cell
+        handler = self.route.handler
+        if cell is None or cell.is_terminated:
+            return
+        if getattr(handler, "on_resume", Handler.on_resume) is Handler.on_resume:
+            return  # the default does nothing
+        try:
+            cell.mailbox.put_nowait(Envelope(RESUMED))
+        except (MailboxFull, MailboxClosed):
+            self._host.dead_letter(DeadLetter(self.address, RESUMED, "dropped", "mailbox full"))
 
     # -- wiring to the actor -------------------------------------------------------------
 
-    def _attach(self, ref: ActorRef, cell: Cell) -> None:
-        """Bind the connection actor (called once, right after it is spawned)."""
+    def _attach(self, ref: ActorRef, cell: Cell, *, relay: bool = False) -> None:
+        """Bind the connection actor (called once, right after it is spawned).
+
+        ``relay``: the actor relays another node's connection actor (see ``_relay``).
+        """
         self.ref = ref
         self.cell = cell
         self.address = ref.address
         cell.on_terminate = self._actor_ended
-        if getattr(self.route.handler, "on_receive", None) is Handler.on_receive:
+        if relay:
+            cell.direct = self._deliver_relayed
+        elif getattr(self.route.handler, "on_receive", None) is Handler.on_receive:
             # The handler only forwards what other actors send: skip its mailbox.
             cell.direct = self._deliver_direct
+        claiming, self._claiming = self._claiming, None
+        if claiming is not None:
+            claiming.set()
+
+    def _deliver_relayed(self, message: Any, cache: dict[str, Any]) -> bool:
+        """What the home node relays: its messages straight to the outbound buffer,
+        its instructions (JSON objects) to the relay's mailbox, after them."""
+        if message.__class__ is dict:
+            return False
+        return self._deliver_direct(message, cache)
 
     def _deliver_direct(self, message: Any, cache: dict[str, Any]) -> bool:
         """Queue a message from another actor straight into the outbound buffer.
@@ -990,7 +1048,8 @@ class Connection:
         """
         ref = self.ref
         if ref is None:
-            return None  # nobody will read them
+            # Claiming: wait (reading paused) for the actor. Else nobody will read them.
+            return None if self._claiming is None else 0
         cell = self.cell
         index = 0
         for message in messages:
@@ -1012,8 +1071,12 @@ class Connection:
 
     async def _deliver_waiting(self, message: str | bytes) -> None:
         """Put ``message`` in the mailbox, waiting for room (reading is paused meanwhile)."""
+        claiming = self._claiming
+        if claiming is not None:
+            await claiming.wait()
         ref = self.ref
-        assert ref is not None
+        if ref is None:
+            return  # the connection ended before its actor was known
         with contextlib.suppress(MailboxFull, MailboxClosed):
             await ref.tell(FromClient(message))
 
@@ -1110,6 +1173,9 @@ class Connection:
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
+        claiming, self._claiming = self._claiming, None
+        if claiming is not None:
+            claiming.set()  # a read waiting for the actor: there will be none
         core = self._core
         code, reason, initiator, label = core.finish()
         if self.state is not ConnectionState.CLOSED:

@@ -25,6 +25,7 @@ connection ends with its own reason, ``resume_expired``.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,8 +49,8 @@ RESUME_PARAM = "resume"
 ResumeRefusal = Literal["unknown", "mismatch", "other_node"]
 """Why a token was refused: ``unknown`` (never issued, expired, ended, or
 malformed), ``mismatch`` (the hooks accepted other values, or another route or
-path), ``other_node`` (issued by another node: a connection resumes on the node
-that holds its actor)."""
+path), ``other_node`` (issued by another node that this one cannot reach: no
+backplane is shared, or the node did not answer the claim; see ``_relay``)."""
 
 #: Random bytes in a token (its secret part is 32 URL-safe characters).
 _TOKEN_BYTES = 24
@@ -79,7 +80,17 @@ def new_token(node_id: str) -> str:
 def token_node(token: str) -> str:
     """The node a token names (``""`` for a malformed one)."""
     _, dot, node = token.partition(".")
-    return node if dot else ""
+    return node if dot and _NODE_ID.fullmatch(node) else ""
+
+
+#: What a node id in a token may be (it becomes part of a backplane address).
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def comparable(values: Mapping[str, Any]) -> Any:
+    """``values`` as another node sees them: through JSON, keys sorted (a value JSON
+    cannot carry compares by its ``repr``)."""
+    return json.loads(json.dumps(dict(values), sort_keys=True, default=repr))
 
 
 def announcement(
@@ -146,6 +157,19 @@ class ResumeTable:
             node = token_node(token)
             return "other_node" if node and node != self.node_id else "unknown"
         if entry.route is not route or entry.path != path or entry.values != dict(values):
+            return "mismatch"
+        if not entry.conn.resumable:
+            return "unknown"
+        return entry.conn
+
+    def claim_remote(self, token: str, path: str, values: Any) -> Connection | ResumeRefusal:
+        """The connection another node's handshake claims, or why it may not: as
+        :meth:`claim`, with the hooks' ``values`` as :func:`comparable` made them
+        (the route is the one ``path`` matches, on every node of the app)."""
+        entry = self._entries.get(token)
+        if entry is None:
+            return "unknown"
+        if entry.path != path or comparable(entry.values) != values:
             return "mismatch"
         if not entry.conn.resumable:
             return "unknown"

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -72,7 +74,7 @@ from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
 from ._admission import Admission, Refusal
 from ._aio import HandshakeProtocol, serve_sockets
-from ._app import App, Handler, RouteOptions, call_maybe_async
+from ._app import App, Handler, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
 from ._connection import Connection, ConnectionState, Driver
 from ._drain import drain_paced
@@ -91,6 +93,7 @@ from ._handshake import (
 )
 from ._keepalive import KeepaliveAction, wake_time
 from ._limits import EveryInterval, Rate
+from ._relay import Granted, RelayHandler, Relays
 from ._resume import RESUME_PARAM, ResumeRefusal, ResumeTable
 
 __all__ = ["Server", "serve"]
@@ -179,6 +182,9 @@ class Server:
         self.runtime = self.system.runtime
         #: This node's resumable connections, by token.
         self.resumes = ResumeTable(self.runtime.node_id)
+        #: Resumes across nodes (with a backplane to other nodes and a resumable route).
+        self.relays: Relays | None = None
+        self._relay_spec: ChildSpec | None = None
         for history in app.histories:
             self.runtime.add_history(history)
         for pattern in app.presence_patterns:
@@ -289,6 +295,11 @@ class Server:
                 )
                 assert isinstance(sup, Supervisor)
                 self._conn_sup = sup
+                if self.runtime.backplane.remote and any(
+                    isinstance(route.target, RouteOptions) and route.target.resume is not None
+                    for route in app.router
+                ):
+                    self.relays = Relays(self)
                 await self._start_app(app)
                 async with self._lifespan(app), anyio.create_task_group() as tg:
                     self._tg = tg
@@ -333,6 +344,9 @@ class Server:
         finally:
             app.server = None
             self._tg = None
+            if self.relays is not None:
+                self.relays.close()
+                self.relays = None
             await self._close_listeners(ops=True)
         _log.info("server.stopped")
         if self.failure is not None:
@@ -848,14 +862,10 @@ class Server:
                     buffered_bytes=claimed.buffered_bytes,
                 )
                 return driver
+            if claimed == "other_node" and self.relays is not None:
+                return self._open_claiming(upgrade, protocol, started, driver, token)
             refused = claimed
-            self.metrics.resumes.labels(result=refused).inc()
-            _log.info(
-                "connection.resume_refused",
-                path=request.path,
-                client=request.client_address,
-                refused=refused,
-            )
+            self._refused(request, refused)
         conn = Connection(self, protocol, request, route, upgrade.subprotocol, driver)
         if route.resume is not None and resumable:
             # Before the actor starts: the token is the first message the client gets.
@@ -875,6 +885,99 @@ class Server:
                 client=request.client_address,
             )
         return driver
+
+    def _refused(self, request: Request, refused: ResumeRefusal) -> None:
+        self.metrics.resumes.labels(result=refused).inc()
+        _log.info(
+            "connection.resume_refused",
+            path=request.path,
+            client=request.client_address,
+            refused=refused,
+        )
+
+    def _open_claiming(
+        self, upgrade: Upgrade, protocol: ServerProtocol, started: float, driver: Driver, token: str
+    ) -> Driver:
+        """A token of another node: claim its connection there (see ``_relay``); the
+        socket's connection waits without an actor, reading paused, until then."""
+        request = upgrade.request
+        conn = Connection(self, protocol, request, upgrade.route, upgrade.subprotocol, driver)
+        conn._claiming = anyio.Event()
+        self.connections.add(conn)
+        self.admission.connection_opened(request.client_address)
+        self.states["open"].inc()
+        self._opened(conn, started)
+        if not self.start_soon(functools.partial(self._claim, conn, upgrade, token)):
+            conn.abort()
+        return driver
+
+    async def _claim(self, conn: Connection, upgrade: Upgrade, token: str) -> None:
+        """Relay ``conn`` to the connection its token names on another node, or, if
+        that node refuses or cannot be reached, make it a new connection, told why."""
+        relays = self.relays
+        request = upgrade.request
+        answer: Granted | ResumeRefusal = "other_node"
+        if relays is not None:
+            answer = await relays.claim(token, request.path, upgrade.values)
+        if isinstance(answer, Granted):
+            assert relays is not None
+            if conn.state is not ConnectionState.OPEN:
+                relays.release(answer)  # the client left (or this node drains) meanwhile
+                return
+            self._spawn_relay(conn, relays, answer)
+            self.metrics.resumes.labels(result="relayed").inc()
+            _log.info(
+                "connection.relayed",
+                conn=conn.address,
+                home=answer.home,
+                path=request.path,
+                client=request.client_address,
+            )
+            return
+        self._refused(request, answer)
+        if conn.state is not ConnectionState.OPEN:
+            return
+        route = upgrade.route
+        conn._announce(
+            self.resumes.issue(conn, route, upgrade.values), resumed=False, refused=answer
+        )
+        self._spawn(conn, route, upgrade.values, upgrade.pattern)
+
+    def _spawn_relay(self, conn: Connection, relays: Relays, granted: Granted) -> None:
+        """Give ``conn`` a :class:`RelayHandler`: it answers to no name (the home
+        actor does), so nothing but the home node's relay reaches it."""
+        spec = self._relay_spec
+        if spec is None:
+            spec = self._relay_spec = ChildSpec(
+                RelayHandler,
+                id="relay",
+                restart=Restart.TEMPORARY,
+                kind="connection",
+                prefix="conn",
+                shutdown_timeout=self.config.close_timeout,
+            )
+        app = self.app
+        route = conn.route
+
+        def factory() -> Any:
+            handler = RelayHandler()
+            handler.conn = conn
+            handler.app = app
+            handler.params = conn.request.params
+            handler.values = {}
+            handler.relays = relays
+            handler.granted = granted
+            return handler
+
+        assert self._conn_sup is not None
+        ref = self._conn_sup.start_child_nowait(
+            dataclasses.replace(spec, mailbox=route.mailbox),
+            factory,
+            log_context={"route": "relay", "path": conn.request.path},
+        )
+        cell = self.runtime.cell(ref.address)
+        assert cell is not None
+        conn._attach(ref, cell, relay=True)
 
     def _opened(self, conn: Connection, started: float) -> None:
         self.handshakes["accepted"].inc()

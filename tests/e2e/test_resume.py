@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import struct
-from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -27,11 +26,9 @@ from websockets.uri import parse_uri
 
 from actors import FakeClock
 from supervisor import ConnectionState, KeepaliveConfig, Server, SlowConsumerPolicy
-from supervisor.redis import RedisBackplane
-from tests.e2e.apps.resume_app import GRACE, make_app
+from tests.e2e.apps.resume_app import GRACE, Returning, make_app
 from tests.helpers.metrics import sample
 from tests.helpers.raw import STREAM_ENDED, read_head
-from tests.helpers.redis_server import SHARED_REDIS, needs_shared_redis, quick_backplane
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import eventually, in_thread, wait_until
 
@@ -284,33 +281,23 @@ async def test_a_client_back_before_the_server_saw_it_leave_takes_its_connection
         await in_thread(new.close)
 
 
-@needs_shared_redis
-async def test_a_token_resumes_only_on_the_node_that_holds_the_actor(prefix: str) -> None:
-    """Two nodes on Redis: a client back on the other node gets a new connection there,
-    told ``other_node``; back on its own node it resumes, with what the other node's
-    publisher sent meanwhile."""
-    async with AsyncExitStack() as stack:
-        a, b = [
-            await stack.enter_async_context(
-                running_server(make_app(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix))
-            )
-            for _ in range(2)
-        ]
+async def test_a_token_of_a_node_that_shares_no_backplane_is_refused() -> None:
+    """Two nodes that share no backplane cannot relay (``test_resume_relay.py`` has
+    those that do): the client back on the other node gets a new connection there,
+    told ``other_node``; back on its own node it resumes."""
+    async with running_server(make_app()) as a, running_server(make_app()) as b:
         path = "/room/lobby?user=ada"
         first, address = await connect_and_drop(a, ws_url(a, path))
+        assert b.relays is None
         elsewhere = await in_thread(Client, f"{ws_url(b, path)}&resume={first.token}")
         assert elsewhere.hello["resumed"] is False
         assert elsewhere.hello["refused"] == "other_node"
         assert resumes(b, "other_node") == 1
         await in_thread(elsewhere.close)
-        backplane = a.runtime.backplane
-        assert isinstance(backplane, RedisBackplane)
-        with anyio.fail_after(TIMEOUT):
-            await backplane.synced()  # the detached actor's group reaches Redis
-        await b.app.publish("room:lobby", "from b")
+        await a.app.publish("room:lobby", "while away")
         again = await in_thread(Client, f"{ws_url(a, path)}&resume={first.token}")
         assert again.hello["resumed"] is True
-        assert await in_thread(again.recv) == "from b"
+        assert await in_thread(again.recv) == "while away"
         assert await in_thread(again.ask, "two") == {"echo": "two", "seen": 2, "conn": address}
         await in_thread(again.close)
 
@@ -353,4 +340,18 @@ async def test_a_client_that_stops_answering_pings_detaches_and_can_resume() -> 
         assert await in_thread(again.ask, "one") == {"echo": "one", "seen": 1, "conn": conn.address}
         timeout = {"reason": "timeout", "initiator": "server"}
         assert sample(server, "wsup_connections_closed_total", **timeout) == 0
+        await in_thread(again.close)
+
+
+async def test_on_resume_runs_after_what_waited_and_before_live_traffic() -> None:
+    """``on_resume`` runs when the client comes back (``on_connect`` does not run
+    again): what it sends follows what waited, with the actor's state."""
+    async with running_server(make_app(Returning)) as server:
+        url = ws_url(server, "/room/lobby?user=ada")
+        first, address = await connect_and_drop(server, url)
+        await server.app.publish("room:lobby", "waited")
+        again = await in_thread(Client, f"{url}&resume={first.token}")
+        assert await in_thread(again.recv) == "waited"
+        assert json.loads(await in_thread(again.recv)) == {"welcome_back": 1}
+        assert await in_thread(again.ask, "two") == {"echo": "two", "seen": 2, "conn": address}
         await in_thread(again.close)

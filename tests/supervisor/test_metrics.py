@@ -142,7 +142,9 @@ PER_METRIC_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "wsup_history_recoveries_total": {
         "result": ("recovered", "epoch_changed", "trimmed", "unavailable", "invalid")
     },
-    "wsup_resumes_total": {"result": ("resumed", "expired", "unknown", "mismatch", "other_node")},
+    "wsup_resumes_total": {
+        "result": ("resumed", "relayed", "expired", "unknown", "mismatch", "other_node")
+    },
 }
 
 

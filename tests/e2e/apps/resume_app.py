@@ -7,7 +7,9 @@ required: HTTP 400 without it; the hook accepts with ``values={"user": NAME}``):
 * The actor joins ``room:ROOM``; what is published there reaches the client as
   it is (the default ``on_receive``: the fan-out path that skips the mailbox).
 * Each client message is answered ``{"echo": M, "seen": N, "conn": ADDRESS}``,
-  ``N`` counting the messages this actor received (its state).
+  ``N`` counting the messages this actor received (its state); a binary
+  message is echoed as ``{"hex": HEX}``.
+* ``Returning`` members also send ``{"welcome_back": N}`` from ``on_resume``.
 * ``on_close`` appends ``(address, code, reason)`` to ``app.state["closed"]``.
 
 ``make_app(**options)`` passes ``options`` to the route (``outbound_limit``,
@@ -21,7 +23,7 @@ from typing import Any
 
 from supervisor import Accept, App, Handler, Reject, Request, Resume
 
-__all__ = ["GRACE", "make_app"]
+__all__ = ["GRACE", "Returning", "make_app"]
 
 GRACE = 30.0
 
@@ -43,16 +45,24 @@ class Member(Handler):
 
     async def on_message(self, message: str | bytes) -> None:
         self.seen += 1
-        answer = {"echo": message, "seen": self.seen, "conn": self.conn.address}
+        echo = message if isinstance(message, str) else {"hex": message.hex()}
+        answer = {"echo": echo, "seen": self.seen, "conn": self.conn.address}
         await self.conn.send(json.dumps(answer))
 
     async def on_close(self, code: int, reason: str) -> None:
         self.app.state["closed"].append((self.conn.address, code, reason))
 
 
-def make_app(**options: Any) -> App:
-    """The app, with ``options`` for its route."""
+class Returning(Member):
+    """A member that tells its client, once it resumed, how much it had seen."""
+
+    async def on_resume(self) -> None:
+        await self.conn.send(json.dumps({"welcome_back": self.seen}))
+
+
+def make_app(handler: type[Member] = Member, **options: Any) -> App:
+    """The app, with ``handler`` for its members and ``options`` for its route."""
     app = App(state={"closed": []})
     options.setdefault("resume", Resume(grace=GRACE))
-    app.add_route("/room/{room}", Member, hook=identify, **options)
+    app.add_route("/room/{room}", handler, hook=identify, **options)
     return app

@@ -1,0 +1,499 @@
+"""Resuming on another node: the claim, and the relay.
+
+Theory of operation: a resume token names the node that issued it (see
+``_resume``). When a client brings it to another node that shares a backplane
+with it, that node (the *relay node*) has run the handshake hooks as for any
+resume; it then *claims* the connection from the token's node (the *home
+node*), and if the home node grants it, the actor stays where it is and its
+traffic is relayed:
+
+1. The relay node keeps the new socket's connection without an actor (reading
+   paused) and sends ``claim`` (token, path, the hooks' values) to the home
+   node's endpoint, ``wsup.resume:<node>``, which every node with a resumable
+   route subscribes to (:meth:`actors.Runtime.add_receiver`).
+2. The home node checks it as a resume on the node itself would
+   (:meth:`ResumeTable.claim_remote`). Claims are taken one at a time, in the
+   order they arrive: the connection is re-attached to a :class:`RelayDriver`
+   (an earlier socket or relay is dropped, as a resume on one node takes a
+   connection over), and ``granted`` goes back; or ``refused`` with the reason.
+3. The relay node spawns a :class:`RelayHandler` for the socket: an actor that
+   answers to no name, watches the home actor, and once its own address
+   reaches the backplane sends ``start`` to the home node.
+4. From ``start`` on, the home connection's outbound buffer (first the
+   ``wsup.resume`` announcement, then what waited, in order, then live
+   traffic) goes, one message at a time, to the relay actor's address; there
+   it skips the mailbox into the socket's outbound buffer, under the route's
+   limit and slow-consumer policy. What the client sends goes to the home
+   node's endpoint (``in``), and into the home actor's mailbox as if read from
+   a socket there.
+5. The end: the home side closing sends ``close`` (the relay closes the socket
+   with that code, and acknowledges with ``closed``); the client closing sends
+   ``closed``; the client dropping (or the relay node shutting down) sends
+   ``drop``, and the home connection detaches again, its grace window starting
+   over; a takeover sends ``abort`` (the relay drops its socket); the home node
+   lost (the backplane stops listing it) closes the relay with 1012.
+
+Every message is a JSON object with :data:`RELAY_KEY`, and the ``claim`` id
+that the home node granted: a message of an older claim finds no relay and is
+ignored. Nothing here reads a clock except the two deadlines
+(:data:`CLAIM_TIMEOUT`, :data:`START_TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+from collections import deque
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import structlog
+
+from actors import BackplaneUnavailable, Down, DownReason
+from actors._monitor import node_of
+
+from .._constants import CloseCode
+from ._app import Handler
+from ._drivers import ASGIDriver
+from ._resume import ResumeRefusal, comparable, token_node
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = [
+    "CLAIM_TIMEOUT",
+    "HOME_LOST_CODE",
+    "HOME_LOST_REASON",
+    "RELAY_KEY",
+    "START_TIMEOUT",
+    "Granted",
+    "RelayDriver",
+    "RelayHandler",
+    "Relays",
+    "endpoint",
+]
+
+_log = structlog.get_logger("wsup.server")
+
+#: Marks the messages of the claim and the relay (JSON objects with this key).
+RELAY_KEY: Final = "__wsup_resume__"
+#: Seconds a relay node waits for the home node to answer a claim.
+CLAIM_TIMEOUT: Final = 5.0
+#: Seconds a home node waits for a granted relay to start, before detaching again.
+START_TIMEOUT: Final = 10.0
+#: The close code and reason of a relay whose home node the backplane lost.
+HOME_LOST_CODE: Final = CloseCode.SERVICE_RESTART
+HOME_LOST_REASON: Final = "resume home node lost"
+
+
+def endpoint(node_id: str) -> str:
+    """The address a node takes claims and relayed traffic at."""
+    return f"wsup.resume:{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """A claim the home node granted: its id, and the home actor's address."""
+
+    claim: str
+    home: str
+    node: str
+
+
+class _Waiting:
+    __slots__ = ("answer", "event")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.answer: Granted | ResumeRefusal | None = None
+
+
+_DROPPED: Final = object()
+
+
+class Relays:
+    """A node's side of the claims and relays, both ways (one per server)."""
+
+    __slots__ = ("_claims", "_drivers", "_server", "endpoint")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.endpoint = endpoint(server.runtime.node_id)
+        self._claims: dict[str, _Waiting] = {}  # claims this node made, by id
+        self._drivers: dict[str, RelayDriver] = {}  # relays of this node's actors, by claim
+        server.runtime.add_receiver(self.endpoint, self._received)
+
+    def close(self) -> None:
+        """Stop taking claims and relayed traffic."""
+        self._server.runtime.remove_receiver(self.endpoint)
+
+    def __len__(self) -> int:
+        return len(self._drivers)
+
+    # -- the relay node: claiming ----------------------------------------------------------
+
+    async def claim(self, token: str, path: str, values: Any) -> Granted | ResumeRefusal:
+        """Ask the token's node for its connection: granted, or why not
+        (``other_node`` when it cannot be reached or does not answer in time)."""
+        runtime = self._server.runtime
+        node = token_node(token)
+        claim = secrets.token_hex(8)
+        waiting = self._claims[claim] = _Waiting()
+        message = {
+            RELAY_KEY: "claim",
+            "claim": claim,
+            "from": runtime.node_id,
+            "token": token,
+            "path": path,
+            "values": comparable(values),
+        }
+        try:
+            try:
+                reached = await runtime.send(endpoint(node), message)
+            except BackplaneUnavailable:
+                return "other_node"
+            if not reached:
+                return "other_node"  # nobody listens there: no such node (any more)
+            with self._server.clock.move_on_after(CLAIM_TIMEOUT):
+                await waiting.event.wait()
+            return waiting.answer or "other_node"
+        finally:
+            del self._claims[claim]
+
+    def release(self, granted: Granted) -> None:
+        """A granted claim whose client left before its relay started: the home
+        connection detaches again."""
+        self._server.runtime.post(
+            endpoint(granted.node), {RELAY_KEY: "drop", "claim": granted.claim}
+        )
+
+    # -- the home node -------------------------------------------------------------------
+
+    def _claimed(self, message: dict[str, Any], claim: str) -> None:
+        server = self._server
+        origin = message.get("from")
+        token, path = message.get("token"), message.get("path")
+        if not isinstance(origin, str) or not token_node(f".{origin}"):
+            return  # nowhere to answer
+        reply = endpoint(origin)
+        if isinstance(token, str) and isinstance(path, str):
+            found = server.resumes.claim_remote(token, path, message.get("values"))
+        else:
+            found = "unknown"
+        if isinstance(found, str):
+            server.runtime.post(reply, {RELAY_KEY: "refused", "claim": claim, "why": found})
+            _log.info("connection.relay_refused", path=path, node=origin, refused=found)
+            return
+        driver = RelayDriver(self, claim)
+        self._drivers[claim] = driver
+        found._relay(driver)
+        driver.start(False)
+        server.runtime.post(reply, {RELAY_KEY: "granted", "claim": claim, "conn": found.address})
+        _log.info(
+            "connection.resumed",
+            conn=found.address,
+            path=path,
+            node=origin,
+            buffered_bytes=found.buffered_bytes,
+        )
+
+    def forget(self, claim: str, driver: RelayDriver) -> None:
+        """``driver`` relays no more."""
+        if self._drivers.get(claim) is driver:
+            del self._drivers[claim]
+
+    # -- both ------------------------------------------------------------------------------
+
+    def _received(self, message: Any) -> None:
+        """What another node sent to this node's endpoint (never raises)."""
+        if message.__class__ is not dict:
+            return
+        kind, claim = message.get(RELAY_KEY), message.get("claim")
+        if not isinstance(claim, str):
+            return
+        try:
+            if kind == "in":
+                driver = self._drivers.get(claim)
+                if driver is not None:
+                    driver.inbound(message)
+            elif kind == "claim":
+                self._claimed(message, claim)
+            elif kind == "start":
+                relay = message.get("relay")
+                driver = self._drivers.get(claim)
+                if driver is not None and isinstance(relay, str):
+                    driver.started(relay)
+                elif isinstance(relay, str):
+                    # Taken over (or given up) before it started: drop that socket.
+                    self._server.runtime.post(relay, {RELAY_KEY: "abort", "claim": claim})
+            elif kind == "drop":
+                driver = self._drivers.get(claim)
+                if driver is not None:
+                    driver.peer_ended(None)
+            elif kind == "closed":
+                driver = self._drivers.get(claim)
+                if driver is not None:
+                    code, reason = message.get("code"), message.get("reason")
+                    if isinstance(code, int) and isinstance(reason, str):
+                        driver.peer_ended((code, reason))
+                    else:
+                        driver.peer_ended((CloseCode.NO_STATUS_RCVD, ""))
+            elif kind == "granted" or kind == "refused":
+                self._answered(message, claim, kind)
+        except Exception:
+            _log.exception("connection.relay_message_failed", kind=kind)
+
+    def _answered(self, message: dict[str, Any], claim: str, kind: str) -> None:
+        waiting = self._claims.get(claim)
+        home = message.get("conn")
+        node = node_of(home) if isinstance(home, str) else None
+        if kind == "granted" and (home is None or node is None):
+            return  # malformed
+        if waiting is None or waiting.event.is_set():
+            if kind == "granted" and node is not None:
+                # Granted after this node gave up waiting: the home connection detaches again.
+                self._server.runtime.post(endpoint(node), {RELAY_KEY: "drop", "claim": claim})
+            return
+        if kind == "granted" and isinstance(home, str) and node is not None:
+            waiting.answer = Granted(claim, home, node)
+        else:
+            why = message.get("why")
+            waiting.answer = "mismatch" if why == "mismatch" else "unknown"
+        waiting.event.set()
+
+
+class RelayDriver(ASGIDriver):
+    """The driver of a home connection whose client is on another node: whole
+    messages to and from the relay actor there, through the backplane.
+
+    It serves the connection as :class:`ASGIDriver` serves an ASGI server's
+    socket: one message at a time leaves the outbound buffer (so the route's
+    limit and slow-consumer policy hold here too), and reads are fed to the
+    core whole. Nothing is sent before the relay started; a relay that does not
+    start within :data:`START_TIMEOUT` counts as dropped.
+    """
+
+    __slots__ = (
+        "_aborted",
+        "_claim",
+        "_inbox",
+        "_inbox_wake",
+        "_peer_gone",
+        "_relays",
+        "_started",
+        "_target",
+    )
+
+    def __init__(self, relays: Relays, claim: str) -> None:
+        super().__init__(self._never, self._send_out)
+        self._relays = relays
+        self._claim = claim
+        self._target: str | None = None
+        self._started = anyio.Event()
+        self._inbox: deque[Any] = deque()
+        self._inbox_wake: anyio.Event | None = None
+        self._peer_gone = False
+        self._aborted = False
+
+    # -- what the relay node reports --------------------------------------------------------
+
+    def started(self, relay: str) -> None:
+        """The relay actor at ``relay`` listens: send it what is queued."""
+        if self._target is None:
+            self._target = relay
+            self._started.set()
+
+    def inbound(self, message: dict[str, Any]) -> None:
+        """A message from the client (``t``: text; ``b``: binary, in base64)."""
+        text = message.get("t")
+        if isinstance(text, str):
+            self._push(text)
+            return
+        data = message.get("b")
+        if isinstance(data, str):
+            self._push(base64.b64decode(data))
+
+    def peer_ended(self, close: tuple[int, str] | None) -> None:
+        """The client closed (``close``: its code and reason) or dropped (``None``)."""
+        self._peer_gone = True
+        self._push(_DROPPED if close is None else close)
+
+    def _push(self, item: Any) -> None:
+        self._inbox.append(item)
+        wake = self._inbox_wake
+        if wake is not None:
+            self._inbox_wake = None
+            wake.set()
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def start(self, resume: bool) -> None:
+        """Serve in a task of the server (unless taken over already)."""
+        if not self._aborted:
+            super().start(resume)
+
+    async def run(self) -> None:
+        """Relay until the connection ends here or there. Never raises for I/O."""
+        try:
+            if self._aborted:
+                self._port.finalize()
+                return
+            self._port.start_soon(self._start_deadline)
+            await super().run()
+        finally:
+            self._relays.forget(self._claim, self)
+
+    async def _start_deadline(self) -> None:
+        await self._port.clock.sleep(START_TIMEOUT)
+        if self._target is None and not self._aborted and not self._peer_gone:
+            _log.info("connection.relay_not_started", conn=self._port.connection.address)
+            self.peer_ended(None)
+
+    async def _never(self) -> MutableMapping[str, Any]:
+        raise AssertionError("the relay reads its inbox")  # pragma: no cover
+
+    async def _reader(self) -> None:
+        core = self._core
+        port = self._port
+        clock = port.clock
+        inbox = self._inbox
+        while True:
+            while not inbox:
+                wake = self._inbox_wake = anyio.Event()
+                await wake.wait()
+            item = inbox.popleft()
+            if isinstance(item, str | bytes):
+                if isinstance(item, bytes) or item.isascii():
+                    size = len(item)
+                else:
+                    size = len(item.encode())
+                await self._hand_on([item] if core.receive_message(item, size) else [], clock.now())
+                if core.read_pause:
+                    await self._rate_pause()
+            elif item is _DROPPED:
+                port.lost()  # the home connection detaches again, if it may
+                return
+            else:
+                code, reason = item
+                core.peer_closed(code, reason)
+                return
+
+    async def _send_out(self, message: MutableMapping[str, Any]) -> None:
+        if self._target is None:
+            await self._started.wait()
+        target = self._target
+        assert target is not None
+        payload: Any
+        if message["type"] == "websocket.send":
+            text = message.get("text")
+            payload = text if text is not None else message["bytes"]
+        else:
+            payload = {
+                RELAY_KEY: "close",
+                "claim": self._claim,
+                "code": message["code"],
+                "reason": message["reason"],
+            }
+        try:
+            reached = await self._relays._server.runtime.send(target, payload)
+        except BackplaneUnavailable as exc:
+            raise OSError(f"relay: {exc}") from None
+        if not reached:
+            raise OSError("relay: nobody listens at the relay's address")
+
+    def abort(self) -> None:
+        """Stop relaying now; the relay node drops its socket (a takeover, a forced end)."""
+        self._aborted = True
+        target = self._target
+        if target is not None and not self._peer_gone:
+            self._peer_gone = True
+            self._relays._server.runtime.post(target, {RELAY_KEY: "abort", "claim": self._claim})
+        self._relays.forget(self._claim, self)
+        super().abort()
+
+
+class RelayHandler(Handler):
+    """The actor of a socket on the relay node: forwards what the client sends to the
+    home node, and acts on what the home node says (its messages skip the mailbox,
+    see ``Connection._attach``)."""
+
+    relays: Relays
+    granted: Granted
+    #: ``open``; ``closing`` (the home side closes: acknowledge); ``gone`` (taken
+    #: over, node lost, backplane down: nobody to tell).
+    _home: str
+
+    async def on_connect(self) -> None:
+        self._home = "open"
+        self.context.watch(self.granted.home)
+        backplane = self.relays._server.runtime.backplane
+        synced = getattr(backplane, "synced", None)  # the Redis backplane's
+        if synced is not None:
+            # The home node sends to this actor's address: it must reach the backplane first.
+            with anyio.move_on_after(CLAIM_TIMEOUT):
+                await synced()
+        await self._to_home("start", {"relay": self.conn.address})
+
+    async def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            await self._to_home("in", {"t": message})
+        else:
+            await self._to_home("in", {"b": base64.b64encode(message).decode("ascii")})
+
+    async def on_receive(self, message: Any) -> None:
+        if isinstance(message, Down):
+            # An end of the home actor is followed by its close; a lost node is not.
+            if self._home != "open":
+                return
+            if message.reason is DownReason.NODE_LOST:
+                _log.warning("connection.relay_home_lost", conn=self.conn.address)
+                self._lost()
+            else:
+                server = self.relays._server
+                server.start_soon(functools.partial(self._close_due, server.config.close_timeout))
+            return
+        if message.__class__ is not dict or message.get("claim") != self.granted.claim:
+            return
+        kind = message.get(RELAY_KEY)
+        if kind == "close":
+            code, reason = message.get("code"), message.get("reason")
+            self._home = "closing"
+            if isinstance(code, int) and isinstance(reason, str):
+                self.conn.close_nowait(code, reason)
+            else:
+                self.conn.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
+        elif kind == "abort":
+            self._home = "gone"
+            self.conn.abort()
+
+    async def on_close(self, code: int, reason: str) -> None:
+        home = self._home
+        if home == "gone":
+            return
+        if home == "open" and (code == CloseCode.ABNORMAL_CLOSURE or self.relays._server.draining):
+            await self._to_home("drop", {})  # the client may come back, here or elsewhere
+        else:
+            await self._to_home("closed", {"code": code, "reason": reason})
+
+    async def _close_due(self, timeout: float) -> None:
+        """The home actor ended: its close is on its way; if lost (pub/sub keeps
+        nothing), end as if its node were."""
+        await self.relays._server.clock.sleep(timeout)
+        if self._home == "open":
+            self._lost()
+
+    def _lost(self) -> None:
+        self._home = "gone"
+        self.conn.close_nowait(HOME_LOST_CODE, HOME_LOST_REASON)
+
+    async def _to_home(self, kind: str, fields: dict[str, Any]) -> None:
+        fields[RELAY_KEY] = kind
+        fields["claim"] = self.granted.claim
+        try:
+            await self.relays._server.runtime.send(endpoint(self.granted.node), fields)
+        except BackplaneUnavailable:
+            if self._home == "open":
+                self._lost()
