@@ -25,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
 from actors import FakeClock
+from examples.extending.two_nodes import Hub, HubBackplane
 from supervisor import ConnectionState, KeepaliveConfig, Server, SlowConsumerPolicy
 from tests.e2e.apps.resume_app import GRACE, Returning, make_app
 from tests.helpers.metrics import sample
@@ -355,3 +356,24 @@ async def test_on_resume_runs_after_what_waited_and_before_live_traffic() -> Non
         assert json.loads(await in_thread(again.recv)) == {"welcome_back": 1}
         assert await in_thread(again.ask, "two") == {"echo": "two", "seen": 2, "conn": address}
         await in_thread(again.close)
+
+
+async def test_two_nodes_on_a_backplane_of_their_own_relay_a_resume() -> None:
+    """Any backplane that carries messages between nodes relays a resume, not only
+    Redis: two nodes in one process on the hub of ``docs/extending.md``."""
+    hub = Hub()
+    async with (
+        running_server(make_app(), backplane=HubBackplane(hub)) as a,
+        running_server(make_app(), backplane=HubBackplane(hub)) as b,
+    ):
+        path = "/room/lobby?user=ada"
+        first, address = await connect_and_drop(a, ws_url(a, path))
+        await b.app.publish("room:lobby", "while away")
+        again = await in_thread(Client, f"{ws_url(b, path)}&resume={first.token}")
+        assert again.hello["resumed"] is True
+        assert await in_thread(again.recv) == "while away"
+        assert await in_thread(again.ask, "two") == {"echo": "two", "seen": 2, "conn": address}
+        assert resumes(b, "relayed") == 1
+        await in_thread(again.close)
+        await wait_until(lambda: bool(a.app.state["closed"]))
+        assert a.app.state["closed"] == [(address, 1000, "")]

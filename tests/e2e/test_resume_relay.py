@@ -8,21 +8,27 @@ app is ``tests/e2e/apps/resume_app.py``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from supervisor import Server
-from supervisor.metrics import Metrics
+from supervisor import Server, SlowConsumerPolicy
+from supervisor.metrics import Metrics, close_reason_for_code
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.resume_app import GRACE, Returning, make_app
 from tests.e2e.test_resume import Client, connect_and_drop, detached, resumes
+from tests.helpers.metrics import sample
+from tests.helpers.raw import read_head
 from tests.helpers.redis_server import SHARED_REDIS, needs_shared_redis, quick_backplane
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import eventually, in_thread, wait_until
@@ -254,13 +260,62 @@ async def test_a_token_with_another_identity_is_refused_across_nodes(prefix: str
 async def test_a_token_of_a_node_nobody_runs_is_refused_as_other_node(prefix: str) -> None:
     """A token that names a node the backplane does not know: refused ``other_node``,
     a new connection; as is a token of a node gone since."""
-    async with nodes(prefix) as (a, _):
+    async with nodes(prefix, 1) as (a,):
         client = await in_thread(Client, f"{ws_url(a, PATH)}&resume=abcdefgh.nosuchnode")
         assert client.hello["resumed"] is False
         assert client.hello["refused"] == "other_node"
         assert (await in_thread(client.ask, "x"))["seen"] == 1
         assert resumes(a, "other_node") == 1
         await in_thread(client.close)
+        backplane = quick_backplane(SHARED_REDIS, prefix=prefix)
+        async with running_server(make_app(), backplane=backplane) as b:
+            first, _ = await connect_and_drop(b, ws_url(b, PATH))
+        # The token's node is gone.
+        late = await in_thread(Client, f"{ws_url(a, PATH)}&resume={first.token}")
+        assert late.hello["refused"] == "other_node"
+        assert resumes(a, "other_node") == 2
+        await in_thread(late.close)
+
+
+async def test_a_relayed_client_that_reads_nothing_meets_the_routes_slow_consumer_policy(
+    prefix: str,
+) -> None:
+    """The relay node holds what its socket cannot take under the route's outbound
+    limit: under ``disconnect``, a relayed client that stops reading is closed there
+    (1013), and the home actor ends with the same code."""
+    options: dict[str, Any] = {
+        "outbound_limit": 256 * 1024,
+        "slow_consumer": SlowConsumerPolicy.DISCONNECT,
+    }
+    async with nodes(prefix, **options) as (a, b):
+        first, address = await connect_and_drop(a, ws_url(a, PATH))
+        await synced(a)
+        host, port = b.ports[0]
+        async with await anyio.connect_tcp(host, port) as stream:
+            # A small receive buffer, and nothing read after the 101: the server's
+            # outbound buffer is what fills.
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            key = base64.b64encode(os.urandom(16)).decode()
+            await stream.send(
+                f"GET {PATH}&resume={first.token} HTTP/1.1\r\nHost: {host}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            head = await read_head(stream)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            await eventually(lambda: resumes(b, "relayed") == 1)
+            chunk = "x" * 32 * 1024
+            with anyio.fail_after(60):
+                while not a.app.state["closed"]:
+                    await a.app.publish("room:lobby", chunk)
+                    await anyio.lowlevel.checkpoint()
+        assert a.app.state["closed"] == [(address, 1013, "slow consumer")]
+        slow = {"reason": "slow_consumer", "initiator": "server"}
+        assert sample(b, "wsup_connections_closed_total", **slow) == 1
+        # On the home node, the relay node's close (not a buffer of its own): the client's.
+        relayed = {"reason": close_reason_for_code(1013), "initiator": "client"}
+        assert sample(a, "wsup_connections_closed_total", **relayed) == 1
 
 
 def closed_with(client: Client) -> tuple[int, str]:
