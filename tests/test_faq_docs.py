@@ -624,7 +624,7 @@ NEVER_OPENS = (OSError, InvalidHandshake, ConnectionClosed)
 def test_stop_server_sigterm_finishes_the_job_then_closes_with_1001(backend: str) -> None:
     """On SIGTERM a job under way finishes, its answer arrives, then the close is 1001."""
     with ServerProcess("examples.faq.stop_server:app", "--backend", backend) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with open_ws(server.url("/jobs")) as ws:
             ws.send("0.5")
             assert recv(ws) == "started 0.5"
@@ -638,7 +638,7 @@ def test_stop_server_sigterm_finishes_the_job_then_closes_with_1001(backend: str
 def test_keep_connections_sigusr1_refuses_new_ones_and_serves_open_ones(backend: str) -> None:
     """After SIGUSR1 new connections are refused, an open one still works until SIGTERM."""
     with ServerProcess("examples.faq.keep_connections:app", "--backend", backend) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with open_ws(server.url("/session")) as ws:
             ws.send("before")
             assert recv(ws) == "before"

@@ -54,7 +54,7 @@ def test_curl_and_redis_cli_reach_a_browser_tab(tmp_path: Path) -> None:
         ServerProcess("examples.chat:app", "--redis", redis.url, env={"WSUP_API_KEY": KEY}) as node,
         chromium(tmp_path / "profile") as browser,
     ):
-        node.wait_for_event("server.started", timeout=TIMEOUT)
+        node.wait_started()
         ada = browser.pages[0] if browser.pages else browser.new_page()
         join(ada, f"http://127.0.0.1:{node.port}/", "ada", "lobby")
         # Her name's subscription reaches Redis asynchronously: wait until it has.

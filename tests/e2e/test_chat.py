@@ -584,7 +584,7 @@ async def test_a_redis_outage_answers_remote_sends_with_an_error_and_closes_noth
         async with running_server(chat.app, backplane=RedisBackplane(url, reconnect=fast)) as a:
             backplane = a.runtime.backplane
             assert isinstance(backplane, RedisBackplane)
-            await in_thread(remote.wait_for_event, "server.started")
+            await in_thread(remote.wait_started)
 
             def scenario() -> None:
                 with ExitStack() as stack:

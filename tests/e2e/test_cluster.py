@@ -116,7 +116,7 @@ def test_redis_optional_starts_unready_and_becomes_ready_with_redis() -> None:
     redis_server = RedisServer(free_port())
     try:
         with ServerProcess(APP, "--redis", redis_server.url, "--redis-optional") as node:
-            node.wait_for_event("server.started", timeout=TIMEOUT)
+            node.wait_started()
             assert http_get(node.port, "/readyz") == (503, "backplane down\n")
             assert http_get(node.port, "/healthz")[0] == 200
             redis_server.start()
@@ -151,7 +151,7 @@ def test_bad_cluster_options_are_usage_errors(args: list[str], expected: str) ->
 def test_one_worker_is_the_single_process_server() -> None:
     """``--workers 1`` (the default) serves from the process itself, with no master."""
     with ServerProcess(APP, "--workers", "1") as server:
-        server.wait_for_event("server.started", timeout=TIMEOUT)
+        server.wait_started()
         status, body = http_get(server.port, "/whoami")
         assert status == 200
         assert json.loads(body)["pid"] == server.pid

@@ -73,7 +73,7 @@ def test_running_out_of_descriptors_is_survived_logged_counted_and_recovered(
 ) -> None:
     """accept() failing with EMFILE leaves the server up, logged, counted, and serving later."""
     with ServerProcess("examples.echo:app", "--backend", backend, open_files=OPEN_FILES) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with open_ws(server.url("/echo")) as early:
             with flood(server.port, CLIENTS):
                 failed = server.wait_for_event("server.accept_failed")

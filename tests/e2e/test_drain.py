@@ -215,7 +215,7 @@ def test_sigterm_drains_every_queued_message_then_closes_with_1001() -> None:
         ThreadPoolExecutor(1) as pool,
         ServerProcess(SLOW_APP, "--drain-timeout", "20") as server,
     ):
-        server.wait_for_event("server.started")
+        server.wait_started()
         gate = BlockingClient(server.url("/gate"))
         loaded = threading.Event()
         clients = pool.submit(
@@ -275,7 +275,7 @@ def test_sigterm_drains_every_queued_message_then_closes_with_1001() -> None:
 def test_second_sigterm_during_a_long_drain_forces_exit() -> None:
     """A second SIGTERM while a connection holds the drain aborts it and exits 0 at once."""
     with ServerProcess(SLOW_APP, "--drain-timeout", "20") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         gate = BlockingClient(server.url("/gate"))
         with closing_all(gate):
             server.signal(signal.SIGTERM)
@@ -294,7 +294,7 @@ def test_second_sigterm_during_a_long_drain_forces_exit() -> None:
 def test_sigint_drains_like_sigterm() -> None:
     """SIGINT (Ctrl-C) starts the same graceful drain and the process exits 0."""
     with ServerProcess(SLOW_APP, "--drain-timeout", "20") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with ws_sync_client(server.url("/echo")) as ws:
             server.signal(signal.SIGINT)
             assert server.wait_for_event("server.signal_received")["signal"] == "SIGINT"
@@ -334,7 +334,7 @@ def test_sigterm_paced_drain_closes_in_batches_with_1001(backend: str) -> None:
             *("--drain-window", "2", "--drain-batch-size", "5", "--drain-timeout", "20"),
         ) as server,
     ):
-        server.wait_for_event("server.started")
+        server.wait_started()
         opened = threading.Event()
         codes = pool.submit(asyncio.run, _drained_clients(server.url("/echo"), clients, opened))
         assert opened.wait(45), "the clients did not connect within 45 s"
@@ -365,7 +365,7 @@ def test_sigterm_paced_drain_closes_in_batches_with_1001(backend: str) -> None:
 def test_sigusr1_stops_accepting_and_keeps_serving() -> None:
     """After SIGUSR1 new connections are refused, open ones keep working; SIGTERM still drains."""
     with ServerProcess(SLOW_APP, "--drain-timeout", "20") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with ws_sync_client(server.url("/echo")) as ws:
             ws.send("before")
             assert ws.recv(timeout=10) == "before"

@@ -53,7 +53,7 @@ def run_script(script: str, *args: str, stdin: str = "") -> dict[str, Any]:
 def echo_server() -> Iterator[ServerProcess]:
     """One echo server for the module's tests (a child process, killed at the end)."""
     with ServerProcess("examples.echo:app") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         yield server
 
 

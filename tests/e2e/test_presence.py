@@ -95,8 +95,8 @@ async def test_joins_and_leaves_reach_every_node_and_a_killed_nodes_leave_comes_
         other = stack.enter_context(node(url, target))
         backplane = RedisBackplane(url, node_ttl=float(TTL))
         async with running_server(presence_app, backplane=backplane) as here:
-            await in_thread(doomed.wait_for_event, "server.started")
-            await in_thread(other.wait_for_event, "server.started")
+            await in_thread(doomed.wait_started)
+            await in_thread(other.wait_started)
 
             def scenario() -> None:
                 with ExitStack() as clients:
@@ -173,7 +173,7 @@ async def test_the_chat_lists_who_is_in_the_room_live_on_every_node(
         doomed = stack.enter_context(node(url, "examples.chat:app"))
         backplane = RedisBackplane(url, node_ttl=float(TTL))
         async with running_server(chat_example.app, backplane=backplane) as here:
-            await in_thread(doomed.wait_for_event, "server.started")
+            await in_thread(doomed.wait_started)
             base = ws_url(here, "")
             there = doomed.url("")
 

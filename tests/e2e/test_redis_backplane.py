@@ -292,7 +292,7 @@ async def test_a_killed_node_leaves_the_cluster(redis_server: RedisServer) -> No
         async with cluster(url, nodes=1) as (a,), clients() as opened:
             args = ["--redis", url, "--redis-node-ttl", "1"]
             with ServerProcess("tests.e2e.apps.cluster_app:app", *args) as remote:
-                await anyio.to_thread.run_sync(remote.wait_for_event, "server.started")
+                await anyio.to_thread.run_sync(remote.wait_started)
                 alice = await Client.open(a, "alice")
                 dave = await Client.open(remote.url("/node"), "dave")
                 opened += [alice, dave]
@@ -468,7 +468,7 @@ async def test_a_watch_across_nodes_reports_the_end_and_the_loss_of_the_node(
     async with cluster(url, nodes=1, node_ttl=1.0) as (a,), clients() as opened:
         args = ["--redis", url, "--redis-node-ttl", "1"]
         with ServerProcess("tests.e2e.apps.cluster_app:app", *args) as remote, sender, downs:
-            await anyio.to_thread.run_sync(remote.wait_for_event, "server.started")
+            await anyio.to_thread.run_sync(remote.wait_started)
             first = await Client.open(remote.url("/node"), "first")
             second = await Client.open(remote.url("/node"), "second")
             opened += [first, second]

@@ -108,7 +108,7 @@ def clients() -> Iterator[Callable[..., Client]]:
 def serve(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start the test app; wait until it serves."""
     server = ServerProcess(APP, *args, env=env)
-    server.wait_for_event("server.started", timeout=TIMEOUT)
+    server.wait_started()
     return server
 
 

@@ -73,7 +73,7 @@ def test_each_symbol_gets_its_prices_and_an_unknown_symbol_is_closed_with_4004()
     """BTC, ETH and SOL each receive their own prices with the same consecutive seq
     series; /ticker/DOGE is closed with 4004."""
     with ServerProcess(APP) as server:
-        server.wait_for_event("server.started", timeout=TIMEOUT)
+        server.wait_started()
         with (
             open_ticker(server, "BTC") as btc,
             open_ticker(server, "ETH") as eth,
@@ -95,7 +95,7 @@ def test_three_crashes_are_restarts_and_the_fourth_stops_the_process() -> None:
     """Three crash-feed messages: the feed restarts and seq goes on by one. A fourth within
     5 s: /readyz 503, the connection drains with 1001, wsup serve exits with status 3."""
     with ServerProcess(APP) as server:
-        server.wait_for_event("server.started", timeout=TIMEOUT)
+        server.wait_started()
         with open_ticker(server, "BTC") as ws:
             before = seqs(ws, 3)
             for n in range(1, 4):
@@ -126,7 +126,7 @@ def test_the_feed_runs_once_across_nodes_and_moves_when_its_node_is_killed(
     args = ["--redis", redis_server.url]
     with ServerProcess(APP, *args) as a, ServerProcess(APP, *args) as b:
         for node in (a, b):
-            node.wait_for_event("server.started", timeout=TIMEOUT)
+            node.wait_started()
         with open_ticker(a, "SOL") as on_a, open_ticker(b, "SOL") as on_b:
             seen_a, seen_b = seqs(on_a, 10), seqs(on_b, 10)
             assert consecutive(seen_a)

@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 
 from supervisor import Rate, ServerConfig, cli
 from supervisor.cli import _admission
-from tests.e2e.apps.server_process import ServerProcess, free_port, run_cli
+from tests.e2e.apps.server_process import STARTUP_TIMEOUT, ServerProcess, free_port, run_cli
 
 WSUP = str(Path(sys.executable).with_name("wsup"))
 ECHO = "examples.echo:app"
@@ -143,7 +143,7 @@ def test_bad_target_is_one_line_and_exit_2(target: str, expected: str) -> None:
 def test_a_file_path_target_is_served() -> None:
     """``path/to/file.py:ATTR`` works like ``module:ATTR``."""
     with ServerProcess("examples/echo.py:app") as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["routes"] == ["/echo"]
         assert healthz(server.port) == 200
         server.signal(signal.SIGTERM)
@@ -240,7 +240,7 @@ def test_wsup_environment_variables_are_honoured() -> None:
         "WSUP_LOG_FORMAT": "json",
     }
     with ServerProcess(ECHO, port=port, port_option=False, env=env, log_format=None) as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["listen"] == [f"127.0.0.1:{port}"]
         assert started["backend"] == "trio"
         assert healthz(port) == 200
@@ -255,7 +255,7 @@ def test_the_head_limits_come_from_the_environment_and_the_command_line() -> Non
     port = free_port()
     env = {"WSUP_MAX_HEADERS": "8", "WSUP_MAX_HEADER_BYTES": "65536"}
     with ServerProcess(ECHO, "--max-header-bytes", "2048", port=port, env=env) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
 
         def status(headers: list[bytes]) -> bytes:
             head = b"\r\n".join([b"GET /echo HTTP/1.1", b"Host: x", *headers]) + b"\r\n\r\n"
@@ -288,7 +288,7 @@ def test_command_line_wins_over_the_environment() -> None:
     args = ["--host", "127.0.0.1", "--drain-timeout", "3", "--backend", "asyncio"]
     args += ["--log-level", "info", "--drain-window", "0"]
     with ServerProcess(ECHO, *args, port=port, env=env) as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["listen"] == [f"127.0.0.1:{port}"]
         assert started["backend"].startswith("asyncio")
         assert healthz(port) == 200
@@ -328,14 +328,14 @@ def test_ops_endpoints_off_the_main_port_for_listed_networks(how: str) -> None:
         args = []
         env = {f"WSUP_{name.replace('-', '_').upper()}": value for name, value in settings.items()}
     with ServerProcess(ECHO, *args, port=port, env=env) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         assert get(port, "/healthz") == (404, None)
         assert get(port, "/nowhere") == (404, None)
         assert get(metrics_port, "/healthz") == (403, None)
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
     with ServerProcess(ECHO, "--ops-allow", "127.0.0.1/32,10.0.0.0/8", port=port) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         assert get(port, "/healthz") == (200, "wsup")
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
@@ -349,7 +349,7 @@ def test_message_timeout_from_the_command_line(how: str) -> None:
     args = ["--message-timeout", "0.5"] if how == "options" else []
     env = {"WSUP_MESSAGE_TIMEOUT": "0.5"} if how == "variables" else {}
     with ServerProcess(ECHO, *args, port=port, env=env) as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with connect(server.url("/echo"), open_timeout=20, proxy=None) as ws:
             with ws.protocol_mutex:  # the first fragment of a message, never the rest
                 ws.protocol.send_text(b"begun", fin=False)
@@ -370,7 +370,7 @@ def test_wsup_host_takes_several_hosts() -> None:
     """WSUP_HOST="127.0.0.1,::1" listens on both addresses."""
     port = free_port()
     with ServerProcess(ECHO, port=port, env={"WSUP_HOST": "127.0.0.1, ::1"}) as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["listen"] == [f"127.0.0.1:{port}", f"::1:{port}"]
         assert healthz(port) == 200
         assert healthz(port, "::1") == 200
@@ -384,7 +384,7 @@ def test_wsup_host_takes_several_hosts() -> None:
 def test_json_log_lines_carry_the_lifecycle_events() -> None:
     """--log-format json: each stderr line is a JSON event; the lifecycle events are all there."""
     with ServerProcess(ECHO) as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["level"] == "info"
         assert started["routes"] == ["/echo"]
         with connect(server.url("/echo"), open_timeout=20, ping_interval=None) as ws:
@@ -429,7 +429,7 @@ def test_json_log_lines_carry_the_lifecycle_events() -> None:
 def test_console_log_format_is_not_json() -> None:
     """--log-format console writes human-readable lines, not JSON."""
     with ServerProcess(ECHO, log_format="console") as server:
-        server.wait_for_line("server.started")
+        server.wait_for_line("server.started", timeout=STARTUP_TIMEOUT)
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
     assert server.records == []
@@ -439,7 +439,7 @@ def test_console_log_format_is_not_json() -> None:
 def test_log_level_debug_adds_connection_opened() -> None:
     """--log-level debug also logs DEBUG lines such as connection.opened."""
     with ServerProcess(ECHO, "--log-level", "debug") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with connect(server.url("/echo"), open_timeout=20, ping_interval=None) as ws:
             ws.send("hello")
             assert ws.recv(timeout=10) == "hello"
@@ -523,7 +523,7 @@ def test_the_admission_limits_in_force_are_logged_at_start() -> None:
     env = {"WSUP_MAX_HANDSHAKES": "100"}
     args = ["--handshake-rate-per-address", "5/10", "--log-format", "json"]
     with ServerProcess(ECHO, *args, port=port, env=env, log_format=None) as server:
-        started = server.wait_for_event("server.started")
+        started = server.wait_started()
         assert started["admission"] == {
             "max_connections": 100_000,
             "max_handshakes": 100,

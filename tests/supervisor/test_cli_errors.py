@@ -235,7 +235,7 @@ def test_a_port_in_use_with_workers_is_one_error_line_and_exit_1() -> None:
 def test_a_handshake_refused_by_the_app_is_logged_at_info() -> None:
     """The chat's hook refusing a client without ``?user`` writes ``handshake.rejected``."""
     with ServerProcess("examples.chat:app", "--log-level", "info") as server:
-        server.wait_for_event("server.started")
+        server.wait_started()
         with pytest.raises(InvalidStatus) as refused:
             connect(server.url("/chat/lobby"), open_timeout=20, proxy=None)
         assert refused.value.response.status_code == 400

@@ -25,10 +25,16 @@ from typing import Any
 
 from tests.helpers.processes import StopsOnExit, free_port
 
-__all__ = ["ROOT", "ServerProcess", "child_env", "free_port", "run_cli"]
+__all__ = ["ROOT", "STARTUP_TIMEOUT", "ServerProcess", "child_env", "free_port", "run_cli"]
 
 ROOT = Path(__file__).resolve().parents[3]
 """The repository root: the child's working directory, so ``tests.…`` and ``examples.…`` import."""
+
+
+STARTUP_TIMEOUT = 60.0
+"""Seconds :meth:`ServerProcess.wait_started` waits for a child to listen: only a hang
+guard (a child that exits is noticed at once), and long because starting a Python
+process (its imports) is what a busy machine slows down most."""
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -187,6 +193,14 @@ class ServerProcess(StopsOnExit):
             return found[count - 1]
         why = "timed out" if not ended else f"the server exited ({self._process.poll()})"
         raise AssertionError(f"no {name!r} event: {why}; log:\n" + "\n".join(self.lines))
+
+    def wait_started(self, *, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
+        """Wait until the child logged ``server.started``; return that record.
+
+        Raises:
+            AssertionError: the child exited first, or ``timeout`` seconds passed.
+        """
+        return self.wait_for_event("server.started", timeout=timeout)
 
     def wait_for_line(self, text: str, *, timeout: float = 20.0) -> str:
         """Wait until a stderr line contains ``text``; return that line.
