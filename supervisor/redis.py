@@ -616,11 +616,17 @@ class RedisBackplane(Backplane):
         ``<prefix>:presence:<address>`` (field: the member's address; value:
         its node id, then NUL and its metadata as JSON if it has any). Entries
         of nodes that are no longer live (their liveness key expired: a node
-        killed without a goodbye) are left out and deleted. Cost: one HGETALL,
-        plus the SCAN and MGET of :meth:`nodes`.
+        killed without a goodbye) are left out and deleted. The hash is read
+        once Redis has applied the subscriptions this node asked for so far
+        (see :meth:`synced`), so a member that joins ``address`` on another node
+        after the read reaches a local member that joined before it as an
+        event. Cost: one HGETALL, plus the SCAN and MGET of :meth:`nodes`, and
+        one round trip on the subscriber connection when a subscription is
+        still pending.
 
         Raises:
-            BackplaneUnavailable: Redis is unreachable.
+            BackplaneUnavailable: Redis is unreachable, or did not confirm a
+                pending subscription within ``publish_timeout``.
         """
         bridge = self._bridge
         if bridge is None or not self._node_up:
@@ -706,7 +712,7 @@ class RedisBackplane(Backplane):
     def _history_keys(self, address: str) -> tuple[str, str]:
         return f"{self.prefix}:history-meta:{address}", f"{self.prefix}:history:{address}"
 
-    async def _history_synced(self) -> None:
+    async def _subscriptions_synced(self) -> None:
         """Wait until Redis applied this node's subscriptions (within ``publish_timeout``)."""
         if self._confirmed_seq >= self._change_seq:
             return
@@ -719,7 +725,7 @@ class RedisBackplane(Backplane):
 
     async def _history_append(self, address: str, body: bytes, spec: HistorySpec) -> int:
         # A local member that joined just before this send gets it too.
-        await self._history_synced()
+        await self._subscriptions_synced()
         meta, stream = self._history_keys(address)
         reply = await self._history_script(
             _HISTORY_APPEND,
@@ -738,7 +744,7 @@ class RedisBackplane(Backplane):
         return max(0, int(reply) - (1 if address in self._subscribed else 0))
 
     async def _history_read(self, address: str, since: Position, spec: HistorySpec) -> HistoryRead:
-        await self._history_synced()
+        await self._subscriptions_synced()
         meta, stream = self._history_keys(address)
         epoch_raw, last_raw, blob = await self._history_script(
             _HISTORY_READ,
@@ -1008,6 +1014,9 @@ class RedisBackplane(Backplane):
             raise
 
     async def _presence(self, address: str) -> dict[str, tuple[str, Any]]:
+        # Read after this node's subscription to the address is in place: a member who
+        # joins elsewhere after the read then reaches it as an event (join, then read).
+        await self._subscriptions_synced()
         link = self._link
         if link is None:
             raise _Failed(f"Redis at {self.display_url} is unreachable")

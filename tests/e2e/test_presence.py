@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.presence_app import app as presence_app
 from tests.e2e.apps.server_process import ServerProcess
-from tests.helpers.redis_server import REDIS_SERVER, RedisServer
+from tests.helpers.redis_server import REDIS_SERVER, RedisMonitor, RedisServer
 from tests.helpers.server import running_server, ws_url
 from tests.helpers.waiting import in_thread
 
@@ -222,3 +222,35 @@ async def test_the_chat_lists_who_is_in_the_room_live_on_every_node(
                     assert recv(ada)["type"] == "said"
 
             await in_thread(scenario)
+
+
+async def test_a_presence_query_reads_redis_after_its_node_subscribed_to_the_address(
+    redis_server: RedisServer,
+) -> None:
+    """A member joins a room, then asks who is there: Redis applies its node's
+    SUBSCRIBE to the room before the read, so whoever joins on another node after the
+    read reaches it as an event (read first, and that join could be neither read nor
+    heard)."""
+    from examples import chat as chat_example
+
+    def subscribed(command: tuple[str, ...]) -> bool:
+        return command[0] == "SUBSCRIBE" and "wsup:addr:room:lobby" in command
+
+    def read(command: tuple[str, ...]) -> bool:
+        return command[0] == "EVAL" and "wsup:presence:room:lobby" in command
+
+    with RedisMonitor(redis_server.port) as monitor:
+        backplane = RedisBackplane(redis_server.url, node_ttl=float(TTL))
+        async with running_server(chat_example.app, backplane=backplane) as here:
+
+            def scenario() -> None:
+                with chat(ws_url(here, ""), "ada") as ada:
+                    assert members_list(ada) == ["ada"]
+
+            await in_thread(scenario)
+        commands = monitor.wait_for(
+            lambda seen: any(map(subscribed, seen)) and any(map(read, seen)),
+            "the room subscribed and its presence read",
+        )
+    first_read = next(i for i, command in enumerate(commands) if read(command))
+    assert any(subscribed(command) for command in commands[:first_read]), commands

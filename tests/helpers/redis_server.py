@@ -13,13 +13,15 @@ started again on the same port, which is how tests lose and regain Redis.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from tests.helpers.processes import StopsOnExit, free_port
 __all__ = [
     "REDIS_SERVER",
     "SHARED_REDIS",
+    "RedisMonitor",
     "RedisServer",
     "free_port",
     "needs_shared_redis",
@@ -223,3 +226,108 @@ def quick_backplane(url: str, **options: Any) -> RedisBackplane:
     }
     settings.update(options)
     return RedisBackplane(url, **settings)
+
+
+_MONITOR_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
+class RedisMonitor:
+    """The commands a ``redis-server`` runs, in the order it runs them (its ``MONITOR``
+    feed), read by a thread of its own from the block's start to its end.
+
+    Each command is a tuple of its words, unescaped only as far as tests need
+    (``\\"`` and ``\\\\``): ``("SUBSCRIBE", "wsup:addr:room:x")``.
+
+    Args:
+        port: the server's port on 127.0.0.1.
+        timeout: seconds to wait for the server to accept ``MONITOR``, and the
+            default of :meth:`wait_for`.
+    """
+
+    def __init__(self, port: int, *, timeout: float = 20.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._commands: list[tuple[str, ...]] = []
+        self._changed = threading.Condition()
+        self._sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+
+    def commands(self) -> list[tuple[str, ...]]:
+        """The commands seen so far, oldest first."""
+        with self._changed:
+            return list(self._commands)
+
+    def wait_for(
+        self, check: Callable[[list[tuple[str, ...]]], bool], what: str
+    ) -> list[tuple[str, ...]]:
+        """Wait until ``check(commands)`` holds (a bounded wait); return the commands.
+
+        Raises:
+            AssertionError: it did not hold within ``timeout`` seconds.
+        """
+        with self._changed:
+            held = self._changed.wait_for(lambda: check(self._commands), self.timeout)
+            commands = list(self._commands)
+        assert held, f"never: {what}; commands seen: {commands}"
+        return commands
+
+    def _follow(self, sock: socket.socket) -> None:
+        buffer = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\r\n")
+            found = []
+            for line in lines:
+                if not line.startswith(b"+") or b"] " not in line:
+                    continue  # +OK, or not a command
+                words = _MONITOR_ARG.findall(line.split(b"] ", 1)[1])
+                found.append(
+                    tuple(
+                        w.replace(b'\\"', b'"').replace(b"\\\\", b"\\").decode("latin-1")
+                        for w in words
+                    )
+                )
+            with self._changed:
+                self._commands.extend(found)
+                self._changed.notify_all()
+
+    def __enter__(self) -> RedisMonitor:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        try:
+            sock.sendall(b"MONITOR\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+            if answer != b"+OK\r\n":
+                raise RuntimeError(f"unexpected answer to MONITOR: {answer!r}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._reader = threading.Thread(target=self._follow, args=(sock,), daemon=True)
+        self._reader.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        sock, reader = self._sock, self._reader
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        if reader is not None:
+            reader.join(10)
