@@ -796,7 +796,13 @@ class Runtime:
             if self._outbox or self._presence_out:
                 continue
             self._outbox_wake = anyio.Event()
-            wait = None if interval is None else max(0.0, next_check - self.clock.now())
+            # Nothing to check: sleep until something is posted (a watch wakes it), not
+            # until a check that is never made (an instant deadline, then a spin).
+            checking = self._remote_watches or self._presence_patterns
+            if interval is None or not checking:
+                wait = None
+            else:
+                wait = max(0.0, next_check - self.clock.now())
             with self.clock.move_on_after(wait):
                 await self._outbox_wake.wait()
             self._outbox_wake = None

@@ -557,6 +557,23 @@ async def test_remote_backplane_learns_which_addresses_have_local_members() -> N
         assert sorted(backplane.unsubscribed) == sorted([a.address, b.address, "room"])
 
 
+async def test_the_monitor_task_sleeps_when_there_is_nothing_to_check() -> None:
+    """With a node check interval but no remote watch and no presence events, the
+    monitor task waits for posts once the first interval has passed, instead of
+    waking at an instant deadline over and over (which never lets tasks block)."""
+
+    class Checked(FakeBackplane):
+        node_check_interval = 1.0
+
+    clock = FakeClock()
+    runtime = Runtime(backplane=Checked(), clock=clock, node_id="n1")
+    async with anyio.create_task_group() as tg:
+        await tg.start(runtime.run_monitors)
+        with anyio.fail_after(5):  # a spinning task never lets step() return
+            await clock.step(5.0)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_receiver_takes_what_other_nodes_send_to_its_address() -> None:
     """``add_receiver`` subscribes the address and hands it, in order and synchronously,
     what arrives from other nodes; members of other addresses are untouched; a second
