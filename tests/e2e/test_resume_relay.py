@@ -22,6 +22,7 @@ import anyio.abc
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from actors import FakeClock
 from supervisor import Server, SlowConsumerPolicy
 from supervisor.metrics import Metrics, close_reason_for_code
 from supervisor.redis import RedisBackplane
@@ -340,3 +341,32 @@ async def test_on_resume_runs_on_the_home_node_for_a_relayed_client(prefix: str)
         assert await in_thread(again.recv) == "waited"
         assert json.loads(await in_thread(again.recv)) == {"welcome_back": 1}
         await in_thread(again.close)
+
+
+async def test_a_drop_while_relayed_starts_the_grace_window_over(prefix: str) -> None:
+    """The home node's grace window (a fake clock there) starts over at each drop: a
+    client relayed just before its window ended, then dropped, has a whole window
+    again; after it, the actor ends with ``resume_expired``."""
+    clock = FakeClock()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(
+            running_server(
+                make_app(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix), clock=clock
+            )
+        )
+        b = await stack.enter_async_context(
+            running_server(make_app(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix))
+        )
+        await synced(a, b)
+        first, address = await connect_and_drop(a, ws_url(a, PATH))
+        await clock.step(GRACE - 1)
+        again = await relayed(a, b, first.token)
+        assert await in_thread(again.ask, "two") == {"echo": "two", "seen": 2, "conn": address}
+        await in_thread(again.drop)
+        await eventually(lambda: detached(a) == 1)
+        await clock.step(GRACE - 1)
+        assert a.app.state["closed"] == []
+        await clock.step(1)
+        await wait_until(lambda: bool(a.app.state["closed"]))
+        assert a.app.state["closed"] == [(address, 1006, "resume window expired")]
+        assert resumes(a, "expired") == 1
