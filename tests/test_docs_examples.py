@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,12 +213,17 @@ def _run(name: str, variant: str) -> Run:
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[tuple[str, str], Run]:
-    """Run every example every way, in parallel (each is a separate process)."""
+def runs() -> Iterator[dict[tuple[str, str], Future[Run]]]:
+    """Start every example every way, eight processes at a time, in the order the tests
+    come; each test waits for its own run only. (Waiting for all of them here would
+    count their whole time, over a minute on a busy machine, against the first test's
+    timeout.)"""
     jobs = [(name, variant) for name in _example_names() for variant in VARIANTS]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda job: _run(*job), jobs))
-    return dict(zip(jobs, results, strict=True))
+    pool = ThreadPoolExecutor(max_workers=8)
+    try:
+        yield {job: pool.submit(_run, *job) for job in jobs}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _blocks() -> list[tuple[str, str]]:
@@ -247,10 +253,10 @@ def _slug(heading: str) -> str:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("name", _example_names())
 def test_example_exits_cleanly_and_prints_its_key_lines(
-    runs: dict[tuple[str, str], Run], name: str, variant: str
+    runs: dict[tuple[str, str], Future[Run]], name: str, variant: str
 ) -> None:
     """The example exits 0, writes no stderr, and prints its key lines in order."""
-    run = runs[name, variant]
+    run = runs[name, variant].result()
     assert run.returncode is not None, f"{name} did not finish within {RUN_TIMEOUT} s"
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
@@ -264,10 +270,10 @@ def test_example_exits_cleanly_and_prints_its_key_lines(
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("name", _example_names())
 def test_page_shows_the_real_output(
-    runs: dict[tuple[str, str], Run], name: str, variant: str
+    runs: dict[tuple[str, str], Future[Run]], name: str, variant: str
 ) -> None:
     """The output quoted under the example is exactly what the example prints."""
-    assert _documented_outputs()[name] == runs[name, variant].stdout
+    assert _documented_outputs()[name] == runs[name, variant].result().stdout
 
 
 def test_every_python_block_is_an_example_file_verbatim() -> None:
