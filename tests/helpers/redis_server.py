@@ -46,6 +46,7 @@ REDIS_SERVER = shutil.which("redis-server")
 """The ``redis-server`` executable, or None when it is not installed."""
 
 _READY = "Ready to accept connections"
+_PORT_TAKEN = "Address already in use"
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 """The machine's own Redis, which tests share under key prefixes of their own."""
@@ -68,7 +69,8 @@ class RedisServer(StopsOnExit):
     """A ``redis-server`` child process on 127.0.0.1.
 
     Args:
-        port: the port (default: a free one); kept across :meth:`restart`.
+        port: the port (default: a free one, and another one if something takes it
+            before the first start binds it); kept across :meth:`restart`.
         timeout: seconds to wait for it to accept connections.
 
     Raises:
@@ -79,6 +81,9 @@ class RedisServer(StopsOnExit):
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.port = port or free_port()
+        # A port chosen here was free a moment ago only: another process (any outgoing
+        # connection's local port) may take it before redis-server binds it.
+        self._may_move = port is None
         self.timeout = timeout
         self.lines: list[str] = []
         self._directory = tempfile.mkdtemp(prefix="wsup-redis-")
@@ -105,8 +110,22 @@ class RedisServer(StopsOnExit):
         Raises:
             RuntimeError: it exited or did not become ready in time (with its log).
         """
-        assert REDIS_SERVER is not None
         assert self._process is None or self._process.poll() is not None, "already running"
+        for _ in range(5):
+            if self._start_once():
+                break
+            taken = any(_PORT_TAKEN in line for line in self.lines)
+            if not (taken and self._may_move):
+                raise RuntimeError("redis-server did not start; log:\n" + "\n".join(self.lines))
+            self.port = free_port()
+        else:
+            raise RuntimeError("redis-server found no free port; log:\n" + "\n".join(self.lines))
+        self._may_move = False
+        self.ping()
+
+    def _start_once(self) -> bool:
+        """Start the server on :attr:`port`; whether it became ready (else it is reaped)."""
+        assert REDIS_SERVER is not None
         with self._changed:
             self._ready = self._exited = False
         command = [
@@ -135,8 +154,7 @@ class RedisServer(StopsOnExit):
             ready = self._ready
         if not ready:
             self.kill()
-            raise RuntimeError("redis-server did not start; log:\n" + "\n".join(self.lines))
-        self.ping()
+        return ready
 
     def _follow(self, process: subprocess.Popen[str]) -> None:
         stream = process.stdout
