@@ -11,7 +11,21 @@ def test_the_lag_summary_reads_the_burst_out_of_the_histograms_difference() -> N
     """Beats before the burst do not count; the bounds are those of the burst's beats."""
     before = {BUCKET.format(le): n for le, n in (("0.1", 50.0), ("1.0", 50.0), ("+Inf", 50.0))}
     after = {BUCKET.format(le): n for le, n in (("0.1", 149.0), ("1.0", 150.0), ("+Inf", 150.0))}
-    assert _lag_summary(before, after) == {"beats": 100.0, "p99_under_s": 0.1, "max_under_s": 1.0}
+    before["wsup_event_loop_lag_seconds_sum"] = 1.0
+    after["wsup_event_loop_lag_seconds_sum"] = 3.0
+    assert _lag_summary(before, after) == {
+        "beats": 100.0,
+        "mean_s": 0.02,
+        "p99_s": 0.1,
+        "p99_under_s": 0.1,
+        "max_under_s": 1.0,
+    }
+
+
+def test_the_lag_p99_is_interpolated_within_its_bucket() -> None:
+    """As histogram_quantile does: 99 of 100 beats under 0.5 s, the 99th at 0.5 s."""
+    after = {BUCKET.format(le): n for le, n in (("0.25", 98.0), ("0.5", 100.0), ("+Inf", 100.0))}
+    assert _lag_summary({}, after)["p99_s"] == 0.375
 
 
 def test_percentiles_of_sorted_times() -> None:
