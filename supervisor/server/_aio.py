@@ -22,7 +22,12 @@ closes the listener for good on ``ENOBUFS``/``ENOMEM``). Here a failed
 ``accept()`` the acceptor asks admission control (``Server.may_accept``, see
 ``_admission``): past ``max_handshakes`` or ``accept_rate`` it stops reading the
 listening socket until a handshake ends or a token is back, and the next
-connections wait in the listen backlog.
+connections wait in the listen backlog. At most :data:`ACCEPT_BATCH` sockets
+are accepted per wake-up, and a :class:`Pacer` lets at most
+:data:`TURN_REQUESTS` requests of the server port be decided per turn of the
+loop; the others keep their bytes until a later turn. In a reconnect storm
+hundreds of requests become readable in the same poll, and deciding them all
+at once stalled every timer and open connection for hundreds of milliseconds.
 
 After an HTTP answer other than 101 the socket lingers (:meth:`HandshakeProtocol.linger`):
 closing a socket with unread input makes the kernel send a reset, and a
@@ -35,12 +40,13 @@ under the handshake timeout again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import math
 import socket
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
 
@@ -66,6 +72,15 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("wsup.server")
+
+#: Sockets accepted per wake-up of a listening socket at most, and requests taken
+#: per turn of the event loop at most (:class:`Pacer`): in a burst of reconnects
+#: each turn then costs some 32 handshakes (under 10 ms of CPU), not a thousand.
+#: Measured with ``python -m bench.burst`` (``docs/performance.md``): 16 to 64
+#: all kept the loop's lag an order of magnitude under accepting ``backlog``
+#: sockets per wake-up, with the same CPU per handshake and time to let all in.
+ACCEPT_BATCH: Final = 32
+TURN_REQUESTS: Final = 32
 
 try:
     import sniffio
@@ -105,6 +120,8 @@ class HandshakeProtocol(asyncio.Protocol):
         "_host",
         "_linger_left",
         "_ops_only",
+        "_paced",
+        "_pacer",
         "_protocol",
         "_reader",
         "_request",
@@ -115,9 +132,13 @@ class HandshakeProtocol(asyncio.Protocol):
         "_transport",
     )
 
-    def __init__(self, host: Handshakes, ops_only: bool) -> None:
+    def __init__(self, host: Handshakes, ops_only: bool, pacer: Pacer | None = None) -> None:
         self._host = host
         self._ops_only = ops_only
+        #: Paces the requests of the server port (None: operational ports, never paced).
+        self._pacer = pacer
+        #: Bytes read while waiting for a turn of the pacer; None when not waiting.
+        self._paced: list[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._decided = False
@@ -178,7 +199,31 @@ class HandshakeProtocol(asyncio.Protocol):
             else:
                 self._protocol.receive_data(data)
             return
+        if self._paced is not None:
+            self._paced.append(data)
+            return
+        pacer = self._pacer
+        if pacer is not None and not pacer.take(self):
+            self._paced = [data]  # its turn comes in a later turn of the loop
+            return
         self._serve(reader.feed(data))
+
+    def run_paced(self) -> bool:
+        """Take the request read while waiting for the pacer; False if nothing was left
+        to do (the socket closed or timed out meanwhile)."""
+        held, self._paced = self._paced, None
+        if held is None or self._decided:
+            return False
+        assert self._reader is not None
+        previous = enter_callback()
+        try:
+            self._serve(self._reader.feed(b"".join(held)))
+        except Exception:
+            _log.exception("connection.failed")
+            self.abort()
+        finally:
+            exit_callback(previous)
+        return True
 
     def _serve(self, parsed: HTTPRequest | Answer | None) -> None:
         """Answer ``parsed`` and, while the connection is kept alive, the requests
@@ -276,12 +321,15 @@ class HandshakeProtocol(asyncio.Protocol):
         return False
 
     def eof_received(self) -> bool:
+        if self._paced is not None:
+            self.run_paced()  # a request and then the end: answer it now
         if not self._decided:
             self._failed()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._host.unowned.discard(self)
+        self._paced = None
         if not self._decided:
             self._failed()
         elif self._timer is not None:  # lingering: its deadline
@@ -361,6 +409,62 @@ class HandshakeProtocol(asyncio.Protocol):
                 exit_callback(previous)
 
 
+class Pacer:
+    """At most ``per_turn`` requests taken per turn of the event loop; the others wait
+    for the next turns, in the order they came.
+
+    A burst of reconnects (a deploy) brings thousands of requests at once, and
+    their bytes do not arrive in the order the sockets were accepted: the
+    clients' own loops send them in batches, so hundreds can be readable in the
+    same poll. Deciding them all in that turn (each one's reader, decision, 101
+    and actor) would stall every timer and every open connection for as long.
+    A request past the budget keeps its bytes until :meth:`_turn`, run once
+    per turn (``call_soon``), takes the waiting ones in order; a socket that
+    closed meanwhile is skipped. O(1) per request.
+
+    Args:
+        loop: the event loop.
+        per_turn: requests taken per turn at most.
+    """
+
+    __slots__ = ("_left", "_loop", "_per_turn", "_scheduled", "_waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int) -> None:
+        self._loop = loop
+        self._per_turn = per_turn
+        self._left = per_turn
+        self._scheduled = False
+        self._waiting: collections.deque[HandshakeProtocol] = collections.deque()
+
+    def take(self, protocol: HandshakeProtocol) -> bool:
+        """Whether ``protocol`` may take its request now; else it waits for
+        :meth:`HandshakeProtocol.run_paced`, called in a later turn."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+        if self._left and not self._waiting:
+            self._left -= 1
+            return True
+        self._waiting.append(protocol)
+        return False
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a turn."""
+        return len(self._waiting)
+
+    def _turn(self) -> None:
+        self._left = self._per_turn
+        waiting = self._waiting
+        while waiting and self._left:
+            if waiting.popleft().run_paced():
+                self._left -= 1
+        if waiting:
+            self._loop.call_soon(self._turn)
+        else:
+            self._scheduled = False
+
+
 class _Acceptor:
     """Accepts the connections of one listening socket, in a reader callback.
 
@@ -391,6 +495,7 @@ class _Acceptor:
         sock: socket.socket,
         ops_only: bool,
         broken: asyncio.Future[None],
+        pacer: Pacer,
     ) -> None:
         self._server = server
         self._sock = sock
@@ -405,8 +510,10 @@ class _Acceptor:
         # Family, type and protocol given: the socket object asks the kernel nothing.
         self._accepted = functools.partial(accepted, family, kind, socket.IPPROTO_TCP)
 
+        paced = None if ops_only else pacer
+
         def factory() -> HandshakeProtocol:
-            return HandshakeProtocol(handshakes, ops_only)
+            return HandshakeProtocol(handshakes, ops_only, paced)
 
         self._factory = factory
 
@@ -428,8 +535,9 @@ class _Acceptor:
         accept = self._sock._accept  # type: ignore[attr-defined]  # the C call under accept()
         accepted = self._accepted
         counted = not self._ops_only
-        # Several per wake-up, as asyncio does: a burst of connects costs one poll.
-        for _ in range(server.config.backlog):
+        # Several per wake-up, as asyncio does (a burst of connects costs fewer polls),
+        # but not asyncio's ``backlog``: the loop turns between batches.
+        for _ in range(ACCEPT_BATCH):
             wait = server.may_accept() if counted else None
             if wait is not None:
                 # Admission control: the next connections wait in the listen backlog.
@@ -517,11 +625,12 @@ async def serve_sockets(
     loop = asyncio.get_running_loop()
     broken: asyncio.Future[None] = loop.create_future()
     acceptors: list[_Acceptor] = []
+    pacer = Pacer(loop, TURN_REQUESTS)
     try:
         for sock, ops_only in sockets:
             duplicate = sock.dup()
             duplicate.setblocking(False)
-            acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken)
+            acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken, pacer)
             acceptors.append(acceptor)
             acceptor.start()
         await broken

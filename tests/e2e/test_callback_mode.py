@@ -8,6 +8,9 @@ path a connection takes and the corners only the callback path has.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from examples.echo import Echo
 from examples.echo import app as echo_app
 from supervisor import Accept, App, Handler, Request
+from supervisor.server import _aio
 from supervisor.server._server import _needs_no_start
 from tests.helpers.clients import open_ws
 from tests.helpers.metrics import sample
@@ -159,3 +163,72 @@ async def test_an_idle_echo_connection_has_no_task_until_a_message_comes(
         assert sup.children == []
     assert sample(server, "wsup_connections_closed_total", reason="normal", initiator="client") == 3
     assert sample(server, "wsup_actors", kind="connection") == 0
+
+
+_UPGRADE = (
+    "GET /echo?half_closed={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _head(sock: socket.socket) -> bytes:
+    """What ``sock`` reads until the end of an answer's head (or the end of the stream)."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_requests_readable_in_one_poll_are_decided_a_few_per_turn(
+    anyio_backend_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of requests readable at once is decided at most ``TURN_REQUESTS`` per
+    turn of the loop, and every one is answered; a request followed by the end of
+    its stream is decided when the end comes (it cannot wait with it)."""
+    if anyio_backend_name != "asyncio":
+        pytest.skip("the callback path is asyncio's")
+    monkeypatch.setattr(_aio, "ACCEPT_BATCH", 1024)  # all accepted in one wake-up
+    monkeypatch.setattr(_aio, "TURN_REQUESTS", 4)
+    loop = asyncio.get_running_loop()
+    turn = 0
+    seen: list[tuple[int, bool]] = []
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if len(seen) < 40:
+            loop.call_soon(tick)
+
+    app = App()
+    app.add_route("/echo", Echo)
+
+    @app.handshake
+    def note_turn(request: Request) -> None:
+        seen.append((turn, request.query["half_closed"] == ["1"]))
+
+    async with running_server(app) as server:
+        # Connected and sent without letting the loop run: all readable in the next poll.
+        clients = [socket.create_connection(server.ports[0]) for _ in range(40)]
+        try:
+            for number, client in enumerate(clients):
+                half_closed = number % 4 == 3
+                client.sendall(_UPGRADE.format(int(half_closed)).encode())
+                if half_closed:
+                    client.shutdown(socket.SHUT_WR)
+            loop.call_soon(tick)
+            heads = await in_thread(lambda: [_head(client) for client in clients])
+        finally:
+            for client in clients:
+                client.close()
+    assert [head.split(b"\r\n", 1)[0] for head in heads] == [
+        b"HTTP/1.1 101 Switching Protocols"
+    ] * 40
+    assert len(seen) == 40
+    per_turn = Counter(turn for turn, half_closed in seen if not half_closed)
+    assert max(per_turn.values()) <= 4
+    assert len(per_turn) >= 30 // 4
