@@ -41,12 +41,31 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from ..metrics import LimitName
 from ._config import ServerConfig
 from ._limits import AddressCounter, PerKeyBuckets, TokenBucket
 
-__all__ = ["Admission", "Refusal"]
+__all__ = ["ADMISSION_LIMITS", "OTHER_LIMITS", "Admission", "Refusal"]
+
+#: The ``limit`` labels of ``wsup_limited_total`` that admission control sets:
+#: each is the name of its ``ServerConfig`` setting.
+ADMISSION_LIMITS: Final[frozenset[LimitName]] = frozenset(
+    {
+        "max_connections",
+        "max_handshakes",
+        "max_connections_per_address",
+        "accept_rate",
+        "handshake_rate",
+        "handshake_rate_per_address",
+    }
+)
+#: The other ``limit`` labels: they act on a request head (``request_head``) or on
+#: an open connection (its inbound rate, ``message_timeout``), not on admission.
+OTHER_LIMITS: Final[frozenset[LimitName]] = frozenset(
+    {"inbound_delay", "inbound_close", "message_timeout", "request_head"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,7 +72,7 @@ from ..tree._system import ActorSystem
 from ..tree._tree import ChildSpec, Restart, Supervisor, SupervisorSpec
 from . import _api
 from ._accept import AcceptFailure, AcceptThrottle, classify_accept_error, descriptor_usage
-from ._admission import Admission, Refusal
+from ._admission import ADMISSION_LIMITS, Admission, Refusal
 from ._aio import HandshakeProtocol, serve_sockets
 from ._app import App, Handler, Request, RouteOptions, call_maybe_async
 from ._config import ServerConfig
@@ -99,16 +99,8 @@ from ._resume import RESUME_PARAM, ResumeRefusal, ResumeTable
 __all__ = ["Server", "serve"]
 
 _log = structlog.get_logger("wsup.server")
-#: The ``limit`` labels of admission control's refusals (``_admission``): all but
-#: those that act on an open connection, and the request head's.
-_ADMISSION_LIMITS = frozenset(LIMIT_NAMES) - {
-    "inbound_delay",
-    "inbound_close",
-    "message_timeout",
-    "request_head",
-}
 #: The settings of admission control, as ``server.started`` lists them.
-_ADMISSION_SETTINGS = (*(n for n in LIMIT_NAMES if n in _ADMISSION_LIMITS), "readiness_loop_lag")
+_ADMISSION_SETTINGS = (*(n for n in LIMIT_NAMES if n in ADMISSION_LIMITS), "readiness_loop_lag")
 #: The standard library logger behind ``_log``, to skip filtered per-connection lines cheaply.
 _std_log = logging.getLogger("wsup.server")
 _CLOSED_STREAM_ERRORS = (
@@ -1379,7 +1371,7 @@ class Handshakes:
         overload makes thousands)."""
         server = self._server
         server.handshakes["rejected"].inc()
-        if reason in _ADMISSION_LIMITS:
+        if reason in ADMISSION_LIMITS:
             server.note_limit(reason, client, path)
         elif _std_log.isEnabledFor(logging.INFO):  # filtered structlog calls still cost
             _log.info("handshake.rejected", reason=reason, status=status, path=path, client=client)

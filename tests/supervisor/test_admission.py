@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from supervisor import Rate, ServerConfig
-from supervisor.metrics import Metrics
+from supervisor.metrics import LIMIT_NAMES, Metrics
 from supervisor.observe._watchdog import LoopWatchdog
-from supervisor.server._admission import Admission
+from supervisor.server._admission import ADMISSION_LIMITS, OTHER_LIMITS, Admission
 
 
 def admission(jitter: float = 0.0, **config: object) -> Admission:
@@ -84,6 +85,15 @@ def test_the_per_address_cap_counts_past_itself_and_releases() -> None:
     gate.connection_closed("a")
     assert gate.open_from("a") == 0
     assert gate.request("a", 0, 0.0) is None
+
+
+def test_every_limit_name_is_classified_once() -> None:
+    """A new ``limit`` label must say whether admission control sets it; an admission
+    limit is a setting (``server.started`` lists it by that name)."""
+    assert set(LIMIT_NAMES) == ADMISSION_LIMITS | OTHER_LIMITS
+    assert not ADMISSION_LIMITS & OTHER_LIMITS
+    fields = {field.name for field in dataclasses.fields(ServerConfig)}
+    assert fields >= ADMISSION_LIMITS
 
 
 def test_the_per_address_rate_is_per_address() -> None:
