@@ -420,7 +420,10 @@ class ASGIApp:
             accept["subprotocol"] = decision.subprotocol
         try:
             await send(accept)
-        except OSError:
+        except BaseException as exc:
+            gate.release(request.client_address)  # admission's slot: no connection after all
+            if not isinstance(exc, OSError):
+                raise
             gate.failed("failed", "client gone before the accept", request.client_address, path)
             return None
         driver = ASGIDriver(receive, send)

@@ -19,6 +19,11 @@ has its own checks.
    open, ``max_connections_per_address`` open from this client, a client over
    ``handshake_rate_per_address``, the server over ``handshake_rate``. Plain
    HTTP, ``/healthz``, ``/readyz`` and ``/metrics`` are not upgrades and pass.
+   An upgrade let through holds its per-address slot from then on, while its
+   handshake hooks run: concurrent handshakes from one address whose hooks
+   await cannot all pass the check before any of them opens. The slot is the
+   connection's once it opens, and is given back when it closes, or at once
+   when the handshake ends without a connection (:meth:`Admission.release`).
 
 ``Retry-After`` is the time until the rate allows one more, at least 1 s,
 stretched by up to as much again at random so that the clients refused together
@@ -26,7 +31,8 @@ do not come back together.
 
 Rates are token buckets (``_limits``). A per-address bucket that refilled is
 forgotten, so a flood from ever-new addresses costs at most ``max_keys``
-buckets; the per-address count of open connections holds only what is open.
+buckets; the per-address count holds only the connections open and the
+handshakes admitted but not over.
 Handshakes in progress are counted apart from ``max_connections``: the
 descriptors the server holds for clients are at most ``max_connections`` +
 ``max_handshakes``, plus sockets closing after an answer.
@@ -171,7 +177,10 @@ class Admission:
             open_connections: WebSocket connections open now.
             now: the clock reading.
 
-        The caps come first: they take no token from a bucket.
+        The caps come first: they take no token from a bucket. Let through, the
+        upgrade holds a slot of ``max_connections_per_address`` from now on: give
+        it back with :meth:`release` if no connection opens, else with
+        :meth:`connection_closed` when it closes.
         """
         if open_connections >= self._max_connections:
             return self._refuse("max_connections", "too many connections")
@@ -190,22 +199,23 @@ class Admission:
             wait = self._handshake.take(now)
             if wait:
                 return self._refuse("handshake_rate", "too many new connections", wait)
+        if addresses is not None:
+            addresses.add(client)
         return None
 
-    def connection_opened(self, client: str) -> None:
-        """Count a WebSocket connection of ``client`` as open (for the per-address cap).
-
-        Counted even past the cap: a handshake hook that awaits lets others
-        pass the check before this one opens.
-        """
+    def release(self, client: str) -> None:
+        """Give back the slot :meth:`request` held for an upgrade from ``client`` that
+        opened no connection (refused by a hook, failed, or closed before its 101)."""
         if self._addresses is not None:
-            self._addresses.add(client)
+            self._addresses.release(client)
 
     def connection_closed(self, client: str) -> None:
-        """Count a connection of ``client`` as closed: the cap has room again."""
+        """Count a connection of ``client`` as closed (it opened with the slot its
+        request held): the cap has room again."""
         if self._addresses is not None:
             self._addresses.release(client)
 
     def open_from(self, client: str) -> int:
-        """How many connections ``client`` holds open, as counted for the cap (0 when off)."""
+        """How many connections ``client`` holds open or is opening, as counted for the
+        cap (0 when off)."""
         return 0 if self._addresses is None else self._addresses.count(client)

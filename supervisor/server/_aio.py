@@ -245,8 +245,11 @@ class HandshakeProtocol(asyncio.Protocol):
                     # A hook returned an awaitable: the rest needs a task, and what
                     # arrives meanwhile waits in the socket.
                     transport.pause_reading()
-                    if not self._host.start_soon(functools.partial(self._conclude_later, ran)):
+                    if not self._host.start_soon(
+                        functools.partial(self._conclude_later, ran, step)
+                    ):
                         ran.close()
+                        step.abandon()
                         transport.abort()
                     return
                 step = ran
@@ -263,13 +266,17 @@ class HandshakeProtocol(asyncio.Protocol):
             return self._reader.feed(b"".join(held))
         return self._reader.next()
 
-    async def _conclude_later(self, pending: Coroutine[Any, Any, Answer | Upgrade]) -> None:
+    async def _conclude_later(
+        self, pending: Coroutine[Any, Any, Answer | Upgrade], call: HookCall
+    ) -> None:
         try:
             if self._conclude(await pending, resume=True):
                 self._serve(self._next())
         except Exception:
             _log.exception("connection.failed")
             self.abort()
+        finally:
+            call.abandon()  # cancelled before the hooks ran: nothing else gives it back
 
     def _conclude(self, decision: Answer | Upgrade, *, resume: bool = False) -> bool:
         """Write the answer and linger (or wait for the next request), or write the 101
@@ -307,6 +314,7 @@ class HandshakeProtocol(asyncio.Protocol):
         protocol = self._protocol
         protocol.send_response(decision.response)
         if transport.is_closing():
+            host.release(decision.request.client_address)  # no connection after all
             host.failed(
                 "failed",
                 "connection closed before the 101 was sent",

@@ -135,7 +135,12 @@ class HandshakeHost(Protocol):
 
     def admit(self, client: str) -> Refusal | None:
         """Whether a WebSocket upgrade from ``client`` may go on (``max_connections``,
-        per-address caps, handshake rates: see ``_admission``); None, or the refusal."""
+        per-address caps, handshake rates: see ``_admission``); None, or the refusal.
+        Let through, it holds a per-address slot: the connection's if one opens,
+        else given back with :meth:`release`."""
+
+    def release(self, client: str) -> None:
+        """Give back the slot :meth:`admit` held for an upgrade that opened no connection."""
 
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         """The ``/metrics`` body and its content type for this ``Accept`` header."""
@@ -885,8 +890,10 @@ class Handshake:
         refusal = host.admit(client)
         if refusal is not None:
             return self.refused(refusal, path, client)
+        # From here on, every answer but a 101 gives back the slot admit() held.
         origins = self._origins
         if not origins.allows_all and not origins.allows(single_header(headers, "Origin")):
+            host.release(client)
             return self._refuse(403, "origin not allowed\n", "origin", path)
         protocol.available_subprotocols = [Subprotocol(p) for p in route.subprotocols] or None
         ws_request = WSRequest(request.target, headers)
@@ -896,6 +903,7 @@ class Handshake:
         except Exception:
             # Not a valid WebSocket handshake: websockets words the answer (426 for a
             # plain GET, 400 for a bad key...), running the same checks again.
+            host.release(client)
             refused = protocol.accept(ws_request)
             if self.server_header is not None:
                 refused.headers["Server"] = self.server_header
@@ -913,7 +921,9 @@ class Handshake:
         if route.hook is None and not hooks:
             # Nothing to call: the common case, decided here and now.
             return Upgrade(route, pattern, user_request, protocol.subprotocol, {}, response)
-        pending = _UpgradeCall(self, user_request, route, pattern, protocol.subprotocol, response)
+        pending = _UpgradeCall(
+            self, user_request, route, pattern, protocol.subprotocol, response, host
+        )
         pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
         return pending
 
@@ -946,11 +956,14 @@ class Handshake:
         refusal = host.admit(client)
         if refusal is not None:
             return self.refused(refusal, path, client)
+        # From here on, every answer but the upgrade gives back the slot admit() held.
         origins = self._origins
         if not origins.allows_all and not origins.allows(request.header("origin")):
+            host.release(client)
             return self._refuse(403, "origin not allowed\n", "origin", path)
         subprotocol, problem = _select_subprotocol(route.subprotocols, request.subprotocols)
         if problem is not None:
+            host.release(client)
             return Answer(
                 self.plain(400, f"bad request: {problem}\n"), Outcome("failed", problem, path)
             )
@@ -959,7 +972,7 @@ class Handshake:
         pattern = match.route.pattern
         if route.hook is None and not hooks:
             return Upgrade(route, pattern, request, subprotocol, {}, response)
-        pending = _UpgradeCall(self, request, route, pattern, subprotocol, response)
+        pending = _UpgradeCall(self, request, route, pattern, subprotocol, response, host)
         pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
         return pending
 
@@ -1134,6 +1147,10 @@ class HookCall:
                 return answer
         return self.conclude()
 
+    def abandon(self) -> None:
+        """The call will not run or will not finish (its task could not start, or was
+        cancelled): give back what deciding it held. Idempotent."""
+
     def _take(self, result: Any) -> Answer | None:
         """Take one function's result; an answer if it ends the handshake."""
         raise NotImplementedError
@@ -1177,11 +1194,17 @@ class _HTTPCall(HookCall):
 
 
 class _UpgradeCall(HookCall):
-    """The handshake hooks of a WebSocket route: they accept (merged) or one rejects."""
+    """The handshake hooks of a WebSocket route: they accept (merged) or one rejects.
+
+    The upgrade holds a per-address slot of admission control while the hooks
+    run (:meth:`HandshakeHost.admit`); any answer but the upgrade gives it back.
+    """
 
     __slots__ = (
         "_chosen",
+        "_client",
         "_headers",
+        "_host",
         "_pattern",
         "_response",
         "_route",
@@ -1197,8 +1220,12 @@ class _UpgradeCall(HookCall):
         pattern: str,
         negotiated: str | None,
         response: Response,
+        host: HandshakeHost,
     ) -> None:
         super().__init__(handshake, request, ())
+        self._host = host
+        #: The client whose slot is held; None once given back.
+        self._client: str | None = request.client_address
         self._route = route
         self._pattern = pattern
         self._response = response
@@ -1206,6 +1233,27 @@ class _UpgradeCall(HookCall):
         self._chosen: str | None = None  # what the hooks chose, checked once they all ran
         self._headers: list[tuple[str, str]] = []
         self._values: dict[str, Any] = {}
+
+    def run(self) -> Decision | Coroutine[Any, Any, Decision]:
+        decision = super().run()
+        if isinstance(decision, Answer):
+            self.abandon()
+        return decision
+
+    async def _run_from(self, index: int, pending: Awaitable[Any]) -> Decision:
+        try:
+            decision = await super()._run_from(index, pending)
+        except BaseException:  # cancelled while a hook awaited (the server stops)
+            self.abandon()
+            raise
+        if isinstance(decision, Answer):
+            self.abandon()
+        return decision
+
+    def abandon(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            self._host.release(client)
 
     def _take(self, result: Any) -> Answer | None:
         if isinstance(result, Reject):
@@ -1247,6 +1295,7 @@ class _UpgradeCall(HookCall):
             response.headers["Sec-WebSocket-Protocol"] = chosen
         for name, value in self._headers:
             response.headers[name] = value
+        self._client = None  # the slot goes with the upgrade (the driver gives it back on failure)
         return Upgrade(
             self._route, self._pattern, self.request, self._subprotocol, self._values, response
         )

@@ -769,7 +769,10 @@ class Server:
         protocol.send_response(decision.response)
         try:
             await stream.send(b"".join(protocol.data_to_send()))
-        except _CLOSED_STREAM_ERRORS:
+        except BaseException as exc:
+            handshakes.release(decision.request.client_address)  # no connection after all
+            if not isinstance(exc, _CLOSED_STREAM_ERRORS):
+                raise
             handshakes.failed(
                 "failed",
                 "connection closed before the 101 was sent",
@@ -840,10 +843,10 @@ class Server:
         if token:
             claimed = self.resumes.claim(token, route, request.path, upgrade.values)
             if not isinstance(claimed, str):
-                # Admission counts it under the address it comes back from.
+                # Admission counts it under the address it comes back from (its
+                # request holds that slot already).
                 self.admission.connection_closed(claimed.request.client_address)
                 claimed._reattach(protocol, request, upgrade.subprotocol, driver)
-                self.admission.connection_opened(request.client_address)
                 self._opened(claimed, started)
                 self.metrics.resumes.labels(result="resumed").inc()
                 _log.info(
@@ -865,8 +868,7 @@ class Server:
                 self.resumes.issue(conn, route, upgrade.values), resumed=False, refused=refused
             )
         self._spawn(conn, route, upgrade.values, upgrade.pattern)
-        self.connections.add(conn)
-        self.admission.connection_opened(request.client_address)
+        self.connections.add(conn)  # its per-address slot was taken by its request
         self.states["open"].inc()
         self._opened(conn, started)
         if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
@@ -895,8 +897,7 @@ class Server:
         request = upgrade.request
         conn = Connection(self, protocol, request, upgrade.route, upgrade.subprotocol, driver)
         conn._claiming = anyio.Event()
-        self.connections.add(conn)
-        self.admission.connection_opened(request.client_address)
+        self.connections.add(conn)  # its per-address slot was taken by its request
         self.states["open"].inc()
         self._opened(conn, started)
         if not self.start_soon(functools.partial(self._claim, conn, upgrade, token)):
@@ -1275,6 +1276,9 @@ class Handshakes:
     def admit(self, client: str) -> Refusal | None:
         server = self._server
         return server.admission.request(client, len(server.connections), server.clock.now())
+
+    def release(self, client: str) -> None:
+        self._server.admission.release(client)
 
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         return self._server.metrics.render_for(accept)

@@ -17,12 +17,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 import structlog
 
 from actors import FakeClock
 from examples.echo import Echo
-from supervisor import App, Rate, Server
+from supervisor import Accept, App, Rate, Reject, Request, Server
 from tests.helpers.metrics import sample
 from tests.helpers.raw import exchange_bytes, read_head
 from tests.helpers.server import running_server
@@ -198,6 +199,120 @@ async def test_the_per_address_cap_releases_when_a_connection_closes() -> None:
             assert sample(server, "wsup_limited_total", limit="max_connections_per_address") == 1
     (line,) = limited_lines(logs, "max_connections_per_address")
     assert (line["client"], line["path"]) == ("127.0.0.1", "/echo")
+
+
+async def test_upgrades_whose_hooks_await_cannot_pass_the_per_address_cap_together() -> None:
+    """The per-address slot is taken when the request is admitted, before the hooks
+    run: of three concurrent upgrades from one address whose hook awaits, under a
+    cap of one, one is upgraded and two get 503 (not three upgraded past the cap)."""
+    entered = 0
+    go = anyio.Event()
+    done = anyio.Event()
+    statuses: list[int] = []
+
+    async def hold(request: Request) -> None:
+        nonlocal entered
+        entered += 1
+        await go.wait()
+
+    app = echo_app()
+    app.handshake(hold)
+    async with running_server(app, max_connections_per_address=1) as server:
+
+        async def client() -> None:
+            async with await anyio.connect_tcp("127.0.0.1", server.ports[0][1]) as stream:
+                await stream.send(upgrade_request())
+                status, _, _ = parse_head(await read_head(stream))
+                statuses.append(status)
+                if status == 101:
+                    await done.wait()
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(client)
+            await eventually(lambda: entered + statuses.count(503) == 3)
+            go.set()
+            await eventually(lambda: len(statuses) == 3)
+            assert sorted(statuses) == [101, 503, 503]
+            assert server.admission.open_from("127.0.0.1") == 1
+            done.set()
+        await eventually(lambda: server.admission.open_from("127.0.0.1") == 0)
+        assert sample(server, "wsup_limited_total", limit="max_connections_per_address") == 2
+
+
+async def _reject_later(request: Request) -> Reject:
+    await anyio.lowlevel.checkpoint()
+    return Reject(403, "no")
+
+
+async def _raise_later(request: Request) -> None:
+    await anyio.lowlevel.checkpoint()
+    raise RuntimeError("hook failed")
+
+
+async def _choose_unoffered_later(request: Request) -> Accept:
+    await anyio.lowlevel.checkpoint()
+    return Accept(subprotocol="not-offered")
+
+
+_GOOD_ORIGIN = "Origin: https://ok.example"
+
+
+@pytest.mark.parametrize(
+    ("hook", "config", "request_bytes", "status"),
+    [
+        (_reject_later, {}, upgrade_request(), 403),
+        (_raise_later, {}, upgrade_request(), 500),
+        (_choose_unoffered_later, {}, upgrade_request(), 500),
+        (
+            None,
+            {"origins": ["https://ok.example"]},
+            upgrade_request("Origin: https://elsewhere.example"),
+            403,
+        ),
+        (None, {}, upgrade_request().replace(b"Version: 13", b"Version: 8"), 400),
+    ],
+    ids=["hook-rejects", "hook-raises", "bad-subprotocol", "origin", "bad-version"],
+)
+async def test_an_upgrade_answered_otherwise_than_101_gives_its_slot_back(
+    hook: Any, config: dict[str, Any], request_bytes: bytes, status: int
+) -> None:
+    """Every answer after admission but the 101 frees the per-address slot the request
+    held: the next upgrade from the address, under a cap of one, gets in."""
+    app = echo_app()
+    if hook is not None:
+        app.handshake(hook)
+    async with running_server(app, max_connections_per_address=1, **config) as server:
+        answer = await exchange_bytes(server.ports[0][1], request_bytes)
+        assert parse_head(answer)[0] == status, answer
+        await eventually(lambda: server.admission.open_from("127.0.0.1") == 0)
+        app.hooks.clear()
+        async with upgraded(server, _GOOD_ORIGIN):
+            assert server.admission.open_from("127.0.0.1") == 1
+
+
+async def test_a_client_gone_while_its_hook_awaits_gives_its_slot_back() -> None:
+    """A client that closes while its hook awaits leaves no slot held once the hook is
+    done (the 101 cannot be sent)."""
+    go = anyio.Event()
+    entered = anyio.Event()
+
+    async def hold(request: Request) -> None:
+        entered.set()
+        await go.wait()
+
+    app = echo_app()
+    app.handshake(hold)
+    async with running_server(app, max_connections_per_address=1) as server:
+        async with await anyio.connect_tcp("127.0.0.1", server.ports[0][1]) as stream:
+            await stream.send(upgrade_request())
+            await entered.wait()
+            assert server.admission.open_from("127.0.0.1") == 1
+        go.set()
+        await eventually(lambda: server.admission.open_from("127.0.0.1") == 0)
+        app.hooks.clear()
+        async with upgraded(server):
+            pass
 
 
 async def test_readyz_is_503_while_the_loop_lags() -> None:

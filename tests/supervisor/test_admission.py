@@ -58,33 +58,41 @@ def test_retry_after_is_stretched_by_up_to_as_much_again(jitter: float, expected
 
 def test_the_caps_come_before_the_rates_and_take_no_token() -> None:
     gate = admission(
-        max_connections=2, max_connections_per_address=1, handshake_rate=Rate(1, burst=1)
+        max_connections=3, max_connections_per_address=1, handshake_rate=Rate(1, burst=2)
     )
     assert gate.per_address
-    full = gate.request("a", 2, 0.0)
+    full = gate.request("a", 3, 0.0)
     assert full is not None
     assert full.limit == "max_connections"
-    gate.connection_opened("a")
+    assert gate.request("a", 0, 0.0) is None  # the first of two tokens
     capped = gate.request("a", 1, 0.0)
     assert capped is not None
     assert capped.limit == "max_connections_per_address"
-    assert gate.request("b", 1, 0.0) is None  # the bucket's one token was still there
+    assert gate.request("b", 1, 0.0) is None  # the bucket's second token was still there
     rated = gate.request("c", 1, 0.0)
     assert rated is not None
     assert rated.limit == "handshake_rate"
 
 
-def test_the_per_address_cap_counts_past_itself_and_releases() -> None:
-    """A hook that awaits can let a second one open; both are counted, both released."""
+def test_an_upgrade_let_through_holds_its_slot_until_given_back() -> None:
+    """The slot is taken when the request passes, before any hook runs: a second
+    upgrade from the address is refused while the first is still handshaking."""
     gate = admission(max_connections_per_address=1)
-    gate.connection_opened("a")
-    gate.connection_opened("a")
-    assert gate.open_from("a") == 2
-    gate.connection_closed("a")
-    assert gate.request("a", 1, 0.0) is not None
-    gate.connection_closed("a")
+    assert gate.request("a", 0, 0.0) is None
+    assert gate.open_from("a") == 1
+    refused = gate.request("a", 0, 0.0)
+    assert refused is not None
+    assert refused.limit == "max_connections_per_address"
+    gate.release("a")  # that handshake opened no connection
     assert gate.open_from("a") == 0
     assert gate.request("a", 0, 0.0) is None
+
+
+def test_a_refused_upgrade_holds_no_slot() -> None:
+    gate = admission(max_connections_per_address=2, handshake_rate=Rate(1, burst=1))
+    assert gate.request("a", 0, 0.0) is None
+    assert gate.request("a", 0, 0.0) is not None  # over handshake_rate
+    assert gate.open_from("a") == 1
 
 
 def test_every_limit_name_is_classified_once() -> None:
@@ -108,7 +116,7 @@ def test_the_per_address_rate_is_per_address() -> None:
 
 def test_without_a_per_address_limit_nothing_is_counted_per_address() -> None:
     gate = admission()
-    gate.connection_opened("a")
+    assert gate.request("a", 0, 0.0) is None
     assert gate.open_from("a") == 0
     gate.connection_closed("a")  # ignored
 

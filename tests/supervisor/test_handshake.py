@@ -56,6 +56,9 @@ class Host:
     def admit(self, client: str) -> Refusal | None:
         return self.admission.request(client, self.connections, 0.0)
 
+    def release(self, client: str) -> None:
+        self.admission.release(client)
+
     def render_metrics(self, accept: str | None) -> tuple[bytes, str]:
         self.metrics_asked.append(accept)
         return b"wsup_up 1\n", "text/plain; version=0.0.4"
