@@ -96,8 +96,11 @@ class ASGIApp:
         app: the wsup app whose routes, hooks, services and ``lifespan`` to run.
         fallback: an ASGI app for every other request (unknown paths, plain
             HTTP): wsup wraps it, and forwards its ``lifespan`` too.
-        config: server settings (default ``app.config``); host, port, TLS and
-            keepalive settings do not apply (the ASGI server owns the socket).
+        config: server settings (default ``app.config``); host, port, TLS,
+            keepalive and the limits on accepting (``max_handshakes``,
+            ``accept_rate``) do not apply (the ASGI server owns the socket);
+            the limits on an upgrade (``max_connections``, the per-address
+            caps, the handshake rates) do, with 503 and ``Retry-After``.
         metrics: where to count (default: a registry of its own, served at
             ``/metrics``).
         backplane: the cross-node transport (e.g. a :class:`~supervisor.RedisBackplane`).
