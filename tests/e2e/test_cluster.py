@@ -180,7 +180,7 @@ def test_workers_share_the_port_restart_a_crashed_worker_and_drain_on_sigterm(
     args = ["--workers", "2", "--redis", redis_server.url, "--drain-timeout", "10"]
     with ServerProcess(APP, *args) as master:
         try:
-            ready = master.wait_for_event("workers.started", timeout=TIMEOUT)
+            ready = master.wait_started("workers.started")
             first, second = ready["pids"]
             assert master.pid not in (first, second)
             on_first = land_on(master, first, clients)

@@ -156,7 +156,7 @@ def test_two_workers_share_one_feed_and_one_series(redis_server: RedisServer) ->
     same consecutive seq series, without duplicates; one worker holds the lease."""
     args = ["--workers", "2", "--redis", redis_server.url]
     with ServerProcess(APP, *args) as master, contextlib.ExitStack() as stack:
-        master.wait_for_event("workers.started", timeout=TIMEOUT)
+        master.wait_started("workers.started")
         # Eight connections: the kernel spreads them over both workers (all on one
         # has probability 2**-7, and the check below holds either way).
         clients = [stack.enter_context(open_ticker(master, "ETH")) for _ in range(8)]

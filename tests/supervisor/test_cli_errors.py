@@ -249,7 +249,7 @@ def test_a_handshake_refused_by_the_app_is_logged_at_info() -> None:
 def test_every_line_of_a_worker_names_the_worker() -> None:
     """With ``--workers 2``, each worker's lines carry ``worker``: 0 and 1."""
     with ServerProcess(ECHO, "--workers", "2") as server:
-        server.wait_for_event("workers.started")
+        server.wait_started("workers.started")
         started = server.events("server.started")
         assert sorted(line["worker"] for line in started) == [0, 1]
         server.signal(signal.SIGTERM)

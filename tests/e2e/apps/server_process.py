@@ -194,13 +194,16 @@ class ServerProcess(StopsOnExit):
         why = "timed out" if not ended else f"the server exited ({self._process.poll()})"
         raise AssertionError(f"no {name!r} event: {why}; log:\n" + "\n".join(self.lines))
 
-    def wait_started(self, *, timeout: float = STARTUP_TIMEOUT) -> dict[str, Any]:
-        """Wait until the child logged ``server.started``; return that record.
+    def wait_started(
+        self, event: str = "server.started", *, timeout: float = STARTUP_TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait until the child logged that it started (``event``: ``server.started``,
+        or ``workers.started`` for a master of ``--workers``); return that record.
 
         Raises:
             AssertionError: the child exited first, or ``timeout`` seconds passed.
         """
-        return self.wait_for_event("server.started", timeout=timeout)
+        return self.wait_for_event(event, timeout=timeout)
 
     def wait_for_line(self, text: str, *, timeout: float = 20.0) -> str:
         """Wait until a stderr line contains ``text``; return that line.
