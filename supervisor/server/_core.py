@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from websockets.exceptions import InvalidState
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -364,6 +364,9 @@ class ConnectionCore:
                 protocol.receive_data(data[taken:] if taken else data)
                 self._parser_idle = _parser_waits(protocol)
                 events = protocol.events_received()
+            elif protocol.events:  # a close frame, taken at the end of the read
+                self._parser_idle = False  # closing: no more frames for the fast path
+                events = protocol.events_received()
         if not events:
             if messages:
                 # Whole messages that websockets' parser never saw: complete
@@ -444,8 +447,10 @@ class ConnectionCore:
         under way, no event pending: then these frames would change nothing in
         the protocol but its list of events, so they skip its parser (a
         generator per frame, the largest cost of a small message) and are
-        unmasked with its C ``apply_mask``. Whatever follows, from the first
-        frame that is not one of them, goes to the protocol.
+        unmasked with its C ``apply_mask``. A close frame that ends the read goes
+        to the protocol as a parsed frame (:meth:`_take_close`: the usual end of
+        a connection). Whatever follows, from the first frame that is not one of
+        them, goes to the protocol's parser.
         ``tests/supervisor/test_core_frames.py`` and the fuzz target
         ``tests/fuzz/test_fuzz_core_frames.py`` hold the two ways equal.
         """
@@ -467,6 +472,8 @@ class ConnectionCore:
         while end_of_data - taken >= 6:
             head = data[taken]
             if head != 0x82 and head != 0x81:  # FIN, no RSV bit, binary or text
+                if head == 0x88:  # FIN, no RSV bit, close
+                    taken = self._take_close(data, taken, limit)
                 break
             length = data[taken + 1] ^ 0x80  # 128 or more: not masked
             start = taken + 6
@@ -493,6 +500,30 @@ class ConnectionCore:
             messages.append(message)
             taken = end
         return taken
+
+    def _take_close(self, data: bytes, start: int, limit: int | None) -> int:
+        """Hand the close frame at ``start`` to the protocol as a parsed frame, when it
+        is the last thing read, masked, with a 7-bit length within the size limit
+        and a payload ``Close.parse`` accepts; return where what was taken ends.
+
+        The protocol's ``recv_frame`` then does what it does when its parser
+        reads that frame (the echo, the end of the stream, the parser replaced
+        by its discarder, the frame among its events), without the generators
+        that read a frame. Anything else about a close (bytes after it in the
+        same read, an invalid code or reason) is left to the parser, which
+        fails the connection its own way. See :meth:`_take_frames`.
+        """
+        length = data[start + 1] ^ 0x80  # 128 or more: not masked
+        end = start + 6 + length
+        if length > 125 or end != len(data) or (limit is not None and length > limit):
+            return start
+        payload = apply_mask(data[start + 6 : end], data[start + 2 : start + 6])
+        try:
+            # Close.parse, recv_frame's first step, raises before anything changes.
+            self.protocol.recv_frame(Frame(_CLOSE, payload))
+        except (ProtocolError, UnicodeDecodeError):
+            return start
+        return end
 
     def receive_eof(self, now: float) -> list[str | bytes]:
         """The peer ended its stream; return the messages still complete before it."""

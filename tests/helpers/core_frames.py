@@ -122,9 +122,12 @@ _CONTROL = st.one_of(
     st.builds(lambda p: RawFrame(Opcode.PING.value, p), st.binary(max_size=20)),
     st.builds(lambda p: RawFrame(Opcode.PONG.value, p), st.binary(max_size=20)),
     st.builds(
-        lambda code: RawFrame(Opcode.CLOSE.value, close_payload(code, b"bye")),
-        st.sampled_from([1000, 1001, 1011, 4000, 999]),
+        lambda code, reason: RawFrame(Opcode.CLOSE.value, close_payload(code, reason)),
+        st.sampled_from([1000, 1001, 1005, 1011, 4000, 999]),
+        st.sampled_from([b"bye", b"", b"\xff", "ça".encode()]),
     ),
+    # No code at all (a 1005), or a payload too short to hold one.
+    st.builds(lambda p: RawFrame(Opcode.CLOSE.value, p), st.sampled_from([b"", b"\x03"])),
 )
 
 

@@ -71,3 +71,37 @@ def test_a_message_over_the_limit_fails_as_the_protocol_says() -> None:
     assert core.receive_data(binary(b"a" * 100) + binary(b"b" * 101), 0.0) == [b"a" * 100]
     core.after_read(0.0)
     assert core.close_info == (1009, "frame with 101 bytes exceeds limit of 100 bytes", "server")
+
+
+def close(payload: bytes, key: bytes = b"wxyz") -> bytes:
+    return RawFrame(Opcode.CLOSE.value, payload).encode(key)
+
+
+def test_a_close_that_ends_the_read_skips_the_parser() -> None:
+    """The usual end of a connection: its close frame goes to the protocol as a frame,
+    with the same echo, end of stream and close as through the parser."""
+    data = binary(b"last") + close(b"\x03\xe8bye")
+    probe, _ = make_core(ConnectionCore)
+    assert probe._take_frames(data, []) == len(data)
+    core, _ = make_core(ConnectionCore)
+    assert core.receive_data(data, 1.0) == [b"last"]
+    assert core.after_read(1.0)  # the echo of the close, then the end of the stream
+    assert core.close_info == (1000, "bye", "client")
+    assert core.data_to_send()[-1] == b""
+    check_same(Stream(reads=(data,), eof=True, deflate=False, max_size=1 << 20, max_fragments=3))
+
+
+def test_a_close_the_protocol_must_judge_goes_to_its_parser() -> None:
+    """Bytes after the close, an invalid code or reason, a payload of one byte: the
+    parser's way (and its close code)."""
+    for data in (
+        close(b"\x03\xe8") + binary(b"after"),
+        close(b"\x03\xe7"),  # 999
+        close(b"\x03\xe8\xff"),  # a reason that is not UTF-8
+        close(b"\x03"),
+    ):
+        probe, _ = make_core(ConnectionCore)
+        assert probe._take_frames(data, []) == 0
+        check_same(
+            Stream(reads=(data,), eof=False, deflate=False, max_size=1 << 20, max_fragments=3)
+        )
