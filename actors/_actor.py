@@ -241,6 +241,13 @@ class Exit:
     error: Exception | None = None
 
 
+# Exits without an error are values: one each (an ``Exit`` costs a frozen dataclass's
+# construction, and a connection's actor ends with one).
+_STOPPED = Exit(ExitKind.STOPPED)
+_DRAINED = Exit(ExitKind.DRAINED)
+_EXITED = Exit(ExitKind.EXITED)
+
+
 class ActorRef:
     """A handle to send to one actor. Cheap to copy, hashable, valid after the actor stops.
 
@@ -617,12 +624,12 @@ class Cell:
         if len(mailbox):
             return None
         signal = mailbox.peek_control()
-        if signal is _Signal.STOP:
-            return Exit(ExitKind.STOPPED)
         if signal is _Signal.DRAIN:
-            return Exit(ExitKind.DRAINED)
+            return _DRAINED
+        if signal is _Signal.STOP:
+            return _STOPPED
         if signal is _Signal.EXIT:
-            return Exit(ExitKind.EXITED)
+            return _EXITED
         return None
 
     @property
@@ -884,7 +891,8 @@ class Cell:
         self.is_terminated = True
         self.termination = exit_
         self._parked = None
-        self._drop_inline(exit_.kind)
+        if self._inline is not None:
+            self._drop_inline(exit_.kind)
         for item in self.mailbox.close():
             if isinstance(item, Envelope):
                 if item.reply is not None:
@@ -896,7 +904,8 @@ class Cell:
         if self._timers is not None:
             self._timers.cancel_all()
         self.runtime.forget(self)
-        self._end_watches(exit_)
+        if not (self.watching is None and self.watchers is None and self.remote_watchers is None):
+            self._end_watches(exit_)
         # Drop every edge back to this cell (ref, callbacks bound to its owner): a
         # finished actor is then freed by reference counting, not by the collector.
         self._ref = None

@@ -11,14 +11,14 @@ order on their own events. The overflow decision itself is the pure
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._backend import Waiter, primitives
+from ._backend import Primitives, Waiter, primitives
 from ._clock import Clock, MonotonicClock
 from ._exceptions import MailboxClosed, MailboxFull
 from ._policy import Overflow, OverflowPolicy, decide_overflow
@@ -155,7 +155,10 @@ class Mailbox(Generic[T]):
         self.config = config or MailboxConfig()
         self.address = address
         self._clock: Clock = clock or MonotonicClock()
-        self._checkpoint, self._new_event = primitives()
+        # The backend's, looked up at the first wait (_backend): most mailboxes of
+        # connections never wait, and the lookup costs as much as the rest here.
+        self._checkpoint: Callable[[], Awaitable[None]] | None = None
+        self._new_event: Callable[[], Waiter] | None = None
         self._on_drop = on_drop
         # Shared and always empty until the first message: idle mailboxes stay small.
         self._queue: deque[tuple[T, float]] = _NO_QUEUE
@@ -173,6 +176,11 @@ class Mailbox(Generic[T]):
         """Seconds the message last taken by ``get``/``get_nowait`` spent queued."""
         self.last_taken = 0.0
         """When (on the mailbox's clock) that message was taken."""
+
+    def _backend(self) -> Primitives:
+        found = primitives()
+        self._checkpoint, self._new_event = found
+        return found
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -247,7 +255,7 @@ class Mailbox(Generic[T]):
         config = self.config
         # The common case: one plain checkpoint, as anyio's own streams do. It comes
         # before the space check: other senders may fill the mailbox while we yield.
-        await self._checkpoint()
+        await (self._checkpoint or self._backend().checkpoint)()
         if config.policy is not OverflowPolicy.BLOCK or (
             len(self._queue) < config.capacity and not self._putters
         ):
@@ -259,7 +267,8 @@ class Mailbox(Generic[T]):
         putters = self._putters
         if putters is None:
             putters = self._putters = deque()
-        event = self._new_event()
+        new_event = self._new_event or self._backend().event
+        event = new_event()
         putters.append(event)
         try:
             with self._clock.move_on_after(wait):
@@ -268,7 +277,7 @@ class Mailbox(Generic[T]):
                     if self._closed or len(self._queue) < config.capacity:
                         break
                     # Someone else took the space we were woken for: queue up again, first.
-                    event = self._new_event()
+                    event = new_event()
                     putters.appendleft(event)
         except BaseException:
             self._forget_putter(event)
@@ -374,9 +383,9 @@ class Mailbox(Generic[T]):
                 # Let runnable senders go first: a busy actor then finds its next
                 # message without the cost of an event wait and wake-up.
                 yielded = True
-                await self._checkpoint()
+                await (self._checkpoint or self._backend().checkpoint)()
                 continue
-            event = self._getter = self._new_event()
+            event = self._getter = (self._new_event or self._backend().event)()
             await event.wait()
 
     def close(self) -> list[T]:
@@ -385,13 +394,15 @@ class Mailbox(Generic[T]):
         The caller turns the returned messages into dead letters.
         """
         self._closed = True
-        leftover = [m for m, _ in self._queue]
-        self._queue.clear()
+        queue = self._queue
+        leftover = [m for m, _ in queue] if queue else []
+        queue.clear()
         self._control = None
         # Nothing is dropped once closed; and the owner's callback would keep a
         # reference cycle (owner -> mailbox -> callback -> owner) for the collector.
         self._on_drop = None
-        self._wake_all_putters()
+        if self._putters:
+            self._wake_all_putters()
         if self._getter is not None:
             self._getter.set()
             self._getter = None
