@@ -6,7 +6,8 @@ under callgrind, the difference divided by the difference in operations), into
 
 * every C function's *self* count (interpreter, uvloop, the C parts of
   websockets and aiohttp, libc), and
-* the *inclusive* count of chosen Python functions (:data:`SECTIONS`), which
+* the *inclusive* count of chosen Python functions (:data:`SECTIONS`, or
+  :data:`HANDSHAKE_SECTIONS` for ``--scenario handshake``), which
   callgrind cannot tell apart on its own: on Python 3.11 every Python function
   runs inside ``_PyEval_EvalFrameDefault``. ``bench/_sections.c``, compiled on
   the fly, gives each chosen function a C frame of its own (``section_NN``; a
@@ -16,7 +17,7 @@ under callgrind, the difference divided by the difference in operations), into
   function itself, so the total per operation is somewhat higher than
   ``bench.instructions`` reports; the instrumented total is printed with it.
 
-Usage: ``python -m bench.sections [--scenario rr-echo] [--servers wsup,aiohttp]
+Usage: ``python -m bench.sections [--scenario rr-echo|handshake|echo] [--servers wsup,aiohttp]
 [--conns 100] [--size 4096] [--top 25]``. Requires valgrind, a C compiler and
 Python's headers.
 """
@@ -100,6 +101,59 @@ SECTIONS: dict[str, list[tuple[str, bool]]] = {
         ("aiohttp.web_ws:WebSocketResponse.receive", True),
         ("aiohttp.web_ws:WebSocketResponse.send_bytes", True),
         ("aiohttp._websocket.writer:WebSocketWriter.send_frame", True),
+    ],
+}
+
+#: The sections of ``--scenario handshake``: a connection's whole life (accept,
+#: request, 101, the connection and its actor, the close), per server.
+HANDSHAKE_SECTIONS: dict[str, list[tuple[str, bool]]] = {
+    "wsup": [
+        ("supervisor.server._aio:_Acceptor._accept", False),
+        ("supervisor.server._aio:HandshakeProtocol.__init__", False),
+        ("supervisor.server._aio:HandshakeProtocol.connection_made", False),
+        ("supervisor.server._aio:HandshakeProtocol.data_received", False),
+        ("supervisor.server._aio:_finish", False),
+        ("supervisor.server._server:Handshakes.new_protocol", False),
+        ("supervisor.server._server:Handshakes.socket", False),
+        ("supervisor.server._server:Handshakes.reader", False),
+        ("supervisor.server._server:Handshakes.opened", False),
+        ("supervisor.server._server:Handshakes.settled", False),
+        ("supervisor.server._handshake:RequestReader.feed", False),
+        ("supervisor.server._handshake:Handshake.decide", False),
+        ("websockets.server:ServerProtocol.process_request", False),
+        ("supervisor.server._aio:HandshakeProtocol._conclude", False),
+        ("websockets.protocol:Protocol.data_to_send", False),
+        ("supervisor.server._server:Server._open_connection", False),
+        ("supervisor.server._connection:Connection.__init__", False),
+        ("supervisor.server._connection:Connection._new_core", False),
+        ("supervisor.server._connection:Connection._bind", False),
+        ("supervisor.server._server:Server._spawn", False),
+        ("supervisor.tree._tree:Supervisor.start_child_nowait", False),
+        ("actors._runtime:Runtime.create_cell", False),
+        ("actors._runtime:Runtime.add_member", False),
+        ("supervisor.server._connection:Connection._attach", False),
+        ("supervisor.server._server:Server._opened", False),
+        ("supervisor.server._server:Server.schedule_keepalive", False),
+        ("supervisor.server._drivers:TransportDriver.start", False),
+        ("supervisor.server._drivers:TransportDriver.data_received", False),
+        ("supervisor.server._core:ConnectionCore.receive_data", False),
+        ("supervisor.server._connection:Connection._settle", False),
+        ("supervisor.server._connection:Connection._handle_events", False),
+        ("actors._actor:Cell.request_drain", False),
+        ("supervisor.tree._tree:Supervisor._unpark", False),
+        ("supervisor.tree._tree:Supervisor._finish", False),
+        ("actors._actor:Cell.terminate", False),
+        ("actors._runtime:Runtime.forget", False),
+        ("supervisor.server._drivers:TransportDriver._flush", False),
+        ("supervisor.server._drivers:TransportDriver._scheduled_flush", False),
+        ("supervisor.server._drivers:TransportDriver.eof_received", False),
+        ("supervisor.server._drivers:TransportDriver.connection_lost", False),
+        ("supervisor.server._connection:Connection._finalize", False),
+        ("supervisor.server._core:ConnectionCore.finish", False),
+        ("supervisor.server._server:Server.connection_closed", False),
+        ("supervisor.server._server:Server._forget_keepalive", False),
+        ("supervisor.server._server:Server._keepalive_loop", True),
+        ("supervisor.server._server:Server._flush_metrics", True),
     ],
 }
 
@@ -217,7 +271,8 @@ def measure(
         ``(total, self counts, section counts)`` per operation;
         a section's count is the sum of its call and its steps.
     """
-    sections = SECTIONS.get(spec.name, [])
+    chosen = HANDSHAKE_SECTIONS if load.mode == "handshake" else SECTIONS
+    sections = chosen.get(spec.name, [])
     env = {
         **os.environ,
         _ENV: json.dumps(sections),

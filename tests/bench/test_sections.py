@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench.sections import build, parse_annotate, section_name
+from bench.sections import HANDSHAKE_SECTIONS, SECTIONS, build, parse_annotate, section_name
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +102,13 @@ Ir                     file:function
         "_PyEval_EvalFrameDefault (libpython3.11.so.1.0)": 7200,
         "section_10 (_sections.so)": 300,
     }
+
+
+def test_every_wsup_section_names_a_function() -> None:
+    """A renamed function would silently drop out of the profile: each target resolves."""
+    for target, _ in [*SECTIONS["wsup"], *HANDSHAKE_SECTIONS["wsup"]]:
+        module_name, _, attribute = target.partition(":")
+        owner: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            owner = getattr(owner, part)
+        assert callable(owner), target
