@@ -500,7 +500,8 @@ class Connection:
         #: The keepalive deadlines (the server's keepalive task reads them).
         self.keepalive: Keepalive = core.keepalive
         self._space: anyio.Event | None = None
-        self._checkpoint = primitives().checkpoint
+        #: The backend's checkpoint, looked up at the first batch of sends that needs it.
+        self._checkpoint: Callable[[], Awaitable[None]] | None = None
         self._sends = 0
         self._finished = False
         self.cell: Cell | None = None
@@ -706,7 +707,10 @@ class Connection:
         self._sends += 1
         if self._sends >= self._driver.send_batch:
             self._sends = 0
-            await self._checkpoint()
+            checkpoint = self._checkpoint
+            if checkpoint is None:
+                checkpoint = self._checkpoint = primitives().checkpoint
+            await checkpoint()
 
     def _enqueue(self, item: OutboundItem, *, wait_ok: bool) -> bool:
         """Apply the slow-consumer policy to ``item``; return False if the caller must wait.

@@ -110,10 +110,12 @@ class Keepalive:
 
     def next_deadline(self) -> float | None:
         """Return the earliest moment something may be due, or ``None``."""
-        deadlines = [
-            d for d in (self.ping_at, self.pong_by, self.idle_by, self.message_by) if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        # No list and no min(): this runs when every connection opens.
+        earliest = self.ping_at
+        for deadline in (self.pong_by, self.idle_by, self.message_by):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     @property
     def pong_by(self) -> float | None:
