@@ -88,6 +88,7 @@ from ._handshake import (
     RequestReader,
     Socket,
     Upgrade,
+    UpgradeProtocol,
     answer_bytes,
     remote_pair,
 )
@@ -1333,9 +1334,9 @@ class Handshakes:
         it no longer counts as handshaking, nor against ``max_handshakes``)."""
         return self._server.clock.now()
 
-    def new_protocol(self) -> ServerProtocol:
-        """The WebSocket protocol for one socket: it parses the request, then the frames."""
-        return ServerProtocol(
+    def new_protocol(self) -> UpgradeProtocol:
+        """The WebSocket protocol for one socket (the request is read by httptools)."""
+        return UpgradeProtocol(
             max_size=self.config.max_size,
             extensions=self._server.compression,
             logger=_PROTOCOL_LOGGER,
@@ -1348,7 +1349,7 @@ class Handshakes:
         api_port = ops_only and bool(api_ports) and any(local_port == p for _, p in api_ports)
         return Socket(remote_pair(peer), ops_only, api_port)
 
-    def reader(self, protocol: ServerProtocol, socket: Socket) -> RequestReader:
+    def reader(self, protocol: UpgradeProtocol, socket: Socket) -> RequestReader:
         """The request reader over ``protocol``."""
         return RequestReader(protocol, self.decider, socket)
 

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from websockets.server import ServerProtocol
 
 from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
 from supervisor.server import _api
@@ -27,6 +26,7 @@ from supervisor.server._handshake import (
     RequestReader,
     Socket,
     Upgrade,
+    UpgradeProtocol,
     answer_bytes,
     plain,
     remote_pair,
@@ -106,7 +106,7 @@ def raw(
 
 def read(handshake: Handshake, *chunks: bytes) -> Any:
     """What a reader makes of ``chunks``: None until the last one, then its result."""
-    reader = RequestReader(ServerProtocol(), handshake, Socket(PEER))
+    reader = RequestReader(UpgradeProtocol(), handshake, Socket(PEER))
     for chunk in chunks[:-1]:
         assert reader.feed(chunk) is None
     return reader.feed(chunks[-1])
@@ -120,7 +120,7 @@ def decide(
     peer: tuple[str, int] = PEER,
 ) -> Any:
     socket = Socket(peer, ops_only, api_port)
-    protocol = ServerProtocol()
+    protocol = UpgradeProtocol()
     reader = RequestReader(protocol, handshake, socket)
     for chunk in chunks[:-1]:
         assert reader.feed(chunk) is None
@@ -204,7 +204,7 @@ def test_a_head_that_never_ends_is_refused_once_past_the_limit() -> None:
     """A header value streamed without end is not held: 431 as soon as the head
     read passes ``max_header_bytes``, long before the client stops sending."""
     handshake, _ = make(max_header_bytes=4096)
-    reader = RequestReader(ServerProtocol(), handshake, Socket(PEER))
+    reader = RequestReader(UpgradeProtocol(), handshake, Socket(PEER))
     assert reader.feed(b"GET /chat/lobby HTTP/1.1\r\nX-Endless: ") is None
     fed = 0
     result = None
@@ -243,7 +243,7 @@ def test_the_protocol_keeps_frames_sent_with_the_request_but_not_the_head() -> N
     """Frames in the same read as the request reach the protocol; the head, even a
     large one, never enters its buffer, so the connection holds none of it."""
     handshake, _ = make()
-    protocol = ServerProtocol()
+    protocol = UpgradeProtocol()
     frame = b"\x81\x85\x00\x00\x00\x00hello"  # a masked text frame, zero mask
     data = raw(headers=[(f"X-Pad-{n}", "p" * 500) for n in range(50)]) + frame
     reader = RequestReader(protocol, handshake, Socket(PEER))

@@ -35,6 +35,7 @@ from supervisor.server._handshake import (
     RequestReader,
     Socket,
     Upgrade,
+    UpgradeProtocol,
 )
 from supervisor.server._request import split_target
 from tests.fuzz.test_fuzz_handshake import mutated_requests
@@ -156,7 +157,7 @@ def both(data: bytes, chunks: Sequence[int] = ()) -> tuple[Any, Any]:
     """The old and the new verdict on ``data`` (the new reader fed in ``chunks``)."""
     old_protocol = ServerProtocol()
     old = verdict(HANDSHAKE, websockets_read(HANDSHAKE, data, old_protocol), old_protocol)
-    protocol = ServerProtocol()
+    protocol = UpgradeProtocol()
     reader = RequestReader(protocol, HANDSHAKE, Socket(PEER))
     parsed = None
     start = 0
