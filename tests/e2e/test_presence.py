@@ -2,7 +2,7 @@
 
 Each test runs one node in-process (asyncio with uvloop, and trio) and the
 others as ``wsup serve`` child processes, all on a private ``redis-server``
-with a 2 s node TTL, and talks to them with the ``websockets`` sync client in
+with a 5 s node TTL, and talks to them with the ``websockets`` sync client in
 a worker thread. A node is killed with SIGKILL: no goodbye reaches Redis, so
 its members can only leave once its liveness key expires.
 """
@@ -35,7 +35,11 @@ pytestmark = [
 
 TIMEOUT = 20.0
 """Seconds to wait for one message (a deadlock guard, not a measurement)."""
-TTL = "2"
+TTL = "5"
+"""The nodes' ``--redis-node-ttl``: how long a node that stops refreshing its liveness key
+stays alive to the others. A killed node's members leave within 1.5 times this; shorter,
+and a live node that a busy machine stalls that long is taken for dead (its members
+leave, and the lists go wrong)."""
 
 
 def recv(ws: ClientConnection) -> Any:
