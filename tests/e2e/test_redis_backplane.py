@@ -45,6 +45,9 @@ pytestmark = [
 
 TIMEOUT = 10.0
 """Seconds a client waits for one message (a deadlock guard, not a measurement)."""
+KILLED_TTL = "3"
+"""``--redis-node-ttl`` of the nodes that tests kill: a killed node is gone within 1.5
+times this, and a live one that a busy machine stalls for less is not taken for dead."""
 
 
 @asynccontextmanager
@@ -290,7 +293,7 @@ async def test_a_killed_node_leaves_the_cluster(redis_server: RedisServer) -> No
         expiries.subscribe("__keyevent@0__:expired")
         assert expiries.get_message(timeout=TIMEOUT) is not None  # the confirmation
         async with cluster(url, nodes=1) as (a,), clients() as opened:
-            args = ["--redis", url, "--redis-node-ttl", "1"]
+            args = ["--redis", url, "--redis-node-ttl", KILLED_TTL]
             with ServerProcess("tests.e2e.apps.cluster_app:app", *args) as remote:
                 await anyio.to_thread.run_sync(remote.wait_started)
                 alice = await Client.open(a, "alice")
@@ -465,8 +468,8 @@ async def test_a_watch_across_nodes_reports_the_end_and_the_loss_of_the_node(
     killed with SIGKILL (Down NODE_LOST once the node's key expires)."""
     url = redis_server.url
     sender, downs = anyio.create_memory_object_stream[Down](10)
-    async with cluster(url, nodes=1, node_ttl=1.0) as (a,), clients() as opened:
-        args = ["--redis", url, "--redis-node-ttl", "1"]
+    async with cluster(url, nodes=1, node_ttl=float(KILLED_TTL)) as (a,), clients() as opened:
+        args = ["--redis", url, "--redis-node-ttl", KILLED_TTL]
         with ServerProcess("tests.e2e.apps.cluster_app:app", *args) as remote, sender, downs:
             await anyio.to_thread.run_sync(remote.wait_started)
             first = await Client.open(remote.url("/node"), "first")

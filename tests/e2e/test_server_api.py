@@ -375,7 +375,9 @@ def test_presence_spans_nodes_and_forgets_a_killed_one() -> None:
     with ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         env = {"WSUP_API_KEY": KEY}
-        ttl = ("--redis-node-ttl", "2")
+        # Long enough that a node stalled by a busy machine is not taken for dead (a
+        # query would then delete its entries for good), short enough to wait for.
+        ttl = ("--redis-node-ttl", "5")
         one = stack.enter_context(serve("--redis", redis.url, *ttl, env=env))
         two = stack.enter_context(serve("--redis", redis.url, *ttl, env=env))
         open_ = stack.enter_context(clients())
