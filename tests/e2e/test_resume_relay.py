@@ -192,7 +192,7 @@ async def test_a_lost_home_node_closes_the_relay_with_1012(prefix: str) -> None:
             app,
             dataclasses.replace(app.config, hosts=("127.0.0.1",), port=0),
             metrics=Metrics(),
-            backplane=quick_backplane(SHARED_REDIS, prefix=prefix, node_ttl=1.0),
+            backplane=quick_backplane(SHARED_REDIS, prefix=prefix, node_ttl=3.0),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(a.serve)
