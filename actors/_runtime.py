@@ -316,6 +316,8 @@ class Runtime:
             raise ValueError(f"presence events need a pattern of names or groups, not {pattern!r}")
         self._presence_patterns.append(pattern)
         self._presence_cache.clear()
+        if self._outbox_wake is not None:  # a sleeping monitor task has a check to make now
+            self._outbox_wake.set()
 
     def presence_events_of(self, address: str) -> bool:
         """Whether ``address`` receives presence events. O(1) for an address seen

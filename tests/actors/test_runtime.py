@@ -574,6 +574,37 @@ async def test_the_monitor_task_sleeps_when_there_is_nothing_to_check() -> None:
         tg.cancel_scope.cancel()
 
 
+async def test_presence_events_added_while_the_monitor_task_sleeps_are_checked() -> None:
+    """A presence pattern added after the monitor task went to sleep with nothing to
+    check wakes it: the survivors' sweep of dead nodes runs at the next interval."""
+
+    class Checked(FakeBackplane):
+        node_check_interval = 1.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.checks = 0
+
+        async def live_nodes(self) -> set[str]:
+            self.checks += 1
+            await anyio.lowlevel.checkpoint()
+            return {"n1"}
+
+    clock = FakeClock()
+    backplane = Checked()
+    runtime = Runtime(backplane=backplane, clock=clock, node_id="n1")
+    async with anyio.create_task_group() as tg:
+        await tg.start(runtime.run_monitors)
+        with anyio.fail_after(5):
+            await clock.step(3.0)
+        assert backplane.checks == 0  # nothing to check yet: asleep
+        runtime.add_presence_events("room:*")
+        with anyio.fail_after(5):
+            await clock.step(3.0)
+        assert backplane.checks >= 1
+        tg.cancel_scope.cancel()
+
+
 async def test_a_receiver_takes_what_other_nodes_send_to_its_address() -> None:
     """``add_receiver`` subscribes the address and hands it, in order and synchronously,
     what arrives from other nodes; members of other addresses are untouched; a second
