@@ -426,9 +426,13 @@ class Pacer:
     clients' own loops send them in batches, so hundreds can be readable in the
     same poll. Deciding them all in that turn (each one's reader, decision, 101
     and actor) would stall every timer and every open connection for as long.
-    A request past the budget keeps its bytes until :meth:`_turn`, run once
-    per turn (``call_soon``), takes the waiting ones in order; a socket that
-    closed meanwhile is skipped. O(1) per request.
+    The budget is ``per_turn`` requests between two runs of :meth:`_turn`; a
+    request past it keeps its bytes, and :meth:`_turn`, run in the next turn
+    (``call_soon``) and in every turn after while some wait, gives the budget
+    back and takes the waiting ones in order (a socket that closed meanwhile is
+    skipped). Nothing is scheduled while none waits, so outside bursts this
+    costs a counter per request, and one request in ``per_turn`` waits for the
+    next turn. O(1) per request.
 
     Args:
         loop: the event loop.
@@ -447,13 +451,13 @@ class Pacer:
     def take(self, protocol: HandshakeProtocol) -> bool:
         """Whether ``protocol`` may take its request now; else it waits for
         :meth:`HandshakeProtocol.run_paced`, called in a later turn."""
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._turn)
         if self._left and not self._waiting:
             self._left -= 1
             return True
         self._waiting.append(protocol)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
         return False
 
     @property
