@@ -114,7 +114,7 @@ ATTACKS: tuple[Attack, ...] = (
     ),
     Attack(
         "big_head",
-        "request head size",
+        "max_header_bytes",
         "200 connections each send a 800 KB request head (100 fields of 8,000 bytes), then wait",
         200,
         15,
