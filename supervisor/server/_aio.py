@@ -73,12 +73,14 @@ __all__ = [
 
 _log = structlog.get_logger("wsup.server")
 
-#: Sockets accepted per wake-up of a listening socket at most, and requests taken
+#: Sockets accepted per wake-up of a listening socket at most, and requests decided
 #: per turn of the event loop at most (:class:`Pacer`): in a burst of reconnects
-#: each turn then costs some 32 handshakes (under 10 ms of CPU), not a thousand.
-#: Measured with ``python -m bench.burst`` (``docs/performance.md``): 16 to 64
-#: all kept the loop's lag an order of magnitude under accepting ``backlog``
-#: sockets per wake-up, with the same CPU per handshake and time to let all in.
+#: each turn then costs some 32 handshakes (about 10 ms of CPU), not a thousand.
+#: Accepting no faster than the turn decides keeps the queue in the listen backlog:
+#: accepting 256 per wake-up queued sockets in the process faster than they were
+#: decided, their clients gave up waiting, and a storm cost 3.5 times the CPU.
+#: Measured with ``python -m bench.burst`` and the storm scenario
+#: (``docs/performance.md``, "The event loop during a storm").
 ACCEPT_BATCH: Final = 32
 TURN_REQUESTS: Final = 32
 
