@@ -96,6 +96,9 @@ async def connect_and_drop(server: Server, url: str) -> tuple[Client, str]:
     assert answer["seen"] == 1
     await in_thread(client.drop)
     await eventually(lambda: detached(server) == 1)
+    # The grace window's task was started with the detach: let it reach its sleep, so
+    # that a fake clock stepped from here counts the whole window.
+    await anyio.wait_all_tasks_blocked()
     address: str = answer["conn"]
     return client, address
 
