@@ -1,6 +1,7 @@
-"""Resuming on another node: the claim and the relay, end to end.
+"""Resuming on another node: the claim and the relay, end to end; and a reader reset
+under load, on one node and on two.
 
-Two or three nodes share a real Redis (each test under a key prefix of its own);
+One to three nodes share a real Redis (each test under a key prefix of its own);
 clients are ``websockets`` sync clients in worker threads, and a client that
 drops resets its TCP connection (SO_LINGER 0), as in ``test_resume.py``. The
 app is ``tests/e2e/apps/resume_app.py``.
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -27,7 +29,7 @@ from supervisor import Server, SlowConsumerPolicy
 from supervisor.metrics import Metrics
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.resume_app import GRACE, Returning, make_app
-from tests.e2e.test_resume import Client, connect_and_drop, detached, resumes
+from tests.e2e.test_resume import TIMEOUT, Client, connect_and_drop, detached, resumes
 from tests.helpers.metrics import sample
 from tests.helpers.raw import read_head
 from tests.helpers.redis_server import SHARED_REDIS, needs_shared_redis, quick_backplane
@@ -371,3 +373,117 @@ async def test_a_drop_while_relayed_starts_the_grace_window_over(prefix: str) ->
         await wait_until(lambda: bool(a.app.state["closed"]))
         assert a.app.state["closed"] == [(address, 1006, "resume window expired")]
         assert resumes(a, "expired") == 1
+
+
+# --- a reader reset under load ----------------------------------------------------------------
+
+
+class Published:
+    """How many of the numbered messages ``0, 1, 2...`` the publisher has begun to send."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+async def paced(server: Server, total: int, rate: float, published: Published) -> None:
+    """Publish ``"0"`` to ``str(total - 1)`` to ``room:busy`` at ``rate`` a second, ten at a
+    time, counting each in ``published`` as its send begins (a member may get it
+    before the send returns)."""
+    start = anyio.current_time()
+    for first in range(0, total, 10):
+        await anyio.sleep_until(start + first / rate)
+        for n in range(first, min(first + 10, total)):
+            published.count = n + 1
+            await server.app.publish("room:busy", str(n))
+
+
+def flapping_reader(
+    servers: list[Server], client: Client, total: int, published: Published, seconds: float
+) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """Read ``/room/busy`` through ``client`` (connected to the first node) until the last
+    message, resetting the TCP connection every ``seconds`` and coming back with the
+    token to the next node each time (to the first one again after the last).
+
+    Before it comes back, the reader waits until the home node (the first) detached
+    the connection, and notes how many messages had begun to be published by then:
+    those published later were sent while it was detached, or after it came back.
+    Every message must arrive once, in order; the only gap allowed is right after a
+    resume, of messages published before the connection detached (what the server
+    may have written to the socket that broke). Returns the numbers read, how many
+    times the reader came back, and the gaps as ``(first missing, first not missing)``.
+    """
+    home = servers[0]
+    urls = [ws_url(server, "/room/busy?user=ada") for server in servers]
+    token = client.token
+    got: list[int] = []
+    gaps: list[tuple[int, int]] = []
+    returns = 0
+    published_when_detached = 0
+    just_back = False
+    due = time.monotonic() + seconds
+    while not got or got[-1] != total - 1:
+        message = client.recv()
+        assert isinstance(message, str), message
+        n = int(message)
+        expected = got[-1] + 1 if got else 0
+        if n != expected:
+            assert just_back, f"{n} after {expected - 1}, not at a reset"
+            assert n > expected, f"{n} after {expected - 1}: twice or out of order"
+            assert n <= published_when_detached, (
+                f"{expected}..{n - 1} lost; only {published_when_detached} had begun to "
+                "be published when the connection detached"
+            )
+            gaps.append((expected, n))
+        got.append(n)
+        just_back = False
+        if time.monotonic() >= due and n < total - 1:
+            client.drop()
+            returns += 1
+            give_up = time.monotonic() + TIMEOUT
+            while anyio.from_thread.run_sync(detached, home) != 1:
+                assert time.monotonic() < give_up, "the connection never detached"
+                time.sleep(0.005)
+            published_when_detached = published.count
+            client = Client(f"{urls[returns % len(urls)]}&resume={token}")
+            assert client.hello["resumed"] is True, client.hello
+            assert client.token == token
+            just_back = True
+            due = time.monotonic() + seconds
+    client.close()
+    return got, returns, gaps
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_a_reader_reset_every_few_seconds_under_1000_messages_a_second_resumes_in_order(
+    prefix: str, count: int
+) -> None:
+    """A publisher sends 1,000 numbered messages a second for 6 s to a room while the
+    reader's TCP connection is reset every 1.5 s and comes back with its token: to the
+    same node, or to each of two in turn (relayed every other time). It keeps one
+    actor, and reads every message once and in order, but for what a broken socket
+    may lose (see :func:`flapping_reader`): everything sent while it was detached
+    arrives."""
+    rate, seconds = 1000, 6
+    total = rate * seconds
+    published = Published()
+    async with nodes(prefix, count) as servers:
+        a = servers[0]
+        client = await in_thread(Client, ws_url(a, "/room/busy?user=ada"))
+        await synced(a)  # the reader's group
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(paced, a, total, rate, published)
+            got, returns, gaps = await in_thread(
+                flapping_reader, servers, client, total, published, 1.5
+            )
+        await wait_until(lambda: bool(a.app.state["closed"]))
+        closed = a.app.state["closed"]
+        relayed_ = resumes(servers[-1], "relayed") if count == 2 else 0.0
+        resumed = resumes(a, "resumed")
+    assert returns >= 2
+    assert got[-1] == total - 1
+    assert len(got) == total - sum(end - start for start, end in gaps)
+    # Back to the second node every other time (1st, 3rd...), relayed; else home.
+    assert (resumed, relayed_) == (
+        (returns, 0) if count == 1 else (returns // 2, returns - returns // 2)
+    )
+    assert [code for _, code, _ in closed] == [1000]  # one actor, all along
