@@ -899,17 +899,14 @@ class Handshake:
         # During the readiness grace /readyz already says 503 but handshakes are
         # still accepted: load balancers are still sending traffic our way.
         host = self._host
-        if not host.accepting:
-            why = "server is shutting down" if host.draining else "not accepting new connections"
-            return self._refuse(503, why + "\n", "not_accepting", path)
         client = (
             self._proxies.client_address(socket.remote[0], list(headers.raw_items()))
             if host.per_address
             else socket.remote[0]
         )
-        refusal = host.admit(client)
-        if refusal is not None:
-            return self.refused(refusal, path, client)
+        turned_away = self._admit(path, client)
+        if turned_away is not None:
+            return turned_away
         # From here on, every answer but a 101 gives back the slot admit() held.
         origins = self._origins
         if not origins.allows_all and not origins.allows(single_header(headers, "Origin")):
@@ -969,13 +966,10 @@ class Handshake:
             return self._refuse(404, f"no route for {path}\n", "no_route", path)
         route: RouteOptions = match.target  # type: ignore[assignment]
         host = self._host
-        if not host.accepting:
-            why = "server is shutting down" if host.draining else "not accepting new connections"
-            return self._refuse(503, why + "\n", "not_accepting", path)
         client = request.client_address
-        refusal = host.admit(client)
-        if refusal is not None:
-            return self.refused(refusal, path, client)
+        turned_away = self._admit(path, client)
+        if turned_away is not None:
+            return turned_away
         # From here on, every answer but the upgrade gives back the slot admit() held.
         origins = self._origins
         if not origins.allows_all and not origins.allows(request.header("origin")):
@@ -995,6 +989,19 @@ class Handshake:
         pending = _UpgradeCall(self, request, route, pattern, subprotocol, response, host)
         pending.hooks = (*hooks, route.hook) if route.hook is not None else tuple(hooks)
         return pending
+
+    def _admit(self, path: str, client: str) -> Answer | None:
+        """The first checks of an upgrade to a route, on either path: 503 while the
+        server does not accept, then admission control. ``None``: admitted, and the
+        caller holds ``client``'s slot until its 101 (any other answer gives it back)."""
+        host = self._host
+        if not host.accepting:
+            why = "server is shutting down" if host.draining else "not accepting new connections"
+            return self._refuse(503, why + "\n", "not_accepting", path)
+        refusal = host.admit(client)
+        if refusal is not None:
+            return self.refused(refusal, path, client)
+        return None
 
     def _api_call(self, request: HTTPRequest, socket: Socket) -> HookCall:
         assert self._api_key is not None
