@@ -14,9 +14,14 @@ short and for a long window:
   ``--size`` bytes (4096) in flight each: send, wait for the echo, send the
   next, as the ``rr-*`` scenarios do.
 
-The difference in instructions divided by the difference in handshakes (or
-messages, or round trips) is what one costs in user space, with start-up,
-connecting and shutdown cancelled out. The kernel's share (accept, reads,
+The short run then idles for the rest of the long window, so both runs last
+as long: the difference in instructions divided by the difference in
+handshakes (or messages, or round trips) is what one costs in user space, with
+start-up, connecting, shutdown *and the server's own work per second* (its
+timers, a watchdog's heartbeat) cancelled out. Without the idle tail that
+per-second work was charged to the extra operations of the long run: tens of
+thousands of instructions per handshake on a busy machine, where fewer
+handshakes fit in the window. The kernel's share (accept, reads,
 writes, close) is not counted, and a server runs some 50 times slower under
 valgrind (an echo server then reads bigger batches than at full speed), so
 this compares code paths, not throughput.
@@ -169,10 +174,12 @@ def _count(
     workdir: Path,
     load: Load,
     env: dict[str, str] | None = None,
+    idle: float = 0.0,
 ) -> tuple[int, int]:
     """One run: ``(operations, instructions)`` of the server process from start to exit.
 
-    ``env``: the server's environment (by default this process's).
+    ``env``: the server's environment (by default this process's); ``idle``:
+    seconds the server runs without load after the load's ``seconds``.
     """
     log = workdir / f"{spec.name}-{seconds:g}.log"
     errors = workdir / f"{spec.name}-{seconds:g}.err"
@@ -203,7 +210,7 @@ def _count(
         break
     try:
         done = _operations(port, seconds, load)
-        time.sleep(1.0)  # let the last closes finish before the shutdown
+        time.sleep(1.0 + idle)  # let the last closes finish before the shutdown
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -220,9 +227,10 @@ def _count(
 def measure(
     spec: ServerSpec, short: float, long: float, load: Load = Load("handshake")
 ) -> tuple[float, int, int]:
-    """Instructions per operation of ``spec``, and the operations of the two runs."""
+    """Instructions per operation of ``spec``, and the operations of the two runs
+    (the short one idles for ``long - short`` seconds after its load)."""
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
-        first = pool.submit(_count, spec, short, Path(tmp), load)
+        first = pool.submit(_count, spec, short, Path(tmp), load, None, long - short)
         second = pool.submit(_count, spec, long, Path(tmp), load)
         (n1, i1), (n2, i2) = first.result(), second.result()
     if n2 <= n1:

@@ -281,7 +281,7 @@ def measure(
         ),
     }
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(_count, spec, short, workdir, load, env)
+        first = pool.submit(_count, spec, short, workdir, load, env, long - short)
         second = pool.submit(_count, spec, long, workdir, load, env)
         (n1, i1), (n2, i2) = first.result(), second.result()
     if n2 <= n1:
