@@ -24,19 +24,42 @@ traffic is relayed:
    traffic) goes, one message at a time, to the relay actor's address; there
    it skips the mailbox into the socket's outbound buffer, under the route's
    limit and slow-consumer policy. What the client sends goes to the home
-   node's endpoint (``in``), and into the home actor's mailbox as if read from
-   a socket there.
-5. The end: the home side closing sends ``close`` (the relay closes the socket
+   node's endpoint (``in``, numbered from 1), and into the home actor's
+   mailbox as if read from a socket there.
+5. Flow control, so that the home node holds no more of what the client sends
+   than a direct socket would: the relay forwards at most ``window`` messages
+   (``granted`` says how many: :func:`window_for` the route's mailbox) that
+   the home side has not taken yet. The home side tells how far it has taken
+   (``credit``, the number of the last message the home mailbox accepted)
+   every half window, to the relay node's endpoint. Without credit the relay
+   actor waits in ``on_message``: its own mailbox fills, and the route's
+   overflow policy applies there as on a direct connection (``block`` stops
+   reading the socket). A relay that waited :data:`CREDIT_QUERY_INTERVAL`
+   asks (``want``, with the number of the last message it sent): the answer
+   repairs a credit the backplane lost, and accounts for messages it lost on
+   the way; nobody listening at the home node's endpoint is the home node
+   lost, and a home node that relays the claim no more answers ``abort``. A
+   peer that sends more than twice the window ends the connection
+   (:data:`OVERRUN_CODE`): the home side's queue has a hard bound whatever
+   the peer does.
+6. The end: the home side closing sends ``close`` (the relay closes the socket
    with that code, and acknowledges with ``closed``); the client closing sends
    ``closed``; the client dropping (or the relay node shutting down) sends
    ``drop``, and the home connection detaches again, its grace window starting
    over; a takeover sends ``abort`` (the relay drops its socket); the home node
    lost (the backplane stops listing it) closes the relay with 1012.
 
+What the home side tells the relay beside its data (``close``, ``abort``,
+``credit``) goes to the relay node's endpoint, not to the relay actor: it must
+get through while the actor waits for credit with its mailbox full. ``close``
+still comes after the data sent before it: the home side sends it once they
+were published, and a backplane delivers one node's messages to another in
+order (Redis: one publisher connection, one subscriber connection).
+
 Every message is a JSON object with :data:`RELAY_KEY`, and the ``claim`` id
 that the home node granted: a message of an older claim finds no relay and is
-ignored. Nothing here reads a clock except the two deadlines
-(:data:`CLAIM_TIMEOUT`, :data:`START_TIMEOUT`).
+ignored. Nothing here reads a clock except the deadlines
+(:data:`CLAIM_TIMEOUT`, :data:`START_TIMEOUT`, :data:`CREDIT_QUERY_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -47,7 +70,7 @@ import secrets
 from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 import structlog
@@ -65,8 +88,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_TIMEOUT",
+    "CREDIT_QUERY_INTERVAL",
     "HOME_LOST_CODE",
     "HOME_LOST_REASON",
+    "MAX_WINDOW",
+    "OVERRUN_CODE",
+    "OVERRUN_REASON",
     "RELAY_KEY",
     "START_TIMEOUT",
     "Granted",
@@ -74,6 +101,7 @@ __all__ = [
     "RelayHandler",
     "Relays",
     "endpoint",
+    "window_for",
 ]
 
 _log = structlog.get_logger("wsup.server")
@@ -87,6 +115,14 @@ START_TIMEOUT: Final = 10.0
 #: The close code and reason of a relay whose home node the backplane lost.
 HOME_LOST_CODE: Final = CloseCode.SERVICE_RESTART
 HOME_LOST_REASON: Final = "resume home node lost"
+#: The most client messages a relay forwards that the home side has not taken yet.
+MAX_WINDOW: Final = 64
+#: Seconds a relay waits for credit before it asks the home node again.
+CREDIT_QUERY_INTERVAL: Final = 1.0
+#: The close code and reason of a home connection whose relay sent more than twice
+#: its window (it ignored credit: a bug, or a node that does not speak this protocol).
+OVERRUN_CODE: Final = CloseCode.INTERNAL_ERROR
+OVERRUN_REASON: Final = "relay window exceeded"
 
 
 def endpoint(node_id: str) -> str:
@@ -94,13 +130,21 @@ def endpoint(node_id: str) -> str:
     return f"wsup.resume:{node_id}"
 
 
+def window_for(capacity: int) -> int:
+    """The window of a relay whose home actor's mailbox holds ``capacity`` messages:
+    as many, up to :data:`MAX_WINDOW` (a credit goes back every half window)."""
+    return max(1, min(capacity, MAX_WINDOW))
+
+
 @dataclass(frozen=True, slots=True)
 class Granted:
-    """A claim the home node granted: its id, and the home actor's address."""
+    """A claim the home node granted: its id, the home actor's address and node, and
+    the relay's window (``None``: a home node that gives no credit)."""
 
     claim: str
     home: str
     node: str
+    window: int | None = None
 
 
 class _Waiting:
@@ -117,13 +161,14 @@ _DROPPED: Final = object()
 class Relays:
     """A node's side of the claims and relays, both ways (one per server)."""
 
-    __slots__ = ("_claims", "_drivers", "_server", "endpoint")
+    __slots__ = ("_claims", "_drivers", "_relays", "_server", "endpoint")
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self.endpoint = endpoint(server.runtime.node_id)
         self._claims: dict[str, _Waiting] = {}  # claims this node made, by id
         self._drivers: dict[str, RelayDriver] = {}  # relays of this node's actors, by claim
+        self._relays: dict[str, RelayHandler] = {}  # relays of other nodes' actors, by claim
         server.runtime.add_receiver(self.endpoint, self._received)
 
     def close(self) -> None:
@@ -163,6 +208,17 @@ class Relays:
         finally:
             del self._claims[claim]
 
+    def relaying(self, handler: RelayHandler) -> None:
+        """``handler`` relays its claim from now on: what its home side tells it
+        beside the data reaches it here."""
+        self._relays[handler.granted.claim] = handler
+
+    def relayed(self, handler: RelayHandler) -> None:
+        """``handler`` relays no more."""
+        claim = handler.granted.claim
+        if self._relays.get(claim) is handler:
+            del self._relays[claim]
+
     def release(self, granted: Granted) -> None:
         """A granted claim whose client left before its relay started: the home
         connection detaches again."""
@@ -187,11 +243,13 @@ class Relays:
             server.runtime.post(reply, {RELAY_KEY: "refused", "claim": claim, "why": found})
             _log.info("connection.relay_refused", path=path, node=origin, refused=found)
             return
-        driver = RelayDriver(self, claim)
+        window = window_for(found.route.mailbox.capacity)
+        driver = RelayDriver(self, claim, origin, window)
         self._drivers[claim] = driver
         found._relay(driver)
         driver.start(False)
-        server.runtime.post(reply, {RELAY_KEY: "granted", "claim": claim, "conn": found.address})
+        granted = {RELAY_KEY: "granted", "claim": claim, "conn": found.address, "window": window}
+        server.runtime.post(reply, granted)
         _log.info(
             "connection.resumed",
             conn=found.address,
@@ -219,6 +277,18 @@ class Relays:
                 driver = self._drivers.get(claim)
                 if driver is not None:
                     driver.inbound(message)
+            elif kind == "credit" or kind == "close" or kind == "abort":
+                relay = self._relays.get(claim)
+                if relay is not None:
+                    relay.told(kind, message)
+            elif kind == "want":
+                driver = self._drivers.get(claim)
+                number, relay = message.get("n"), message.get("relay")
+                if driver is not None and isinstance(number, int):
+                    driver.queried(number)
+                elif driver is None and isinstance(relay, str) and (node := node_of(relay)):
+                    # This node relays that claim no more (its end was lost on the way).
+                    self._server.runtime.post(endpoint(node), {RELAY_KEY: "abort", "claim": claim})
             elif kind == "claim":
                 self._claimed(message, claim)
             elif kind == "start":
@@ -226,9 +296,9 @@ class Relays:
                 driver = self._drivers.get(claim)
                 if driver is not None and isinstance(relay, str):
                     driver.started(relay)
-                elif isinstance(relay, str):
+                elif isinstance(relay, str) and (node := node_of(relay)) is not None:
                     # Taken over (or given up) before it started: drop that socket.
-                    self._server.runtime.post(relay, {RELAY_KEY: "abort", "claim": claim})
+                    self._server.runtime.post(endpoint(node), {RELAY_KEY: "abort", "claim": claim})
             elif kind == "drop":
                 driver = self._drivers.get(claim)
                 if driver is not None:
@@ -258,7 +328,10 @@ class Relays:
                 self._server.runtime.post(endpoint(node), {RELAY_KEY: "drop", "claim": claim})
             return
         if kind == "granted" and isinstance(home, str) and node is not None:
-            waiting.answer = Granted(claim, home, node)
+            window = message.get("window")
+            if not isinstance(window, int) or window < 1:
+                window = None
+            waiting.answer = Granted(claim, home, node, window)
         else:
             why = message.get("why")
             waiting.answer = "mismatch" if why == "mismatch" else "unknown"
@@ -274,29 +347,59 @@ class RelayDriver(ASGIDriver):
     limit and slow-consumer policy hold here too), and reads are fed to the
     core whole. Nothing is sent before the relay started; a relay that does not
     start within :data:`START_TIMEOUT` counts as dropped.
+
+    What the client sends waits in an inbox while the home mailbox is full
+    under ``block``; credit for what left it goes back to the relay node every
+    half ``window``, and more than twice ``window`` waiting ends the
+    connection (:data:`OVERRUN_CODE`).
+
+    Attributes:
+        high_water: the most client messages that waited in the inbox at once.
     """
 
     __slots__ = (
         "_aborted",
+        "_batch",
         "_claim",
+        "_end",
+        "_holding",
         "_inbox",
         "_inbox_wake",
+        "_node",
+        "_overrun",
         "_peer_gone",
+        "_queried",
         "_relays",
         "_started",
+        "_taken",
         "_target",
+        "_told",
+        "_window",
+        "high_water",
     )
 
-    def __init__(self, relays: Relays, claim: str) -> None:
+    def __init__(self, relays: Relays, claim: str, node: str, window: int) -> None:
         super().__init__(self._never, self._send_out)
         self._relays = relays
         self._claim = claim
+        self._node = node  # the relay node
+        self._window = window
+        self._batch = max(1, window // 2)
         self._target: str | None = None
         self._started = anyio.Event()
-        self._inbox: deque[Any] = deque()
+        self._inbox: deque[tuple[int, str | bytes]] = deque()  # (number, message)
         self._inbox_wake: anyio.Event | None = None
+        # How the client's side ended (its close code and reason, or _DROPPED): after
+        # the inbox, since it came after everything in it.
+        self._end: tuple[int, str] | object | None = None
+        self._holding = False  # a message left the inbox, the mailbox has not taken it yet
+        self._taken = 0  # the number of the last client message the mailbox took
+        self._told = 0  # the last credit sent
+        self._queried = 0  # the last number the relay asked about (``want``)
+        self._overrun = False  # the relay sent more than twice its window
         self._peer_gone = False
         self._aborted = False
+        self.high_water = 0
 
     # -- what the relay node reports --------------------------------------------------------
 
@@ -307,26 +410,73 @@ class RelayDriver(ASGIDriver):
             self._started.set()
 
     def inbound(self, message: dict[str, Any]) -> None:
-        """A message from the client (``t``: text; ``b``: binary, in base64)."""
+        """A message from the client (``t``: text; ``b``: binary, in base64; ``n``:
+        its number)."""
+        if self._overrun or self._end is not None:
+            return
+        number = message.get("n")
+        if not isinstance(number, int):
+            number = self._taken  # no number: credit for it goes with the next one's
+        item: str | bytes
         text = message.get("t")
         if isinstance(text, str):
-            self._push(text)
+            item = text
+        else:
+            data = message.get("b")
+            if not isinstance(data, str):
+                return
+            item = base64.b64decode(data)
+        inbox = self._inbox
+        if len(inbox) >= 2 * self._window:
+            self._overran()
             return
-        data = message.get("b")
-        if isinstance(data, str):
-            self._push(base64.b64decode(data))
+        inbox.append((number, item))
+        if len(inbox) > self.high_water:
+            self.high_water = len(inbox)
+        self._wake()
+
+    def queried(self, number: int) -> None:
+        """The relay waited for credit, having sent up to ``number``: say how far the
+        mailbox took. Everything up to ``number`` that is not waiting here was lost
+        on the way (the relay's messages arrive in order): it counts as taken."""
+        if number > self._queried:
+            self._queried = number
+        if not self._inbox and not self._holding and number > self._taken:
+            self._taken = number
+        self._credit()
 
     def peer_ended(self, close: tuple[int, str] | None) -> None:
         """The client closed (``close``: its code and reason) or dropped (``None``)."""
         self._peer_gone = True
-        self._push(_DROPPED if close is None else close)
+        if self._end is None:
+            self._end = _DROPPED if close is None else close
+        self._wake()
 
-    def _push(self, item: Any) -> None:
-        self._inbox.append(item)
+    def _wake(self) -> None:
         wake = self._inbox_wake
         if wake is not None:
             self._inbox_wake = None
             wake.set()
+
+    def _credit(self) -> None:
+        self._told = self._taken
+        message = {RELAY_KEY: "credit", "claim": self._claim, "n": self._taken}
+        self._relays._server.runtime.post(endpoint(self._node), message)
+
+    def _overran(self) -> None:
+        """The relay ignored its window: keep nothing more, and end the connection
+        (now: the reader may be waiting for room in the mailbox)."""
+        self._overrun = True
+        self._inbox.clear()
+        port = self._port
+        _log.warning(
+            "connection.relay_overrun",
+            conn=port.connection.address,
+            node=self._node,
+            window=self._window,
+        )
+        self._core.fail(OVERRUN_CODE, OVERRUN_REASON, label="internal_error")
+        port.settle(port.clock.now())
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -362,24 +512,29 @@ class RelayDriver(ASGIDriver):
         inbox = self._inbox
         while True:
             while not inbox:
+                end = self._end
+                if end is _DROPPED:
+                    port.lost()  # the home connection detaches again, if it may
+                    return
+                if end is not None:
+                    code, reason = cast(tuple[int, str], end)
+                    core.peer_closed(code, reason)
+                    return
                 wake = self._inbox_wake = anyio.Event()
                 await wake.wait()
-            item = inbox.popleft()
-            if isinstance(item, str | bytes):
-                if isinstance(item, bytes) or item.isascii():
-                    size = len(item)
-                else:
-                    size = len(item.encode())
-                await self._hand_on([item] if core.receive_message(item, size) else [], clock.now())
-                if core.read_pause:
-                    await self._rate_pause()
-            elif item is _DROPPED:
-                port.lost()  # the home connection detaches again, if it may
-                return
-            else:
-                code, reason = item
-                core.peer_closed(code, reason)
-                return
+            number, item = inbox.popleft()
+            size = len(item) if isinstance(item, bytes) or item.isascii() else len(item.encode())
+            self._holding = True
+            await self._hand_on([item] if core.receive_message(item, size) else [], clock.now())
+            if core.read_pause:
+                await self._rate_pause()
+            self._holding = False
+            if number > self._taken:
+                self._taken = number
+            if not inbox and self._queried > self._taken:
+                self._taken = self._queried  # what the relay sent before it asked, lost
+            if self._taken - self._told >= self._batch:
+                self._credit()
 
     async def _send_out(self, message: MutableMapping[str, Any]) -> None:
         if self._target is None:
@@ -391,6 +546,9 @@ class RelayDriver(ASGIDriver):
             text = message.get("text")
             payload = text if text is not None else message["bytes"]
         else:
+            # To the relay node's endpoint: the relay actor may wait for credit, its
+            # mailbox full. The data sent before it was published first.
+            target = endpoint(self._node)
             payload = {
                 RELAY_KEY: "close",
                 "claim": self._claim,
@@ -407,27 +565,35 @@ class RelayDriver(ASGIDriver):
     def abort(self) -> None:
         """Stop relaying now; the relay node drops its socket (a takeover, a forced end)."""
         self._aborted = True
-        target = self._target
-        if target is not None and not self._peer_gone:
+        if self._target is not None and not self._peer_gone:
             self._peer_gone = True
-            self._relays._server.runtime.post(target, {RELAY_KEY: "abort", "claim": self._claim})
+            self._relays._server.runtime.post(
+                endpoint(self._node), {RELAY_KEY: "abort", "claim": self._claim}
+            )
         self._relays.forget(self._claim, self)
         super().abort()
 
 
 class RelayHandler(Handler):
     """The actor of a socket on the relay node: forwards what the client sends to the
-    home node, and acts on what the home node says (its messages skip the mailbox,
-    see ``Connection._attach``)."""
+    home node, within its window, and acts on what the home node says (its data
+    skips the mailbox, see ``Connection._attach``; the rest reaches :meth:`told`
+    through :class:`Relays`)."""
 
     relays: Relays
     granted: Granted
     #: ``open``; ``closing`` (the home side closes: acknowledge); ``gone`` (taken
     #: over, node lost, backplane down: nobody to tell).
     _home: str
+    _sent: int  # the number of the last client message forwarded
+    _acked: int  # the number of the last one the home mailbox took (its credit)
+    _credit_wake: anyio.Event | None
 
     async def on_connect(self) -> None:
         self._home = "open"
+        self._sent = self._acked = 0
+        self._credit_wake = None
+        self.relays.relaying(self)
         self.context.watch(self.granted.home)
         backplane = self.relays._server.runtime.backplane
         synced = getattr(backplane, "synced", None)  # the Redis backplane's
@@ -438,10 +604,59 @@ class RelayHandler(Handler):
         await self._to_home("start", {"relay": self.conn.address})
 
     async def on_message(self, message: str | bytes) -> None:
+        window = self.granted.window
+        if window is not None and self._sent - self._acked >= window:
+            await self._wait_for_credit(window)
+        if self._home != "open":
+            return  # the home side closes (it takes nothing more) or is gone
+        self._sent += 1
         if isinstance(message, str):
-            await self._to_home("in", {"t": message})
+            await self._to_home("in", {"t": message, "n": self._sent})
         else:
-            await self._to_home("in", {"b": base64.b64encode(message).decode("ascii")})
+            data = base64.b64encode(message).decode("ascii")
+            await self._to_home("in", {"b": data, "n": self._sent})
+
+    async def _wait_for_credit(self, window: int) -> None:
+        """Wait until the home side took enough, or ended. The mailbox fills meanwhile:
+        the route's overflow policy applies (``block`` stops reading the socket)."""
+        clock = self.relays._server.clock
+        while self._home == "open" and self._sent - self._acked >= window:
+            wake = self._credit_wake = anyio.Event()
+            with clock.move_on_after(CREDIT_QUERY_INTERVAL):
+                await wake.wait()
+            self._credit_wake = None
+            if not wake.is_set() and self._home == "open":
+                # A credit lost on the way, a handler still busy, or the home node gone.
+                reached = await self._to_home("want", {"n": self._sent, "relay": self.conn.address})
+                if not reached and self._home == "open":
+                    _log.warning("connection.relay_home_lost", conn=self.conn.address)
+                    self._lost()
+
+    def told(self, kind: str, message: dict[str, Any]) -> None:
+        """What the home side says beside its data: ``credit``, ``close``, ``abort``."""
+        if kind == "credit":
+            number = message.get("n")
+            if isinstance(number, int) and number > self._acked:
+                self._acked = number
+                self._wake()
+            return
+        if kind == "close":
+            code, reason = message.get("code"), message.get("reason")
+            self._home = "closing"
+            if isinstance(code, int) and isinstance(reason, str):
+                self.conn.close_nowait(code, reason)
+            else:
+                self.conn.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
+        elif kind == "abort":
+            self._home = "gone"
+            self.conn.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        wake = self._credit_wake
+        if wake is not None:
+            self._credit_wake = None
+            wake.set()
 
     async def on_receive(self, message: Any) -> None:
         if isinstance(message, Down):
@@ -454,20 +669,6 @@ class RelayHandler(Handler):
             else:
                 server = self.relays._server
                 server.start_soon(functools.partial(self._close_due, server.config.close_timeout))
-            return
-        if message.__class__ is not dict or message.get("claim") != self.granted.claim:
-            return
-        kind = message.get(RELAY_KEY)
-        if kind == "close":
-            code, reason = message.get("code"), message.get("reason")
-            self._home = "closing"
-            if isinstance(code, int) and isinstance(reason, str):
-                self.conn.close_nowait(code, reason)
-            else:
-                self.conn.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
-        elif kind == "abort":
-            self._home = "gone"
-            self.conn.abort()
 
     async def on_close(self, code: int, reason: str) -> None:
         home = self._home
@@ -477,6 +678,12 @@ class RelayHandler(Handler):
             await self._to_home("drop", {})  # the client may come back, here or elsewhere
         else:
             await self._to_home("closed", {"code": code, "reason": reason})
+
+    async def on_stop(self) -> None:
+        try:
+            await super().on_stop()
+        finally:
+            self.relays.relayed(self)
 
     async def _close_due(self, timeout: float) -> None:
         """The home actor ended: its close is on its way; if lost (pub/sub keeps
@@ -488,12 +695,15 @@ class RelayHandler(Handler):
     def _lost(self) -> None:
         self._home = "gone"
         self.conn.close_nowait(HOME_LOST_CODE, HOME_LOST_REASON)
+        self._wake()
 
-    async def _to_home(self, kind: str, fields: dict[str, Any]) -> None:
+    async def _to_home(self, kind: str, fields: dict[str, Any]) -> bool:
+        """Send ``kind`` to the home node; whether anyone listened there."""
         fields[RELAY_KEY] = kind
         fields["claim"] = self.granted.claim
         try:
-            await self.relays._server.runtime.send(endpoint(self.granted.node), fields)
+            return bool(await self.relays._server.runtime.send(endpoint(self.granted.node), fields))
         except BackplaneUnavailable:
             if self._home == "open":
                 self._lost()
+            return False
