@@ -96,9 +96,11 @@ __all__ = [
     "OVERRUN_REASON",
     "RELAY_KEY",
     "START_TIMEOUT",
+    "CreditLedger",
     "Granted",
     "RelayDriver",
     "RelayHandler",
+    "RelayWindow",
     "Relays",
     "endpoint",
     "window_for",
@@ -134,6 +136,87 @@ def window_for(capacity: int) -> int:
     """The window of a relay whose home actor's mailbox holds ``capacity`` messages:
     as many, up to :data:`MAX_WINDOW` (a credit goes back every half window)."""
     return max(1, min(capacity, MAX_WINDOW))
+
+
+class RelayWindow:
+    """The relay side's books of its window (no I/O): what it forwarded, and how
+    far the home side said it took.
+
+    Attributes:
+        size: the most messages forwarded and not yet taken.
+        sent: the number of the last message forwarded (numbered from 1).
+        acked: the number of the last one the home side took (its credit).
+    """
+
+    __slots__ = ("acked", "sent", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = self.acked = 0
+
+    def full(self) -> bool:
+        """Whether forwarding one more must wait for credit."""
+        return self.sent - self.acked >= self.size
+
+    def next(self) -> int:
+        """The number of the next message forwarded."""
+        self.sent += 1
+        return self.sent
+
+    def credit(self, number: int) -> bool:
+        """The home side took up to ``number``; whether that is news (a credit that
+        came late, twice, or from beyond what was sent changes nothing more)."""
+        number = min(number, self.sent)
+        if number <= self.acked:
+            return False
+        self.acked = number
+        return True
+
+
+class CreditLedger:
+    """The home side's books of a relay's window (no I/O): how far the mailbox took
+    the relay's messages, and when to say so.
+
+    Credit is the number of the last message taken, so a credit lost on the way
+    is made good by the next one. It is due every half window (``batch``), and
+    whenever the relay asks (:meth:`asked`). The relay's messages arrive in
+    order: when it asks having sent up to ``n``, whatever up to ``n`` is not
+    waiting here was lost on the way, and counts as taken.
+
+    Attributes:
+        batch: how many taken make a credit due.
+        taken: the number of the last message taken (or lost).
+        told: the last credit given.
+        queried: the highest number the relay asked about.
+    """
+
+    __slots__ = ("batch", "queried", "taken", "told")
+
+    def __init__(self, window: int) -> None:
+        self.batch = max(1, window // 2)
+        self.taken = self.told = self.queried = 0
+
+    def took(self, number: int, idle: bool) -> int | None:
+        """The mailbox took message ``number`` (``idle``: nothing else waits here);
+        the credit to give now, if one is due."""
+        if number > self.taken:
+            self.taken = number
+        if idle and self.queried > self.taken:
+            self.taken = self.queried
+        if self.taken - self.told < self.batch:
+            return None
+        self.told = self.taken
+        return self.taken
+
+    def asked(self, number: int, idle: bool) -> int:
+        """The relay waits for credit, having sent up to ``number`` (``idle``: nothing
+        waits here); the credit to give now."""
+        if number > self.queried:
+            self.queried = number
+        if idle and number > self.taken:
+            self.taken = number
+        self.told = self.taken
+        return self.taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,21 +442,18 @@ class RelayDriver(ASGIDriver):
 
     __slots__ = (
         "_aborted",
-        "_batch",
         "_claim",
         "_end",
         "_holding",
         "_inbox",
         "_inbox_wake",
+        "_ledger",
         "_node",
         "_overrun",
         "_peer_gone",
-        "_queried",
         "_relays",
         "_started",
-        "_taken",
         "_target",
-        "_told",
         "_window",
         "high_water",
     )
@@ -384,7 +464,7 @@ class RelayDriver(ASGIDriver):
         self._claim = claim
         self._node = node  # the relay node
         self._window = window
-        self._batch = max(1, window // 2)
+        self._ledger = CreditLedger(window)
         self._target: str | None = None
         self._started = anyio.Event()
         self._inbox: deque[tuple[int, str | bytes]] = deque()  # (number, message)
@@ -393,9 +473,6 @@ class RelayDriver(ASGIDriver):
         # the inbox, since it came after everything in it.
         self._end: tuple[int, str] | object | None = None
         self._holding = False  # a message left the inbox, the mailbox has not taken it yet
-        self._taken = 0  # the number of the last client message the mailbox took
-        self._told = 0  # the last credit sent
-        self._queried = 0  # the last number the relay asked about (``want``)
         self._overrun = False  # the relay sent more than twice its window
         self._peer_gone = False
         self._aborted = False
@@ -416,7 +493,7 @@ class RelayDriver(ASGIDriver):
             return
         number = message.get("n")
         if not isinstance(number, int):
-            number = self._taken  # no number: credit for it goes with the next one's
+            number = 0  # no number: credit for it goes with the next one's
         item: str | bytes
         text = message.get("t")
         if isinstance(text, str):
@@ -437,13 +514,8 @@ class RelayDriver(ASGIDriver):
 
     def queried(self, number: int) -> None:
         """The relay waited for credit, having sent up to ``number``: say how far the
-        mailbox took. Everything up to ``number`` that is not waiting here was lost
-        on the way (the relay's messages arrive in order): it counts as taken."""
-        if number > self._queried:
-            self._queried = number
-        if not self._inbox and not self._holding and number > self._taken:
-            self._taken = number
-        self._credit()
+        mailbox took (see :class:`CreditLedger`)."""
+        self._credit(self._ledger.asked(number, not self._inbox and not self._holding))
 
     def peer_ended(self, close: tuple[int, str] | None) -> None:
         """The client closed (``close``: its code and reason) or dropped (``None``)."""
@@ -458,9 +530,8 @@ class RelayDriver(ASGIDriver):
             self._inbox_wake = None
             wake.set()
 
-    def _credit(self) -> None:
-        self._told = self._taken
-        message = {RELAY_KEY: "credit", "claim": self._claim, "n": self._taken}
+    def _credit(self, number: int) -> None:
+        message = {RELAY_KEY: "credit", "claim": self._claim, "n": number}
         self._relays._server.runtime.post(endpoint(self._node), message)
 
     def _overran(self) -> None:
@@ -529,12 +600,9 @@ class RelayDriver(ASGIDriver):
             if core.read_pause:
                 await self._rate_pause()
             self._holding = False
-            if number > self._taken:
-                self._taken = number
-            if not inbox and self._queried > self._taken:
-                self._taken = self._queried  # what the relay sent before it asked, lost
-            if self._taken - self._told >= self._batch:
-                self._credit()
+            credit = self._ledger.took(number, not inbox)
+            if credit is not None:
+                self._credit(credit)
 
     async def _send_out(self, message: MutableMapping[str, Any]) -> None:
         if self._target is None:
@@ -585,13 +653,13 @@ class RelayHandler(Handler):
     #: ``open``; ``closing`` (the home side closes: acknowledge); ``gone`` (taken
     #: over, node lost, backplane down: nobody to tell).
     _home: str
-    _sent: int  # the number of the last client message forwarded
-    _acked: int  # the number of the last one the home mailbox took (its credit)
+    _window: RelayWindow | None  # None: a home node that gives no credit
     _credit_wake: anyio.Event | None
 
     async def on_connect(self) -> None:
         self._home = "open"
-        self._sent = self._acked = 0
+        size = self.granted.window
+        self._window = None if size is None else RelayWindow(size)
         self._credit_wake = None
         self.relays.relaying(self)
         self.context.watch(self.granted.home)
@@ -604,30 +672,34 @@ class RelayHandler(Handler):
         await self._to_home("start", {"relay": self.conn.address})
 
     async def on_message(self, message: str | bytes) -> None:
-        window = self.granted.window
-        if window is not None and self._sent - self._acked >= window:
+        window = self._window
+        if window is not None and window.full():
             await self._wait_for_credit(window)
         if self._home != "open":
             return  # the home side closes (it takes nothing more) or is gone
-        self._sent += 1
+        fields: dict[str, Any]
         if isinstance(message, str):
-            await self._to_home("in", {"t": message, "n": self._sent})
+            fields = {"t": message}
         else:
-            data = base64.b64encode(message).decode("ascii")
-            await self._to_home("in", {"b": data, "n": self._sent})
+            fields = {"b": base64.b64encode(message).decode("ascii")}
+        if window is not None:
+            fields["n"] = window.next()
+        await self._to_home("in", fields)
 
-    async def _wait_for_credit(self, window: int) -> None:
+    async def _wait_for_credit(self, window: RelayWindow) -> None:
         """Wait until the home side took enough, or ended. The mailbox fills meanwhile:
         the route's overflow policy applies (``block`` stops reading the socket)."""
         clock = self.relays._server.clock
-        while self._home == "open" and self._sent - self._acked >= window:
+        while self._home == "open" and window.full():
             wake = self._credit_wake = anyio.Event()
             with clock.move_on_after(CREDIT_QUERY_INTERVAL):
                 await wake.wait()
             self._credit_wake = None
             if not wake.is_set() and self._home == "open":
                 # A credit lost on the way, a handler still busy, or the home node gone.
-                reached = await self._to_home("want", {"n": self._sent, "relay": self.conn.address})
+                reached = await self._to_home(
+                    "want", {"n": window.sent, "relay": self.conn.address}
+                )
                 if not reached and self._home == "open":
                     _log.warning("connection.relay_home_lost", conn=self.conn.address)
                     self._lost()
@@ -635,9 +707,8 @@ class RelayHandler(Handler):
     def told(self, kind: str, message: dict[str, Any]) -> None:
         """What the home side says beside its data: ``credit``, ``close``, ``abort``."""
         if kind == "credit":
-            number = message.get("n")
-            if isinstance(number, int) and number > self._acked:
-                self._acked = number
+            number, window = message.get("n"), self._window
+            if isinstance(number, int) and window is not None and window.credit(number):
                 self._wake()
             return
         if kind == "close":

@@ -117,11 +117,13 @@ def stalled(b: Server, driver: RelayDriver) -> bool:
     assert b.relays is not None
     (handler,) = b.relays._relays.values()
     (relay,) = b.connections
+    window = handler._window
+    assert window is not None
     return (
         relay.statistics().reading_paused
         and waiting(handler)
-        and handler._acked == driver._told
-        and handler._sent - handler._acked >= WINDOW
+        and window.acked == driver._ledger.told
+        and window.full()
     )
 
 
