@@ -46,7 +46,9 @@ class HubBackplane(Backplane):
         try:
             await anyio.sleep_forever()
         finally:
-            del self.hub.nodes[self.node_id]
+            del self.hub.nodes[self.node_id]  # a stopped node gets nothing more
+            for ids in self.hub.listeners.values():
+                ids.discard(self.node_id)
 
     def subscribe(self, address: str) -> None:
         self.hub.listeners.setdefault(address, set()).add(self.node_id)
