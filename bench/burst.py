@@ -113,6 +113,7 @@ def _scrape(port: int) -> dict[str, float]:
         "wsup_event_loop_lag_seconds_bucket{",
         "wsup_event_loop_lag_seconds_sum ",
         "wsup_handshakes_total{",
+        "wsup_gc_pause_seconds_",
     )
     samples: dict[str, float] = {}
     for line in text.splitlines():
@@ -149,6 +150,34 @@ def _lag_summary(before: dict[str, float], after: dict[str, float]) -> dict[str,
         "p99_under_s": p99,
         "max_under_s": top,
     }
+
+
+def _gc_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The garbage collector's pauses during the burst, by generation: how many, their
+    total and mean, and the bucket bound under which the longest fell."""
+    summary: dict[str, Any] = {}
+    for generation in ("0", "1", "2"):
+        label = f'generation="{generation}"'
+
+        def delta(name: str, label: str = label) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        count = delta(f"wsup_gc_pause_seconds_count{{{label}}}")
+        total = delta(f"wsup_gc_pause_seconds_sum{{{label}}}")
+        prefix = f"wsup_gc_pause_seconds_bucket{{{label},le="
+        buckets = sorted(
+            (float(name[len(prefix) + 1 : -2]), delta(name))
+            for name in after
+            if name.startswith(prefix)
+        )
+        top = next((le for le, n in buckets if n >= count), None) if count else None
+        summary[generation] = {
+            "count": count,
+            "total_s": round(total, 4),
+            "mean_s": round(total / count, 5) if count else None,
+            "max_under_s": top,
+        }
+    return summary
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -195,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         parts = [queue.get() for _ in workers]
         scraped = _scrape(metrics_port)
         cpu = procfs.cpu_seconds(server.pid) - cpu_before
+        rss = procfs.rss_bytes(server.pid)
         done.set()
         for worker in workers:
             worker.join()
@@ -213,12 +243,14 @@ def main(argv: list[str] | None = None) -> None:
                     "p99_s": round(_percentile(times, 0.99), 3),
                     "outcome": dict(outcome),
                     "server_cpu_s": round(cpu, 2),
+                    "server_rss_mib": round(rss / 2**20, 1),
                     "server": {
                         name: value
                         for name, value in scraped.items()
-                        if not name.startswith("wsup_event_loop_lag")
+                        if not name.startswith(("wsup_event_loop_lag", "wsup_gc_pause"))
                     },
                     "loop_lag": _lag_summary(scraped_before, scraped),
+                    "gc_pauses": _gc_summary(scraped_before, scraped),
                 },
                 indent=1,
             )

@@ -80,7 +80,9 @@ __all__ = [
     "CONNECTION_STATES",
     "DROP_POLICIES",
     "GAUGE_MODES",
+    "GC_GENERATIONS",
     "GaugeMode",
+    "GcGeneration",
     "HANDSHAKE_RESULTS",
     "MESSAGE_KINDS",
     "METRIC_DOCS",
@@ -170,6 +172,12 @@ AcceptError = Literal["emfile", "enfile", "enobufs", "enomem"]
 """Why ``accept()`` failed for lack of resources: the process's descriptor limit
 (``EMFILE``), the system's (``ENFILE``), or kernel memory (``ENOBUFS``, ``ENOMEM``)."""
 ACCEPT_ERRORS: Final[tuple[AcceptError, ...]] = get_args(AcceptError)
+
+GcGeneration = Literal["0", "1", "2"]
+"""The generation a garbage collection examined, with every younger one
+(label ``generation`` of ``wsup_gc_pause_seconds``): ``2`` is a full collection,
+which traverses every object the collector tracks."""
+GC_GENERATIONS: Final[tuple[GcGeneration, ...]] = get_args(GcGeneration)
 
 LimitName = Literal[
     "inbound_delay", "inbound_close", "max_connections", "max_handshakes",
@@ -296,6 +304,10 @@ METRIC_DOCS: Final[Mapping[str, str]] = MappingProxyType(
         "wsup_event_loop_lag_seconds": (
             "How late the event-loop watchdog woke up: time the loop was blocked."
         ),
+        "wsup_gc_pause_seconds": (
+            "Time each run of Python's garbage collector stopped the process, by generation "
+            "(2: a full collection)."
+        ),
         "wsup_draining": "1 while the process is draining for shutdown, else 0.",
         "wsup_backplane_up": "1 when the backplane is connected (always 1 in-process), else 0.",
         "wsup_backplane_messages_total": (
@@ -350,6 +362,12 @@ _IN_PROCESS_BUCKETS: Final = (
 # The watchdog's resolution is about a millisecond; ten seconds is a hung loop.
 _EVENT_LOOP_LAG_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# A young collection takes tens of microseconds; a full one over a million
+# tracked objects (tens of thousands of connections) takes a second.
+_GC_PAUSE_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
 )  # fmt: skip
 # A Redis PUBLISH on a LAN is a fraction of a millisecond; seconds means trouble.
 _BACKPLANE_PUBLISH_BUCKETS: Final = (
@@ -411,7 +429,7 @@ class _Gauge(Gauge):
             self.set(self._function())
 
 
-def _prefill(metric: Counter | Gauge, *label_sets: Iterable[str]) -> None:
+def _prefill(metric: Counter | Gauge | Histogram, *label_sets: Iterable[str]) -> None:
     """Create the child of ``metric`` for every combination of label values."""
     combos: list[tuple[str, ...]] = [()]
     for values in label_sets:
@@ -586,8 +604,12 @@ class Metrics:
             self._gauges.append(made)
             return made
 
-        def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, METRIC_DOCS[name], registry=r, buckets=(*buckets, math.inf))
+        def histogram(
+            name: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+        ) -> Histogram:
+            return Histogram(
+                name, METRIC_DOCS[name], labels, registry=r, buckets=(*buckets, math.inf)
+            )
 
         # Connections and handshakes.
         self.connections: Final = gauge("wsup_connections", ("state",))
@@ -633,6 +655,9 @@ class Metrics:
         self.event_loop_lag: Final = histogram(
             "wsup_event_loop_lag_seconds", _EVENT_LOOP_LAG_BUCKETS
         )
+        self.gc_pause: Final = histogram(
+            "wsup_gc_pause_seconds", _GC_PAUSE_BUCKETS, ("generation",)
+        )
         self.draining: Final = gauge("wsup_draining")
 
         # Backplane. Up starts at 0: the backplane sets it once it is connected
@@ -677,6 +702,7 @@ class Metrics:
         _prefill(self.api_requests, API_ENDPOINTS, API_RESULTS)
         _prefill(self.history_recoveries, RECOVERY_RESULTS)
         _prefill(self.resumes, RESUME_RESULTS)
+        _prefill(self.gc_pause, GC_GENERATIONS)
 
     def set_build_info(self, version: str, python: str, backend: str) -> None:
         """Publish ``wsup_build_info{version, python, backend} 1``.

@@ -225,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
         help="connections closed per batch of the drain (default 1000; WSUP_DRAIN_BATCH_SIZE)",
     )
     run.add_argument(
+        "--gc-tuning",
+        choices=("on", "off"),
+        default=None,
+        help="freeze start-up objects and raise the garbage collector's thresholds "
+        "while serving (default on; WSUP_GC_TUNING)",
+    )
+    run.add_argument(
         "--log-format",
         choices=("json", "console"),
         default=None,
@@ -551,6 +558,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["drain_batch_size"] = args.drain_batch_size
         elif _env("DRAIN_BATCH_SIZE") is not None:
             overrides["drain_batch_size"] = _env_number("DRAIN_BATCH_SIZE", "1000", int)
+        gc_tuning = args.gc_tuning or _env("GC_TUNING")
+        if gc_tuning is not None:
+            if gc_tuning not in ("on", "off"):
+                raise UsageError(f"WSUP_GC_TUNING must be on or off, got {gc_tuning!r}")
+            overrides["gc_tuning"] = gc_tuning == "on"
         try:
             overrides.update(_admission.overrides(args))
         except ValueError as exc:
@@ -584,6 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keepalive = dataclasses.replace(app.config.keepalive, message_timeout=seconds)
                 overrides["keepalive"] = keepalive
             config = dataclasses.replace(app.config, **overrides)
+            if config.gc_tuning is None:
+                # This process serves one server and nothing else: tune it.
+                config = dataclasses.replace(config, gc_tuning=True)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         port = config.port
@@ -698,6 +713,7 @@ def _run_workers(
     command += ["--drain-timeout", repr(config.drain_timeout), "--log-level", level]
     command += ["--drain-window", repr(config.drain_window)]
     command += ["--drain-batch-size", str(config.drain_batch_size)]
+    command += ["--gc-tuning", "on" if config.gc_tuning else "off"]
     command += _admission.as_flags(config)
     command += ["--backend", backend, "--redis-node-ttl", repr(cluster.node_ttl)]
     for host in config.hosts:

@@ -95,6 +95,14 @@ class ServerConfig:
         max_http_requests: the most plain HTTP requests (server API, HTTP routes,
             operational endpoints) one connection may send with keep-alive; the
             answer to the last says ``Connection: close``. 1: one per connection.
+        gc_tuning: tune Python's garbage collector for serving, process-wide:
+            when the server starts accepting, one full collection, then
+            ``gc.freeze()`` of everything alive and higher collection
+            thresholds (10,000, 4, 25), undone when serving ends. ``None``
+            (the default): on under ``wsup serve``, which owns its process, off
+            when the server is embedded (``serve()``, ``Server``, the ASGI
+            adapter), where the process is the host program's. See
+            docs/performance.md, "The garbage collector".
     """
 
     hosts: Sequence[str] = ("127.0.0.1",)
@@ -133,6 +141,7 @@ class ServerConfig:
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     max_http_requests: int = 1000
+    gc_tuning: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.hosts:

@@ -60,6 +60,7 @@ from ..metrics import (
     LimitName,
     Metrics,
 )
+from ..observe._gc import CollectorTuning, GcPauses
 from ..observe._instrumentation import (
     BatchedCounter,
     BatchedGauge,
@@ -213,6 +214,8 @@ class Server:
         self._tg: anyio.abc.TaskGroup | None = None
         self._drain_started = False
         self._watchdog: LoopWatchdog | None = None
+        self._gc_pauses = GcPauses(self.metrics)
+        self._collector = CollectorTuning()
         #: Accept loops paused at ``max_handshakes``, resumed when a handshake ends.
         self._accept_waiters: list[Callable[[], None]] = []
         # websockets' own server defaults: 4 KiB windows and memLevel 5 keep each
@@ -279,6 +282,7 @@ class Server:
         self.loop_thread = threading.get_ident()
         self.metrics.owner_thread = self.loop_thread  # batched metrics are updated here
         self.metrics.set_build_info(VERSION, platform.python_version(), _backend_name())
+        self._gc_pauses.install()
         try:
             # Bind first: a bad address fails before anything else has started.
             listeners = await self._listen() if listen else []
@@ -296,6 +300,8 @@ class Server:
                 await self._start_app(app)
                 async with self._lifespan(app), anyio.create_task_group() as tg:
                     self._tg = tg
+                    # Last before accepting: the app's start-up objects are frozen too.
+                    collector = self._collector.apply() if self.config.gc_tuning else None
                     self.accepting = True
                     tg.start_soon(self._accept_all, listeners)
                     tg.start_soon(self._keepalive_loop)
@@ -317,6 +323,7 @@ class Server:
                         backend=_backend_name(),
                         version=VERSION,
                         admission=self._admission_settings(),
+                        gc=collector,
                     )
                     task_status.started(self)
                     try:
@@ -335,6 +342,8 @@ class Server:
                     with anyio.CancelScope(shield=True):
                         await call_maybe_async(hook, app)
         finally:
+            self._gc_pauses.remove()
+            self._collector.restore()
             app.server = None
             self._tg = None
             if self.relays is not None:

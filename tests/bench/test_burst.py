@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.burst import _lag_summary, _percentile
+from bench.burst import _gc_summary, _lag_summary, _percentile
 
 BUCKET = 'wsup_event_loop_lag_seconds_bucket{{le="{}"}}'
 
@@ -35,3 +35,23 @@ def test_percentiles_of_sorted_times() -> None:
         99.0,
         99.0,
     )
+
+
+GC = 'wsup_gc_pause_seconds_{}{{generation="{}"{}}}'
+
+
+def test_the_gc_summary_counts_the_bursts_collections_by_generation() -> None:
+    """Collections before the burst do not count; the longest falls under its bucket's bound."""
+    before = {GC.format("count", "2", ""): 1.0, GC.format("sum", "2", ""): 0.05}
+    before[GC.format("bucket", "2", ',le="0.1"')] = 1.0
+    before[GC.format("bucket", "2", ',le="0.25"')] = 1.0
+    after = {GC.format("count", "2", ""): 3.0, GC.format("sum", "2", ""): 0.45}
+    after[GC.format("bucket", "2", ',le="0.1"')] = 1.0
+    after[GC.format("bucket", "2", ',le="0.25"')] = 3.0
+    after[GC.format("count", "0", "")] = 5.0
+    after[GC.format("sum", "0", "")] = 0.005
+    after[GC.format("bucket", "0", ',le="0.001"')] = 5.0
+    summary = _gc_summary(before, after)
+    assert summary["2"] == {"count": 2.0, "total_s": 0.4, "mean_s": 0.2, "max_under_s": 0.25}
+    assert summary["0"] == {"count": 5.0, "total_s": 0.005, "mean_s": 0.001, "max_under_s": 0.001}
+    assert summary["1"] == {"count": 0.0, "total_s": 0.0, "mean_s": None, "max_under_s": None}

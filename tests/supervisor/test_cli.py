@@ -531,3 +531,32 @@ def test_the_admission_limits_in_force_are_logged_at_start() -> None:
         }
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "tuned"),
+    [([], {}, True), (["--gc-tuning", "off"], {}, False), ([], {"WSUP_GC_TUNING": "off"}, False)],
+    ids=["default", "flag-off", "variable-off"],
+)
+def test_wsup_serve_tunes_the_garbage_collector_unless_told_not_to(
+    args: list[str], env: dict[str, str], tuned: bool
+) -> None:
+    """``server.started`` shows the collector's tuning, on by default under ``wsup serve``."""
+    port = free_port()
+    with ServerProcess(
+        ECHO, *args, "--log-format", "json", port=port, env=env, log_format=None
+    ) as server:
+        started = server.wait_started()
+        if tuned:
+            assert started["gc"]["threshold"] == [10_000, 4, 25]
+            assert started["gc"]["frozen"] > 1000  # the imports and the app, at least
+        else:
+            assert started["gc"] is None
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+
+
+def test_a_bad_gc_tuning_value_is_a_usage_error() -> None:
+    result = run_cli("serve", ECHO, "--port", str(free_port()), env={"WSUP_GC_TUNING": "yes"})
+    assert result.returncode == 2
+    assert "WSUP_GC_TUNING must be on or off" in one_error_line(result.stderr)

@@ -22,6 +22,7 @@ from supervisor.metrics import (
     CLOSE_REASONS,
     CONNECTION_STATES,
     DROP_POLICIES,
+    GC_GENERATIONS,
     HANDSHAKE_RESULTS,
     MESSAGE_KINDS,
     METRIC_DOCS,
@@ -57,6 +58,7 @@ SPEC_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wsup_supervisor_escalations_total": ("counter", ()),
     "wsup_empty_group_publishes_total": ("counter", ()),
     "wsup_event_loop_lag_seconds": ("histogram", ()),
+    "wsup_gc_pause_seconds": ("histogram", ("generation",)),
     "wsup_draining": ("gauge", ()),
     "wsup_backplane_up": ("gauge", ()),
     "wsup_backplane_messages_total": ("counter", ("direction",)),
@@ -81,6 +83,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "direction": ("sent", "received", "failed"),
     "error": ("emfile", "enfile", "enobufs", "enomem"),
     "endpoint": ("send", "broadcast", "presence", "other"),
+    "generation": ("0", "1", "2"),
     "limit": (
         "inbound_delay",
         "inbound_close",
@@ -218,6 +221,17 @@ def test_module_label_sets_match_the_contract() -> None:
     assert ACTOR_KINDS == ("connection", "service", "supervisor")
     assert LABEL_VALUES["direction"] == BACKPLANE_DIRECTIONS
     assert LABEL_VALUES["error"] == ACCEPT_ERRORS
+    assert LABEL_VALUES["generation"] == GC_GENERATIONS
+
+
+def test_gc_pauses_exist_at_zero_for_every_generation(metrics: Metrics) -> None:
+    """wsup_gc_pause_seconds has an empty histogram per generation before any collection."""
+    samples = [
+        s
+        for s in parsed(metrics)["wsup_gc_pause_seconds"].samples
+        if s.name == "wsup_gc_pause_seconds_count"
+    ]
+    assert {s.labels["generation"]: s.value for s in samples} == {"0": 0, "1": 0, "2": 0}
 
 
 def test_unlabelled_metrics_start_at_zero(metrics: Metrics) -> None:
@@ -343,14 +357,19 @@ def test_histogram_buckets_cover_their_ranges(metrics: Metrics) -> None:
     ranges = {
         "wsup_connection_duration_seconds": (1.0, 86400.0),
         "wsup_event_loop_lag_seconds": (0.001, 10.0),
+        "wsup_gc_pause_seconds": (0.0001, 1.0),
         "wsup_handshake_duration_seconds": (0.001, 10.0),
         "wsup_ping_rtt_seconds": (0.001, 10.0),
     }
     for name, (typ, _labels) in SPEC_METRICS.items():
         if typ != "histogram":
             continue
+        first_child = families[name].samples[0].labels  # every child has the same buckets
         bounds = [
-            float(s.labels["le"]) for s in families[name].samples if s.name.endswith("_bucket")
+            float(s.labels["le"])
+            for s in families[name].samples
+            if s.name.endswith("_bucket")
+            and all(s.labels[k] == v for k, v in first_child.items() if k != "le")
         ]
         assert bounds == sorted(set(bounds)), name
         assert bounds[-1] == math.inf, name
