@@ -32,6 +32,7 @@ from websockets.datastructures import Headers
 
 __all__ = [
     "SINGLETON_HEADERS",
+    "CheckedHeaders",
     "OriginPolicy",
     "header_list",
     "header_tokens",
@@ -54,6 +55,39 @@ SINGLETON_HEADERS: Final[tuple[str, ...]] = (
     "Sec-WebSocket-Key",
     "Sec-WebSocket-Version",
 )
+
+
+class CheckedHeaders(Headers):
+    """websockets' :class:`Headers` made from lines whose values need no check:
+    read by llhttp (which refuses control characters in a value) or written by
+    the server.
+
+    ``Headers(lines)`` adds each line through ``MutableMapping.update`` and
+    ``__setitem__``, which matches the value against a regular expression: some
+    10,000 instructions for the empty mapping, 1,000 to 4,000 more per line, as
+    much as llhttp's whole parse of a request. This fills the two containers
+    ``Headers`` keeps (``_dict``: lower-cased name to values; ``_list``: the
+    lines in order) in one loop; ``tests/supervisor/test_request.py`` checks it
+    equals ``Headers`` built line by line, so a websockets that stored them
+    differently would fail there.
+
+    Args:
+        lines: the ``(name, value)`` lines, in order; kept (not copied).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, lines: list[tuple[str, str]]) -> None:
+        by_name: dict[str, list[str]] = {}
+        for name, value in lines:
+            key = name.lower()
+            values = by_name.get(key)
+            if values is None:
+                by_name[key] = [value]
+            else:
+                values.append(value)
+        self._dict = by_name
+        self._list = lines
 
 
 def repeated_singleton(headers: Headers) -> str | None:

@@ -14,6 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.utils import accept_key
 
 from supervisor import Accept, App, Handler, HTTPResponse, Reject, Request, ServerConfig
 from supervisor.server import _api
@@ -30,6 +35,7 @@ from supervisor.server._handshake import (
     answer_bytes,
     plain,
     remote_pair,
+    serialize,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -638,6 +644,63 @@ def test_plain_hooks_decide_without_waiting() -> None:
     assert seen == ["app", "route lobby"]
     assert upgrade.response.headers["X-A"] == "1"
     assert dict(upgrade.values) == {"user": "ann"}
+
+
+def test_the_101_bytes_carry_the_negotiation_the_server_and_the_hooks_headers() -> None:
+    """The 101 as written: websockets' lines (upgrade, accept, subprotocol), the Server
+    header, then the subprotocol a hook chose and the headers hooks added; the
+    bytes websockets' own Response.serialize writes."""
+
+    def app_hook(request: Request) -> Accept:
+        return Accept(headers=[("X-A", "1"), ("Set-Cookie", "s=2")], subprotocol="superchat")
+
+    app = hooked_app(app_hook)
+    app.add_route("/room", Echo, subprotocols=("chat", "superchat"))
+    handshake, _ = make(app)
+    call = decide(handshake, raw("/room", headers=[("Sec-WebSocket-Protocol", "superchat, chat")]))
+    assert isinstance(call, HookCall)
+    upgrade = call.run()
+    assert isinstance(upgrade, Upgrade)
+    accept = accept_key(KEY)
+    sent = upgrade.response.serialize()
+    assert (
+        sent
+        == (
+            "HTTP/1.1 101 Switching Protocols\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n"
+            "Sec-WebSocket-Protocol: chat\r\n"
+            "Server: wsup\r\n"
+            "Sec-WebSocket-Protocol: superchat\r\n"
+            "X-A: 1\r\n"
+            "Set-Cookie: s=2\r\n"
+            "\r\n"
+        ).encode()
+    )
+    assert sent == Response.serialize(upgrade.response)
+
+
+_FIELD = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(
+    st.integers(100, 599),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=20),
+    st.lists(st.tuples(_FIELD.filter(lambda name: ":" not in name), _FIELD), max_size=6),
+    st.binary(max_size=20),
+)
+def test_serialize_writes_what_websockets_writes(
+    status: int, phrase: str, lines: list[tuple[str, str]], body: bytes
+) -> None:
+    """serialize() is byte for byte websockets' Response.serialize, with or without
+    headers or a body, latin-1 values included."""
+    response = Response(status, phrase, Headers(lines), body)
+    assert serialize(response) == response.serialize()
 
 
 def test_a_hook_that_rejects_ends_the_handshake() -> None:

@@ -14,19 +14,25 @@ on the whole head but 128 lines of 8 KiB) so that the limits agree too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
-from websockets.http11 import MAX_LINE_LENGTH, parse_headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import MAX_LINE_LENGTH, Response, parse_headers
 from websockets.http11 import Request as WSRequest
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+from websockets.typing import Subprotocol
 
 from supervisor import App, HTTPResponse, ServerConfig
+from supervisor.server import _handshake
 from supervisor.server._handshake import (
     Answer,
     Handshake,
@@ -304,3 +310,187 @@ def test_the_differences_are_real() -> None:
             continue
         assert old != new, data
         assert why in (known_difference(data, old, new) or ""), data
+
+
+# --- the common upgrade's negotiation against process_request -------------------------------
+#
+# ``negotiate`` checks and negotiates the common upgrade with websockets' helpers;
+# anything else goes to ``process_request``. Both must answer the same bytes the same:
+# the status, the 101's headers and bytes (accept, extensions, subprotocol, Server),
+# the protocol's negotiated state, or the refusal.
+
+DEFLATE = [
+    ServerPerMessageDeflateFactory(
+        server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+    )
+]
+
+
+def make_routes() -> Handshake:
+    app = App()
+    app.add_route("/echo", Echo)
+    app.add_route("/chat", Echo, subprotocols=("chat", "superchat"))
+    return Handshake(app, ServerConfig(origins=None), Host(), "wsup/test")
+
+
+ROUTES = make_routes()
+
+
+def negotiated(data: bytes, compression: bool, fast: bool) -> Any:
+    """What a client gets for ``data``, with the common upgrade's negotiation or without."""
+    protocol = UpgradeProtocol(extensions=DEFLATE if compression else None)
+    parsed = RequestReader(protocol, ROUTES, Socket(PEER)).feed(data)
+    if not isinstance(parsed, HTTPRequest):
+        return parsed if parsed is None else parsed.status
+    with contextlib.ExitStack() as stack:
+        if not fast:
+            stack.enter_context(mock.patch.object(_handshake, "negotiate", return_value=None))
+        step = ROUTES.decide(parsed, protocol, Socket(PEER))
+    decision = step.run() if isinstance(step, HookCall) else step
+    assert isinstance(decision, Answer | Upgrade)
+    response = decision.response
+    sent = response.serialize()
+    # The bytes are websockets' serialisation of the same response.
+    assert sent == Response.serialize(response)
+    sent = re.sub(rb"\r\nDate: [^\r]*", b"", sent)  # websockets dates its refusals
+    if isinstance(decision, Answer):
+        return decision.status, sent, decision.outcome
+    return (
+        101,
+        sent,
+        decision.subprotocol,
+        protocol.subprotocol,
+        protocol.origin,
+        [repr(extension) for extension in protocol.extensions],
+    )
+
+
+def upgrade_request(lines: Sequence[tuple[str, str]], target: str = "/echo") -> bytes:
+    head = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in lines)]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+
+
+_KEYS = st.one_of(
+    st.just(KEY),
+    st.binary(min_size=16, max_size=16).map(lambda raw: base64.b64encode(raw).decode()),
+    st.binary(min_size=0, max_size=20).map(lambda raw: base64.b64encode(raw).decode()),
+    st.text("ABCabc012+/=_-. ", min_size=20, max_size=26),
+    st.sampled_from(
+        ["dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZQ="]
+    ),
+)
+_OPTIONAL: dict[str, st.SearchStrategy[str]] = {
+    "Sec-WebSocket-Extensions": st.sampled_from(
+        [
+            "permessage-deflate",
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_max_window_bits=10; client_no_context_takeover",
+            "permessage-deflate; client_max_window_bits=16",
+            "permessage-deflate;;",
+            "x-webkit-deflate-frame",
+            "permessage-deflate, permessage-deflate; client_max_window_bits=9",
+        ]
+    ),
+    "Sec-WebSocket-Protocol": st.sampled_from(["chat", "superchat, chat", "other", "chat;", ""]),
+    "Origin": st.sampled_from(["https://example.com", "null", ""]),
+}
+
+
+_COMMON: dict[str, tuple[str, st.SearchStrategy[str]]] = {
+    "Host": ("example.com", st.just("")),
+    "Upgrade": ("websocket", st.sampled_from(["WebSocket", "websocket, h2c", "h2c", ""])),
+    "Connection": (
+        "Upgrade",
+        st.sampled_from(["upgrade", "keep-alive, Upgrade", "Upgrade, keep-alive", "close", ","]),
+    ),
+    "Sec-WebSocket-Key": (KEY, _KEYS),
+    "Sec-WebSocket-Version": ("13", st.sampled_from(["8", "13, 8", "013"])),
+}
+
+
+@st.composite
+def upgrade_requests(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """An upgrade request near the common one (each header common, unusual, repeated or
+    missing), and whether the server compresses."""
+    lines: list[tuple[str, str]] = []
+    for name, (usual, unusual) in _COMMON.items():
+        # Mostly once and as clients send it; sometimes missing, twice, or unusual.
+        times = draw(st.sampled_from([1] * 6 + [0, 2]))
+        for _ in range(times):
+            odd = draw(st.sampled_from([False] * 4 + [True]))
+            value = draw(unusual) if odd else usual
+            lines.append((draw(st.sampled_from([name, name.lower()])), value))
+    for name, values in _OPTIONAL.items():
+        times = draw(st.sampled_from([0, 0, 1, 1, 2]))
+        lines += [(name, draw(values)) for _ in range(times)]
+    lines += draw(st.lists(st.tuples(_TOKENS, _VALUES), max_size=3))
+    target = draw(st.sampled_from(["/echo", "/chat", "/echo?x=1"]))
+    return upgrade_request(draw(st.permutations(lines)), target), draw(st.booleans())
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(upgrade_requests())
+def test_common_upgrade_negotiation_answers_as_process_request(case: tuple[bytes, bool]) -> None:
+    """An upgrade request, common or not: the same answer (status, bytes, outcome) or the
+    same 101 (bytes, subprotocol, negotiated extensions) with the fast negotiation as with
+    websockets' process_request alone."""
+    data, compression = case
+    assert negotiated(data, compression, fast=True) == negotiated(data, compression, fast=False)
+
+
+COMMON_UPGRADES = {
+    "websockets": [
+        ("Host", "example.com"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+        ("Sec-WebSocket-Protocol", "chat"),
+        ("User-Agent", "Python/3.11 websockets/17.0"),
+    ],
+    "chrome": [
+        ("Host", "example.com"),
+        ("Connection", "Upgrade"),
+        ("Pragma", "no-cache"),
+        ("Upgrade", "websocket"),
+        ("Origin", "https://example.com"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Cookie", "a=b"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+        ("Sec-WebSocket-Protocol", "superchat, chat"),
+    ],
+    "firefox": [
+        ("Host", "example.com"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Origin", "https://example.com"),
+        ("Sec-WebSocket-Protocol", "chat"),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Upgrade", "websocket"),
+    ],
+}
+
+
+@pytest.mark.parametrize("compression", [False, True])
+@pytest.mark.parametrize("target", ["/echo", "/chat"])
+@pytest.mark.parametrize("client", list(COMMON_UPGRADES))
+def test_what_clients_send_is_the_common_upgrade(
+    client: str, target: str, compression: bool
+) -> None:
+    """The upgrades browsers and websockets send take the fast negotiation, which returns
+    what process_request returns and leaves the protocol in the same state."""
+    data = upgrade_request(COMMON_UPGRADES[client], target)
+    fast, general = (UpgradeProtocol(extensions=DEFLATE if compression else None) for _ in "ab")
+    request = RequestReader(fast, ROUTES, Socket(PEER)).feed(data)
+    assert isinstance(request, HTTPRequest)
+    subprotocols = ("chat", "superchat") if target == "/chat" else ()
+    result = _handshake.negotiate(fast, request, subprotocols)
+    assert result is not None
+    general.available_subprotocols = [Subprotocol(p) for p in subprotocols] or None
+    assert result == general.process_request(WSRequest(request.target, request.headers))
+    assert (fast.origin, fast.subprotocol) == (general.origin, general.subprotocol)
+    assert [repr(e) for e in fast.extensions] == [repr(e) for e in general.extensions]
+    assert bool(fast.extensions) == compression

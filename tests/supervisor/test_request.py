@@ -14,6 +14,7 @@ from websockets.datastructures import Headers
 
 from supervisor.server._request import (
     SINGLETON_HEADERS,
+    CheckedHeaders,
     OriginPolicy,
     header_list,
     header_tokens,
@@ -486,6 +487,29 @@ def test_header_readers_never_raise(lines: list[tuple[str, str]]) -> None:
         single_header(headers, name)
         header_list(headers, name)
         header_tokens(headers, name)
+
+
+@given(st.lists(st.tuples(_NAMES | st.text("abcXYZ-", min_size=1), st.text(max_size=20))))
+def test_checked_headers_are_the_headers_websockets_builds(lines: list[tuple[str, str]]) -> None:
+    """CheckedHeaders made from lines equals websockets' Headers added to line by line: the
+    same lines in order, the same values per name, lookups and serialisation alike."""
+    expected = Headers()
+    for name, value in lines:
+        expected.set_insecure(name, value)
+    checked = CheckedHeaders(list(lines))
+    assert isinstance(checked, Headers)
+    assert checked == expected
+    assert list(checked.raw_items()) == list(expected.raw_items())
+    assert list(checked) == list(expected)
+    assert len(checked) == len(expected)
+    for name, _ in lines:
+        assert checked.get_all(name.swapcase()) == expected.get_all(name)
+        assert name.upper() in checked
+    assert str(checked) == str(expected)
+    # Still a Headers to write to (a hook's headers on a 101).
+    checked["X-Added"] = "1"
+    assert list(checked.raw_items())[-1] == ("X-Added", "1")
+    assert checked.get_all("x-added") == ["1"]
 
 
 # A lookup that raises MultipleValuesError on a repeated header: ``headers.get(...)`` or
