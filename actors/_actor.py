@@ -515,6 +515,7 @@ class Cell:
         "address",
         "behaviour",
         "direct",
+        "end_idle",
         "factory",
         "inline_steps",
         "is_terminated",
@@ -576,6 +577,11 @@ class Cell:
         self.remote_watchers: set[str] | None = None
         #: Called once with the final :class:`Exit` when the actor ends for good.
         self.on_terminate: Callable[[Exit], None] | None = None
+        #: Set by its supervisor while the cell waits, never started and with
+        #: nothing queued, for its first message (a parked child, see
+        #: ``Supervisor.start_child_nowait``): a stop or drain then hands it the
+        #: exit, and the cell ends at once, with no signal queued and no task.
+        self.end_idle: Callable[[Exit], None] | None = None
 
     @property
     def timers(self) -> Timers:
@@ -604,13 +610,27 @@ class Cell:
             )
 
     def request_stop(self) -> None:
-        """Queue a stop signal ahead of all messages (no-op once terminated)."""
-        if not self.mailbox.closed:
+        """Queue a stop signal ahead of all messages (no-op once terminated).
+
+        A cell that was never started and has nothing queued (see
+        :attr:`end_idle`) ends at once instead, as it would on that signal.
+        """
+        end_idle = self.end_idle
+        if end_idle is not None:
+            end_idle(_STOPPED)
+        elif not self.mailbox.closed:
             self.mailbox.put_control(_Signal.STOP)
 
     def request_drain(self) -> None:
-        """Queue a drain signal ahead of all messages (no-op once terminated)."""
-        if not self.mailbox.closed:
+        """Queue a drain signal ahead of all messages (no-op once terminated).
+
+        A cell that was never started and has nothing queued (see
+        :attr:`end_idle`) ends at once instead: a drain of an empty mailbox.
+        """
+        end_idle = self.end_idle
+        if end_idle is not None:
+            end_idle(_DRAINED)
+        elif not self.mailbox.closed:
             self.mailbox.put_control(_Signal.DRAIN)
 
     def idle_exit(self) -> Exit | None:
@@ -891,6 +911,7 @@ class Cell:
         self.is_terminated = True
         self.termination = exit_
         self._parked = None
+        self.end_idle = None
         if self._inline is not None:
             self._drop_inline(exit_.kind)
         for item in self.mailbox.close():

@@ -318,6 +318,11 @@ class Mailbox(Generic[T]):
         """
         self._getter = _Arrival(callback)
 
+    def cancel_arrival(self) -> None:
+        """Undo :meth:`on_arrival` if its callback has not run: nothing will call it."""
+        if self._getter.__class__ is _Arrival:
+            self._getter = None
+
     def peek_control(self) -> T | None:
         """The control signal :meth:`get_nowait` would return next, or ``None``."""
         return self._control[0] if self._control else None

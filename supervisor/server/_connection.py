@@ -1021,6 +1021,9 @@ class Connection:
         return True
 
     def _actor_ended(self, exit_: Exit) -> None:
+        core = self._core
+        if core.close_request is not None or core.close_info is not None:
+            return  # closing already (the usual end): close_nowait would do nothing
         if exit_.kind is ExitKind.CRASHED:
             # Unlike a dead peer, a crash keeps what the handler sent before it: flush, then 1011.
             self.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")

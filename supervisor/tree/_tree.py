@@ -403,7 +403,13 @@ class Supervisor:
         assert child.cell is not None
         if self._loop is not None:
             if parked:
-                child.cell.mailbox.on_arrival(lambda: self._unpark(child))
+                cell = child.cell
+
+                def unpark(exit_: Exit | None = None) -> None:
+                    self._unpark(child, exit_)
+
+                cell.mailbox.on_arrival(unpark)
+                cell.end_idle = unpark
             else:
                 self._start_bare(child)
         else:
@@ -419,10 +425,20 @@ class Supervisor:
         self._bare.add(task)
         task.add_done_callback(self._bare_done)
 
-    def _unpark(self, child: _Child) -> None:
-        """Something arrived for a parked child: run it, or end it if it is only told to."""
+    def _unpark(self, child: _Child, exit_: Exit | None = None) -> None:
+        """Something arrived for a parked child: run it, or end it if it is only told to.
+
+        ``exit_``: a stop or drain that found it parked, nothing queued
+        (``Cell.end_idle``): it ends for good now, as the signal would have
+        ended it here once queued, without queuing it.
+        """
         cell = child.cell
         assert cell is not None
+        cell.end_idle = None
+        if exit_ is not None:
+            cell.mailbox.cancel_arrival()
+            self._finish(child, exit_)
+            return
         if cell.mailbox.closed or child not in self._children:
             return  # ended while parked (the supervisor stopped)
         exit_ = cell.idle_exit()

@@ -18,6 +18,7 @@ from actors import (
     Backoff,
     CriticalFailure,
     DeadLetter,
+    Down,
     Escalation,
     FakeClock,
     Instrumentation,
@@ -25,7 +26,7 @@ from actors import (
     MailboxClosed,
     Runtime,
 )
-from actors._actor import ExitKind
+from actors._actor import Envelope, Exit, ExitKind
 from supervisor import ChildSpec, Restart, Strategy, Supervisor, SupervisorSpec
 from tests.helpers.tasks import settle
 
@@ -774,6 +775,54 @@ async def test_a_parked_child_told_to_stop_ends_without_ever_running(
         with pytest.raises(MailboxClosed):
             await ref.tell("late")
         assert log == []
+
+
+@pytest.mark.parametrize("how", ["stop", "drain"])
+async def test_a_parked_child_ending_unstarted_ends_as_a_run_one_would(how: str) -> None:
+    """A parked child stopped or drained before any message tells its owner
+    (``on_terminate``) and its watchers the same exit as if it had run, and keeps
+    nothing that would call back into the supervisor."""
+    log: list[tuple[str, str]] = []
+    async with tree(SupervisorSpec()) as t:
+        ref = t.sup.start_child_nowait(_quiet(log), parked=True)
+        cell = ref._cell
+        watcher = t.runtime.create_cell(lambda: Quiet(log))
+        watcher.watch(cell)
+        ended: list[Exit] = []
+        cell.on_terminate = ended.append
+        if how == "stop":
+            ref.stop()
+        else:
+            ref.drain()
+        await ref.wait_stopped()
+        expected = ExitKind.STOPPED if how == "stop" else ExitKind.DRAINED
+        assert [e.kind for e in ended] == [expected]
+        down = watcher.mailbox.get_nowait()
+        assert isinstance(down, Envelope)
+        assert isinstance(down.message, Down)
+        assert down.message.address == ref.address
+        assert cell.end_idle is None
+        assert cell.mailbox._getter is None
+        ref.drain()  # once ended, a second request does nothing
+        ref.stop()
+        assert [e.kind for e in ended] == [expected]
+        assert t.sup.children == []
+
+
+async def test_a_parked_child_woken_by_a_message_drains_through_its_mailbox(
+    anyio_backend_name: str,
+) -> None:
+    """Once a message woke a parked child, a drain is a queued signal again: the
+    message is handled first, then the child ends drained."""
+    log: list[tuple[str, str]] = []
+    async with tree(SupervisorSpec()) as t:
+        ref = t.sup.start_child_nowait(_quiet(log), parked=True)
+        ref.tell_nowait("a")
+        assert ref._cell.end_idle is None
+        ref.drain()
+        await ref.wait_stopped()
+        assert log == [("got a", "q")]
+        assert ref._cell.termination == Exit(ExitKind.DRAINED)
 
 
 async def test_a_parked_child_ends_with_its_supervisor(anyio_backend_name: str) -> None:
