@@ -242,8 +242,22 @@ class Runtime:
 
     def forget(self, cell: Cell) -> None:
         """Remove a terminated cell from every address (called by ``Cell.terminate``)."""
+        own = cell.address
+        catchup = self._catchup
         for address in list(cell.memberships):
-            self.remove_member(address, cell)
+            if address in (own, ALL) and not catchup:
+                # remove_member's work for the addresses every actor (own) or every
+                # connection (ALL) has, which tell presence and the backplane
+                # nothing: a connection's end, without a call per address.
+                members = self._members[address]
+                del members[cell]
+                if not members:
+                    del self._members[address]
+                    if self.backplane.remote:
+                        self.backplane.unsubscribe(address)
+            else:
+                self.remove_member(address, cell)
+        cell.memberships.clear()
         if self._remote_watches:
             for target in [t for t, w in self._remote_watches.items() if cell in w]:
                 self.unwatch_remote(cell, target)

@@ -557,6 +557,36 @@ async def test_remote_backplane_learns_which_addresses_have_local_members() -> N
         assert sorted(backplane.unsubscribed) == sorted([a.address, b.address, "room"])
 
 
+async def test_an_ending_actor_leaves_its_own_address_all_and_its_groups_alike() -> None:
+    """An actor's end frees its own address and ``all`` as ``remove_member`` would, and
+    tells the backplane it left its groups only (its own address and ``all`` carry
+    no presence)."""
+
+    class Leaving(FakeBackplane):
+        def __init__(self) -> None:
+            super().__init__()
+            self.left: list[tuple[str, str]] = []
+
+        def member_left(self, address: str, member: str) -> None:
+            self.left.append((address, member))
+
+    backplane = Leaving()
+    async with stage(backplane) as st:
+        a, _ = await st.inbox("room", ALL)
+        b, _ = await st.inbox(ALL)
+        a.stop()
+        await a.wait_stopped()
+        assert backplane.left == [("room", a.address)]
+        assert sorted(backplane.unsubscribed) == sorted([a.address, "room"])
+        assert st.runtime.members(ALL) == [b]
+        assert a._cell.memberships == set()
+        b.stop()
+        await b.wait_stopped()
+        assert sorted(backplane.unsubscribed) == sorted([a.address, "room", b.address, ALL])
+        assert backplane.left == [("room", a.address)]
+        assert st.runtime.statistics().addresses == 0
+
+
 async def test_the_monitor_task_sleeps_when_there_is_nothing_to_check() -> None:
     """With a node check interval but no remote watch and no presence events, the
     monitor task waits for posts once the first interval has passed, instead of
