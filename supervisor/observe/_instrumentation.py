@@ -169,7 +169,8 @@ class MetricsInstrumentation(Instrumentation):
 
     def actor_stopped(self, kind: str) -> None:
         """One fewer live actor of ``kind``."""
-        self._actor_gauge(kind).dec()
+        gauge = self._actors.get(kind)  # known once the first one started
+        (gauge if gauge is not None else self._actor_gauge(kind)).dec()
 
     def actor_crashed(self, kind: str) -> None:
         """Count a crash."""

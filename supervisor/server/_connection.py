@@ -100,6 +100,13 @@ class ConnectionState(enum.StrEnum):
     CLOSED = "closed"
 
 
+# Members as module constants: on Python 3.11 ``ConnectionState.CLOSING`` is a
+# lookup of about 0.15 µs, and the end of every connection makes a dozen.
+_CLOSING = ConnectionState.CLOSING
+_CLOSED = ConnectionState.CLOSED
+_ABNORMAL_CLOSURE = CloseCode.ABNORMAL_CLOSURE
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionStatistics:
     """A snapshot of one connection: its traffic, and what the server holds for it.
@@ -1036,7 +1043,7 @@ class Connection:
         gauges = self._host.counters.states
         gauges[self.state].dec()
         self.state = state
-        if state is not ConnectionState.CLOSED:
+        if state is not _CLOSED:
             gauges[state].inc()
 
     # -- for drivers ----------------------------------------------------------------------
@@ -1117,16 +1124,15 @@ class Connection:
         for event in core.take_events():
             if event.__class__ is CloseRecorded:
                 assert isinstance(event, CloseRecorded)
-                if event.code == CloseCode.ABNORMAL_CLOSURE and self._detachable():
+                if event.code == _ABNORMAL_CLOSURE and self._detachable():
                     self._detach()  # no closing handshake: the client may come back
                     return
-                if self.state is not ConnectionState.CLOSING and self.state is not (
-                    ConnectionState.CLOSED
-                ):
-                    self._set_state(ConnectionState.CLOSING)
+                if self.state is not _CLOSING and self.state is not _CLOSED:
+                    self._set_state(_CLOSING)
                 if self.cell is not None and not self.cell.is_terminated:
                     self.cell.request_drain()
-                self._room()
+                if self._space is not None:  # someone waits for room or the close
+                    self._room()
             elif event.__class__ is MessagesDropped:
                 assert isinstance(event, MessagesDropped)
                 self._host.outbound_dropped(self.address, event.policy, event.count)
@@ -1140,8 +1146,8 @@ class Connection:
                 self._host.limited("inbound_close" if event.closed else "inbound_delay", self)
             elif event is FAILED:
                 self._room()
-                if self.state is not ConnectionState.CLOSING:
-                    self._set_state(ConnectionState.CLOSING)
+                if self.state is not _CLOSING:
+                    self._set_state(_CLOSING)
                 self._driver.flush_now()
             elif event is ARM_CLOSE_TIMER and not self._finished:
                 self._driver.arm_close_timer()
@@ -1168,8 +1174,10 @@ class Connection:
 
     def _lost(self) -> None:
         """The socket is gone or being dropped."""
-        self._core.lost()
-        if self._core.events is not None:
+        core = self._core
+        if core.close_info is None:  # else the end is known already
+            core.lost()
+        if core.events is not None:
             self._handle_events()
 
     def _finalize(self) -> None:
@@ -1185,13 +1193,14 @@ class Connection:
             claiming.set()  # a read waiting for the actor: there will be none
         core = self._core
         code, reason, initiator, label = core.finish()
-        if self.state is not ConnectionState.CLOSED:
-            self._set_state(ConnectionState.CLOSED)
+        if self.state is not _CLOSED:
+            self._set_state(_CLOSED)
         if self.cell is not None and not self.cell.is_terminated:
             self.cell.request_drain()
         if core.events is not None:
             self._handle_events()
-        self._room()
+        if self._space is not None:  # someone waits for room or the close
+            self._room()
         self._driver = _ENDED  # no cycle left: freed without the garbage collector
         self._port = None
         self._host.connection_closed(self, code, reason, initiator, label)

@@ -104,6 +104,7 @@ _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _PONG, _CLOSE = Opcode.PONG, Opcode.CLOSE
 _OPEN = State.OPEN
 _ACCEPT = OutboundVerdict.ACCEPT
+_DISCONNECT = OutboundVerdict.DISCONNECT
 #: What a peer's server reports when no close frame arrived (never on the wire).
 _NO_CLOSE_FRAME = (CloseCode.NO_STATUS_RCVD, CloseCode.ABNORMAL_CLOSURE)
 #: The code websockets' parser runs while it waits for the first byte of a frame.
@@ -602,7 +603,7 @@ class ConnectionCore:
             self._record_close("client")
         if not protocol.writes:
             return False
-        if self._queue_control() is OutboundVerdict.DISCONNECT:
+        if self._queue_control() is _DISCONNECT:
             self.fail(self._slow_consumer_code, "slow consumer", label="slow_consumer")
         return True
 
@@ -874,9 +875,11 @@ class ConnectionCore:
             ``(code, reason, initiator, label)``, the label being the ``reason``
             of the close metric.
         """
-        self._record_close("network")
+        if self.close_info is None:
+            self._record_close("network")
         code, reason, initiator = self.close_info or (CloseCode.ABNORMAL_CLOSURE, "", "network")
-        self._dropped("disconnect", self.outbound.clear())
+        if self.outbound:
+            self._dropped("disconnect", self.outbound.clear())
         self._fragments = None
         # Ends websockets' parser, a generator that refers back to its protocol (as
         # websockets' own connections do when the socket goes): no cycle is left.

@@ -879,7 +879,7 @@ class Server:
             )
         self._spawn(conn, route, upgrade.values, upgrade.pattern)
         self.connections.add(conn)  # its per-address slot was taken by its request
-        self.states["open"].inc()
+        self.states[ConnectionState.OPEN].inc()
         self._opened(conn, started)
         if _std_log.isEnabledFor(logging.DEBUG):  # filtered structlog calls still cost
             _log.debug(
@@ -908,7 +908,7 @@ class Server:
         conn = Connection(self, protocol, request, upgrade.route, upgrade.subprotocol, driver)
         conn._claiming = anyio.Event()
         self.connections.add(conn)  # its per-address slot was taken by its request
-        self.states["open"].inc()
+        self.states[ConnectionState.OPEN].inc()
         self._opened(conn, started)
         if not self.start_soon(functools.partial(self._claim, conn, upgrade, token)):
             conn.abort()
@@ -1090,7 +1090,8 @@ class Server:
         self.connections.discard(conn)
         self.admission.connection_closed(conn.request.client_address)
         self._forget_keepalive(conn)
-        self.resumes.forget(conn.resume_token)
+        if conn.resume_token is not None:
+            self.resumes.forget(conn.resume_token)
         if label == "resume_expired":
             self.metrics.resumes.labels(result="expired").inc()
         duration = self.clock.now() - conn.opened_at
@@ -1474,9 +1475,12 @@ class _HotCounters:
         self.handshakes: dict[str, Any] = {
             r: BatchedCounter(metrics.handshakes.labels(result=r)) for r in HANDSHAKE_RESULTS
         }
-        #: Connections by state (gauges).
+        #: Connections by state (gauges). A connection's states are the keys as
+        #: ``ConnectionState`` members, which its own lookups then find by identity
+        #: (a str key looked up by a ``StrEnum`` member compares them as strings).
         self.states: dict[str, Any] = {
-            s: hot_gauge(metrics, metrics.connections.labels(state=s)) for s in CONNECTION_STATES
+            _STATE_KEYS.get(s, s): hot_gauge(metrics, metrics.connections.labels(state=s))
+            for s in CONNECTION_STATES
         }
         self.handshake_duration = BatchedHistogram(metrics.handshake_duration)
         self.connection_duration = BatchedHistogram(metrics.connection_duration)
@@ -1512,6 +1516,9 @@ class _HotCounters:
         """Hand every batch over to its metric."""
         for batch in self._batches:
             batch.flush()
+
+
+_STATE_KEYS: dict[str, ConnectionState] = {state.value: state for state in ConnectionState}
 
 
 def _needs_no_start(handler: Any) -> bool:

@@ -20,6 +20,8 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from actors import Down
+from actors._actor import Envelope
 from supervisor import (
     App,
     Connection,
@@ -550,3 +552,48 @@ async def test_connection_states_are_counted_in_the_gauge() -> None:
         assert conn.state is ConnectionState.CLOSED
         with pytest.raises(ConnectionClosed):
             conn.send_nowait("x")
+
+
+class _Silent(Handler):
+    """No hooks: its actor is parked until a message comes (it ends unstarted)."""
+
+
+class _Hooked(Handler):
+    """The same with an ``on_close``: its actor runs, and drains on the close."""
+
+    async def on_close(self, code: int, reason: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("handler", [_Silent, _Hooked])
+async def test_a_client_close_ends_a_never_started_actor_as_a_running_one(
+    handler: type[Handler],
+) -> None:
+    """A client's close ends a connection whose actor never ran (parked) exactly as
+    one whose actor ran: the echo, the close counted by code and initiator, the
+    gauges back to zero, the actor's address freed and its watcher told."""
+    async with running_server(serve_handler(handler)) as server:
+        watcher = server.runtime.create_cell(_Silent)
+        async with peer(server, "/t") as client:
+            await eventually(lambda: len(server.connections) == 1)
+            (conn,) = server.connections
+            assert conn.cell is not None
+            watcher.watch(conn.cell)
+            await client.close(4000, "bye")
+            echo = await client.closed()
+        assert echo is not None
+        assert (echo.code, echo.reason) == (4000, "bye")
+        await eventually(lambda: not server.connections)
+        assert conn.state is ConnectionState.CLOSED
+        assert conn.close_info() == (4000, "bye")
+        assert sample(server, "wsup_connections_closed_total", reason="other", initiator="client")
+        assert sample(server, "wsup_actors", kind="connection") == 0
+        for state in ("handshaking", "open", "draining", "closing"):
+            assert sample(server, "wsup_connections", state=state) == 0
+        assert server.runtime.lookup(conn.address) is None
+        assert conn.cell.termination is not None
+        assert conn.cell.termination.kind == "drained"
+        down = watcher.mailbox.get_nowait()
+        assert isinstance(down, Envelope)
+        assert isinstance(down.message, Down)
+        assert down.message.address == conn.address
