@@ -51,9 +51,11 @@ target; performing a call is the server's (:meth:`HandshakeHost.call_api`).
 
 from __future__ import annotations
 
+import functools
 import http
 import inspect
 import re
+import uuid
 from collections import deque
 from collections.abc import (
     Awaitable,
@@ -76,6 +78,7 @@ from websockets.http11 import MAX_LINE_LENGTH, Response
 from websockets.http11 import Request as WSRequest
 from websockets.protocol import Protocol as WSProtocol
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Origin, Subprotocol
 from websockets.utils import accept_key
 
@@ -109,6 +112,7 @@ __all__ = [
     "HandshakeHost",
     "HookCall",
     "Outcome",
+    "ProtocolFactory",
     "RequestReader",
     "Socket",
     "UpgradeProtocol",
@@ -335,11 +339,64 @@ class UpgradeProtocol(ServerProtocol):
     that chain of generators cost a third as much as the rest of the protocol's
     construction (19k of 57k instructions). Everything else is websockets':
     the validation and negotiation of the upgrade, the 101, the frames, the
-    closing handshake.
+    closing handshake. Its :attr:`id` is made when first read (websockets' own
+    logs read it; wsup's do not): ``uuid4()`` is a system call and a tenth of
+    the constructor's instructions. :class:`ProtocolFactory` makes them per
+    socket.
     """
+
+    @functools.cached_property
+    def id(self) -> uuid.UUID:  # type: ignore[override]  # websockets sets it in __init__
+        """Unique identifier of the connection, for websockets' logs."""
+        return uuid.uuid4()
 
     def parse(self) -> Generator[None]:
         return WSProtocol.parse(self)
+
+
+class ProtocolFactory:
+    """Makes the :class:`UpgradeProtocol` of each socket, in the state its constructor
+    would leave it in, for a quarter of the instructions.
+
+    websockets' constructor sets some twenty attributes from its arguments,
+    checks them, and starts the frame parser: 26k instructions per socket, the
+    dearest part of accepting one (``python -m bench.sections --scenario
+    handshake``). The options are the same for every socket of a server, so a
+    model protocol is made once; each new one starts from a copy of its
+    attributes, with its own mutable state (the stream reader, the event and
+    write lists, the negotiated extensions) and its own parser, started as the
+    constructor starts it. ``tests/supervisor/test_upgrade_protocol.py`` checks
+    that a protocol made here holds the same attributes as one made by the
+    constructor, and shares with other sockets' protocols only what the
+    constructor's share (the options themselves).
+
+    Args:
+        options: ``ServerProtocol``'s keyword arguments (``max_size``,
+            ``extensions``, ``logger``...).
+    """
+
+    __slots__ = ("_state",)
+
+    #: The attributes of websockets' protocol made afresh for each socket.
+    FRESH: Final = ("id", "reader", "events", "writes", "extensions", "parser")
+
+    def __init__(self, **options: Any) -> None:
+        state = dict(vars(UpgradeProtocol(**options)))
+        for name in self.FRESH:
+            del state[name]  # a KeyError: websockets renamed one; see the test
+        self._state = state
+
+    def __call__(self) -> UpgradeProtocol:
+        protocol = UpgradeProtocol.__new__(UpgradeProtocol)
+        state = self._state.copy()  # one copy of the whole table: cheaper than setattr
+        state["reader"] = StreamReader()
+        state["events"] = []
+        state["writes"] = []
+        state["extensions"] = []
+        protocol.__dict__ = state
+        protocol.parser = parser = protocol.parse()
+        next(parser)  # as the constructor does: waiting for the first frame
+        return protocol
 
 
 class RequestReader:

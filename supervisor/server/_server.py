@@ -86,6 +86,7 @@ from ._handshake import (
     Handshake,
     HookCall,
     HTTPRequest,
+    ProtocolFactory,
     RequestReader,
     Socket,
     Upgrade,
@@ -1256,11 +1257,14 @@ class Handshakes:
     The drivers reach the server only through this object.
     """
 
-    __slots__ = ("_server", "config", "decider", "unowned")
+    __slots__ = ("_new_protocol", "_server", "config", "decider", "unowned")
 
     def __init__(self, server: Server) -> None:
         self._server = server
         self.config = server.config
+        self._new_protocol = ProtocolFactory(
+            max_size=server.config.max_size, extensions=server.compression, logger=_PROTOCOL_LOGGER
+        )
         #: The decision (see ``_handshake``).
         self.decider = Handshake(server.app, server.config, self, VERSION)
         #: Callback-mode sockets no connection owns yet: handshaking, or closing after
@@ -1346,11 +1350,7 @@ class Handshakes:
 
     def new_protocol(self) -> UpgradeProtocol:
         """The WebSocket protocol for one socket (the request is read by httptools)."""
-        return UpgradeProtocol(
-            max_size=self.config.max_size,
-            extensions=self._server.compression,
-            logger=_PROTOCOL_LOGGER,
-        )
+        return self._new_protocol()
 
     def socket(self, peer: Any, local_port: Any, ops_only: bool) -> Socket:
         """Where a request comes from: the peer's address as the socket reports it, the
