@@ -56,7 +56,6 @@ from ._handshake import (
     Answer,
     HookCall,
     HTTPRequest,
-    RequestReader,
     Socket,
     Upgrade,
 )
@@ -117,6 +116,8 @@ class HandshakeProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_body",
+        "_connecting",
+        "_deadlines",
         "_decided",
         "_held",
         "_host",
@@ -134,22 +135,33 @@ class HandshakeProtocol(asyncio.Protocol):
         "_transport",
     )
 
-    def __init__(self, host: Handshakes, ops_only: bool, pacer: Pacer | None = None) -> None:
+    def __init__(
+        self,
+        host: Handshakes,
+        socket: Socket,
+        deadlines: Deadlines,
+        pacer: Pacer | None = None,
+    ) -> None:
         self._host = host
-        self._ops_only = ops_only
+        self._ops_only = socket.ops_only
+        #: The socket's handshake timeout (and, kept alive, its idle timeout).
+        self._deadlines = deadlines
         #: Paces the requests of the server port (None: operational ports, never paced).
         self._pacer = pacer
         #: Bytes read while waiting for a turn of the pacer; None when not waiting.
         self._paced: list[bytes] | None = None
         self._transport: asyncio.Transport | None = None
+        #: The lingering close's deadline (see :meth:`linger`).
         self._timer: asyncio.TimerHandle | None = None
+        #: The rest of the loop's ``connect_accepted_socket``, run by :meth:`_connected`.
+        self._connecting: Coroutine[Any, Any, Any] | None = None
         self._decided = False
         self._started = 0.0
         #: Bytes still to discard while lingering; None before.
         self._linger_left: int | None = None
-        self._protocol = host.new_protocol()
-        self._socket: Socket | None = None
-        self._reader: RequestReader | None = None
+        self._protocol = protocol = host.new_protocol()
+        self._socket = socket
+        self._reader = host.reader(protocol, socket)
         #: The request being answered (None for an answer to bytes that were not one).
         self._request: HTTPRequest | None = None
         #: Requests answered with the connection kept alive.
@@ -163,19 +175,26 @@ class HandshakeProtocol(asyncio.Protocol):
         # Writing pauses as soon as the socket does not take everything: the
         # connection's outbound buffer, not the transport's, holds the backlog.
         transport.set_write_buffer_limits(0)
-        sockname = transport.get_extra_info("sockname") if self._ops_only else None
-        self._socket = socket = host.socket(
-            transport.get_extra_info("peername"),
-            sockname[1] if isinstance(sockname, tuple) else None,
-            self._ops_only,
-        )
-        self._reader = host.reader(self._protocol, socket)
         self._started = host.opened(self._ops_only)
         host.unowned.add(self)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
+        self._deadlines.add(self)
+
+    def complete_later(self, connecting: Coroutine[Any, Any, Any]) -> None:
+        """Run ``connecting`` (the loop's ``connect_accepted_socket``, waiting for
+        ``connection_made``) to its end at this socket's first callback."""
+        self._connecting = connecting
+
+    def _connected(self) -> None:
+        """Run the rest of the loop's ``connect_accepted_socket`` (it only returns the
+        transport, now that ``connection_made`` was called): at the first callback
+        after it rather than in a callback of its own."""
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            _finish(connecting)
 
     def data_received(self, data: bytes) -> None:
+        if self._connecting is not None:
+            self._connected()
         previous = enter_callback()
         try:
             self._received(data)
@@ -308,8 +327,7 @@ class HandshakeProtocol(asyncio.Protocol):
             self._served += 1
             self._decided = False
             self._started = host.now()
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(host.config.handshake_timeout, self._timed_out)
+            self._deadlines.add(self)
             if resume:
                 transport.resume_reading()
             return True
@@ -331,6 +349,8 @@ class HandshakeProtocol(asyncio.Protocol):
         return False
 
     def eof_received(self) -> bool:
+        if self._connecting is not None:
+            self._connected()
         if self._paced is not None:
             self.run_paced()  # a request and then the end: answer it now
         if not self._decided:
@@ -338,6 +358,8 @@ class HandshakeProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._connecting is not None:
+            self._connected()
         self._host.unowned.discard(self)
         self._paced = None
         if not self._decided:
@@ -378,9 +400,7 @@ class HandshakeProtocol(asyncio.Protocol):
 
     def _settle(self) -> None:
         self._decided = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadlines.discard(self)
         if not self._served:  # once kept alive, the socket was settled already
             self._host.settled(self._ops_only)
 
@@ -403,7 +423,8 @@ class HandshakeProtocol(asyncio.Protocol):
         """Whether the connection was kept alive and nothing of another request came."""
         return self._served > 0 and self._reader is not None and self._reader.idle
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
+        """The handshake timeout passed (see :class:`Deadlines`)."""
         if not self._decided:
             self._settle()
             if self._kept_idle():
@@ -417,6 +438,66 @@ class HandshakeProtocol(asyncio.Protocol):
                 self._conclude(self._host.decider.timed_out(reading_body=self._reading_body()))
             finally:
                 exit_callback(previous)
+
+
+class Deadlines:
+    """The handshake timeouts of the sockets of a server, on one loop timer.
+
+    Every socket gets the same timeout from the moment it starts waiting for a
+    request, so the order they start in is the order their deadlines come in:
+    an insertion-ordered dict, socket to deadline, is a queue by deadline that
+    also forgets a socket in O(1) when its request is decided. The one timer
+    is set for the earliest deadline; when it fires it times out the sockets
+    whose deadline passed and is set again for the next one. A timer per
+    socket (``call_later`` in ``connection_made``, cancelled when the request
+    was decided) cost a timer handle, a libuv timer and a context per socket.
+
+    Args:
+        loop: the event loop (its clock sets the deadlines, as ``call_later`` did).
+        timeout: seconds a socket has to deliver its request.
+    """
+
+    __slots__ = ("_due", "_loop", "_timeout", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._due: dict[HandshakeProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, protocol: HandshakeProtocol) -> None:
+        """Time ``protocol`` out in ``timeout`` seconds, unless :meth:`discard` comes first."""
+        due = self._due
+        due.pop(protocol, None)  # its deadline moves: to the back of the queue
+        deadline = due[protocol] = self._loop.time() + self._timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._expire)
+
+    def discard(self, protocol: HandshakeProtocol) -> None:
+        """``protocol``'s request was decided (or its socket closed): no timeout."""
+        self._due.pop(protocol, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        due = self._due
+        expired = []
+        for protocol, deadline in due.items():  # in deadline order
+            if deadline > now:
+                self._timer = self._loop.call_at(deadline, self._expire)
+                break
+            expired.append(protocol)
+        for protocol in expired:
+            del due[protocol]
+        for protocol in expired:
+            try:
+                protocol.timed_out()
+            except Exception:
+                _log.exception("connection.failed")
+                protocol.abort()
 
 
 class Pacer:
@@ -493,13 +574,19 @@ class _Acceptor:
         "_accepted",
         "_broken",
         "_closed",
+        "_deadlines",
         "_factory",
         "_fd",
+        "_handshakes",
         "_loop",
+        "_made",
         "_ops_only",
+        "_pacer",
+        "_peer",
         "_resume",
         "_server",
         "_sock",
+        "_socket",
     )
 
     def __init__(
@@ -510,26 +597,40 @@ class _Acceptor:
         ops_only: bool,
         broken: asyncio.Future[None],
         pacer: Pacer,
+        deadlines: Deadlines,
     ) -> None:
         self._server = server
+        self._handshakes = handshakes
         self._sock = sock
         self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._broken = broken
         self._ops_only = ops_only
+        self._pacer = None if ops_only else pacer
+        self._deadlines = deadlines
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         family, kind = int(sock.family), int(sock.type)
         accepted = _accepted_class(family, kind)
         # Family, type and protocol given: the socket object asks the kernel nothing.
         self._accepted = functools.partial(accepted, family, kind, socket.IPPROTO_TCP)
+        # The socket being handed to the loop, its peer's address as accept() gave it,
+        # and the protocol the loop made for it (see _new_protocol).
+        self._socket: socket.socket | None = None
+        self._peer: Any = None
+        self._made: HandshakeProtocol | None = None
+        self._factory = self._new_protocol
 
-        paced = None if ops_only else pacer
-
-        def factory() -> HandshakeProtocol:
-            return HandshakeProtocol(handshakes, ops_only, paced)
-
-        self._factory = factory
+    def _new_protocol(self) -> HandshakeProtocol:
+        """The protocol factory the loop calls for the socket being accepted."""
+        handshakes = self._handshakes
+        local_port = None
+        if self._ops_only and self._socket is not None:
+            sockname = self._socket.getsockname()
+            local_port = sockname[1] if isinstance(sockname, tuple) else None
+        where = handshakes.socket(self._peer, local_port, self._ops_only)
+        made = self._made = HandshakeProtocol(handshakes, where, self._deadlines, self._pacer)
+        return made
 
     def start(self) -> None:
         self._resume = None
@@ -562,7 +663,7 @@ class _Acceptor:
                     server.start_soon(functools.partial(self._start_after, wait))
                 return
             try:
-                fd, _ = accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -582,10 +683,11 @@ class _Acceptor:
             server.accept_throttle.accepted()
             if counted:
                 server.socket_accepted()
-            conn = accepted(fd)
+            conn = self._socket = accepted(fd)
+            self._peer = peer  # what getpeername() would say: the protocol need not ask
             connecting = loop.connect_accepted_socket(self._factory, conn)
             try:
-                waiter = connecting.send(None)
+                connecting.send(None)  # the protocol is made; connection_made is scheduled
             except StopIteration:
                 continue
             except Exception:
@@ -594,7 +696,12 @@ class _Acceptor:
                 if counted:
                     server.socket_settled()
                 continue
-            waiter.add_done_callback(lambda _, rest=connecting: _finish(rest))
+            finally:
+                made, self._made, self._socket, self._peer = self._made, None, None, None
+            assert made is not None
+            # Its first callback finishes connecting: no callback of its own (that cost
+            # a done callback, a loop handle and a turn per connection).
+            made.complete_later(connecting)
 
     async def _start_after(self, seconds: float) -> None:
         await self._server.clock.sleep(seconds)
@@ -604,11 +711,14 @@ class _Acceptor:
 def _finish(connecting: Coroutine[Any, Any, Any]) -> None:
     """Run the rest of ``connect_accepted_socket`` once ``connection_made`` was called."""
     try:
-        connecting.send(None)
+        waiter = connecting.send(None)
     except StopIteration:
-        pass
+        return
     except Exception:
         _log.exception("connection.failed")  # the transport is closed already
+        return
+    # Still waiting (never seen: connection_made precedes every other callback).
+    waiter.add_done_callback(lambda _, rest=connecting: _finish(rest))
 
 
 _ACCEPTED: dict[tuple[int, int], type[socket.socket]] = {}
@@ -640,11 +750,12 @@ async def serve_sockets(
     broken: asyncio.Future[None] = loop.create_future()
     acceptors: list[_Acceptor] = []
     pacer = Pacer(loop, TURN_REQUESTS)
+    deadlines = Deadlines(loop, handshakes.config.handshake_timeout)
     try:
         for sock, ops_only in sockets:
             duplicate = sock.dup()
             duplicate.setblocking(False)
-            acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken, pacer)
+            acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken, pacer, deadlines)
             acceptors.append(acceptor)
             acceptor.start()
         await broken
