@@ -19,11 +19,17 @@ connection, so idle connections cost no task of their own.
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import math
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["Keepalive", "KeepaliveAction", "KeepaliveConfig", "wake_time"]
+__all__ = ["Keepalive", "KeepaliveAction", "KeepaliveConfig", "KeepaliveQueue", "wake_time"]
+
+K = TypeVar("K", bound=Hashable)
 
 _MAX_SLACK = 0.25
 
@@ -188,3 +194,116 @@ def wake_time(deadline: float, slack: float) -> float:
     and none is acted on more than ``slack`` seconds late.
     """
     return max(math.ceil(deadline / slack) * slack, deadline)
+
+
+class KeepaliveQueue(Generic[K]):
+    """When the keepalive task looks at each connection next: one live deadline per
+    connection, taken earliest first.
+
+    A connection's first deadline goes to a queue of its own, an
+    insertion-ordered dict: connections open in the order of their clock
+    readings and share one configuration, so their first deadlines come in the
+    order they opened, and the dict adds and forgets one in O(1). Only a
+    deadline that moves earlier than the one queued (a message started under
+    ``message_timeout``, the next ping after a pong) goes to a heap, O(log n),
+    where the entries it replaced stay, stale, until popped or compacted. A
+    deadline that does not come in order (a clock that was moved by hand) goes
+    to the heap too. Opening and closing a connection that never reschedules,
+    most of them before their first ping, then costs two dict operations
+    instead of a heap push, two tuples, and a stale entry left behind.
+
+    Deadlines are plain numbers and keys any hashable objects: no clock, no I/O.
+    """
+
+    __slots__ = ("_due", "_fresh", "_fresh_last", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        #: First deadlines, in the order they come.
+        self._fresh: dict[K, float] = {}
+        self._fresh_last = -math.inf
+        #: Moved deadlines: the heap, and each key's one live entry in it.
+        self._heap: list[tuple[float, int, K]] = []
+        self._due: dict[K, tuple[float, int]] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        """The number of keys with a deadline."""
+        return len(self._fresh) + len(self._due)
+
+    def opened(self, key: K, deadline: float) -> None:
+        """``key``'s first deadline (it has none queued)."""
+        fresh = self._fresh
+        if deadline >= self._fresh_last and key not in fresh and key not in self._due:
+            fresh[key] = self._fresh_last = deadline
+        else:
+            self.schedule(key, deadline)
+
+    def schedule(self, key: K, deadline: float) -> bool:
+        """Look at ``key`` by ``deadline``, unless a deadline no later is queued for it.
+
+        Returns:
+            Whether ``deadline`` is now ``key``'s: the earliest of all may have
+            moved earlier.
+        """
+        fresh = self._fresh.get(key)
+        if fresh is not None:
+            if fresh <= deadline:
+                return False
+            del self._fresh[key]
+        queued = self._due.get(key)
+        if queued is not None and queued[0] <= deadline:
+            return False  # that entry comes first and reschedules when it fires
+        seq = next(self._seq)
+        self._due[key] = (deadline, seq)
+        heapq.heappush(self._heap, (deadline, seq, key))
+        return True
+
+    def forget(self, key: K) -> None:
+        """``key`` needs no more looking at (its connection closed or detached)."""
+        if self._fresh.pop(key, None) is not None:
+            return
+        due = self._due
+        if due.pop(key, None) is None:
+            return
+        # Its heap entry would keep the key alive until its deadline (a ping
+        # interval): drop stale entries once they outnumber the live ones.
+        heap = self._heap
+        if not due:
+            heap.clear()
+        elif len(heap) > 2 * len(due) + 64:
+            heap[:] = [e for e in heap if due.get(e[2]) == (e[0], e[1])]
+            heapq.heapify(heap)
+
+    def pop_due(self, now: float) -> list[K]:
+        """Remove and return the keys whose deadline is ``now`` or earlier."""
+        taken: list[K] = []
+        heap, due = self._heap, self._due
+        while heap and heap[0][0] <= now:
+            _, seq, key = heapq.heappop(heap)
+            queued = due.get(key)
+            if queued is None or queued[1] != seq:
+                continue  # superseded by an earlier entry
+            del due[key]
+            taken.append(key)
+        fresh = self._fresh
+        if fresh:
+            start = len(taken)
+            for key, deadline in fresh.items():
+                if deadline > now:
+                    break
+                taken.append(key)
+            for key in taken[start:]:
+                del fresh[key]
+        return taken
+
+    def earliest(self) -> tuple[float, K] | None:
+        """The earliest deadline and its key, or None when nothing is queued."""
+        first = None
+        for key, deadline in self._fresh.items():
+            first = (deadline, key)
+            break
+        heap = self._heap
+        if heap and (first is None or heap[0][0] < first[0]):
+            # The heap's top may be stale: a live earliest is never later than it.
+            return heap[0][0], heap[0][2]
+        return first

@@ -28,8 +28,6 @@ import dataclasses
 import email.utils
 import errno
 import functools
-import heapq
-import itertools
 import logging
 import math
 import platform
@@ -94,7 +92,7 @@ from ._handshake import (
     answer_bytes,
     remote_pair,
 )
-from ._keepalive import KeepaliveAction, wake_time
+from ._keepalive import KeepaliveAction, KeepaliveQueue, wake_time
 from ._limits import EveryInterval, Rate
 from ._relay import Granted, RelayHandler, Relays
 from ._resume import RESUME_PARAM, ResumeRefusal, ResumeTable
@@ -206,10 +204,8 @@ class Server:
         self._listeners: list[anyio.abc.SocketListener] = []
         self._ops_listeners: list[anyio.abc.SocketListener] = []
         self._all_closed: anyio.Event | None = None
-        self._keepalive_heap: list[tuple[float, int, Connection]] = []
-        self._keepalive_seq = itertools.count()
-        # The one live heap entry of each connection; other entries of it are stale.
-        self._keepalive_due: dict[Connection, tuple[float, int]] = {}
+        #: When the keepalive task looks at each open connection next.
+        self._keepalive: KeepaliveQueue[Connection] = KeepaliveQueue()
         self._keepalive_wake: Waiter | None = None
         self._keepalive_next = math.inf
         self._tg: anyio.abc.TaskGroup | None = None
@@ -986,7 +982,11 @@ class Server:
     def _opened(self, conn: Connection, started: float) -> None:
         self.handshakes["accepted"].inc()
         self.counters.handshake_duration.observe(self.clock.now() - started)
-        self.schedule_keepalive(conn)
+        deadline = conn.keepalive.next_deadline()
+        if deadline is not None:
+            self._keepalive.opened(conn, deadline)
+            if deadline < self._keepalive_next and self._keepalive_wake is not None:
+                self._keepalive_wake.set()
 
     def connection_detached(self, conn: Connection) -> None:
         """``conn``'s socket broke; its actor waits for a resume (see ``ConnectionHost``)."""
@@ -1158,35 +1158,24 @@ class Server:
     def schedule_keepalive(self, conn: Connection) -> None:
         """Make the keepalive task look at ``conn`` by its next keepalive deadline.
 
-        Called when a connection opens and when its deadlines move earlier (a
-        pong re-arms the next ping before the pong deadline). Cost: O(log n).
+        Called when a connection's deadlines move earlier (a pong re-arms the
+        next ping before the pong deadline). Cost: O(log n).
         """
         deadline = conn.keepalive.next_deadline()
         if deadline is None:
             return
-        queued = self._keepalive_due.get(conn)
-        if queued is not None and queued[0] <= deadline:
-            return  # that entry comes first and reschedules when it fires
-        seq = next(self._keepalive_seq)
-        self._keepalive_due[conn] = (deadline, seq)
-        heapq.heappush(self._keepalive_heap, (deadline, seq, conn))
-        if deadline < self._keepalive_next and self._keepalive_wake is not None:
+        if (
+            self._keepalive.schedule(conn, deadline)
+            and deadline < self._keepalive_next
+            and self._keepalive_wake is not None
+        ):
             self._keepalive_wake.set()
 
     def _forget_keepalive(self, conn: Connection) -> None:
-        # A closed connection's heap entry would keep it alive until its deadline (a
-        # ping interval): drop stale entries once they outnumber the live ones.
-        due = self._keepalive_due
-        due.pop(conn, None)
-        heap = self._keepalive_heap
-        if not due:
-            heap.clear()
-        elif len(heap) > 2 * len(due) + 64:
-            heap[:] = [e for e in heap if due.get(e[2]) == (e[0], e[1])]
-            heapq.heapify(heap)
+        self._keepalive.forget(conn)
 
     async def _keepalive_loop(self) -> None:
-        heap = self._keepalive_heap
+        queue = self._keepalive
         clock = self.clock
         new_event = primitives().event
         # asyncio with the real clock: sleep on a loop timer. A cancel scope's
@@ -1200,41 +1189,21 @@ class Server:
         )
         while True:
             now = clock.now()
-            while heap and heap[0][0] <= now:
-                _, seq, conn = heapq.heappop(heap)
-                queued = self._keepalive_due.get(conn)
-                if queued is None or queued[1] != seq:
-                    continue  # superseded by an earlier entry
-                del self._keepalive_due[conn]
-                if conn.state is ConnectionState.CLOSED or conn not in self.connections:
-                    continue
-                action = conn.keepalive.due(now)
-                if action is KeepaliveAction.PING:
-                    conn.send_ping()
-                elif action is KeepaliveAction.PONG_TIMEOUT:
-                    conn.keepalive_timed_out()  # fails with 1011, or detaches (resume)
-                    continue
-                elif action is KeepaliveAction.IDLE_TIMEOUT:
-                    conn.fail(CloseCode.GOING_AWAY, "idle timeout", label="timeout")
-                    continue
-                elif action is KeepaliveAction.MESSAGE_TIMEOUT:
-                    if conn.state is not ConnectionState.CLOSING:  # else closing already
-                        # 1008, not 1009: the message is late, not too big (RFC 6455 7.4.1).
-                        timeout = conn.keepalive.config.message_timeout
-                        why = f"message not finished within {timeout:g} s"
-                        conn.fail(CloseCode.POLICY_VIOLATION, why)
-                        self.limited("message_timeout", conn)
-                    continue
-                self.schedule_keepalive(conn)
-            self._keepalive_next = heap[0][0] if heap else math.inf
+            due = queue.pop_due(now)
+            while due:
+                for conn in due:
+                    self._keepalive_due(conn, now)
+                due = queue.pop_due(now)
+            earliest = queue.earliest()
+            self._keepalive_next = math.inf if earliest is None else earliest[0]
             wake = self._keepalive_wake = new_event()
-            delay = None if math.isinf(self._keepalive_next) else self._keepalive_next - now
-            if real_clock and delay is not None:
+            delay = None if earliest is None else self._keepalive_next - now
+            if real_clock and earliest is not None:
                 # Wake on a grid of the slack: deadlines close together share one
                 # wake-up instead of waking the loop once each (20,000 connections
                 # with a 20 s ping interval: 4 wake-ups a second instead of 1,000).
                 # A test's manual clock keeps exact deadlines.
-                slack = heap[0][2].keepalive.config.slack
+                slack = earliest[1].keepalive.config.slack
                 self._keepalive_next = wake_time(self._keepalive_next, slack)
                 delay = self._keepalive_next - now
             if loop is not None and delay is not None:
@@ -1247,6 +1216,29 @@ class Server:
                 with clock.move_on_after(delay):
                     await wake.wait()
             self._keepalive_wake = None
+
+    def _keepalive_due(self, conn: Connection, now: float) -> None:
+        """Act on what is due for ``conn`` at ``now``, and queue its next deadline."""
+        if conn.state is ConnectionState.CLOSED or conn not in self.connections:
+            return
+        action = conn.keepalive.due(now)
+        if action is KeepaliveAction.PING:
+            conn.send_ping()
+        elif action is KeepaliveAction.PONG_TIMEOUT:
+            conn.keepalive_timed_out()  # fails with 1011, or detaches (resume)
+            return
+        elif action is KeepaliveAction.IDLE_TIMEOUT:
+            conn.fail(CloseCode.GOING_AWAY, "idle timeout", label="timeout")
+            return
+        elif action is KeepaliveAction.MESSAGE_TIMEOUT:
+            if conn.state is not ConnectionState.CLOSING:  # else closing already
+                # 1008, not 1009: the message is late, not too big (RFC 6455 7.4.1).
+                timeout = conn.keepalive.config.message_timeout
+                why = f"message not finished within {timeout:g} s"
+                conn.fail(CloseCode.POLICY_VIOLATION, why)
+                self.limited("message_timeout", conn)
+            return
+        self.schedule_keepalive(conn)
 
 
 class Handshakes:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor import KeepaliveConfig
-from supervisor.server._keepalive import Keepalive, KeepaliveAction, wake_time
+from supervisor.server._keepalive import Keepalive, KeepaliveAction, KeepaliveQueue, wake_time
 
 NOTHING = KeepaliveAction.NOTHING
 PING = KeepaliveAction.PING
@@ -225,3 +225,68 @@ def test_deadlines_in_one_slot_share_a_wake_up(slot: int, offsets: list[float]) 
     slack = 0.25
     wakes = {wake_time((slot + offset) * slack, slack) for offset in offsets}
     assert len(wakes) == 1
+
+
+# -- the server's queue of keepalive deadlines ------------------------------------------------
+
+# An operation on KeepaliveQueue: (what, key, time); times only move forward, as the
+# clock does, but a first deadline may come out of order (a clock moved by hand).
+_QUEUE_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["opened", "schedule", "forget", "pop"]),
+        st.integers(0, 5),
+        st.floats(0, 50, allow_nan=False),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_QUEUE_OPS)
+def test_queue_keeps_each_keys_earliest_deadline(ops: list[tuple[str, int, float]]) -> None:
+    """Against a dict of each key's one live deadline: ``pop_due`` returns exactly the
+    keys due, a moved deadline counts only when earlier, ``earliest`` is never later
+    than the earliest live deadline, and a forgotten key never comes back."""
+    queue: KeepaliveQueue[int] = KeepaliveQueue()
+    model: dict[int, float] = {}
+    now = 0.0
+    for what, key, value in ops:
+        if what == "opened":
+            if key in model:
+                continue  # a connection opens once
+            queue.opened(key, now + value)
+            model[key] = now + value
+        elif what == "schedule":
+            deadline = now + value
+            moved = queue.schedule(key, deadline)
+            assert moved == (key not in model or deadline < model[key])
+            if moved:
+                model[key] = deadline
+        elif what == "forget":
+            queue.forget(key)
+            model.pop(key, None)
+        else:
+            now += value
+            due = queue.pop_due(now)
+            assert sorted(due) == sorted(k for k, d in model.items() if d <= now)
+            for k in due:
+                del model[k]
+        assert len(queue) == len(model)
+        earliest = queue.earliest()
+        if model:
+            assert earliest is not None
+            assert earliest[0] <= min(model.values())
+
+
+def test_first_deadlines_in_order_cost_no_heap_entry() -> None:
+    """Connections that open and close before their first deadline leave nothing
+    behind; they come due in the order they opened."""
+    queue: KeepaliveQueue[int] = KeepaliveQueue()
+    for key in range(1000):
+        queue.opened(key, 20.0 + key * 0.001)
+    for key in range(0, 1000, 2):
+        queue.forget(key)
+    assert not queue._heap
+    assert queue.earliest() == (20.001, 1)
+    assert queue.pop_due(20.01) == [1, 3, 5, 7, 9]
+    assert len(queue) == 495
