@@ -44,6 +44,7 @@ import collections
 import contextlib
 import functools
 import math
+import select
 import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -573,6 +574,7 @@ class _Acceptor:
     __slots__ = (
         "_accepted",
         "_broken",
+        "_burst",
         "_closed",
         "_deadlines",
         "_factory",
@@ -583,6 +585,7 @@ class _Acceptor:
         "_ops_only",
         "_pacer",
         "_peer",
+        "_poll",
         "_resume",
         "_server",
         "_sock",
@@ -620,6 +623,13 @@ class _Acceptor:
         self._peer: Any = None
         self._made: HandshakeProtocol | None = None
         self._factory = self._new_protocol
+        #: Connections come in bursts: accept until the backlog is empty (EAGAIN);
+        #: else, after the one that woke the acceptor, ask poll() first.
+        self._burst = False
+        self._poll: select.poll | None = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
 
     def _new_protocol(self) -> HandshakeProtocol:
         """The protocol factory the loop calls for the socket being accepted."""
@@ -652,7 +662,11 @@ class _Acceptor:
         counted = not self._ops_only
         # Several per wake-up, as asyncio does (a burst of connects costs fewer polls),
         # but not asyncio's ``backlog``: the loop turns between batches.
-        for _ in range(ACCEPT_BATCH):
+        for attempt in range(ACCEPT_BATCH):
+            if attempt and not self._burst and not self._waiting():
+                # Connections come one at a time: no accept() that fails with EAGAIN
+                # (its exception cost a third of accepting the one that woke us).
+                return
             wait = server.may_accept() if counted else None
             if wait is not None:
                 # Admission control: the next connections wait in the listen backlog.
@@ -665,6 +679,8 @@ class _Acceptor:
             try:
                 fd, peer = accept()
             except (BlockingIOError, InterruptedError):
+                if attempt <= 1:
+                    self._burst = False  # the backlog held one at most: one at a time again
                 return
             except OSError as exc:
                 failure, lacked = classify_accept_error(exc)
@@ -702,6 +718,16 @@ class _Acceptor:
             # Its first callback finishes connecting: no callback of its own (that cost
             # a done callback, a loop handle and a turn per connection).
             made.complete_later(connecting)
+
+    def _waiting(self) -> bool:
+        """Whether a connection waits in the listen backlog: ``poll()``, which says so
+        without the exception of an ``accept()`` that finds none. True from now on,
+        until a wake-up accepts one at most (see :attr:`_burst`)."""
+        poll = self._poll
+        if poll is None or poll.poll(0):
+            self._burst = True
+            return True
+        return False
 
     async def _start_after(self, seconds: float) -> None:
         await self._server.clock.sleep(seconds)

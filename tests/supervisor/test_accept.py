@@ -6,6 +6,7 @@ listener that fails as told, on the fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 from typing import Any, cast
@@ -27,6 +28,7 @@ from supervisor.server._accept import (
     classify_accept_error,
     descriptor_usage,
 )
+from supervisor.server._aio import TURN_REQUESTS, Deadlines, Pacer, _Acceptor
 from tests.helpers.metrics import sample
 
 
@@ -190,3 +192,69 @@ async def test_any_other_accept_error_stops_the_accept_loop() -> None:
             await server._accept_loop(cast(SocketListener, listener), False)
     assert listener.calls == 1
     assert sample(server, "wsup_accept_failures_total", error="emfile") == 0
+
+
+# -- the asyncio path's acceptor (``_aio._Acceptor``) ------------------------------------------
+
+_EMPTY_ACCEPTS: list[int] = []
+
+
+class _CountingListener(socket.socket):
+    """A listening socket that counts the accept() calls that found no connection."""
+
+    def _accept(self) -> Any:
+        try:
+            return super()._accept()  # type: ignore[misc]
+        except BlockingIOError:
+            _EMPTY_ACCEPTS.append(1)
+            raise
+
+
+async def _accepting(batches: list[int]) -> tuple[int, list[int]]:
+    """Connect ``batches[i]`` clients, then wake the acceptor once, for each i; return
+    how many it accepted in all and the empty accept() calls after each wake-up."""
+    server = Server(App(), ServerConfig(port=0), metrics=Metrics())
+    listener = _CountingListener()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    acceptor = _Acceptor(
+        server,
+        server.handshake_gate,
+        listener,
+        False,
+        loop.create_future(),
+        Pacer(loop, TURN_REQUESTS),
+        Deadlines(loop, 10.0),
+    )
+    clients: list[socket.socket] = []
+    empty: list[int] = []
+    try:
+        for count in batches:
+            for _ in range(count):
+                clients.append(socket.create_connection(listener.getsockname()))
+            await asyncio.sleep(0.01)  # the kernel completes the connections
+            _EMPTY_ACCEPTS.clear()
+            acceptor._accept()  # what the loop's reader callback does
+            empty.append(len(_EMPTY_ACCEPTS))
+        await asyncio.sleep(0)  # connection_made
+        return server.admission.handshaking, empty
+    finally:
+        for protocol in list(server.handshake_gate.unowned):
+            protocol.abort()
+        for client in clients:
+            client.close()
+        acceptor.close()
+        await asyncio.sleep(0)
+
+
+def test_connections_one_at_a_time_cost_no_empty_accept() -> None:
+    """Each wake-up accepts the connection that caused it and asks poll(), not a
+    failing accept(), whether another waits; a burst is accepted whole and ends with
+    one empty accept(); then one at a time again."""
+    accepted, empty = asyncio.run(_accepting([1, 1, 1, 5, 1, 1, 1]))
+    assert accepted == 11
+    # The burst: poll() says more, accept() until the backlog is empty. The wake-up
+    # after it still tries a second accept() (bursts come in runs); then none.
+    assert empty == [0, 0, 0, 1, 1, 0, 0]
