@@ -327,6 +327,24 @@ class ConnectionCore:
         outbound = self.outbound
         return outbound.bytes > outbound.limit
 
+    def holds_input(self) -> bool:
+        """Whether anything waits to be read or settled: frames or a close the protocol
+        parsed from bytes read with the handshake, control frames it wrote, events,
+        an outbound buffer over its limit. When not, ``receive_data(b"", now)``
+        returns nothing and :meth:`after_read` does nothing."""
+        protocol = self.protocol
+        return bool(
+            protocol.events
+            or protocol.writes
+            or protocol.close_rcvd is not None
+            or protocol.eof_sent
+            or self.events is not None
+            or self._received_text
+            or self._received_binary
+            or self.read_pause
+            or self.outbound.bytes > self.outbound.limit
+        )
+
     def wants_write(self) -> bool:
         """Whether :meth:`data_to_send` has something now."""
         return bool(self.outbound) or bool(self.protocol.writes) or self._close_pending()

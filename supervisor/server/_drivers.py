@@ -120,8 +120,9 @@ class TransportDriver(asyncio.Protocol):
         """
         transport = self._transport
         transport.set_protocol(self)
-        now = self._port.clock.now()
-        self._process(self._core.receive_data(b"", now), now, inline=False)
+        if self._core.holds_input():  # else reading and settling would do nothing
+            now = self._port.clock.now()
+            self._process(self._core.receive_data(b"", now), now, inline=False)
         if transport.is_closing():
             self.connection_lost(None)  # the peer left while the handshake was decided
         elif resume and self._may_read():

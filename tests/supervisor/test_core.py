@@ -6,6 +6,8 @@ websockets ``ClientProtocol``."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Close, Frame, Opcode
@@ -500,3 +502,45 @@ def test_the_peers_reported_end_names_who_closed(
     core.peer_closed(code, "bye")
     assert core.close_info == expected
     assert core.take_events() == [CloseRecorded(*expected)]
+
+
+# --- what the handshake left behind ------------------------------------------------------------
+
+_LEFT_FRAMES = st.lists(
+    st.sampled_from(
+        [
+            frame(Opcode.TEXT, b"hi"),
+            frame(Opcode.BINARY, b"\x00" * 200),
+            frame(Opcode.PING, b"p"),
+            frame(Opcode.TEXT, b"a", fin=False),
+            close_frame(1000, "bye"),
+        ]
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_LEFT_FRAMES, st.integers(0, 400))
+def test_holding_no_input_means_reading_and_settling_do_nothing(
+    frames: list[bytes], cut: int
+) -> None:
+    """What a driver skips when a new connection's core holds nothing (bytes past the
+    request, fed to the protocol during the handshake): reading and settling would
+    have returned no message, written nothing, reported nothing."""
+    core, counters = make_core()
+    left = b"".join(frames)[:cut]
+    if left:
+        core.protocol.receive_data(left)
+    holds = core.holds_input()
+    messages = core.receive_data(b"", 1.0)
+    due = core.after_read(1.0)
+    if not holds:
+        assert messages == []
+        assert due is False
+        assert core.events is None
+        assert core.read_pause == 0.0
+        assert not core.over_limit()
+        assert counters.received_text.total == counters.received_binary.total == 0
+    if frames and cut >= len(frames[0]):
+        assert holds  # a whole frame was parsed: there is something to read
