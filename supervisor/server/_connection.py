@@ -1121,7 +1121,8 @@ class Connection:
 
     def _handle_events(self) -> None:
         core = self._core
-        for event in core.take_events():
+        events, core.events = core.events, None  # core.take_events(), without the call
+        for event in events or ():
             if event.__class__ is CloseRecorded:
                 assert isinstance(event, CloseRecorded)
                 if event.code == _ABNORMAL_CLOSURE and self._detachable():

@@ -57,7 +57,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
@@ -157,10 +157,13 @@ class InboundLimited:
     closed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class CloseRecorded:
+class CloseRecorded(NamedTuple):
     """The connection's end is known from now on (see :attr:`ConnectionCore.close_info`):
-    the actor should drain, and whoever waits for the buffer or the close should look again."""
+    the actor should drain, and whoever waits for the buffer or the close should look again.
+
+    A named tuple, made from ``close_info`` as it is: every connection's end makes
+    one, and a frozen dataclass costs more to make (a ``__setattr__`` per field).
+    """
 
     code: int
     reason: str
@@ -871,7 +874,7 @@ class ConnectionCore:
             self.close_info = (CloseCode.ABNORMAL_CLOSURE, "", "network")
         else:
             return
-        self._emit(CloseRecorded(*self.close_info))
+        self._emit(CloseRecorded._make(self.close_info))
 
     def peer_closed(self, code: int, reason: str) -> None:
         """The end as a driver's peer reports it (ASGI's ``websocket.disconnect``):
