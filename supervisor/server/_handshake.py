@@ -507,15 +507,17 @@ class _Message:
 
     __slots__ = (
         "body",
+        "by_name",
         "chunk_completed",
         "failure",
+        "fields_size",
         "handshake",
         "head_read",
         "in_head",
         "line_limit",
+        "lines",
         "max_headers",
         "overflow",
-        "pairs",
         "parser",
         "pending",
         "ready",
@@ -532,8 +534,12 @@ class _Message:
         self.socket = socket
         self.parser: httptools.HttpRequestParser | None = None
         self.url = b""
-        #: The header lines as llhttp delivers them, name and value.
-        self.pairs: list[tuple[bytes, bytes]] = []
+        #: The header lines as llhttp delivers them, decoded: name and value.
+        self.lines: list[tuple[str, str]] = []
+        #: Their values by lower-cased name (the ``Headers`` made of them).
+        self.by_name: dict[str, list[str]] = {}
+        #: Their size as lines of a head ("name: value CRLF"; a byte per character).
+        self.fields_size = 0
         #: Bytes read while the head was incomplete (what the parser may be holding).
         self.head_read = 0
         self.in_head = False
@@ -557,7 +563,9 @@ class _Message:
 
     def on_message_begin(self) -> None:
         self.url = b""
-        self.pairs = []
+        self.lines = []
+        self.by_name = {}
+        self.fields_size = 0
         self.in_head = True
         # Begun after another message in these bytes: their start is not counted.
         self.head_read = -1 if self.chunk_completed else 0
@@ -581,10 +589,22 @@ class _Message:
         return self.parser.get_method()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        pairs = self.pairs
-        if len(pairs) >= self.max_headers:
+        lines = self.lines
+        if len(lines) >= self.max_headers:
             self._too_large(f"more than {self.max_headers} header fields")
-        pairs.append((name, value))  # checked and decoded once the head is complete
+        # Names are tokens (llhttp checked them); values may hold obs-text, kept as
+        # ISO-8859-1 like websockets does. llhttp keeps trailing whitespace; websockets
+        # not. The lines' lengths are checked once the head is complete.
+        key = name.decode("ascii")
+        text = value.rstrip(b" \t").decode("iso-8859-1")
+        self.fields_size += len(key) + len(text) + 4  # "name: value CRLF"
+        lines.append((key, text))
+        key = key.lower()
+        values = self.by_name.get(key)
+        if values is None:
+            self.by_name[key] = [text]
+        else:
+            values.append(text)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -596,18 +616,12 @@ class _Message:
             self._stop(400, f"HTTP/{version} is not supported: use HTTP/1.1", "HTTP version")
         raw_method = parser.get_method()
         # The request line, "METHOD SP target SP HTTP/1.1 CRLF", and the final CRLF.
-        size = len(raw_method) + len(self.url) + 14
-        lines: list[tuple[str, str]] = []
-        for name, value in self.pairs:
-            value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace; websockets not
-            line = len(name) + len(value) + 4  # "name: value CRLF"
-            if line > MAX_LINE_LENGTH:
-                self._too_large(f"a header line over {MAX_LINE_LENGTH} bytes")
-            size += line
-            # Names are tokens (llhttp checked them); values may hold obs-text, kept
-            # as ISO-8859-1 like websockets does.
-            lines.append((name.decode("ascii"), value.decode("iso-8859-1")))
-        headers = CheckedHeaders(lines)
+        size = len(raw_method) + len(self.url) + 14 + self.fields_size
+        lines = self.lines
+        if size > MAX_LINE_LENGTH:  # then one line may be over it
+            for name, value in lines:
+                if len(name) + len(value) + 4 > MAX_LINE_LENGTH:
+                    self._too_large(f"a header line over {MAX_LINE_LENGTH} bytes")
         if size > handshake.max_header_bytes:
             self._too_large(f"a request head over {handshake.max_header_bytes} bytes")
         try:
@@ -616,9 +630,10 @@ class _Message:
             self._stop(400, "the request target is not ASCII", "request target not ASCII")
         method = raw_method.decode("ascii")
         path, query = split_target(target)
-        request = HTTPRequest(method, target, path, query, headers)
+        by_name = self.by_name
+        request = HTTPRequest(method, target, path, query, CheckedHeaders(lines, by_name))
         request.keep_alive = parser.should_keep_alive()
-        length = _announced(headers)
+        length = _announced(by_name)
         if length:
             plan = handshake.body_plan(method, path, length, self.socket)
             if isinstance(plan, Answer):
@@ -706,13 +721,21 @@ def _switching_protocols(
     ``Server`` header the server's own.
     """
     lines = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)]
+    by_name = {
+        "upgrade": ["websocket"],
+        "connection": ["Upgrade"],
+        "sec-websocket-accept": [accept],
+    }
     if extensions is not None:
         lines.append(("Sec-WebSocket-Extensions", extensions))
+        by_name["sec-websocket-extensions"] = [extensions]
     if subprotocol is not None:
         lines.append(("Sec-WebSocket-Protocol", subprotocol))
+        by_name["sec-websocket-protocol"] = [subprotocol]
     if server is not None:
         lines.append(("Server", server))
-    return _SwitchingProtocols(101, "Switching Protocols", CheckedHeaders(lines))
+        by_name["server"] = [server]
+    return _SwitchingProtocols(101, "Switching Protocols", CheckedHeaders(lines, by_name))
 
 
 class _SwitchingProtocols(Response):
@@ -806,12 +829,13 @@ def negotiate(
     return accept_key(key[0]), extensions, subprotocol
 
 
-def _announced(headers: Headers) -> int:
-    """The body a request announces: its ``Content-Length`` (0: none), or -1 for
-    ``Transfer-Encoding`` (llhttp refused both together, or a malformed length)."""
-    if headers.get_all("Transfer-Encoding"):
+def _announced(by_name: Mapping[str, list[str]]) -> int:
+    """The body a request announces (its header values by lower-cased name): its
+    ``Content-Length`` (0: none), or -1 for ``Transfer-Encoding`` (llhttp refused
+    both together, or a malformed length)."""
+    if "transfer-encoding" in by_name:
         return -1
-    length = headers.get_all("Content-Length")
+    length = by_name.get("content-length")
     return int(length[0]) if length else 0
 
 
@@ -1061,11 +1085,14 @@ class Handshake:
         # During the readiness grace /readyz already says 503 but handshakes are
         # still accepted: load balancers are still sending traffic our way.
         host = self._host
-        client = (
-            self._proxies.client_address(socket.remote[0], list(headers.raw_items()))
+        peer = socket.remote[0]
+        # The client's address, for admission control per address and for the request.
+        client_address = (
+            self._proxies.client_address(peer, list(headers.raw_items()))
             if host.per_address
-            else socket.remote[0]
+            else None
         )
+        client = peer if client_address is None else client_address
         turned_away = self._admit(path, client)
         if turned_away is not None:
             return turned_away
@@ -1083,7 +1110,7 @@ class Handshake:
             host.release(client)
             return negotiated
         response = _switching_protocols(*negotiated, self.server_header)
-        user_request = self._request(request, socket.remote, match.params)
+        user_request = self._request(request, socket.remote, match.params, client_address)
         hooks = app.hooks
         pattern = match.route.pattern
         if route.hook is None and not hooks:
@@ -1252,10 +1279,18 @@ class Handshake:
         return response
 
     def _request(
-        self, request: HTTPRequest, remote: tuple[str, int], params: Mapping[str, str]
+        self,
+        request: HTTPRequest,
+        remote: tuple[str, int],
+        params: Mapping[str, str],
+        client_address: str | None = None,
     ) -> Request:
+        """The request as hooks and handlers see it (``client_address``: the client's
+        address when the caller has it already, else found here)."""
         headers = request.headers
         raw = list(headers.raw_items())
+        if client_address is None:
+            client_address = self._proxies.client_address(remote[0], raw)
         offered: list[str] = []
         for value in headers.get_all("Sec-WebSocket-Protocol"):
             offered.extend(p.strip() for p in value.split(",") if p.strip())
@@ -1266,7 +1301,7 @@ class Handshake:
             headers=raw,
             cookies=parse_cookies(headers.get_all("Cookie")),
             remote_address=remote,
-            client_address=self._proxies.client_address(remote[0], raw),
+            client_address=client_address,
             subprotocols=tuple(offered),
             method=request.method,
             body=request.body,

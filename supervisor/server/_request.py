@@ -73,19 +73,24 @@ class CheckedHeaders(Headers):
 
     Args:
         lines: the ``(name, value)`` lines, in order; kept (not copied).
+        by_name: their values by lower-cased name, when the caller made them
+            as it read the lines (kept, not copied); else made here.
     """
 
     __slots__ = ()
 
-    def __init__(self, lines: list[tuple[str, str]]) -> None:
-        by_name: dict[str, list[str]] = {}
-        for name, value in lines:
-            key = name.lower()
-            values = by_name.get(key)
-            if values is None:
-                by_name[key] = [value]
-            else:
-                values.append(value)
+    def __init__(
+        self, lines: list[tuple[str, str]], by_name: dict[str, list[str]] | None = None
+    ) -> None:
+        if by_name is None:
+            by_name = {}
+            for name, value in lines:
+                key = name.lower()
+                values = by_name.get(key)
+                if values is None:
+                    by_name[key] = [value]
+                else:
+                    values.append(value)
         self._dict = by_name
         self._list = lines
 
@@ -136,9 +141,13 @@ def header_tokens(headers: Headers, name: str) -> list[str]:
     ``Connection: keep-alive`` and ``Connection: Upgrade`` on two lines give
     ``["keep-alive", "upgrade"]``; empty elements are skipped. Never raises.
     """
+    values = headers.get_all(name)
+    if len(values) == 1 and "," not in values[0]:  # one line, one element: the usual
+        token = values[0].strip().lower()
+        return [token] if token else []
     return [
         token
-        for value in headers.get_all(name)
+        for value in values
         for element in value.split(",")
         if (token := element.strip().lower())
     ]

@@ -249,13 +249,14 @@ class Router:
     cannot both be added.
 
     Cost: adding a route compiles it once; matching is a dictionary lookup for
-    static routes, then one regular-expression match per parametrised route
-    until one matches.
+    static routes (the same :class:`RouteMatch` each time), then one
+    regular-expression match per parametrised route until one matches.
     """
 
     def __init__(self) -> None:
         """Create an empty router."""
-        self._static: dict[str, Route] = {}
+        #: A static route's match, made once (it is immutable), by its path.
+        self._static: dict[str, RouteMatch] = {}
         self._dynamic: list[Route] = []
         self._shapes: dict[str, Route] = {}
 
@@ -283,7 +284,7 @@ class Router:
             )
         self._shapes[route._shape] = route
         if route._static_path is not None:
-            self._static[route._static_path] = route
+            self._static[route._static_path] = RouteMatch(route, _NO_PARAMS)
         else:
             self._dynamic.append(route)
         return route
@@ -299,7 +300,7 @@ class Router:
         """
         static = self._static.get(path)
         if static is not None:
-            return RouteMatch(static, _NO_PARAMS)
+            return static
         for route in self._dynamic:
             params = route.match(path)
             if params is not None:

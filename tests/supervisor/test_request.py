@@ -448,6 +448,17 @@ def test_list_header_tokens_span_every_line() -> None:
     assert header_tokens(Headers(), "Connection") == []
 
 
+@given(st.lists(st.text(" \t,abcUPG-", max_size=12), max_size=3))
+def test_list_header_tokens_are_every_lines_elements(values: list[str]) -> None:
+    """However many lines and elements, one line of one element included: the elements
+    of every line, trimmed, lower-cased, blanks skipped."""
+    headers = Headers()
+    for value in values:
+        headers.set_insecure("Connection", value)
+    expected = [token for v in values for e in v.split(",") if (token := e.strip().lower())]
+    assert header_tokens(headers, "connection") == expected
+
+
 def test_upgrade_is_a_token_not_a_substring() -> None:
     """``Connection: no-upgrade`` does not ask for an upgrade."""
     assert "upgrade" not in header_tokens(Headers([("Connection", "no-upgrade")]), "Connection")
