@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = re.compile(r"\bwsup[_:][a-zA-Z0-9_:]+")
+SCRAPE = "500ms"
+"""Prometheus's scrape and rule-evaluation interval: the test waits for a number of
+scrapes, so its length is a multiple of this."""
 
 
 class Flaky(Handler):
@@ -97,53 +102,79 @@ def _load(url: str) -> None:
     rejected.value.close()  # the error holds the response and its socket
 
 
-async def test_prometheus_scrapes_and_every_expression_returns_data(
-    tmp_path: Path, anyio_backend: Any
-) -> None:
-    """Dashboard and recording-rule expressions return data from a live scrape; alerts evaluate."""
+@dataclass
+class Scraper:
+    """A Prometheus that scrapes ``127.0.0.1:port``, a port held until a test serves it."""
+
+    base: str
+    """Prometheus's own URL."""
+    held: socket.socket
+    """Bound, never listening: the kernel gives its port to nothing else (scrapes are
+    refused) until the test closes it and its server listens there."""
+
+
+@pytest.fixture(scope="module")
+def scrapers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scraper]]:
+    """One Prometheus per backend, both started before the first test.
+
+    Prometheus scrapes a static target only from its first discovery sync, 5 s
+    after it starts: the second test finds it scraping already. Each has its own
+    storage, so no test sees another's series.
+    """
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus is not installed (make test installs it)"
-    keepalive = KeepaliveConfig(ping_interval=0.3, ping_timeout=5)
-    async with running_server(_app(), keepalive=keepalive) as server:
-        host, port = server.ports[0]
-        prom_port = free_port()
-        shutil.copy(ROOT / "dashboards" / "rules.yml", tmp_path / "rules.yml")
-        (tmp_path / "prometheus.yml").write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "rule_files": ["rules.yml"],
-                    "scrape_configs": [
-                        {"job_name": "wsup", "static_configs": [{"targets": [f"{host}:{port}"]}]}
-                    ],
-                }
+    started: dict[str, tuple[Scraper, subprocess.Popen[bytes]]] = {}
+    try:
+        for backend in ("asyncio", "trio"):
+            held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.bind(("127.0.0.1", 0))
+            target = f"127.0.0.1:{held.getsockname()[1]}"
+            directory = tmp_path_factory.mktemp(f"prometheus-{backend}")
+            shutil.copy(ROOT / "dashboards" / "rules.yml", directory / "rules.yml")
+            config = {
+                "global": {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE},
+                "rule_files": ["rules.yml"],
+                "scrape_configs": [{"job_name": "wsup", "static_configs": [{"targets": [target]}]}],
+            }
+            (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+            prom_port = free_port()
+            process = subprocess.Popen(
+                [
+                    prometheus,
+                    f"--config.file={directory / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={directory / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-        )
-        base = f"http://127.0.0.1:{prom_port}"
-        process = await anyio.open_process(
-            [
-                prometheus,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            # Load while Prometheus starts, then again after its first scrapes, so
-            # rates over the last 15 s see increases.
-            await anyio.to_thread.run_sync(_load, ws_url(server, "/echo"))
-            scrapes = 'sum(count_over_time(up{job="wsup"}[1m]))'
-            await _wait_for(base, scrapes, samples=3)
-            await anyio.to_thread.run_sync(_load, ws_url(server, "/echo"))
-            await _wait_for(base, scrapes, samples=8)
-            results = await anyio.to_thread.run_sync(_evaluate_all, base)
-        finally:
+            started[backend] = Scraper(f"http://127.0.0.1:{prom_port}", held), process
+        yield {backend: scraper for backend, (scraper, _) in started.items()}
+    finally:
+        for scraper, process in started.values():
+            scraper.held.close()
             process.terminate()
-            with anyio.fail_after(10):
-                await process.wait()
-            await process.aclose()
+            process.wait(10)
+
+
+async def test_prometheus_scrapes_and_every_expression_returns_data(
+    scrapers: dict[str, Scraper], anyio_backend: Any
+) -> None:
+    """Dashboard and recording-rule expressions return data from a live scrape; alerts evaluate."""
+    scraper = scrapers[anyio_backend[0]]
+    port = scraper.held.getsockname()[1]
+    scraper.held.close()
+    keepalive = KeepaliveConfig(ping_interval=0.3, ping_timeout=5)
+    async with running_server(_app(), keepalive=keepalive, port=port) as server:
+        # Load at once, then again after three scrapes, so rates over the last 15 s
+        # see increases. Only the scrapes that reached this server count (those of
+        # the port while it was held were refused: up is 0).
+        await anyio.to_thread.run_sync(_load, ws_url(server, "/echo"))
+        scrapes = 'sum(sum_over_time(up{job="wsup"}[1m]))'
+        await _wait_for(scraper.base, scrapes, samples=3)
+        await anyio.to_thread.run_sync(_load, ws_url(server, "/echo"))
+        await _wait_for(scraper.base, scrapes, samples=8)
+        results = await anyio.to_thread.run_sync(_evaluate_all, scraper.base)
     failures = [f"{kind} {expr!r}: {why}" for kind, expr, why in results if why]
     assert not failures, "\n".join(failures)
     assert len(results) > 40  # every panel and rule was looked at
@@ -160,7 +191,7 @@ async def _wait_for(base: str, expr: str, *, samples: int) -> None:
                     return
             except OSError:
                 pass  # not listening yet
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.1)
 
 
 def _evaluate_all(base: str) -> list[tuple[str, str, str]]:
