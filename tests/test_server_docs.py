@@ -1098,8 +1098,11 @@ def test_sigusr1_stops_accepting_but_keeps_serving(cli: Callable[..., CLI], back
 
 @pytest.mark.e2e
 def test_second_signal_forces_the_stop(cli: Callable[..., CLI], backend: str) -> None:
-    """A second SIGTERM while connections drain aborts them at once; the process exits 0."""
-    args = ("examples.server.draining:app", *_SERVE, "--backend", backend)
+    """A second SIGTERM while connections drain aborts them at once; the process exits 0.
+
+    The example's app with a shorter readiness grace: the signal comes once it is over.
+    """
+    args = ("tests.e2e.apps.short_grace_app:app", *_SERVE, "--backend", backend)
     server = cli(*args, "--drain-timeout", "600")
     started = server.wait_for("server.started")
     with connect(server.url(started, "/jobs")) as ws:
