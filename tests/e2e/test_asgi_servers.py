@@ -1,7 +1,10 @@
 """wsup's routes served by real ASGI servers (uvicorn, hypercorn) through supervisor.asgi.
 
-Each test starts the ASGI server as a child process on a free loopback port
-and talks to it with the websockets client, Node's ``ws`` or a raw socket:
+The ASGI server runs as a child process on a free loopback port (the FastAPI
+example and the wrapping app once per server for the module: a test that shares
+one sees only the log events of its own time, and counts what it added to
+counters) and tests talk to it with the websockets client, Node's ``ws`` or a raw
+socket:
 ``examples/fastapi_app.py`` (wsup mounted in FastAPI under ``/ws``) for the
 chat protocol of the SPEC, ``tests/e2e/apps/asgi_app.py`` (wsup wrapping a
 Starlette app, JSON logs) for echo, restarts, the slow-consumer policy,
@@ -78,18 +81,33 @@ def asgi_server(
     return process
 
 
-@pytest.fixture(params=SERVERS)
-def example(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """``examples/fastapi_app.py`` under each ASGI server."""
+@pytest.fixture(scope="module", params=SERVERS)
+def example_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``examples/fastapi_app.py`` under each ASGI server, shared by the module's tests."""
     with asgi_server(request.param, EXAMPLE) as process:
         yield process
 
 
-@pytest.fixture(params=SERVERS)
-def wrapped(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """``tests/e2e/apps/asgi_app.py`` (wsup wrapping Starlette) under each ASGI server."""
+@pytest.fixture
+def example(example_server: ServerProcess) -> ServerProcess:
+    """The shared example server; the test's events are its own (counters: see ``Counts``)."""
+    example_server.forget_events()
+    return example_server
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def wrapped_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """``tests/e2e/apps/asgi_app.py`` (wsup wrapping Starlette) under each ASGI server,
+    shared by the module's tests."""
     with asgi_server(request.param, TEST_APP) as process:
         yield process
+
+
+@pytest.fixture
+def wrapped(wrapped_server: ServerProcess) -> ServerProcess:
+    """The shared wrapping server; the test's events are its own (counters: see ``Counts``)."""
+    wrapped_server.forget_events()
+    return wrapped_server
 
 
 @pytest.fixture(params=SERVERS)
@@ -122,15 +140,45 @@ def http(process: ServerProcess, path: str) -> tuple[int, str, str]:
     return get_url(f"http://127.0.0.1:{process.port}{path}")
 
 
-def metric(process: ServerProcess, path: str, name: str, **labels: str) -> float:
-    """One sample of wsup's ``/metrics`` as the adapter serves it at ``path``."""
+def sample(process: ServerProcess, path: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of wsup's ``/metrics`` as the adapter serves it at ``path``; None if
+    there is none (a labelled counter not incremented yet)."""
     status, _, body = http(process, path)
     assert status == 200, body
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     pattern = re.escape(name) + (r"\{" + re.escape(wanted) + r"\}" if labels else "") + r" (\S+)"
     found = re.search(r"^" + pattern + r"$", body, re.MULTILINE)
-    assert found is not None, f"{name}{labels} not in /metrics"
-    return float(found.group(1))
+    return None if found is None else float(found.group(1))
+
+
+def metric(process: ServerProcess, path: str, name: str, **labels: str) -> float:
+    """One sample of wsup's ``/metrics`` as the adapter serves it at ``path``."""
+    value = sample(process, path, name, labels)
+    assert value is not None, f"{name}{labels} not in /metrics"
+    return value
+
+
+class Counts:
+    """What a test added to counters of a server that earlier tests used too.
+
+    ``Counts(process, path, (name, labels), ...)`` reads each counter when the test
+    begins; :meth:`added` reads it again and returns the difference.
+    """
+
+    def __init__(
+        self, process: ServerProcess, path: str, *counters: tuple[str, dict[str, str]]
+    ) -> None:
+        self.process = process
+        self.path = path
+        self.before = {
+            (name, tuple(sorted(labels.items()))): sample(process, path, name, labels) or 0.0
+            for name, labels in counters
+        }
+
+    def added(self, name: str, **labels: str) -> float:
+        """How much the counter ``name{labels}`` grew since the test began."""
+        before = self.before[name, tuple(sorted(labels.items()))]
+        return metric(self.process, self.path, name, **labels) - before
 
 
 def chat(process: ServerProcess, room: str, user: str) -> ClientConnection:
@@ -146,6 +194,7 @@ def said(ws: ClientConnection) -> dict[str, Any]:
 
 def test_fastapi_example_serves_http_and_the_chat_protocol(example: ServerProcess) -> None:
     """FastAPI answers /hello; wsup under /ws speaks the chat protocol (say, dm, error)."""
+    counts = Counts(example, "/ws/metrics", ("wsup_handshakes_total", {"result": "accepted"}))
     status, content_type, body = http(example, "/hello")
     assert (status, content_type, json.loads(body)) == (200, "application/json", {"hello": "world"})
     with (
@@ -170,16 +219,17 @@ def test_fastapi_example_serves_http_and_the_chat_protocol(example: ServerProces
         assert said(cy)["type"] == "error"
         cy.send(json.dumps({"type": "say", "text": "still open"}))
         assert said(cy)["text"] == "still open"
-    assert metric(example, "/ws/metrics", "wsup_handshakes_total", result="accepted") == 3
+    assert counts.added("wsup_handshakes_total", result="accepted") == 3
 
 
 def test_missing_user_is_rejected_with_http_400(example: ServerProcess) -> None:
     """The chat's hook rejects a handshake without ?user= with HTTP 400 and its reason."""
+    counts = Counts(example, "/ws/metrics", ("wsup_handshakes_total", {"result": "rejected"}))
     with pytest.raises(InvalidStatus) as caught:
         open_ws(example.url("/ws/chat/lobby"))
     assert caught.value.response.status_code == 400
     assert b"missing ?user=NAME" in caught.value.response.body
-    assert metric(example, "/ws/metrics", "wsup_handshakes_total", result="rejected") == 1
+    assert counts.added("wsup_handshakes_total", result="rejected") == 1
 
 
 def test_ops_endpoints_under_the_mount(example: ServerProcess) -> None:
@@ -195,6 +245,7 @@ def test_ops_endpoints_under_the_mount(example: ServerProcess) -> None:
 
 def test_echo_and_the_wrapped_app(wrapped: ServerProcess) -> None:
     """Text stays text, binary stays binary; /plain is answered by the wrapped Starlette app."""
+    counts = Counts(wrapped, "/metrics", ("wsup_messages_received_total", {"kind": "binary"}))
     with open_ws(wrapped.url("/echo")) as ws:
         ws.send("hello")
         assert ws.recv(timeout=TIMEOUT) == "hello"
@@ -204,7 +255,7 @@ def test_echo_and_the_wrapped_app(wrapped: ServerProcess) -> None:
     event = wrapped.wait_for_event("connection.closed", where=lambda r: r["path"] == "/echo")
     assert (event["code"], event["reason"], event["initiator"]) == client_close(wrapped, 1000, "")
     assert event["messages_in"] == event["messages_out"] == 2
-    assert metric(wrapped, "/metrics", "wsup_messages_received_total", kind="binary") == 1
+    assert counts.added("wsup_messages_received_total", kind="binary") == 1
 
 
 def test_node_ws_client_echo(wrapped: ServerProcess) -> None:
@@ -241,6 +292,7 @@ def test_node_ws_client_echo(wrapped: ServerProcess) -> None:
 
 def test_a_crash_restarts_the_handler_on_the_same_connection(wrapped: ServerProcess) -> None:
     """A handler that raises is restarted; the client keeps its connection."""
+    counts = Counts(wrapped, "/metrics", ("wsup_actor_restarts_total", {"kind": "connection"}))
     with open_ws(wrapped.url("/crash")) as ws:
         assert ws.recv(timeout=TIMEOUT) == "connected"
         ws.send("before")
@@ -250,7 +302,7 @@ def test_a_crash_restarts_the_handler_on_the_same_connection(wrapped: ServerProc
         ws.send("after")
         assert ws.recv(timeout=TIMEOUT) == "after"
     wrapped.wait_for_event("actor.restarted")
-    assert metric(wrapped, "/metrics", "wsup_actor_restarts_total", kind="connection") == 1
+    assert counts.added("wsup_actor_restarts_total", kind="connection") == 1
 
 
 def test_a_client_that_reads_nothing_is_disconnected_as_a_slow_consumer(
@@ -258,6 +310,9 @@ def test_a_client_that_reads_nothing_is_disconnected_as_a_slow_consumer(
 ) -> None:
     """Once the ASGI server stops taking messages, wsup's outbound buffer fills and the
     ``disconnect`` policy ends the connection."""
+    closed = ("wsup_connections_closed_total", {"reason": "slow_consumer", "initiator": "server"})
+    dropped = ("wsup_messages_dropped_total", {"policy": "disconnect"})
+    counts = Counts(wrapped, "/metrics", closed, dropped)
     with socket.create_connection(("127.0.0.1", wrapped.port), timeout=TIMEOUT) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         key = base64.b64encode(b"0123456789abcdef").decode()
@@ -272,15 +327,8 @@ def test_a_client_that_reads_nothing_is_disconnected_as_a_slow_consumer(
             "connection.closed", where=lambda r: r["path"] == "/flood", timeout=60
         )
     assert event["code"] == 1013
-    assert metric(wrapped, "/metrics", "wsup_messages_dropped_total", policy="disconnect") >= 1
-    closed = metric(
-        wrapped,
-        "/metrics",
-        "wsup_connections_closed_total",
-        reason="slow_consumer",
-        initiator="server",
-    )
-    assert closed == 1
+    assert counts.added("wsup_messages_dropped_total", policy="disconnect") >= 1
+    assert counts.added(closed[0], **closed[1]) == 1
 
 
 @pytest.mark.parametrize("server", SERVERS)

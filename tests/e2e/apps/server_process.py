@@ -109,6 +109,7 @@ class ServerProcess(StopsOnExit):
         self.command = list(command)
         self.lines: list[str] = []
         self.records: list[dict[str, Any]] = []
+        self._forgotten = 0
         self._changed = threading.Condition()
         self._eof = False
         self._process = subprocess.Popen(
@@ -158,10 +159,17 @@ class ServerProcess(StopsOnExit):
             self._changed.notify_all()
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """Return the JSON log records seen so far (only those of event ``name`` if given)."""
+        """Return the JSON log records seen so far (only those of event ``name`` if given),
+        but for those logged before :meth:`forget_events`."""
         with self._changed:
-            records = list(self.records)
+            records = self.records[self._forgotten :]
         return [r for r in records if name is None or r.get("event") == name]
+
+    def forget_events(self) -> None:
+        """Leave the records logged so far out of :meth:`events` and :meth:`wait_for_event`
+        (a server that several tests share: each sees its own)."""
+        with self._changed:
+            self._forgotten = len(self.records)
 
     def _matching(
         self, name: str, where: Callable[[dict[str, Any]], bool] | None
