@@ -24,7 +24,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from websockets.sync.client import connect
 
 from examples import chat
@@ -111,6 +111,33 @@ def wait_joined(server: Server, members: dict[str, int]) -> None:
     anyio.from_thread.run(joined, token=server.loop_token)
 
 
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[Browser]:
+    """Headless Chromium, launched once for the module: each test has its own context."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is not installed: run .ci/test-deps")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser(chromium_browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context for one test: its own cookies, storage, cache and
+    network conditions, as a new profile would have."""
+    context = chromium_browser.new_context()
+    try:
+        context.set_default_timeout(TIMEOUT * 1000)
+        yield context
+    finally:
+        context.close()
+
+
 @contextmanager
 def chromium(user_data_dir: Path) -> Iterator[BrowserContext]:
     """Launch headless Chromium with a fresh profile; close it on exit."""
@@ -146,13 +173,13 @@ def log_of(page: Page) -> Any:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
-    backend: tuple[str, dict[str, Any]], tmp_path: Path
+    backend: tuple[str, dict[str, Any]], browser: BrowserContext, tmp_path: Path
 ) -> None:
     """Ada and bob see each other's room message; only ada gets bob's dm; errors show;
     each page lists who is in the room, and ada's list loses bob when his tab closes."""
-    with served_in_thread(chat.app, backend) as server, chromium(tmp_path / "profile") as browser:
+    with served_in_thread(chat.app, backend) as server:
         url = http_url(server, "/")
-        ada = browser.pages[0] if browser.pages else browser.new_page()
+        ada = browser.new_page()
         bob = browser.new_page()
         join(ada, url, "ada", "lobby")
         join(bob, url, "bob", "lobby")
@@ -207,13 +234,13 @@ def test_two_users_chat_and_exchange_a_direct_message_in_chromium(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_page_that_goes_offline_comes_back_and_shows_what_it_missed(
-    backend: tuple[str, dict[str, Any]], tmp_path: Path
+    backend: tuple[str, dict[str, Any]], browser: BrowserContext
 ) -> None:
     """The browser goes offline (network emulation) while ada keeps talking: back
     online, the page reconnects by itself with ``since`` and shows every message it
     missed, in order, then the live ones."""
-    with served_in_thread(chat.app, backend) as server, chromium(tmp_path / "profile") as browser:
-        bob = browser.pages[0] if browser.pages else browser.new_page()
+    with served_in_thread(chat.app, backend) as server:
+        bob = browser.new_page()
         join(bob, http_url(server, "/"), "bob", "lobby")
         wait_joined(server, {"room:lobby": 1})
         with connect(ws_url(server, "/chat/lobby?user=ada"), open_timeout=TIMEOUT) as ada:
@@ -245,31 +272,30 @@ def test_a_page_that_goes_offline_comes_back_and_shows_what_it_missed(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_drained_page_reconnects_with_jittered_backoff(
-    backend: tuple[str, dict[str, Any]], tmp_path: Path
+    backend: tuple[str, dict[str, Any]], browser: BrowserContext
 ) -> None:
     """The page's retry delays are drawn between 0 and min(10 s, 0.5 s x 2^n); when the
     server drains, the page shows the 1001 it got and comes back by itself to the
     server started again on the same port."""
-    with chromium(tmp_path / "profile") as browser:
-        bob = browser.pages[0] if browser.pages else browser.new_page()
-        with served_in_thread(chat.app, backend) as first:
-            port = first.ports[0][1]
-            join(bob, http_url(first, "/"), "bob", "lobby")
-            wait_joined(first, {"room:lobby": 1})
-            delays = bob.evaluate(
-                "() => Array.from({length: 12}, (_, n) => "
-                "Array.from({length: 50}, () => retryDelay(n)))"
-            )
-            for n, drawn in enumerate(delays):
-                bound = min(10_000, 500 * 2**n)
-                assert all(0 <= d <= bound for d in drawn), (n, drawn)
-                # Full jitter: spread over the interval, not bunched at its end.
-                assert min(drawn) < bound / 2 < max(drawn), (n, drawn)
-        # The server drained: the page says how it was closed and that it retries.
-        expect(log_of(bob).last).to_have_text(
-            re.compile(r"^disconnected \(1001\), reconnecting in \d+\.\d s…$")
+    bob = browser.new_page()
+    with served_in_thread(chat.app, backend) as first:
+        port = first.ports[0][1]
+        join(bob, http_url(first, "/"), "bob", "lobby")
+        wait_joined(first, {"room:lobby": 1})
+        delays = bob.evaluate(
+            "() => Array.from({length: 12}, (_, n) => "
+            "Array.from({length: 50}, () => retryDelay(n)))"
         )
-        with served_in_thread(chat.app, backend, port=port) as second:
-            expect(bob.locator("#status")).to_have_text("bob in #lobby", timeout=60_000)
-            wait_joined(second, {"room:lobby": 1})
-            expect(log_of(bob).last).to_have_text("back in #lobby")
+        for n, drawn in enumerate(delays):
+            bound = min(10_000, 500 * 2**n)
+            assert all(0 <= d <= bound for d in drawn), (n, drawn)
+            # Full jitter: spread over the interval, not bunched at its end.
+            assert min(drawn) < bound / 2 < max(drawn), (n, drawn)
+    # The server drained: the page says how it was closed and that it retries.
+    expect(log_of(bob).last).to_have_text(
+        re.compile(r"^disconnected \(1001\), reconnecting in \d+\.\d s…$")
+    )
+    with served_in_thread(chat.app, backend, port=port) as second:
+        expect(bob.locator("#status")).to_have_text("bob in #lobby", timeout=60_000)
+        wait_joined(second, {"room:lobby": 1})
+        expect(log_of(bob).last).to_have_text("back in #lobby")
