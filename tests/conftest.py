@@ -23,28 +23,36 @@ settings.register_profile("wsup", deadline=None)
 settings.load_profile("wsup")
 
 
+def _can_run(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is scheduled to run, not waiting for anything (anyio's test)."""
+    waiter = task._fut_waiter  # type: ignore[attr-defined]
+    return waiter is None or bool(waiter.done())
+
+
 async def _wait_all_tasks_blocked(cls: type[AsyncIOBackend]) -> None:
     """anyio's ``wait_all_tasks_blocked`` on asyncio, looking again every millisecond.
 
-    anyio's own sleeps 100 ms each time it finds a task that can run (one just
+    anyio's own sleeps 100 ms whenever it finds a task that can run (one just
     started, or just woken), and the tests settle the loop thousands of times:
     about half a minute of the suite was spent in those sleeps. The condition is
-    anyio's, unchanged; only the pause between looks is shorter. It is still a
-    real sleep, not a bare yield, so that a task waiting here counts as blocked for
-    another task that waits here too.
+    anyio's; the pause between looks is 1 ms, a real sleep rather than a bare yield,
+    so that a task waiting here counts as blocked for another task that waits here
+    too. Once a task could run, every task must be found blocked three looks in a
+    row: a task that just finished wakes the one waiting for it through callbacks
+    that no task shows yet, and the 100 ms pause let them run before the next look.
     """
     await cls.checkpoint()
     this_task = asyncio.current_task()
+    woke = False
+    quiet = 0  # looks in a row, since a task could run, that found every task blocked
     while True:
-        for task in asyncio.all_tasks():
-            if task is this_task:
-                continue
-            waiter = task._fut_waiter  # type: ignore[attr-defined]
-            if waiter is None or waiter.done():
-                await asyncio.sleep(0.001)
-                break
-        else:
+        if any(task is not this_task and _can_run(task) for task in asyncio.all_tasks()):
+            woke, quiet = True, 0
+        elif not woke or quiet == 2:
             return
+        else:
+            quiet += 1
+        await asyncio.sleep(0.001)
 
 
 AsyncIOBackend.wait_all_tasks_blocked = classmethod(_wait_all_tasks_blocked)  # type: ignore[method-assign,assignment]
