@@ -777,7 +777,8 @@ class Cell:
                 envelope.reply.set(result)
 
     def step_inline(self, message: Any) -> bool:
-        """Begin the step for ``message`` now, in the caller's transport callback.
+        """Begin the step for ``message`` now, in the caller's transport callback
+        (or in the caller's task, which steps aside meanwhile).
 
         Only while the actor's task waits for its next message with nothing
         queued (asyncio, async ``receive``); otherwise nothing happens and the
@@ -801,7 +802,7 @@ class Cell:
         self._parked = None
         rest: Suspended | Exception | None
         try:
-            _, rest = step_as(task, behaviour._receiver()(message))
+            _, rest = step_as(task, behaviour._receiver()(message), aside=True)
         except TaskRunning:
             self._parked = task
             return False

@@ -10,6 +10,10 @@ without suspending costs no task switch at all. A step that suspends yields the
 awaitable it waits on; :class:`Resume` then lets the task itself await the rest
 of the coroutine, with that awaitable, as if it had run it from the start.
 
+A task may also step aside for another (``aside``): a driver that reads in a
+task of its own (an ASGI server's ``receive()``) begins the actor's step, and
+the actor's send begins the writer's ``send()``, without a task switch.
+
 This is asyncio-only: trio has no callbacks that run outside a task. It uses
 ``asyncio.tasks._enter_task``/``_leave_task``, private functions (the switch
 of current task that asyncio's own eager tasks make since 3.12); a change
@@ -41,11 +45,14 @@ class Suspended:
 
 
 def step_as(
-    task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any]
+    task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any], *, aside: bool = False
 ) -> tuple[Any, Suspended | None]:
     """Run ``coro`` until it returns or first suspends, as if ``task`` were running it.
 
-    Must be called outside any task (a transport callback), on ``task``'s loop.
+    Must be called outside any task (a transport callback), on ``task``'s loop;
+    or, with ``aside``, from inside another task, which steps aside while the
+    step runs and is the current task again after it (nothing yields to the
+    loop in between: the step ends at its first suspension).
 
     Returns:
         ``(value, None)`` when the coroutine returned ``value``, or
@@ -57,17 +64,24 @@ def step_as(
         Exception: whatever the coroutine raised in that step.
     """
     loop = task.get_loop()
+    running = asyncio.current_task(loop) if aside else None
+    if running is not None:
+        _leave_task(loop, running)
     try:
-        _enter_task(loop, task)
-    except RuntimeError:
-        coro.close()
-        raise TaskRunning from None
-    try:
-        yielded = coro.send(None)
-    except StopIteration as done:
-        return done.value, None
+        try:
+            _enter_task(loop, task)
+        except RuntimeError:
+            coro.close()
+            raise TaskRunning from None
+        try:
+            yielded = coro.send(None)
+        except StopIteration as done:
+            return done.value, None
+        finally:
+            _leave_task(loop, task)
     finally:
-        _leave_task(loop, task)
+        if running is not None:
+            _enter_task(loop, running)
     return None, Suspended(coro, yielded)
 
 

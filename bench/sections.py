@@ -54,6 +54,7 @@ _PARSER = [
     ("websockets.streams:StreamReader.read_exact", True),
     ("websockets.streams:StreamReader.at_eof", True),
 ]
+_UVICORN_WS = "uvicorn.protocols.websockets.websockets_sansio_impl"
 SECTIONS: dict[str, list[tuple[str, bool]]] = {
     "wsup": [
         ("supervisor.server._drivers:TransportDriver.data_received", False),
@@ -85,6 +86,35 @@ SECTIONS: dict[str, list[tuple[str, bool]]] = {
         ("supervisor.server._core:ConnectionCore._close_pending", False),
         ("supervisor.server._core:ConnectionCore._frame", False),
         ("supervisor.server._core:frame_header", False),
+    ],
+    "wsup-asgi": [
+        ("supervisor.server._drivers:ASGIDriver._reader", True),
+        ("supervisor.server._drivers:ASGIDriver._writer", True),
+        ("supervisor.server._drivers:_TaskDriver._hand_on", True),
+        ("supervisor.server._drivers:_TaskDriver._sleep_until_woken", True),
+        ("supervisor.server._drivers:_TaskDriver.flush_soon", False),
+        ("supervisor.server._core:ConnectionCore.receive_message", False),
+        ("supervisor.server._connection:Connection._deliver", False),
+        ("supervisor.server._connection:Connection._settle", False),
+        ("supervisor.server._core:ConnectionCore.after_read", False),
+        ("supervisor.server._app:Handler._dispatch", True),
+        ("supervisor.server._connection:Connection.send", True),
+        ("supervisor.server._connection:Connection._encode", False),
+        ("supervisor.server._connection:Connection._enqueue", False),
+        ("supervisor.server._core:ConnectionCore.take_messages", False),
+        ("supervisor.server._core:ConnectionCore.close_due", False),
+        ("supervisor.observe._instrumentation:MetricsInstrumentation.message_processed", False),
+        ("supervisor.observe._instrumentation:BatchedCounter.inc", False),
+        (f"{_UVICORN_WS}:WebSocketProtocol.receive", True),
+        (f"{_UVICORN_WS}:WebSocketProtocol.send", True),
+        (f"{_UVICORN_WS}:WebSocketProtocol.data_received", False),
+    ],
+    "fastapi": [
+        (f"{_UVICORN_WS}:WebSocketProtocol.receive", True),
+        (f"{_UVICORN_WS}:WebSocketProtocol.send", True),
+        (f"{_UVICORN_WS}:WebSocketProtocol.data_received", False),
+        ("starlette.websockets:WebSocket.receive", True),
+        ("starlette.websockets:WebSocket.send", True),
     ],
     "websockets": [
         *_PARSER,

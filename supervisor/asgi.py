@@ -28,12 +28,14 @@ Theory of operation:
     takes the outbound buffer's oldest message and awaits ``send()`` for it,
     one message at a time. What the ASGI server has not taken yet stays in
     wsup's outbound buffer, where the route's slow-consumer policy applies to
-    it as on wsup's own server.
+    it as on wsup's own server. On asyncio, while the actor and the writer are
+    idle, a message costs no task switch: the reader begins the actor's step
+    itself, and the actor's send begins ``send()`` on the writer's behalf.
 
     Not available under ASGI, since the ASGI server owns the socket and the
     framing: write batching, wsup's keepalive pings and idle timeout (use the
     server's, e.g. uvicorn's ``--ws-ping-interval``), permessage-deflate
-    settings, the inline request/response step and encode-once frames.
+    settings and encode-once frames.
 """
 
 from __future__ import annotations

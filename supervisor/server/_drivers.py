@@ -28,16 +28,19 @@ differ in what runs them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
+import sniffio
 import structlog
 from anyio.abc import ByteStream
 
 from actors import MonotonicClock
 from actors._backend import Waiter, primitives
+from actors._inline import Resume, step_as
 
 from .._constants import CloseCode
 from ._aio import enter_callback, exit_callback
@@ -641,12 +644,20 @@ class ASGIDriver(_TaskDriver):
     reading the socket. A writer task is the only caller of ``send()``, one
     message at a time: what the server has not taken yet stays in the outbound
     buffer, under the route's slow-consumer policy.
+
+    On asyncio, a message needs no task switch of its own while the actor and
+    the writer are idle: the reader begins the actor's step itself
+    (``Cell.step_inline``, the reader's task stepping aside), and a send while
+    the writer sleeps begins ``send()`` on the writer's behalf
+    (:func:`~actors._inline.step_as`). A ``send()`` that completes at once (an
+    ASGI server that writes to its transport) costs no task switch; one that
+    suspends is handed to the writer, which finishes it before anything else.
     """
 
     #: The ASGI server frames each message itself.
     framed = False
 
-    __slots__ = ("_receive", "_send")
+    __slots__ = ("_handed", "_inline", "_receive", "_send", "_writer_task")
 
     def __init__(
         self,
@@ -656,6 +667,13 @@ class ASGIDriver(_TaskDriver):
         super().__init__()
         self._receive = receive
         self._send = send
+        #: Steps may begin in the reader's and the actor's turn (asyncio only).
+        self._inline = sniffio.current_async_library() == "asyncio"
+        #: The writer, while it sleeps and ``send()`` may begin on its behalf.
+        self._writer_task: asyncio.Task[Any] | None = None
+        #: A ``send()`` begun on the writer's behalf that it must finish: the
+        #: suspended call and the messages taken after it, or what it raised.
+        self._handed: tuple[Awaitable[Any], list[OutboundItem]] | Exception | None = None
 
     async def run(self) -> None:
         """Serve the accepted scope until the connection ends. Never raises for I/O."""
@@ -667,13 +685,16 @@ class ASGIDriver(_TaskDriver):
                 tg.cancel_scope.cancel()  # the client is gone: nothing more can be sent
         finally:
             self._tg = None
+            self._writer_task = None
             self._writer_done.set()
             self._port.finalize()
 
     async def _reader(self) -> None:
         receive = self._receive
         core = self._core
-        clock = self._port.clock
+        port = self._port
+        clock = port.clock
+        inline = self._inline
         while True:
             message = await receive()
             kind = message["type"]
@@ -686,7 +707,14 @@ class ASGIDriver(_TaskDriver):
                 else:
                     data = bytes(message.get("bytes") or b"")
                     size = len(data)
-                await self._hand_on([data] if core.receive_message(data, size) else [], clock.now())
+                if core.receive_message(data, size) and port.deliver([data], inline) is not None:
+                    # Full under ``block``: stop receiving until there is room.
+                    self._blocked = True
+                    try:
+                        await port.deliver_waiting(data)
+                    finally:
+                        self._blocked = False
+                port.settle(clock.now())
                 if core.read_pause:
                     await self._rate_pause()
             elif kind == "websocket.disconnect":
@@ -697,21 +725,72 @@ class ASGIDriver(_TaskDriver):
                 )
                 return
 
+    # -- writing ------------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        wake = self._writer_wake
+        if wake is None:
+            return  # the writer is awake: it takes what is queued next
+        task = self._writer_task
+        if task is not None and self._quiet():
+            self._send_aside(task)
+            if self._handed is None and self._quiet() and not self._core.outbound:
+                return  # all sent; the writer sleeps on
+        self._writer_wake = None
+        wake.set()
+
+    flush_now = flush_soon
+
+    def _quiet(self) -> bool:
+        """Whether the writer has nothing to do but send messages: no events to
+        act on, nobody waiting for room, no close to send."""
+        core = self._core
+        return core.events is None and not core.room_wanted and core.close_request is None
+
+    def _send_aside(self, task: asyncio.Task[Any]) -> None:
+        """Send what is queued now, each ``send()`` run on the sleeping writer's
+        behalf; one that suspends (or raises) is handed to the writer."""
+        core = self._core
+        send = self._send
+        while core.outbound:
+            items = core.take_messages()
+            for index, item in enumerate(items):
+                call = send(_message(item))
+                if call.__class__ is not CoroutineType:
+                    self._handed = (call, items[index + 1 :])  # an awaitable of another kind
+                    return
+                try:
+                    _, rest = step_as(task, cast("Coroutine[Any, Any, None]", call), aside=True)
+                except Exception as exc:
+                    self._handed = exc
+                    return
+                if rest is not None:
+                    self._handed = (Resume(rest), items[index + 1 :])
+                    return
+
     async def _writer(self) -> None:
         port = self._port
         core = self._core
         send = self._send
+        if self._inline:
+            self._writer_task = asyncio.current_task()
         try:
             while True:
+                handed = self._handed
+                if handed is not None:
+                    self._handed = None
+                    if isinstance(handed, Exception):
+                        raise handed
+                    call, after = handed
+                    await call
+                    for item in after:
+                        await send(_message(item))
                 items = core.take_messages()
                 close = None if items else core.close_due()
                 if core.events is not None or core.room_wanted:
                     port.after_output()
                 for item in items:
-                    if item.text:
-                        await send({"type": "websocket.send", "text": item.payload.decode()})
-                    else:
-                        await send({"type": "websocket.send", "bytes": item.payload})
+                    await send(_message(item))
                 if close is not None:
                     code, reason = close
                     await send({"type": "websocket.close", "code": code, "reason": reason})
@@ -722,5 +801,13 @@ class ASGIDriver(_TaskDriver):
             # The ASGI server says the client is gone (uvicorn's ClientDisconnected).
             port.lost()
         finally:
+            self._writer_task = None
             self._writer_done.set()
             port.room()
+
+
+def _message(item: OutboundItem) -> dict[str, Any]:
+    """The ASGI ``websocket.send`` message of ``item``."""
+    if item.text:
+        return {"type": "websocket.send", "text": item.payload.decode()}
+    return {"type": "websocket.send", "bytes": item.payload}

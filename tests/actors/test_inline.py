@@ -95,6 +95,29 @@ async def test_step_as_refuses_to_run_inside_a_task() -> None:
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # closed, never started
 
 
+async def test_step_as_aside_runs_the_step_as_the_task_from_inside_another() -> None:
+    """With ``aside``, the running task steps aside for the step, and is current again after."""
+    me = asyncio.current_task()
+    gate = anyio.Event()
+
+    async def parked() -> None:
+        await gate.wait()
+
+    other = asyncio.create_task(parked())
+    await asyncio.sleep(0)  # the other task waits for the gate
+    seen: list[asyncio.Task[Any] | None] = []
+
+    async def step() -> str:
+        seen.append(asyncio.current_task())
+        return "done"
+
+    assert step_as(other, step(), aside=True) == ("done", None)
+    assert seen == [other]
+    assert asyncio.current_task() is me
+    gate.set()
+    await other
+
+
 def test_control_signals_can_jump_the_control_lane() -> None:
     """``put_control(first=True)`` goes ahead of the control signals already queued."""
     mailbox: Mailbox[str] = Mailbox()

@@ -617,3 +617,83 @@ async def test_a_full_block_mailbox_stops_the_reader_calling_receive() -> None:
         await settle()
         assert calls == 21 + 1  # and the reader waits for the next
         peer.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_on_asyncio_a_message_is_echoed_before_the_reader_receives_again(
+    anyio_backend_name: str,
+) -> None:
+    """While the actor and the writer are idle, the reader begins the handler's step
+    and the handler's send begins ``send()`` on the writer's behalf: the echo is out
+    before the reader asks for the next message (on trio, through the tasks)."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = ASGIPeer()
+        sent: list[Message] = []
+        seen_at_receive: list[int] = []
+
+        async def receive() -> Message:
+            seen_at_receive.append(len(sent))
+            return await peer.receive()
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+            await peer.send(message)
+
+        tg.start_soon(asgi, ws_scope("/echo"), receive, send)
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["type"] == "websocket.accept"
+        for number in range(3):
+            peer.put({"type": "websocket.receive", "text": str(number)})
+            assert await peer.next() == {"type": "websocket.send", "text": str(number)}
+        await settle()
+        if anyio_backend_name == "asyncio":
+            # Once the actor waits for messages (the first may find it starting):
+            # each echo before the next receive().
+            assert seen_at_receive[3:] == [3, 4]
+        peer.put({"type": "websocket.disconnect", "code": 1000})
+
+
+async def test_a_send_that_suspends_or_fails_on_the_writers_behalf_is_finished_by_it() -> None:
+    """A ``send()`` that suspends is finished by the writer, in order, before the
+    messages queued after it; one that raises ``OSError`` (the client is gone) ends
+    the connection as the writer's own would."""
+    asgi = ASGIApp(make_app(), handle_signals=False)
+    async with running(asgi) as tg:
+        peer = ASGIPeer()
+        fail = False
+
+        async def send(message: Message) -> None:
+            if fail:
+                raise OSError("gone")
+            await anyio.sleep(0)  # every send suspends once
+            await peer.send(message)
+
+        done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                await asgi(ws_scope("/echo"), peer.receive, send)
+            finally:
+                done.set()
+
+        tg.start_soon(run)
+        peer.put({"type": "websocket.connect"})
+        assert (await peer.next())["type"] == "websocket.accept"
+        for number in range(20):
+            peer.put({"type": "websocket.receive", "text": str(number)})
+        for number in range(20):
+            assert await peer.next() == {"type": "websocket.send", "text": str(number)}
+        await settle()
+        fail = True
+        peer.put({"type": "websocket.receive", "text": "lost"})
+        await settle()
+        peer.put({"type": "websocket.disconnect", "code": 1006})
+        with anyio.fail_after(10):
+            await done.wait()
+        server = asgi.server
+        assert server is not None
+        assert not server.connections
+        body, _ = server.metrics.render_for(None)
+    text = body.decode()
+    assert 'wsup_connections_closed_total{initiator="network",reason="abnormal"} 1.0' in text
+    assert 'wsup_actor_crashes_total{kind="connection"} 0.0' in text  # not the handler's error
