@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from actors import MailboxConfig
@@ -665,7 +666,7 @@ async def test_a_send_that_suspends_or_fails_on_the_writers_behalf_is_finished_b
         async def send(message: Message) -> None:
             if fail:
                 raise OSError("gone")
-            await anyio.sleep(0)  # every send suspends once
+            await anyio.lowlevel.checkpoint()  # every send suspends once
             await peer.send(message)
 
         done = anyio.Event()
