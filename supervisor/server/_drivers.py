@@ -756,8 +756,7 @@ class ASGIDriver(_TaskDriver):
         behalf; one that suspends (or raises) is handed to the writer."""
         core = self._core
         send = self._send
-        while core.outbound:
-            items = core.take_messages()
+        while items := core.take_messages():
             for index, item in enumerate(items):
                 call = send(_message(item))
                 if call.__class__ is not CoroutineType:
