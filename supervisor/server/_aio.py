@@ -786,6 +786,10 @@ async def serve_sockets(
     deadlines = Deadlines(loop, handshakes.config.handshake_timeout)
     try:
         for sock, ops_only in sockets:
+            if sock.fileno() == -1:
+                # Closed already: the server stopped accepting before this task ran
+                # (a shutdown right after start). Nothing to serve on it.
+                continue
             duplicate = sock.dup()
             duplicate.setblocking(False)
             acceptor = _Acceptor(server, handshakes, duplicate, ops_only, broken, pacer, deadlines)

@@ -258,3 +258,16 @@ def test_connections_one_at_a_time_cost_no_empty_accept() -> None:
     # The burst: poll() says more, accept() until the backlog is empty. The wake-up
     # after it still tries a second accept() (bursts come in runs); then none.
     assert empty == [0, 0, 0, 1, 1, 0, 0]
+
+
+@pytest.mark.anyio
+async def test_a_server_stopped_right_after_it_started_stops_cleanly() -> None:
+    """A shutdown before the accept tasks first ran: their listeners are closed already,
+    and serving them is skipped (a duplicate of a closed socket raised EBADF)."""
+    for _ in range(20):
+        server = Server(App(), ServerConfig(hosts=("127.0.0.1",), port=0), metrics=Metrics())
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve)
+            # No checkpoint between the start and the shutdown.
+            await server.shutdown(drain_timeout=5)
+        assert server.failure is None
