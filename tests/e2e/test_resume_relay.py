@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from actors import FakeClock
-from supervisor import Server, SlowConsumerPolicy
+from supervisor import App, Server, SlowConsumerPolicy
 from supervisor.metrics import Metrics
 from supervisor.redis import RedisBackplane
 from tests.e2e.apps.resume_app import GRACE, Returning, make_app
@@ -64,6 +64,38 @@ async def nodes(prefix: str, count: int = 2, **options: Any) -> AsyncIterator[li
         ]
         await synced(*servers)
         yield servers
+
+
+@asynccontextmanager
+async def mortal_home(
+    prefix: str, make: Callable[[], App] = make_app
+) -> AsyncIterator[tuple[Server, Server, anyio.CancelScope]]:
+    """Nodes ``a`` and ``b`` of ``make``'s app on one Redis, synced; ``a`` lives 3 s in
+    the backplane's node list unrefreshed, and cancelling the scope given stops it
+    without a drain (its process gone), while ``b`` and the test go on."""
+    async with (
+        running_server(make(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix)) as b,
+        anyio.create_task_group() as tg,
+    ):
+        app = make()
+        a = Server(
+            app,
+            dataclasses.replace(app.config, hosts=("127.0.0.1",), port=0),
+            metrics=Metrics(),
+            backplane=quick_backplane(SHARED_REDIS, prefix=prefix, node_ttl=3.0),
+        )
+        kill = anyio.CancelScope()
+
+        async def serve_a(*, task_status: anyio.abc.TaskStatus[Server]) -> None:
+            with kill:
+                await a.serve(task_status=task_status)
+
+        await tg.start(serve_a)
+        try:
+            await synced(a, b)
+            yield a, b, kill
+        finally:
+            kill.cancel()
 
 
 async def relayed(home: Server, relay: Server, token: str) -> Client:
@@ -185,23 +217,10 @@ async def test_the_home_node_stopping_closes_the_relay_with_its_drain(prefix: st
 async def test_a_lost_home_node_closes_the_relay_with_1012(prefix: str) -> None:
     """A home node that stops without draining (its process gone) is noticed when the
     backplane stops listing it: the relay closes with 1012, its documented code."""
-    async with AsyncExitStack() as stack:
-        b = await stack.enter_async_context(
-            running_server(make_app(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix))
-        )
-        app = make_app()
-        a = Server(
-            app,
-            dataclasses.replace(app.config, hosts=("127.0.0.1",), port=0),
-            metrics=Metrics(),
-            backplane=quick_backplane(SHARED_REDIS, prefix=prefix, node_ttl=3.0),
-        )
-        async with anyio.create_task_group() as tg:
-            await tg.start(a.serve)
-            await synced(a, b)
-            first, _ = await connect_and_drop(a, ws_url(a, PATH))
-            again = await relayed(a, b, first.token)
-            tg.cancel_scope.cancel()  # no drain: the node is gone
+    async with mortal_home(prefix) as (a, b, kill):
+        first, _ = await connect_and_drop(a, ws_url(a, PATH))
+        again = await relayed(a, b, first.token)
+        kill.cancel()  # no drain: the node is gone
         with anyio.fail_after(30):
             code, reason = await in_thread(closed_with, again)
         assert (code, reason) == (1012, "resume home node lost")

@@ -9,7 +9,6 @@ the home mailbox (4 messages, ``block``) stays full until the test opens it.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -23,7 +22,6 @@ from websockets.exceptions import ConnectionClosed
 from actors import FakeClock, MailboxConfig
 from examples.extending.two_nodes import Hub, HubBackplane
 from supervisor import Server
-from supervisor.metrics import Metrics
 from supervisor.server._relay import (
     CREDIT_QUERY_INTERVAL,
     OVERRUN_CODE,
@@ -36,7 +34,7 @@ from supervisor.server._relay import (
 )
 from tests.e2e.apps.resume_app import Member, make_app
 from tests.e2e.test_resume import Client, connect_and_drop
-from tests.e2e.test_resume_relay import PATH, closed_with, relayed, synced
+from tests.e2e.test_resume_relay import PATH, closed_with, mortal_home, relayed, synced
 from tests.helpers.metrics import sample
 from tests.helpers.redis_server import SHARED_REDIS, needs_shared_redis, quick_backplane
 from tests.helpers.server import running_server, ws_url
@@ -178,26 +176,13 @@ async def test_a_home_node_lost_while_its_relay_waits_for_credit_closes_it_with_
     reach it), when the home node dies without draining: it asks, nobody listens,
     and the client still gets 1012. On Redis, as the test without a flood in
     ``test_resume_relay.py``."""
-    async with AsyncExitStack() as stack:
-        b = await stack.enter_async_context(
-            running_server(gated_app(), backplane=quick_backplane(SHARED_REDIS, prefix=prefix))
-        )
-        app = gated_app()
-        a = Server(
-            app,
-            dataclasses.replace(app.config, hosts=("127.0.0.1",), port=0),
-            metrics=Metrics(),
-            backplane=quick_backplane(SHARED_REDIS, prefix=prefix, node_ttl=3.0),
-        )
-        async with anyio.create_task_group() as tg:
-            await tg.start(a.serve)
-            await synced(a, b)
-            client, driver = await relay_of(a, b)
-            sent = [0]
-            sender = threading.Thread(target=flood, args=(client, 64, 16, sent), daemon=True)
-            sender.start()
-            await wait_until(lambda: stalled(b, driver))
-            tg.cancel_scope.cancel()  # no drain: the node is gone
+    async with mortal_home(prefix, gated_app) as (a, b, kill):
+        client, driver = await relay_of(a, b)
+        sent = [0]
+        sender = threading.Thread(target=flood, args=(client, 64, 16, sent), daemon=True)
+        sender.start()
+        await wait_until(lambda: stalled(b, driver))
+        kill.cancel()  # no drain: the node is gone
         with anyio.fail_after(30):
             code, reason = await in_thread(closed_with, client)
         assert (code, reason) == (1012, "resume home node lost")
